@@ -1,0 +1,248 @@
+//! Types shared by all four kinds: build sources, resources, references and status.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where the container image of an object is built from. Exactly one of `git` or `upload`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("has(self.git) != has(self.upload)")
+    .message("spec.build must set exactly one of spec.build.git or spec.build.upload"))]
+pub struct Build {
+    /// Build from a git repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<BuildGit>,
+    /// Build from a tar.gz archive uploaded through a signed URL (see `status.buildUpload`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<BuildUpload>,
+}
+
+/// A git repository to build an image from. `tag` wins over `branch`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct BuildGit {
+    /// Repository URL, e.g. `https://github.com/substratusai/images`.
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Sub-directory of the repository used as the build context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Branch to check out; also the image tag when no `tag` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Tag to check out; also the image tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// An upload of the build context through a signed URL.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct BuildUpload {
+    /// Hex MD5 of the tar.gz the client uploads (32 hexadecimal characters).
+    #[serde(rename = "md5Checksum")]
+    #[schemars(regex(pattern = r"^[a-fA-F0-9]{32}$"))]
+    pub md5_checksum: String,
+    /// Identifies one upload request; a new value asks for a fresh signed URL.
+    #[serde(rename = "requestID")]
+    #[schemars(length(min = 1))]
+    pub request_id: String,
+}
+
+/// A reference to another object of the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ObjectRef {
+    /// Name of the referenced object.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// GPU models an object may ask for. Each cloud maps a type to its node pools; a type the
+/// chosen cloud does not offer is reported on the object as a condition.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum GpuType {
+    #[serde(rename = "nvidia-l4")]
+    NvidiaL4,
+    #[serde(rename = "nvidia-a100")]
+    NvidiaA100,
+    #[serde(rename = "nvidia-a100-80gb")]
+    NvidiaA100_80Gb,
+    #[serde(rename = "nvidia-t4")]
+    NvidiaT4,
+    #[serde(rename = "nvidia-h100")]
+    NvidiaH100,
+    #[serde(rename = "nvidia-a10g")]
+    NvidiaA10G,
+}
+
+impl GpuType {
+    /// Every supported type, in a stable order.
+    pub const ALL: [GpuType; 6] = [
+        GpuType::NvidiaL4,
+        GpuType::NvidiaA100,
+        GpuType::NvidiaA100_80Gb,
+        GpuType::NvidiaT4,
+        GpuType::NvidiaH100,
+        GpuType::NvidiaA10G,
+    ];
+
+    /// The API spelling, e.g. `nvidia-l4`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuType::NvidiaL4 => "nvidia-l4",
+            GpuType::NvidiaA100 => "nvidia-a100",
+            GpuType::NvidiaA100_80Gb => "nvidia-a100-80gb",
+            GpuType::NvidiaT4 => "nvidia-t4",
+            GpuType::NvidiaH100 => "nvidia-h100",
+            GpuType::NvidiaA10G => "nvidia-a10g",
+        }
+    }
+}
+
+impl std::fmt::Display for GpuType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// GPUs for the container. `count` without `type` means any GPU the cluster offers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.type) || has(self.count)")
+    .message("spec.resources.gpu.count is required when spec.resources.gpu.type is set"))]
+pub struct GpuResources {
+    /// GPU model; absent means any GPU type.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub gpu_type: Option<GpuType>,
+    /// Number of GPUs (request and limit of `nvidia.com/gpu`), 0 to 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 16))]
+    pub count: Option<i64>,
+}
+
+impl GpuResources {
+    /// Number of GPUs asked for (0 when `count` is absent).
+    pub fn count(&self) -> i64 {
+        self.count.unwrap_or(0)
+    }
+}
+
+fn default_cpu() -> i64 {
+    2
+}
+fn default_memory() -> i64 {
+    10
+}
+fn default_disk() -> i64 {
+    10
+}
+
+/// Compute requests of the container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Resources {
+    /// CPU cores requested.
+    #[serde(default = "default_cpu")]
+    #[schemars(range(min = 0))]
+    pub cpu: i64,
+    /// Memory requested, in GiB.
+    #[serde(default = "default_memory")]
+    #[schemars(range(min = 0))]
+    pub memory: i64,
+    /// Ephemeral storage requested, in GiB.
+    #[serde(default = "default_disk")]
+    #[schemars(range(min = 0))]
+    pub disk: i64,
+    /// GPUs requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuResources>,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu: default_cpu(),
+            memory: default_memory(),
+            disk: default_disk(),
+            gpu: None,
+        }
+    }
+}
+
+/// Parameters written as JSON to `/content/params.json`.
+pub type Params = BTreeMap<String, IntOrString>;
+
+/// Location of an object's artifacts in the bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ArtifactsStatus {
+    /// Bucket URL of the object's storage prefix, e.g. `gs://bucket/<hash>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The controller's answer to `spec.build.upload`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct UploadStatus {
+    /// Short-lived URL to PUT the tar.gz to.
+    #[serde(rename = "signedURL", default, skip_serializing_if = "Option::is_none")]
+    pub signed_url: Option<String>,
+    /// The `spec.build.upload.requestID` this status answers.
+    #[serde(rename = "requestID", default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// When `signedURL` stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<Time>,
+    /// MD5 of the upload as read back from storage.
+    #[serde(
+        rename = "storedMD5Checksum",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stored_md5_checksum: Option<String>,
+}
+
+/// Status of a Model, Dataset or Notebook.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactObjectStatus {
+    /// True when the object has done its work (artifacts written, or notebook serving).
+    #[serde(default)]
+    pub ready: bool,
+    /// Conditions: `Uploaded`, `Built`, `Complete` or `Serving`, and the aggregate `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Where the object's artifacts live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsStatus>,
+    /// Signed URL and stored checksum for upload builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_upload: Option<UploadStatus>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Status of a Server.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatus {
+    /// True when at least one replica serves.
+    #[serde(default)]
+    pub ready: bool,
+    /// Conditions: `Uploaded`, `Built`, `Serving`, and the aggregate `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Signed URL and stored checksum for upload builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_upload: Option<UploadStatus>,
+    /// Replicas that are ready (the scale subresource reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

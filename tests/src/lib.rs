@@ -1,0 +1,3 @@
+//! Test support for the compatibility and cluster tests in `tests/tests/`.
+
+pub mod manifests;

@@ -1,0 +1,171 @@
+//! Every manifest of the original project, and every example of ours, reads into the Rust
+//! types without losing a field.
+
+use std::path::Path;
+
+use serde_json::Value;
+use substratus_crds::{AnyObject, GpuType};
+use substratus_tests::manifests::{compat_dir, documents, lost_fields, repo_root, yaml_files};
+
+/// Files of `../shared/compat` that use the legacy `modelName` field.
+const LEGACY_MODEL_NAME: [&str; 2] = [
+    "facebook-opt-125m/finetuned-notebook.yaml",
+    "facebook-opt-125m/finetuned-server.yaml",
+];
+
+fn read_all(dir: &Path) -> Vec<(String, Value, AnyObject)> {
+    let files = yaml_files(dir);
+    assert!(
+        !files.is_empty(),
+        "no manifests found under {}",
+        dir.display()
+    );
+    let mut out = Vec::new();
+    for file in files {
+        let rel = file
+            .strip_prefix(dir)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        for doc in documents(&file).unwrap_or_else(|e| panic!("{e}")) {
+            let obj = AnyObject::from_value(doc.clone())
+                .unwrap_or_else(|e| panic!("{rel} does not read as substratus.ai/v1: {e}"));
+            out.push((rel.clone(), doc, obj));
+        }
+    }
+    out
+}
+
+fn assert_round_trip_keeps_every_field(objects: &[(String, Value, AnyObject)]) {
+    for (rel, original, obj) in objects {
+        let lost = lost_fields(original, &obj.to_value());
+        assert!(lost.is_empty(), "{rel}: the types lost or changed {lost:?}");
+    }
+}
+
+#[test]
+fn every_compat_manifest_reads_into_the_types_without_loss() {
+    let dir = compat_dir();
+    let objects = read_all(&dir);
+    // 18 manifests ship with the original's examples; each is one object.
+    assert_eq!(
+        objects.len(),
+        18,
+        "unexpected number of compat manifests in {}",
+        dir.display()
+    );
+    assert_round_trip_keeps_every_field(&objects);
+}
+
+#[test]
+fn legacy_model_name_is_an_alias_of_model_name() {
+    let dir = compat_dir();
+    for rel in LEGACY_MODEL_NAME {
+        let docs = documents(&dir.join(rel)).unwrap();
+        assert!(
+            docs[0]["spec"].get("modelName").is_some(),
+            "{rel} uses modelName"
+        );
+        let model = match AnyObject::from_value(docs[0].clone()).unwrap() {
+            AnyObject::Server(s) => s.spec.model_name().map(str::to_owned),
+            AnyObject::Notebook(n) => n.spec.model_name().map(str::to_owned),
+            other => panic!("{rel}: unexpected kind {}", other.kind()),
+        };
+        assert_eq!(model.as_deref(), Some("fb-opt-125m-squad"), "{rel}");
+    }
+}
+
+#[test]
+fn compat_fields_keep_their_meaning() {
+    let dir = compat_dir();
+    let objects = read_all(&dir);
+    let find = |rel: &str| {
+        objects
+            .iter()
+            .find(|(r, _, _)| r == rel)
+            .map(|(_, _, o)| o.clone())
+            .unwrap_or_else(|| panic!("{rel} missing"))
+    };
+    match find("falcon-40b/finetuned-model.yaml") {
+        AnyObject::Model(m) => {
+            let gpu = m
+                .spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.gpu.clone())
+                .unwrap();
+            assert_eq!(gpu.gpu_type, Some(GpuType::NvidiaL4));
+            assert_eq!(gpu.count(), 8);
+            assert_eq!(m.spec.model.unwrap().name, "falcon-40b");
+            assert_eq!(m.spec.dataset.unwrap().name, "k8s-instructions");
+            // Defaults of the original's CRD apply when `resources` is present.
+            let r = m.spec.resources.unwrap();
+            assert_eq!((r.cpu, r.memory, r.disk), (2, 10, 10));
+        }
+        other => panic!("expected a Model, got {}", other.kind()),
+    }
+    match find("llama2-7b/base-model.yaml") {
+        AnyObject::Model(m) => assert_eq!(
+            m.spec.env.get("HUGGING_FACE_HUB_TOKEN").map(String::as_str),
+            Some("${{ secrets.ai.HUGGING_FACE_HUB_TOKEN }}")
+        ),
+        other => panic!("expected a Model, got {}", other.kind()),
+    }
+    match find("facebook-opt-125m/base-notebook.yaml") {
+        AnyObject::Notebook(n) => {
+            assert!(n.spec.is_suspended());
+            assert_eq!(n.spec.command, vec!["notebook.sh"]);
+            let git = n.spec.build.unwrap().git.unwrap();
+            assert_eq!(git.path.as_deref(), Some("base"));
+            assert_eq!(serde_json::to_value(&n.spec.params["x"]).unwrap(), 123);
+            assert_eq!(serde_json::to_value(&n.spec.params["foo"]).unwrap(), "bar");
+        }
+        other => panic!("expected a Notebook, got {}", other.kind()),
+    }
+    match find("datasets/squad-gitops.yaml") {
+        AnyObject::Dataset(d) => {
+            assert_eq!(
+                d.spec.build.unwrap().git.unwrap().branch.as_deref(),
+                Some("main")
+            )
+        }
+        other => panic!("expected a Dataset, got {}", other.kind()),
+    }
+}
+
+#[test]
+fn repository_examples_read_without_loss() {
+    let objects = read_all(&repo_root().join("examples"));
+    assert_round_trip_keeps_every_field(&objects);
+    let server = objects
+        .iter()
+        .find_map(|(rel, _, o)| match o {
+            AnyObject::Server(s) if rel == "falcon-40b/server.yaml" => Some(s.clone()),
+            _ => None,
+        })
+        .expect("examples/falcon-40b/server.yaml is a Server");
+    assert_eq!(server.spec.model_name(), Some("falcon-40b"));
+    let gpu = server.spec.resources.unwrap().gpu.unwrap();
+    assert_eq!((gpu.gpu_type, gpu.count()), (Some(GpuType::NvidiaL4), 4));
+}
+
+#[test]
+fn a_manifest_of_another_api_is_refused_with_the_field_named() {
+    let err = AnyObject::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Pod"}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("apiVersion:"), "{err}");
+    let err =
+        AnyObject::from_value(serde_json::json!({"apiVersion": "substratus.ai/v1", "kind": "Job"}))
+            .unwrap_err()
+            .to_string();
+    assert!(err.starts_with("kind:"), "{err}");
+    let err = AnyObject::from_value(serde_json::json!({
+        "apiVersion": "substratus.ai/v1", "kind": "Model",
+        "metadata": {"name": "m"},
+        "spec": {"resources": {"gpu": {"type": "nvidia-v100", "count": 1}}}
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nvidia-v100"), "{err}");
+}
