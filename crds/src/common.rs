@@ -116,11 +116,20 @@ impl std::fmt::Display for GpuType {
 pub struct GpuResources {
     /// GPU model; absent means any GPU type.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = without_null_in_enum)]
     pub gpu_type: Option<GpuType>,
     /// Number of GPUs (request and limit of `nvidia.com/gpu`), 0 to 16.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 16))]
     pub count: Option<i64>,
+}
+
+/// An optional enum lists `null` among its values; the API server would print it as a
+/// supported value, so it is dropped (`nullable` already allows an explicit null).
+fn without_null_in_enum(schema: &mut schemars::Schema) {
+    if let Some(serde_json::Value::Array(values)) = schema.get_mut("enum") {
+        values.retain(|v| !v.is_null());
+    }
 }
 
 impl GpuResources {

@@ -1,0 +1,477 @@
+//! A real Kubernetes control plane on 127.0.0.1 for tests and local use.
+//!
+//! etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as unprivileged
+//! processes with generated certificates and RBAC; kwok simulates the nodes of a cloud's GPU
+//! node pools ([`profiles`]) and the lifecycle of their pods (`kwok/stages.yaml`). Nothing
+//! listens on Service or Pod IPs: they are only strings, and only loopback is dialled.
+//!
+//! Every process gets `PR_SET_PDEATHSIG`, so none outlives the launcher, whatever way it ends.
+
+pub mod certs;
+pub mod profiles;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::json;
+
+pub use profiles::Profile;
+
+/// kwok stage definitions shipped with the launcher.
+pub const STAGES_YAML: &str = include_str!("../kwok/stages.yaml");
+
+/// The Kubernetes version the binaries are built at (see `hack/build-controlplane.sh`).
+pub const KUBERNETES_VERSION: &str = "v1.36.3";
+
+/// How to start a cluster.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Directory holding kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
+    /// etcd and kwok.
+    pub bin_dir: PathBuf,
+    /// Directory for certificates, kubeconfigs, etcd data and logs; emptied at start.
+    pub state_dir: PathBuf,
+    /// Node pools to create.
+    pub profiles: Vec<Profile>,
+    /// Multiplies the node count of every pool.
+    pub scale: usize,
+}
+
+/// A running cluster. Dropping it stops every process.
+pub struct Cluster {
+    procs: Vec<(String, Child)>,
+    bin_dir: PathBuf,
+    state_dir: PathBuf,
+    kubeconfig: PathBuf,
+    api_port: u16,
+    etcd_port: u16,
+    etcd_peer_port: u16,
+    certs: certs::CertPaths,
+}
+
+/// Finds the binaries: `$SUBSTRATUS_CONTROLPLANE_BIN`, else the output of
+/// `hack/build-controlplane.sh` (which builds them once and caches them).
+pub fn locate_binaries() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("SUBSTRATUS_CONTROLPLANE_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/build-controlplane.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} failed", script.display());
+    }
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Ok(PathBuf::from(dir))
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Waits until `check` returns true, at most `timeout`, polling every `every`.
+fn wait_until(what: &str, timeout: Duration, every: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+impl Cluster {
+    /// Starts etcd → kube-apiserver → kube-controller-manager → kube-scheduler → kwok, creates
+    /// the profiles' nodes and waits until they are Ready and schedulable.
+    pub fn start(opts: &Options) -> Result<Cluster> {
+        for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"] {
+            let p = opts.bin_dir.join(b);
+            if !p.is_file() {
+                bail!("{} is missing; build it with hack/build-controlplane.sh", p.display());
+            }
+        }
+        if opts.state_dir.exists() {
+            std::fs::remove_dir_all(&opts.state_dir)
+                .with_context(|| format!("clearing {}", opts.state_dir.display()))?;
+        }
+        std::fs::create_dir_all(opts.state_dir.join("logs"))?;
+        let certs = certs::generate(&opts.state_dir.join("pki"))?;
+        let mut cluster = Cluster {
+            procs: Vec::new(),
+            bin_dir: opts.bin_dir.clone(),
+            state_dir: opts.state_dir.clone(),
+            kubeconfig: opts.state_dir.join("kubeconfig"),
+            api_port: free_port()?,
+            etcd_port: free_port()?,
+            etcd_peer_port: free_port()?,
+            certs,
+        };
+        cluster.write_kubeconfigs()?;
+        std::fs::write(cluster.state_dir.join("kwok-stages.yaml"), STAGES_YAML)?;
+
+        cluster.start_etcd()?;
+        cluster.start_apiserver()?;
+        for c in ["kube-controller-manager", "kube-scheduler", "kwok"] {
+            cluster.start_component(c)?;
+        }
+        for p in &opts.profiles {
+            cluster.add_nodes(*p, opts.scale)?;
+        }
+        cluster.wait_for_nodes()?;
+        cluster.wait_for_default_service_account()?;
+        Ok(cluster)
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server's URL.
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    /// A `kubectl` command bound to this cluster's admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        kubectl(&self.bin_dir, &self.kubeconfig)
+    }
+
+    /// Creates (or updates) the nodes of a profile.
+    pub fn add_nodes(&self, profile: Profile, scale: usize) -> Result<()> {
+        apply_nodes(&self.bin_dir, &self.kubeconfig, profile, scale)
+    }
+
+    fn write_kubeconfigs(&self) -> Result<()> {
+        for client in &self.certs.clients {
+            let file = if client.user == "admin" {
+                self.kubeconfig.clone()
+            } else {
+                self.state_dir.join(format!("{}.kubeconfig", client.user.replace(':', "-")))
+            };
+            let cfg = json!({
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "substratus-dev", "cluster": {
+                    "server": self.server_url(),
+                    "certificate-authority": self.certs.ca_cert,
+                }}],
+                "users": [{"name": client.user, "user": {
+                    "client-certificate": client.cert,
+                    "client-key": client.key,
+                }}],
+                "contexts": [{"name": "substratus-dev", "context": {
+                    "cluster": "substratus-dev", "user": client.user, "namespace": "default",
+                }}],
+                "current-context": "substratus-dev",
+            });
+            std::fs::write(&file, serde_json::to_vec_pretty(&cfg)?)
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, name: &str, args: Vec<String>) -> Result<()> {
+        let log_path = self.state_dir.join("logs").join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let mut cmd = Command::new(self.bin_dir.join(name));
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.procs.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    /// Fails with the tail of a component's log if it has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        for (name, child) in &mut self.procs {
+            if let Some(status) = child.try_wait()? {
+                let log = self.state_dir.join("logs").join(format!("{name}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                bail!(
+                    "{name} exited ({status}); last lines of {}:\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn start_etcd(&mut self) -> Result<()> {
+        let client = format!("http://127.0.0.1:{}", self.etcd_port);
+        let peer = format!("http://127.0.0.1:{}", self.etcd_peer_port);
+        let data = self.state_dir.join("etcd");
+        self.spawn(
+            "etcd",
+            vec![
+                "--name=devcluster".into(),
+                format!("--data-dir={}", data.display()),
+                format!("--listen-client-urls={client}"),
+                format!("--advertise-client-urls={client}"),
+                format!("--listen-peer-urls={peer}"),
+                format!("--initial-advertise-peer-urls={peer}"),
+                format!("--initial-cluster=devcluster={peer}"),
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+                "--listen-metrics-urls=".into(),
+            ],
+        )?;
+        let port = self.etcd_port;
+        let mut alive = Ok(());
+        wait_until("etcd health", Duration::from_secs(30), Duration::from_millis(100), || {
+            alive = self.check_alive();
+            alive.is_err() || http_get_ok(port, "/health")
+        })?;
+        alive
+    }
+
+    fn start_apiserver(&mut self) -> Result<()> {
+        let c = self.certs.clone();
+        let cert_dir = self.state_dir.join("apiserver");
+        std::fs::create_dir_all(&cert_dir)?;
+        self.spawn(
+            "kube-apiserver",
+            vec![
+                format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={}", self.api_port),
+                format!("--cert-dir={}", cert_dir.display()),
+                format!("--tls-cert-file={}", c.serving_cert.display()),
+                format!("--tls-private-key-file={}", c.serving_key.display()),
+                format!("--client-ca-file={}", c.ca_cert.display()),
+                format!("--service-account-key-file={}", c.service_account_pub.display()),
+                format!("--service-account-signing-key-file={}", c.service_account_key.display()),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                "--authorization-mode=RBAC".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                "--endpoint-reconciler-type=none".into(),
+                "--allow-privileged=true".into(),
+                // GKE and EKS add the nvidia.com/gpu toleration to pods that request GPUs.
+                "--enable-admission-plugins=ExtendedResourceToleration".into(),
+                "--profiling=false".into(),
+            ],
+        )?;
+        let mut alive = Ok(());
+        let (bin, kc) = (self.bin_dir.clone(), self.kubeconfig.clone());
+        wait_until("kube-apiserver /readyz", Duration::from_secs(90), Duration::from_millis(250), || {
+            alive = self.check_alive();
+            alive.is_err()
+                || kubectl(&bin, &kc)
+                    .args(["get", "--raw=/readyz"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+        })?;
+        alive
+    }
+
+    fn start_component(&mut self, name: &str) -> Result<()> {
+        let c = self.certs.clone();
+        let own = |user: &str| self.state_dir.join(format!("{}.kubeconfig", user.replace(':', "-")));
+        let args: Vec<String> = match name {
+            "kube-controller-manager" => vec![
+                format!("--kubeconfig={}", own("system:kube-controller-manager").display()),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+                "--leader-elect=false".into(),
+                "--use-service-account-credentials=true".into(),
+                format!("--service-account-private-key-file={}", c.service_account_key.display()),
+                format!("--root-ca-file={}", c.ca_cert.display()),
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route".into(),
+                "--node-monitor-grace-period=60s".into(),
+                "--concurrent-job-syncs=20".into(),
+            ],
+            "kube-scheduler" => vec![
+                format!("--kubeconfig={}", own("system:kube-scheduler").display()),
+                "--bind-address=127.0.0.1".into(),
+                "--secure-port=0".into(),
+                "--leader-elect=false".into(),
+            ],
+            "kwok" => vec![
+                format!("--kubeconfig={}", self.kubeconfig.display()),
+                format!("--config={}", self.state_dir.join("kwok-stages.yaml").display()),
+                "--manage-all-nodes=false".into(),
+                format!("--manage-nodes-with-annotation-selector={}=fake", profiles::SIMULATED_NODE_ANNOTATION),
+                "--cidr=10.0.0.1/16".into(),
+                "--node-ip=10.0.0.1".into(),
+                "--server-address=".into(),
+                "--node-lease-duration-seconds=0".into(),
+            ],
+            other => bail!("unknown component {other}"),
+        };
+        self.spawn(name, args)?;
+        std::thread::sleep(Duration::from_millis(200));
+        self.check_alive()
+    }
+
+    fn wait_for_nodes(&mut self) -> Result<()> {
+        let (bin, kc) = (self.bin_dir.clone(), self.kubeconfig.clone());
+        let mut alive = Ok(());
+        // Ready, and the node-lifecycle controller has lifted the not-ready taint.
+        wait_until("simulated nodes to be Ready and schedulable", Duration::from_secs(120), Duration::from_millis(500), || {
+            alive = self.check_alive();
+            if alive.is_err() {
+                return true;
+            }
+            let out = kubectl(&bin, &kc)
+                .args(["get", "nodes", "-o", "json"])
+                .output();
+            let Ok(out) = out else { return false };
+            let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            !items.is_empty()
+                && items.iter().all(|n| {
+                    let ready = n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                    let tainted = n["spec"]["taints"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|t| t["key"].as_str().is_some_and(|k| k.starts_with("node.kubernetes.io/")));
+                    ready && !tainted
+                })
+        })?;
+        alive
+    }
+
+    fn wait_for_default_service_account(&mut self) -> Result<()> {
+        let (bin, kc) = (self.bin_dir.clone(), self.kubeconfig.clone());
+        wait_until("the default ServiceAccount", Duration::from_secs(60), Duration::from_millis(250), || {
+            kubectl(&bin, &kc)
+                .args(["get", "serviceaccount", "default", "-n", "default"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+    }
+
+    /// Stops every process, newest first: SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(&mut self) {
+        while let Some((_, mut child)) = self.procs.pop() {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops one component (SIGKILL) and starts it again with the same arguments; for fault
+    /// tests. Returns once it answers again.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        let Some(i) = self.procs.iter().position(|(n, _)| n == name) else {
+            return Err(anyhow!("{name} is not running"));
+        };
+        let (_, mut child) = self.procs.remove(i);
+        let _ = child.kill();
+        let _ = child.wait();
+        match name {
+            "etcd" => self.start_etcd(),
+            "kube-apiserver" => self.start_apiserver(),
+            other => self.start_component(other),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `kubectl` command with an explicit kubeconfig.
+pub fn kubectl(bin_dir: &Path, kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(bin_dir.join("kubectl"));
+    cmd.arg(format!("--kubeconfig={}", kubeconfig.display()));
+    cmd
+}
+
+/// Creates or updates the nodes of a profile through `kubectl apply`.
+pub fn apply_nodes(bin_dir: &Path, kubeconfig: &Path, profile: Profile, scale: usize) -> Result<()> {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": profiles::nodes(profile, scale)});
+    let mut child = kubectl(bin_dir, kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running kubectl apply")?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("kubectl stdin"))?
+        .write_all(&serde_json::to_vec(&list)?)?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "creating the {} nodes failed: {}",
+            profile.name(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A plain HTTP GET on loopback; true on a 200 answer.
+fn http_get_ok(port: u16, path: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.0 200") || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+}
