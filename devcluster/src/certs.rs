@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// Paths of the PEM files written by [`generate`].
@@ -144,7 +144,11 @@ mod tests {
         let paths = generate(&dir).unwrap();
         for p in [&paths.ca_cert, &paths.serving_cert] {
             let pem = std::fs::read_to_string(p).unwrap();
-            assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{}", p.display());
+            assert!(
+                pem.starts_with("-----BEGIN CERTIFICATE-----"),
+                "{}",
+                p.display()
+            );
         }
         let key = std::fs::read_to_string(&paths.service_account_key).unwrap();
         assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"));

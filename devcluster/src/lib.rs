@@ -84,7 +84,12 @@ fn free_port() -> Result<u16> {
 }
 
 /// Waits until `check` returns true, at most `timeout`, polling every `every`.
-fn wait_until(what: &str, timeout: Duration, every: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if check() {
@@ -101,10 +106,20 @@ impl Cluster {
     /// Starts etcd → kube-apiserver → kube-controller-manager → kube-scheduler → kwok, creates
     /// the profiles' nodes and waits until they are Ready and schedulable.
     pub fn start(opts: &Options) -> Result<Cluster> {
-        for b in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kwok"] {
+        for b in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubectl",
+            "kwok",
+        ] {
             let p = opts.bin_dir.join(b);
             if !p.is_file() {
-                bail!("{} is missing; build it with hack/build-controlplane.sh", p.display());
+                bail!(
+                    "{} is missing; build it with hack/build-controlplane.sh",
+                    p.display()
+                );
             }
         }
         if opts.state_dir.exists() {
@@ -164,7 +179,8 @@ impl Cluster {
             let file = if client.user == "admin" {
                 self.kubeconfig.clone()
             } else {
-                self.state_dir.join(format!("{}.kubeconfig", client.user.replace(':', "-")))
+                self.state_dir
+                    .join(format!("{}.kubeconfig", client.user.replace(':', "-")))
             };
             let cfg = json!({
                 "apiVersion": "v1",
@@ -205,9 +221,7 @@ impl Cluster {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         self.procs.push((name.to_owned(), child));
         Ok(())
     }
@@ -250,10 +264,15 @@ impl Cluster {
         )?;
         let port = self.etcd_port;
         let mut alive = Ok(());
-        wait_until("etcd health", Duration::from_secs(30), Duration::from_millis(100), || {
-            alive = self.check_alive();
-            alive.is_err() || http_get_ok(port, "/health")
-        })?;
+        wait_until(
+            "etcd health",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                alive = self.check_alive();
+                alive.is_err() || http_get_ok(port, "/health")
+            },
+        )?;
         alive
     }
 
@@ -272,8 +291,14 @@ impl Cluster {
                 format!("--tls-cert-file={}", c.serving_cert.display()),
                 format!("--tls-private-key-file={}", c.serving_key.display()),
                 format!("--client-ca-file={}", c.ca_cert.display()),
-                format!("--service-account-key-file={}", c.service_account_pub.display()),
-                format!("--service-account-signing-key-file={}", c.service_account_key.display()),
+                format!(
+                    "--service-account-key-file={}",
+                    c.service_account_pub.display()
+                ),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    c.service_account_key.display()
+                ),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 "--authorization-mode=RBAC".into(),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
@@ -286,33 +311,48 @@ impl Cluster {
         )?;
         let mut alive = Ok(());
         let (bin, kc) = (self.bin_dir.clone(), self.kubeconfig.clone());
-        wait_until("kube-apiserver /readyz", Duration::from_secs(90), Duration::from_millis(250), || {
-            alive = self.check_alive();
-            alive.is_err()
-                || kubectl(&bin, &kc)
-                    .args(["get", "--raw=/readyz"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false)
-        })?;
+        wait_until(
+            "kube-apiserver /readyz",
+            Duration::from_secs(90),
+            Duration::from_millis(250),
+            || {
+                alive = self.check_alive();
+                alive.is_err()
+                    || kubectl(&bin, &kc)
+                        .args(["get", "--raw=/readyz"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false)
+            },
+        )?;
         alive
     }
 
     fn start_component(&mut self, name: &str) -> Result<()> {
         let c = self.certs.clone();
-        let own = |user: &str| self.state_dir.join(format!("{}.kubeconfig", user.replace(':', "-")));
+        let own = |user: &str| {
+            self.state_dir
+                .join(format!("{}.kubeconfig", user.replace(':', "-")))
+        };
         let args: Vec<String> = match name {
             "kube-controller-manager" => vec![
-                format!("--kubeconfig={}", own("system:kube-controller-manager").display()),
+                format!(
+                    "--kubeconfig={}",
+                    own("system:kube-controller-manager").display()
+                ),
                 "--bind-address=127.0.0.1".into(),
                 "--secure-port=0".into(),
                 "--leader-elect=false".into(),
                 "--use-service-account-credentials=true".into(),
-                format!("--service-account-private-key-file={}", c.service_account_key.display()),
+                format!(
+                    "--service-account-private-key-file={}",
+                    c.service_account_key.display()
+                ),
                 format!("--root-ca-file={}", c.ca_cert.display()),
-                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route".into(),
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route"
+                    .into(),
                 "--node-monitor-grace-period=60s".into(),
                 "--concurrent-job-syncs=20".into(),
             ],
@@ -324,9 +364,15 @@ impl Cluster {
             ],
             "kwok" => vec![
                 format!("--kubeconfig={}", self.kubeconfig.display()),
-                format!("--config={}", self.state_dir.join("kwok-stages.yaml").display()),
+                format!(
+                    "--config={}",
+                    self.state_dir.join("kwok-stages.yaml").display()
+                ),
                 "--manage-all-nodes=false".into(),
-                format!("--manage-nodes-with-annotation-selector={}=fake", profiles::SIMULATED_NODE_ANNOTATION),
+                format!(
+                    "--manage-nodes-with-annotation-selector={}=fake",
+                    profiles::SIMULATED_NODE_ANNOTATION
+                ),
                 "--cidr=10.0.0.1/16".into(),
                 "--node-ip=10.0.0.1".into(),
                 "--server-address=".into(),
@@ -343,48 +389,63 @@ impl Cluster {
         let (bin, kc) = (self.bin_dir.clone(), self.kubeconfig.clone());
         let mut alive = Ok(());
         // Ready, and the node-lifecycle controller has lifted the not-ready taint.
-        wait_until("simulated nodes to be Ready and schedulable", Duration::from_secs(120), Duration::from_millis(500), || {
-            alive = self.check_alive();
-            if alive.is_err() {
-                return true;
-            }
-            let out = kubectl(&bin, &kc)
-                .args(["get", "nodes", "-o", "json"])
-                .output();
-            let Ok(out) = out else { return false };
-            let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-                return false;
-            };
-            let items = list["items"].as_array().cloned().unwrap_or_default();
-            !items.is_empty()
-                && items.iter().all(|n| {
-                    let ready = n["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True");
-                    let tainted = n["spec"]["taints"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|t| t["key"].as_str().is_some_and(|k| k.starts_with("node.kubernetes.io/")));
-                    ready && !tainted
-                })
-        })?;
+        wait_until(
+            "simulated nodes to be Ready and schedulable",
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            || {
+                alive = self.check_alive();
+                if alive.is_err() {
+                    return true;
+                }
+                let out = kubectl(&bin, &kc)
+                    .args(["get", "nodes", "-o", "json"])
+                    .output();
+                let Ok(out) = out else { return false };
+                let Ok(list) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                    return false;
+                };
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                !items.is_empty()
+                    && items.iter().all(|n| {
+                        let ready = n["status"]["conditions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                        let tainted =
+                            n["spec"]["taints"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|t| {
+                                    t["key"]
+                                        .as_str()
+                                        .is_some_and(|k| k.starts_with("node.kubernetes.io/"))
+                                });
+                        ready && !tainted
+                    })
+            },
+        )?;
         alive
     }
 
     fn wait_for_default_service_account(&mut self) -> Result<()> {
         let (bin, kc) = (self.bin_dir.clone(), self.kubeconfig.clone());
-        wait_until("the default ServiceAccount", Duration::from_secs(60), Duration::from_millis(250), || {
-            kubectl(&bin, &kc)
-                .args(["get", "serviceaccount", "default", "-n", "default"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        })
+        wait_until(
+            "the default ServiceAccount",
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+            || {
+                kubectl(&bin, &kc)
+                    .args(["get", "serviceaccount", "default", "-n", "default"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            },
+        )
     }
 
     /// Stops every process, newest first: SIGTERM, then SIGKILL after 5 s.
@@ -437,8 +498,14 @@ pub fn kubectl(bin_dir: &Path, kubeconfig: &Path) -> Command {
 }
 
 /// Creates or updates the nodes of a profile through `kubectl apply`.
-pub fn apply_nodes(bin_dir: &Path, kubeconfig: &Path, profile: Profile, scale: usize) -> Result<()> {
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": profiles::nodes(profile, scale)});
+pub fn apply_nodes(
+    bin_dir: &Path,
+    kubeconfig: &Path,
+    profile: Profile,
+    scale: usize,
+) -> Result<()> {
+    let list =
+        json!({"apiVersion": "v1", "kind": "List", "items": profiles::nodes(profile, scale)});
     let mut child = kubectl(bin_dir, kubeconfig)
         .args(["apply", "-f", "-"])
         .stdin(Stdio::piped())
@@ -473,5 +540,6 @@ fn http_get_ok(port: u16, path: &str) -> bool {
     }
     let mut buf = [0u8; 64];
     let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.0 200") || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.0 200")
+        || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
 }

@@ -9,10 +9,19 @@ use clap::{Parser, Subcommand};
 use substratus_devcluster::{Cluster, Options, Profile, apply_nodes, locate_binaries};
 
 #[derive(Parser)]
-#[command(name = "substratus-devcluster", version, about = "A real Kubernetes control plane on 127.0.0.1 with simulated GPU node pools")]
+#[command(
+    name = "substratus-devcluster",
+    version,
+    about = "A real Kubernetes control plane on 127.0.0.1 with simulated GPU node pools"
+)]
 struct Cli {
     /// Directory for certificates, kubeconfig, etcd data and logs.
-    #[arg(long, global = true, env = "SUBSTRATUS_DEVCLUSTER_DIR", default_value = ".cluster")]
+    #[arg(
+        long,
+        global = true,
+        env = "SUBSTRATUS_DEVCLUSTER_DIR",
+        default_value = ".cluster"
+    )]
     state_dir: PathBuf,
     #[command(subcommand)]
     command: Cmd,
@@ -50,8 +59,9 @@ fn parse_profiles(names: &[String]) -> Result<Vec<Profile>> {
     names
         .iter()
         .map(|n| {
-            Profile::parse(n.trim())
-                .with_context(|| format!("--profile: unknown profile {n:?}; expected gcp, aws, azure or kind"))
+            Profile::parse(n.trim()).with_context(|| {
+                format!("--profile: unknown profile {n:?}; expected gcp, aws, azure or kind")
+            })
         })
         .collect()
 }
@@ -70,7 +80,12 @@ fn main() -> Result<()> {
                 libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
             }
             let started = Instant::now();
-            let cluster = Cluster::start(&Options { bin_dir, state_dir: state_dir.clone(), profiles, scale })?;
+            let cluster = Cluster::start(&Options {
+                bin_dir,
+                state_dir: state_dir.clone(),
+                profiles,
+                scale,
+            })?;
             std::fs::write(&pid_file, std::process::id().to_string())?;
             eprintln!(
                 "cluster ready in {:.1}s at {}\n  export KUBECONFIG={}",
@@ -112,7 +127,12 @@ fn main() -> Result<()> {
         }
         Cmd::Nodes { profile, scale } => {
             let profile = parse_profiles(&[profile])?[0];
-            apply_nodes(&locate_binaries()?, &state_dir.join("kubeconfig"), profile, scale)
+            apply_nodes(
+                &locate_binaries()?,
+                &state_dir.join("kubeconfig"),
+                profile,
+                scale,
+            )
         }
     }
 }

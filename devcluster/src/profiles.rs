@@ -79,7 +79,11 @@ fn gcp_pools() -> Vec<Pool> {
             cpu: 48,
             memory_gib: 192,
             gpus: 4,
-            labels: [gke("l4"), vec![("cloud.google.com/gke-accelerator", "nvidia-l4")]].concat(),
+            labels: [
+                gke("l4"),
+                vec![("cloud.google.com/gke-accelerator", "nvidia-l4")],
+            ]
+            .concat(),
             taints: vec![("nvidia.com/gpu", "present", "NoSchedule")],
         },
         Pool {
@@ -175,7 +179,13 @@ fn azure_pools() -> Vec<Pool> {
             ("agentpool", pool),
         ]
     };
-    let gpu = |pool: &'static str| [aks(pool), vec![("kubernetes.azure.com/accelerator", "nvidia")]].concat();
+    let gpu = |pool: &'static str| {
+        [
+            aks(pool),
+            vec![("kubernetes.azure.com/accelerator", "nvidia")],
+        ]
+        .concat()
+    };
     let sku_taint = vec![("sku", "gpu", "NoSchedule")];
     vec![
         Pool {
@@ -336,7 +346,10 @@ mod tests {
             .collect();
         assert!(!l4.is_empty());
         for n in l4 {
-            assert_eq!(label(n, "node.kubernetes.io/instance-type"), Some("g2-standard-48"));
+            assert_eq!(
+                label(n, "node.kubernetes.io/instance-type"),
+                Some("g2-standard-48")
+            );
             assert_eq!(n["status"]["capacity"]["nvidia.com/gpu"], "4");
             assert_eq!(n["status"]["allocatable"]["nvidia.com/gpu"], "4");
         }
@@ -347,7 +360,10 @@ mod tests {
         for n in nodes(Profile::Azure, 1) {
             assert!(!n["metadata"]["name"].as_str().unwrap().contains("l4"));
             if n["status"]["capacity"].get("nvidia.com/gpu").is_some() {
-                assert_eq!(n["spec"]["taints"][0], json!({"key": "sku", "value": "gpu", "effect": "NoSchedule"}));
+                assert_eq!(
+                    n["spec"]["taints"][0],
+                    json!({"key": "sku", "value": "gpu", "effect": "NoSchedule"})
+                );
             }
         }
     }
@@ -357,7 +373,10 @@ mod tests {
         let one = nodes(Profile::Aws, 1).len();
         let many = nodes(Profile::Aws, 10);
         assert_eq!(many.len(), one * 10);
-        let mut names: Vec<_> = many.iter().map(|n| n["metadata"]["name"].as_str().unwrap()).collect();
+        let mut names: Vec<_> = many
+            .iter()
+            .map(|n| n["metadata"]["name"].as_str().unwrap())
+            .collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), one * 10);
@@ -369,7 +388,10 @@ mod tests {
             for n in nodes(p, 1) {
                 let name = n["metadata"]["name"].as_str().unwrap();
                 if name.contains("-cpu-") || name == "kind-worker-0" {
-                    assert!(n["status"]["capacity"].get("nvidia.com/gpu").is_none(), "{name}");
+                    assert!(
+                        n["status"]["capacity"].get("nvidia.com/gpu").is_none(),
+                        "{name}"
+                    );
                 }
             }
         }

@@ -1,3 +1,4 @@
 //! Test support for the compatibility and cluster tests in `tests/tests/`.
 
+pub mod cluster;
 pub mod manifests;

@@ -1,0 +1,206 @@
+//! The cluster-test fixture: a real control plane (the one named by
+//! `SUBSTRATUS_TEST_KUBECONFIG`, or one started for this test process), our CRDs installed
+//! and Established, and a namespace per test that is deleted afterwards.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use substratus_devcluster::{Cluster, Options, Profile, locate_binaries};
+
+use crate::manifests::repo_root;
+
+/// A cluster the tests of this process share.
+#[derive(Clone, Debug)]
+pub struct SharedCluster {
+    pub kubeconfig: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+static SHARED: OnceLock<Result<SharedCluster, String>> = OnceLock::new();
+
+/// The shared cluster, started on first use (with every profile's node pools) unless
+/// `SUBSTRATUS_TEST_KUBECONFIG` names a running one. Our CRDs are installed and Established.
+pub fn shared() -> &'static SharedCluster {
+    let res = SHARED.get_or_init(|| start_or_attach().map_err(|e| format!("{e:#}")));
+    match res {
+        Ok(c) => c,
+        Err(e) => panic!("no test cluster: {e}"),
+    }
+}
+
+fn start_or_attach() -> Result<SharedCluster> {
+    let bin_dir = locate_binaries()?;
+    let kubeconfig = match std::env::var_os("SUBSTRATUS_TEST_KUBECONFIG") {
+        Some(kc) => PathBuf::from(kc),
+        None => start_in_background(&bin_dir)?,
+    };
+    let cluster = SharedCluster {
+        kubeconfig,
+        bin_dir,
+    };
+    install_crds(&cluster)?;
+    Ok(cluster)
+}
+
+/// Starts a cluster owned by a thread that lives as long as the test process; every process
+/// of the cluster dies with it (`PR_SET_PDEATHSIG`), even when a test aborts.
+fn start_in_background(bin_dir: &Path) -> Result<PathBuf> {
+    remove_stale_state_dirs();
+    let state_dir =
+        std::env::temp_dir().join(format!("substratus-test-cluster-{}", std::process::id()));
+    let opts = Options {
+        bin_dir: bin_dir.to_path_buf(),
+        state_dir,
+        profiles: Profile::ALL.to_vec(),
+        scale: 1,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("test-cluster".into())
+        .spawn(move || match Cluster::start(&opts) {
+            Ok(cluster) => {
+                let _ = tx.send(Ok(cluster.kubeconfig().to_path_buf()));
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        })?;
+    rx.recv_timeout(Duration::from_secs(300))
+        .context("the test cluster did not start within 300s")?
+}
+
+/// Removes the state directories of earlier test processes that are gone.
+fn remove_stale_state_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("substratus-test-cluster-") else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A `kubectl` bound to the shared cluster.
+pub fn kubectl() -> Command {
+    let c = shared();
+    substratus_devcluster::kubectl(&c.bin_dir, &c.kubeconfig)
+}
+
+fn run(mut cmd: Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .context("running kubectl")?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn install_crds(c: &SharedCluster) -> Result<()> {
+    let crds = repo_root().join("crds/generated/crds.yaml");
+    let mut apply = substratus_devcluster::kubectl(&c.bin_dir, &c.kubeconfig);
+    apply.args([
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=substratus-tests",
+        "-f",
+    ]);
+    apply.arg(&crds);
+    run(apply)?;
+    let mut wait = substratus_devcluster::kubectl(&c.bin_dir, &c.kubeconfig);
+    wait.args([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/models.substratus.ai",
+        "crd/datasets.substratus.ai",
+        "crd/servers.substratus.ai",
+        "crd/notebooks.substratus.ai",
+    ]);
+    run(wait)?;
+    Ok(())
+}
+
+/// A client of the shared cluster, as the admin.
+pub async fn client() -> Client {
+    let c = shared();
+    let kc = Kubeconfig::read_from(&c.kubeconfig).expect("reading the test kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("a client configuration from the test kubeconfig");
+    Client::try_from(config).expect("a client of the test cluster")
+}
+
+/// A namespace of its own for one test; deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `t-<prefix>-<random>`.
+    pub fn new(prefix: &str) -> TestNamespace {
+        let suffix: u32 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ std::process::id())
+            .unwrap_or(0);
+        let name = format!("t-{prefix}-{:x}", suffix & 0xffffff);
+        let mut cmd = kubectl();
+        cmd.args(["create", "namespace", &name]);
+        run(cmd).unwrap_or_else(|e| panic!("creating namespace {name}: {e:#}"));
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let mut cmd = kubectl();
+        cmd.args([
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+        let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`; panics naming
+/// `what` (and the last observation) when time runs out.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match check().await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(e) => last = e,
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,398 @@
+//! The simulated cluster is real: the API server validates our CRDs, the controller manager
+//! runs Jobs and Deployments, and the scheduler places GPU pods on the right node pools.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, PostParams};
+use kube::core::DynamicObject;
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+use substratus_tests::cluster::{TestNamespace, client, wait_for};
+use substratus_tests::manifests::{compat_dir, documents, yaml_files};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn substratus_api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let ar = ApiResource {
+        group: "substratus.ai".into(),
+        version: "v1".into(),
+        api_version: "substratus.ai/v1".into(),
+        kind: kind.into(),
+        plural: format!("{}s", kind.to_lowercase()),
+    };
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// Creates `obj` and returns the API server's refusal message (panics if it was accepted).
+async fn rejection(client: &kube::Client, ns: &str, obj: Value) -> String {
+    let kind = obj["kind"].as_str().unwrap().to_owned();
+    let obj: DynamicObject = serde_json::from_value(obj).unwrap();
+    match substratus_api(client, ns, &kind)
+        .create(&PostParams::default(), &obj)
+        .await
+    {
+        Ok(_) => panic!("the API server accepted an invalid {kind}"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+fn model(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "substratus.ai/v1", "kind": "Model", "metadata": {"name": name}, "spec": spec})
+}
+
+#[tokio::test]
+async fn invalid_objects_are_rejected_with_the_field_named() {
+    let ns = TestNamespace::new("invalid");
+    let c = client().await;
+    let cases = [
+        (
+            model("empty-build", json!({"build": {}})),
+            "spec.build must set exactly one of spec.build.git or spec.build.upload",
+        ),
+        (
+            model(
+                "both-builds",
+                json!({"build": {"git": {"url": "u"}, "upload": {"md5Checksum": "0123456789abcdef0123456789abcdef", "requestID": "r"}}}),
+            ),
+            "spec.build must set exactly one",
+        ),
+        (
+            model("no-image", json!({"params": {"a": 1}})),
+            "spec.image or spec.build must be set",
+        ),
+        (
+            model(
+                "bad-md5",
+                json!({"build": {"upload": {"md5Checksum": "not-hex", "requestID": "1"}}}),
+            ),
+            "spec.build.upload.md5Checksum",
+        ),
+        (
+            model(
+                "bad-gpu",
+                json!({"image": "i", "resources": {"gpu": {"type": "nvidia-v100", "count": 1}}}),
+            ),
+            "spec.resources.gpu.type",
+        ),
+        (
+            model(
+                "gpu-no-count",
+                json!({"image": "i", "resources": {"gpu": {"type": "nvidia-l4"}}}),
+            ),
+            "spec.resources.gpu.count is required",
+        ),
+        (
+            model(
+                "too-many-gpus",
+                json!({"image": "i", "resources": {"gpu": {"count": 17}}}),
+            ),
+            "spec.resources.gpu.count",
+        ),
+        (
+            model(
+                "negative-memory",
+                json!({"image": "i", "resources": {"memory": -1}}),
+            ),
+            "spec.resources.memory",
+        ),
+        (
+            model(&"m".repeat(51), json!({"image": "i"})),
+            "metadata.name of a Model must be at most 50 characters",
+        ),
+        (
+            json!({"apiVersion": "substratus.ai/v1", "kind": "Server", "metadata": {"name": "s"}, "spec": {"image": "i"}}),
+            "spec.model.name is required",
+        ),
+        (
+            json!({"apiVersion": "substratus.ai/v1", "kind": "Server", "metadata": {"name": "s2"},
+                   "spec": {"image": "i", "model": {"name": "a"}, "modelName": "b"}}),
+            "spec.modelName is a legacy alias",
+        ),
+        (
+            json!({"apiVersion": "substratus.ai/v1", "kind": "Notebook", "metadata": {"name": "n".repeat(48)}, "spec": {"image": "i"}}),
+            "metadata.name of a Notebook must be at most 47",
+        ),
+    ];
+    for (obj, expected) in cases {
+        let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+        let msg = rejection(&c, &ns.name, obj).await;
+        assert!(
+            msg.contains(expected),
+            "{name}: expected {expected:?} in {msg:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_compat_manifest_and_example_is_accepted_by_the_api_server() {
+    let ns = TestNamespace::new("compat");
+    let c = client().await;
+    let mut files = yaml_files(&compat_dir());
+    files.extend(yaml_files(
+        &substratus_tests::manifests::repo_root().join("examples"),
+    ));
+    let mut count = 0;
+    for file in files {
+        for mut doc in documents(&file).unwrap() {
+            doc["metadata"]["namespace"] = json!(ns.name);
+            let kind = doc["kind"].as_str().unwrap().to_owned();
+            let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+            let pp = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            substratus_api(&c, &ns.name, &kind)
+                .create(&pp, &obj)
+                .await
+                .unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));
+            count += 1;
+        }
+    }
+    assert!(count >= 25, "only {count} manifests checked");
+}
+
+#[tokio::test]
+async fn a_job_runs_to_completion() {
+    let ns = TestNamespace::new("job");
+    let jobs: Api<Job> = Api::namespaced(client().await, &ns.name);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "hello"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "busybox"}]
+        }}}
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    wait_for("the Job to complete", WAIT, || async {
+        let j = jobs.get("hello").await.map_err(|e| e.to_string())?;
+        Ok(j.status.and_then(|s| s.succeeded).filter(|n| *n >= 1))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_marked_to_fail_fails_its_job_with_a_message() {
+    let ns = TestNamespace::new("fail");
+    let jobs: Api<Job> = Api::namespaced(client().await, &ns.name);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "doomed"},
+        "spec": {"backoffLimit": 0, "template": {
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox",
+                "env": [{"name": "SIM_FAIL", "value": "true"}]}]}
+        }}
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let failed = wait_for("the Job to fail", WAIT, || async {
+        let j = jobs.get("doomed").await.map_err(|e| e.to_string())?;
+        Ok(j.status.and_then(|s| s.conditions).and_then(|cs| {
+            cs.into_iter()
+                .find(|c| c.type_ == "Failed" && c.status == "True")
+        }))
+    })
+    .await;
+    assert_eq!(failed.reason.as_deref(), Some("BackoffLimitExceeded"));
+    let status = jobs.get("doomed").await.unwrap().status.unwrap();
+    assert_eq!(status.succeeded.unwrap_or(0), 0);
+}
+
+#[tokio::test]
+async fn a_pod_annotated_with_a_duration_runs_that_long() {
+    let ns = TestNamespace::new("slow");
+    let jobs: Api<Job> = Api::namespaced(client().await, &ns.name);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "slow"},
+        "spec": {"backoffLimit": 0, "template": {
+            "metadata": {"annotations": {"sim.substratus.ai/duration": "4s"}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox"}]}
+        }}
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let status = wait_for("the slow Job to complete", WAIT, || async {
+        let j = jobs.get("slow").await.map_err(|e| e.to_string())?;
+        Ok(j.status.filter(|s| s.succeeded.unwrap_or(0) >= 1))
+    })
+    .await;
+    let ran =
+        status.completion_time.unwrap().0.as_second() - status.start_time.unwrap().0.as_second();
+    assert!(
+        ran >= 4,
+        "the Job ran {ran}s, not the 4s its pod was annotated with"
+    );
+}
+
+#[tokio::test]
+async fn a_deployment_becomes_available() {
+    let ns = TestNamespace::new("deploy");
+    let deploys: Api<Deployment> = Api::namespaced(client().await, &ns.name);
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}
+    }))
+    .unwrap();
+    deploys.create(&PostParams::default(), &d).await.unwrap();
+    wait_for(
+        "the Deployment to be Available with 2 ready replicas",
+        WAIT,
+        || async {
+            let d = deploys.get("web").await.map_err(|e| e.to_string())?;
+            let s = d.status.unwrap_or_default();
+            let available = s
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            Ok((available && s.ready_replicas == Some(2)).then_some(()))
+        },
+    )
+    .await;
+}
+
+fn gpu_pod(name: &str, selector: Value, gpus: u32) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": selector,
+            "containers": [{"name": "main", "image": "busybox", "resources": {
+                "limits": {"nvidia.com/gpu": gpus.to_string()},
+                "requests": {"nvidia.com/gpu": gpus.to_string()}
+            }}]
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn four_l4_gpus_land_on_the_gke_l4_pool() {
+    let ns = TestNamespace::new("l4");
+    let c = client().await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+    let pod = gpu_pod(
+        "l4",
+        json!({"cloud.google.com/gke-accelerator": "nvidia-l4"}),
+        4,
+    );
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let node_name = wait_for("the L4 pod to be scheduled and running", WAIT, || async {
+        let p = pods.get("l4").await.map_err(|e| e.to_string())?;
+        let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        Ok(running.then(|| p.spec.and_then(|s| s.node_name)).flatten())
+    })
+    .await;
+    let node = Api::<Node>::all(c).get(&node_name).await.unwrap();
+    let labels = node.metadata.labels.unwrap();
+    assert_eq!(labels["cloud.google.com/gke-accelerator"], "nvidia-l4");
+    assert_eq!(labels["node.kubernetes.io/instance-type"], "g2-standard-48");
+    // GKE's GPU taint is tolerated because the pod asks for nvidia.com/gpu.
+    let tolerations = pods
+        .get("l4")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .tolerations
+        .unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.key.as_deref() == Some("nvidia.com/gpu"))
+    );
+}
+
+async fn assert_unschedulable(pods: &Api<Pod>, name: &str) -> String {
+    let cond = wait_for(
+        "the scheduler to report the pod Unschedulable",
+        WAIT,
+        || async {
+            let p = pods.get(name).await.map_err(|e| e.to_string())?;
+            let status = p.status.unwrap_or_default();
+            Ok(status.conditions.unwrap_or_default().into_iter().find(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("Unschedulable")
+            }))
+        },
+    )
+    .await;
+    let p = pods.get(name).await.unwrap();
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
+    assert!(p.spec.unwrap().node_name.is_none());
+    cond.message.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn gpus_a_pool_cannot_hold_stay_pending_as_unschedulable() {
+    let ns = TestNamespace::new("full");
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns.name);
+    // The GKE A100 pool has one node with one GPU: two do not fit.
+    pods.create(
+        &PostParams::default(),
+        &gpu_pod(
+            "a100-full",
+            json!({"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}),
+            2,
+        ),
+    )
+    .await
+    .unwrap();
+    let msg = assert_unschedulable(&pods, "a100-full").await;
+    assert!(msg.contains("nvidia.com/gpu"), "{msg}");
+    // The GKE profile has no H100 pool at all.
+    pods.create(
+        &PostParams::default(),
+        &gpu_pod(
+            "h100-absent",
+            json!({"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}),
+            1,
+        ),
+    )
+    .await
+    .unwrap();
+    let msg = assert_unschedulable(&pods, "h100-absent").await;
+    assert!(msg.contains("node affinity/selector"), "{msg}");
+}
+
+#[tokio::test]
+async fn azure_gpu_pools_need_the_sku_toleration() {
+    let ns = TestNamespace::new("aks");
+    let pods: Api<Pod> = Api::namespaced(client().await, &ns.name);
+    let selector = json!({"kubernetes.azure.com/agentpool": "t4"});
+    pods.create(
+        &PostParams::default(),
+        &gpu_pod("untolerated", selector.clone(), 1),
+    )
+    .await
+    .unwrap();
+    let msg = assert_unschedulable(&pods, "untolerated").await;
+    assert!(msg.contains("untolerated taint"), "{msg}");
+
+    let mut tolerated = gpu_pod("tolerated", selector, 1);
+    tolerated.spec.as_mut().unwrap().tolerations = Some(vec![
+        serde_json::from_value(
+            json!({"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}),
+        )
+        .unwrap(),
+    ]);
+    pods.create(&PostParams::default(), &tolerated)
+        .await
+        .unwrap();
+    wait_for("the tolerated pod to run on aks-t4", WAIT, || async {
+        let p = pods.get("tolerated").await.map_err(|e| e.to_string())?;
+        Ok(p.spec
+            .and_then(|s| s.node_name)
+            .filter(|n| n.starts_with("aks-t4-")))
+    })
+    .await;
+}
