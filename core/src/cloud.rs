@@ -1,0 +1,282 @@
+//! The `Cloud` trait: everything provider-specific the reconcilers need, behind one
+//! interface used as `Arc<dyn Cloud>`. No SDK type crosses it. Every call is idempotent.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{Affinity, Toleration, Volume};
+use substratus_crds::GpuType;
+
+use crate::names::{Kind, Role};
+
+/// A bucket location: `scheme://bucket/path`, e.g. `s3://artifacts` or `gs://b/sub/dir`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketUrl {
+    pub scheme: String,
+    pub bucket: String,
+    /// Path inside the bucket, without leading or trailing `/`; may be empty.
+    pub path: String,
+}
+
+impl BucketUrl {
+    /// Parses `scheme://bucket[/path]`.
+    pub fn parse(url: &str) -> Result<BucketUrl, String> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("{url:?} is not a bucket URL of the form scheme://bucket/path")
+        })?;
+        if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(format!("{url:?} has no valid scheme"));
+        }
+        let rest = rest.trim_matches('/');
+        let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{url:?} names no bucket"));
+        }
+        Ok(BucketUrl {
+            scheme: scheme.to_owned(),
+            bucket: bucket.to_owned(),
+            path: path.trim_matches('/').to_owned(),
+        })
+    }
+
+    /// The object key of `rel` inside this location.
+    pub fn key(&self, rel: &str) -> String {
+        let rel = rel.trim_start_matches('/');
+        if self.path.is_empty() {
+            rel.to_owned()
+        } else {
+            format!("{}/{rel}", self.path)
+        }
+    }
+
+    /// This location extended by `rel`.
+    pub fn join(&self, rel: &str) -> BucketUrl {
+        BucketUrl {
+            path: self.key(rel).trim_end_matches('/').to_owned(),
+            ..self.clone()
+        }
+    }
+}
+
+impl std::fmt::Display for BucketUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}://{}", self.scheme, self.bucket)
+        } else {
+            write!(f, "{}://{}/{}", self.scheme, self.bucket, self.path)
+        }
+    }
+}
+
+/// Configuration every backend shares (the original's `system` ConfigMap keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudConfig {
+    /// `CLUSTER_NAME`: part of storage prefixes and image names.
+    pub cluster_name: String,
+    /// `ARTIFACT_BUCKET_URL`: where artifacts and uploads live.
+    pub artifact_bucket: BucketUrl,
+    /// `REGISTRY_URL`: where built images are pushed.
+    pub registry: String,
+    /// `PRINCIPAL`: the cloud identity workloads run as (none on kind).
+    pub principal: Option<String>,
+}
+
+/// How a pod mounts a bucket prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// The storage prefix of one object (Model, Dataset or Notebook).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArtifactPrefix {
+    pub namespace: String,
+    /// The hex MD5 of the object's identity ([`crate::names::storage_prefix`]).
+    pub hash: String,
+    /// `<bucket URL>/<hash>`, or the URL recorded in the object's status.
+    pub url: BucketUrl,
+}
+
+impl ArtifactPrefix {
+    /// The `artifacts/` folder under the prefix.
+    pub fn artifacts(&self) -> BucketUrl {
+        self.url.join("artifacts")
+    }
+    /// Key of the uploaded build context.
+    pub fn upload_key(&self) -> String {
+        self.url.key("uploads/latest.tar.gz")
+    }
+}
+
+/// What a pod needs to mount a prefix.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BucketVolume {
+    /// The pod volume (its name is set by the caller).
+    pub volume: Volume,
+    /// Annotations the pod needs (e.g. GKE's `gke-gcsfuse/volumes`).
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// Where GPU pods go: node selector, affinity and tolerations.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GpuPlacement {
+    pub node_selector: BTreeMap<String, String>,
+    pub affinity: Option<Affinity>,
+    pub tolerations: Vec<Toleration>,
+}
+
+/// A short-lived URL to PUT an object to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedUrl {
+    pub url: String,
+    /// Seconds since the Unix epoch after which the URL no longer works.
+    pub expires_at_unix: i64,
+}
+
+/// Errors of a backend, classified for the reconcilers.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum CloudError {
+    /// Worth retrying with backoff (network, throttling, a conflict).
+    #[error("{0}")]
+    Transient(String),
+    /// The request cannot succeed until the object or the configuration changes;
+    /// `reason` becomes the condition's reason.
+    #[error("{message}")]
+    Permanent {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl CloudError {
+    pub fn gpu_unavailable(cloud: &str, gpu: GpuType) -> CloudError {
+        CloudError::Permanent {
+            reason: crate::conditions::reasons::GPU_TYPE_UNAVAILABLE,
+            message: format!(
+                "GPU type {gpu} is not offered on cloud {cloud}; choose another spec.resources.gpu.type or omit it to use any GPU"
+            ),
+        }
+    }
+}
+
+/// Requests of a container when the object has no `resources`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefaultResources {
+    pub cpu: i64,
+    pub memory_gib: i64,
+    pub disk_gib: i64,
+}
+
+/// A provider: kind, GCP, AWS or Azure.
+#[async_trait]
+pub trait Cloud: Send + Sync {
+    /// `kind`, `gcp`, `aws` or `azure`.
+    fn name(&self) -> &'static str;
+
+    /// Shared configuration.
+    fn config(&self) -> &CloudConfig;
+
+    /// Requests used when an object sets no `resources`.
+    fn default_resources(&self) -> DefaultResources {
+        DefaultResources {
+            cpu: 2,
+            memory_gib: 4,
+            disk_gib: 100,
+        }
+    }
+
+    /// The pod volume for a prefix of the artifact bucket, read-only or read-write.
+    fn bucket_volume(&self, prefix: &BucketUrl, access: Access)
+    -> Result<BucketVolume, CloudError>;
+
+    /// Objects the owner of a prefix keeps so that pods can mount it (e.g. a static
+    /// PersistentVolume and its claim); empty for inline CSI volumes. Each is applied by the
+    /// reconciler of the owning object and, when namespaced, owned by it.
+    fn prefix_objects(&self, _prefix: &ArtifactPrefix) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+
+    /// Node selector, affinity and tolerations for `count` GPUs of `gpu_type` (any type when
+    /// `None`). A type the provider does not offer is a permanent error.
+    fn gpu_placement(
+        &self,
+        gpu_type: Option<GpuType>,
+        count: i64,
+    ) -> Result<GpuPlacement, CloudError>;
+
+    /// Annotations of a role's ServiceAccount for workload identity.
+    fn service_account_annotations(&self, _role: Role) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    /// Labels every workload pod needs for workload identity.
+    fn pod_identity_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    /// Lets `namespace/service_account` act as the cloud principal. Idempotent: a binding
+    /// that exists already makes no write. Returns the principal bound (None: nothing to do).
+    async fn bind_identity(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Option<String>, CloudError>;
+
+    /// The image a build of an object is pushed to:
+    /// `<registry>/<cluster>-<kind>-<ns>-<name>:<tag>`.
+    fn image_url(&self, kind: Kind, namespace: &str, name: &str, tag: &str) -> String {
+        let c = self.config();
+        format!(
+            "{}/{}-{}-{namespace}-{name}:{tag}",
+            c.registry.trim_end_matches('/'),
+            c.cluster_name,
+            kind.lower()
+        )
+    }
+
+    /// The hex MD5 of a stored object, `None` when it does not exist.
+    async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError>;
+
+    /// A PUT URL for `key`, valid for `ttl`, bound to `md5_hex` where the provider can.
+    async fn signed_upload_url(
+        &self,
+        key: &str,
+        md5_hex: &str,
+        ttl: Duration,
+    ) -> Result<SignedUrl, CloudError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_urls_parse_and_print() {
+        let u = BucketUrl::parse("gs://my-bucket").unwrap();
+        assert_eq!(
+            (u.scheme.as_str(), u.bucket.as_str(), u.path.as_str()),
+            ("gs", "my-bucket", "")
+        );
+        assert_eq!(u.join("abc").to_string(), "gs://my-bucket/abc");
+        let u = BucketUrl::parse("s3://b/some/dir/").unwrap();
+        assert_eq!(u.path, "some/dir");
+        assert_eq!(u.key("x/y"), "some/dir/x/y");
+        assert_eq!(u.to_string(), "s3://b/some/dir");
+        for bad in ["nobucket", "s3://", "://b", "s 3://b"] {
+            assert!(BucketUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn prefix_keys() {
+        let p = ArtifactPrefix {
+            namespace: "ns".into(),
+            hash: "h".into(),
+            url: BucketUrl::parse("s3://b/h").unwrap(),
+        };
+        assert_eq!(p.artifacts().to_string(), "s3://b/h/artifacts");
+        assert_eq!(p.upload_key(), "h/uploads/latest.tar.gz");
+    }
+}

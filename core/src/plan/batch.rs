@@ -1,0 +1,665 @@
+//! Model and Dataset: a Job that writes `/content/artifacts`, after the referenced base Model
+//! and Dataset are Ready. A new generation of the object re-runs it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use substratus_crds::{Params, Resources};
+
+use super::{
+    Blocked, Child, Deletion, GENERATION_ANNOTATION, Mount, Parent, RefState, Workload,
+    params_config_map, pod_problem, pod_template, ready_condition, stamp_hash,
+};
+use crate::cloud::{Access, ArtifactPrefix, BucketUrl, Cloud};
+use crate::conditions::{Desired, is_true_for, reasons, types};
+use crate::names::{self, Kind};
+
+/// The workload fields of a Model or Dataset spec.
+#[derive(Clone, Debug)]
+pub struct BatchSpec<'a> {
+    pub image: Option<&'a str>,
+    pub command: &'a [String],
+    pub env: &'a BTreeMap<String, String>,
+    pub params: &'a Params,
+    pub resources: Option<&'a Resources>,
+}
+
+/// What a Job of this object is doing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobOutcome {
+    Running,
+    Complete,
+    Failed { message: String },
+}
+
+/// The object's Job as observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedJob {
+    /// The parent generation the Job was created for.
+    pub generation: Option<i64>,
+    pub outcome: JobOutcome,
+    /// The Job is being deleted.
+    pub deleting: bool,
+}
+
+impl ObservedJob {
+    /// Reads a Job's generation annotation, deletion and Complete/Failed conditions.
+    pub fn from_job(job: &Job) -> ObservedJob {
+        let generation = job
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(GENERATION_ANNOTATION))
+            .and_then(|g| g.parse().ok());
+        let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+        let is = |t: &str| {
+            conditions
+                .into_iter()
+                .flatten()
+                .find(|c| c.type_ == t && c.status == "True")
+        };
+        let outcome = if is("Complete").is_some() {
+            JobOutcome::Complete
+        } else if let Some(failed) = is("Failed") {
+            JobOutcome::Failed {
+                message: format!(
+                    "Job {} failed: {}{}",
+                    job.metadata.name.as_deref().unwrap_or(""),
+                    failed.reason.as_deref().unwrap_or("Failed"),
+                    failed
+                        .message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+            }
+        } else {
+            JobOutcome::Running
+        };
+        ObservedJob {
+            generation,
+            outcome,
+            deleting: job.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// Everything the planner looks at.
+#[derive(Clone, Debug)]
+pub struct BatchInput<'a> {
+    pub parent: Parent,
+    pub spec: BatchSpec<'a>,
+    /// Conditions currently in status.
+    pub conditions: &'a [Condition],
+    /// `status.artifacts.url`, honoured once set.
+    pub artifacts_url: Option<&'a str>,
+    /// `spec.model` (Model only), `None` when not referenced.
+    pub base_model: Option<RefState>,
+    /// `spec.dataset` (Model only), `None` when not referenced.
+    pub dataset: Option<RefState>,
+    pub job: Option<ObservedJob>,
+    /// Pods of the Job, to explain a Job that does not progress.
+    pub pods: &'a [Pod],
+}
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchPlan {
+    /// Children to keep as desired (applied when their hash differs).
+    pub children: Vec<Child>,
+    /// A Job to create (never updated: its template is immutable).
+    pub create_job: Option<Job>,
+    pub delete: Vec<Deletion>,
+    pub ready: bool,
+    /// The main condition (`Complete`) and the aggregate `Ready`.
+    pub conditions: Vec<Desired>,
+    pub artifacts_url: String,
+    /// Look again soon (e.g. a Job being deleted).
+    pub requeue: bool,
+}
+
+/// The storage prefix of an object: the URL recorded in status if any, else computed.
+pub fn artifact_prefix(
+    parent: &Parent,
+    recorded: Option<&str>,
+    cloud: &dyn Cloud,
+) -> ArtifactPrefix {
+    let config = cloud.config();
+    let hash = names::storage_prefix(
+        &config.cluster_name,
+        &parent.namespace,
+        parent.kind,
+        &parent.name,
+    );
+    let url = recorded
+        .and_then(|u| BucketUrl::parse(u).ok())
+        .unwrap_or_else(|| config.artifact_bucket.join(&hash));
+    ArtifactPrefix {
+        namespace: parent.namespace.clone(),
+        hash,
+        url,
+    }
+}
+
+/// Prefix objects from the cloud, owned by `parent` when namespaced.
+pub fn owned_prefix_objects(
+    parent: &Parent,
+    prefix: &ArtifactPrefix,
+    cloud: &dyn Cloud,
+) -> Vec<Child> {
+    cloud
+        .prefix_objects(prefix)
+        .into_iter()
+        .map(|mut v| {
+            if v["metadata"].get("namespace").is_some() {
+                v["metadata"]["ownerReferences"] =
+                    serde_json::to_value(vec![parent.owner_reference()]).unwrap_or_default();
+            }
+            let hash = super::spec_hash(&v);
+            v["metadata"]["annotations"][super::SPEC_HASH_ANNOTATION] =
+                serde_json::Value::String(hash);
+            Child::Raw(v)
+        })
+        .collect()
+}
+
+fn reference_blocked(
+    kind: Kind,
+    base_model: &Option<RefState>,
+    dataset: &Option<RefState>,
+) -> Option<Blocked> {
+    let _ = kind;
+    match base_model {
+        Some(RefState::NotFound) => {
+            return Some(Blocked {
+                reason: reasons::BASE_MODEL_NOT_FOUND,
+                message: "base Model spec.model.name not found".into(),
+            });
+        }
+        Some(RefState::NotReady) => {
+            return Some(Blocked {
+                reason: reasons::BASE_MODEL_NOT_READY,
+                message: "waiting for the base Model to be ready".into(),
+            });
+        }
+        _ => {}
+    }
+    match dataset {
+        Some(RefState::NotFound) => Some(Blocked {
+            reason: reasons::DATASET_NOT_FOUND,
+            message: "Dataset spec.dataset.name not found".into(),
+        }),
+        Some(RefState::NotReady) => Some(Blocked {
+            reason: reasons::DATASET_NOT_READY,
+            message: "waiting for the Dataset to be ready".into(),
+        }),
+        _ => None,
+    }
+}
+
+fn complete(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
+    let main = Desired::new(types::COMPLETE, status, reason, message);
+    let ready = ready_condition(&main);
+    vec![main, ready]
+}
+
+/// Plans a Model or Dataset.
+pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
+    let parent = &input.parent;
+    let generation = parent.generation;
+    let prefix = artifact_prefix(parent, input.artifacts_url, cloud);
+    let mut plan = BatchPlan {
+        children: Vec::new(),
+        create_job: None,
+        delete: Vec::new(),
+        ready: false,
+        conditions: Vec::new(),
+        artifacts_url: prefix.url.to_string(),
+        requeue: false,
+    };
+
+    let Some(image) = input.spec.image else {
+        plan.conditions = complete(
+            false,
+            reasons::AWAITING_IMAGE,
+            "waiting for the image build of spec.build",
+        );
+        return plan;
+    };
+    plan.children.push(Child::ConfigMap(params_config_map(
+        parent,
+        input.spec.params,
+    )));
+    plan.children
+        .extend(owned_prefix_objects(parent, &prefix, cloud));
+    let job_name = parent.kind.workload_name(&parent.name);
+    let what = if parent.kind == Kind::Dataset {
+        "data loader"
+    } else {
+        "modeller"
+    };
+
+    match &input.job {
+        Some(job) if job.deleting => {
+            plan.conditions = complete(
+                false,
+                reasons::JOB_NOT_COMPLETE,
+                format!("waiting for Job {job_name} of an earlier generation to be deleted"),
+            );
+            plan.requeue = true;
+        }
+        Some(job) if job.generation != generation => {
+            plan.delete.push(Deletion {
+                kind: "Job",
+                name: job_name.clone(),
+            });
+            plan.conditions = complete(
+                false,
+                reasons::JOB_NOT_COMPLETE,
+                format!(
+                    "spec changed (generation {}): re-running, replacing Job {job_name}",
+                    generation.unwrap_or(0)
+                ),
+            );
+            plan.requeue = true;
+        }
+        Some(job) => match &job.outcome {
+            JobOutcome::Complete => {
+                plan.ready = true;
+                plan.conditions = complete(
+                    true,
+                    reasons::JOB_COMPLETE,
+                    format!("Job {job_name} completed"),
+                );
+            }
+            JobOutcome::Failed { message } => {
+                plan.conditions = complete(
+                    false,
+                    reasons::JOB_FAILED,
+                    format!("{message}; change the spec or delete the Job to retry"),
+                );
+            }
+            JobOutcome::Running => {
+                plan.conditions = match pod_problem(input.pods) {
+                    Some(b) => complete(false, b.reason, b.message),
+                    None => complete(
+                        false,
+                        reasons::JOB_NOT_COMPLETE,
+                        format!("Waiting for {what} Job {job_name} to complete"),
+                    ),
+                };
+            }
+        },
+        None if is_true_for(input.conditions, types::COMPLETE, generation) => {
+            plan.ready = true;
+            plan.conditions = complete(
+                true,
+                reasons::JOB_COMPLETE,
+                format!("Job {job_name} completed"),
+            );
+        }
+        None => {
+            if let Some(b) = reference_blocked(parent.kind, &input.base_model, &input.dataset) {
+                plan.conditions = complete(false, b.reason, b.message);
+                return plan;
+            }
+            let mut mounts = vec![Mount {
+                subdir: "artifacts",
+                url: prefix.artifacts(),
+                access: Access::ReadWrite,
+            }];
+            if let Some(RefState::Ready { artifacts }) = &input.dataset {
+                mounts.push(Mount {
+                    subdir: "data",
+                    url: artifacts.clone(),
+                    access: Access::ReadOnly,
+                });
+            }
+            if let Some(RefState::Ready { artifacts }) = &input.base_model {
+                mounts.push(Mount {
+                    subdir: "model",
+                    url: artifacts.clone(),
+                    access: Access::ReadOnly,
+                });
+            }
+            let workload = Workload {
+                parent,
+                image,
+                command: input.spec.command,
+                env: input.spec.env,
+                extra_env: Vec::new(),
+                resources: input.spec.resources,
+                mounts,
+                port: None,
+                restart_policy: "Never",
+            };
+            match pod_template(&workload, cloud) {
+                Ok(template) => {
+                    let mut meta = parent.child_meta(job_name.clone());
+                    meta.annotations = Some(BTreeMap::from([(
+                        GENERATION_ANNOTATION.to_owned(),
+                        generation.unwrap_or(0).to_string(),
+                    )]));
+                    let job = Job {
+                        metadata: meta,
+                        spec: Some(JobSpec {
+                            backoff_limit: Some(if parent.kind == Kind::Dataset { 2 } else { 0 }),
+                            template,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    };
+                    plan.create_job = Some(stamp_hash(|j: &mut Job| &mut j.metadata, job));
+                    plan.conditions = complete(
+                        false,
+                        reasons::JOB_NOT_COMPLETE,
+                        format!("Waiting for {what} Job {job_name} to complete"),
+                    );
+                }
+                Err(b) => plan.conditions = complete(false, b.reason, b.message),
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{FAKE_GPU_LABEL, FakeCloud};
+    use substratus_crds::{GpuResources, GpuType};
+
+    fn parent(kind: Kind, generation: i64) -> Parent {
+        Parent {
+            kind,
+            name: "m".into(),
+            namespace: "ns".into(),
+            uid: "uid-1".into(),
+            generation: Some(generation),
+        }
+    }
+
+    struct Fixture {
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+        params: Params,
+        resources: Option<Resources>,
+    }
+
+    fn fixture() -> Fixture {
+        Fixture {
+            command: vec!["load.sh".into()],
+            env: BTreeMap::from([
+                ("B".into(), "2".into()),
+                ("A".into(), "${{ secrets.s.k }}".into()),
+            ]),
+            params: Params::new(),
+            resources: None,
+        }
+    }
+
+    fn input<'a>(f: &'a Fixture, kind: Kind, generation: i64) -> BatchInput<'a> {
+        BatchInput {
+            parent: parent(kind, generation),
+            spec: BatchSpec {
+                image: Some("img"),
+                command: &f.command,
+                env: &f.env,
+                params: &f.params,
+                resources: f.resources.as_ref(),
+            },
+            conditions: &[],
+            artifacts_url: None,
+            base_model: None,
+            dataset: None,
+            job: None,
+            pods: &[],
+        }
+    }
+
+    fn reason(plan: &BatchPlan) -> (&'static str, bool) {
+        let c = plan
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::COMPLETE)
+            .unwrap();
+        (c.reason, c.status)
+    }
+
+    #[test]
+    fn a_new_dataset_gets_its_job_with_the_contract() {
+        let f = fixture();
+        let cloud = FakeCloud::default();
+        let plan = plan(&input(&f, Kind::Dataset, 1), &cloud);
+        let job = plan.create_job.clone().expect("a Job");
+        assert_eq!(job.metadata.name.as_deref(), Some("m-data-loader"));
+        assert_eq!(
+            job.metadata.annotations.as_ref().unwrap()[GENERATION_ANNOTATION],
+            "1"
+        );
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.backoff_limit, Some(2));
+        let tpl = spec.template;
+        let meta = tpl.metadata.unwrap();
+        assert_eq!(meta.labels.as_ref().unwrap()["dataset"], "m");
+        assert_eq!(meta.labels.as_ref().unwrap()["role"], "run");
+        assert_eq!(
+            meta.annotations.unwrap()["kubectl.kubernetes.io/default-container"],
+            "load"
+        );
+        let pod = tpl.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("data-loader"));
+        let c = &pod.containers[0];
+        assert_eq!(c.name, "load");
+        let env: Vec<_> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(env, ["A", "B"]);
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.mount_path.as_str(), m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                ("/content/params.json", Some(true)),
+                ("/content/artifacts", Some(false))
+            ]
+        );
+        // No resources: the cloud's defaults.
+        let req = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(req["memory"].0, "4Gi");
+        assert_eq!(req["ephemeral-storage"].0, "100Gi");
+        assert_eq!(reason(&plan), (reasons::JOB_NOT_COMPLETE, false));
+        assert_eq!(
+            plan.artifacts_url,
+            format!(
+                "fake://artifacts/{}",
+                names::storage_prefix("test-cluster", "ns", Kind::Dataset, "m")
+            )
+        );
+        let Child::ConfigMap(cm) = &plan.children[0] else {
+            panic!("params ConfigMap first")
+        };
+        assert_eq!(cm.metadata.name.as_deref(), Some("m-dataset-params"));
+        assert_eq!(cm.data.as_ref().unwrap()["params.json"], "{}");
+    }
+
+    #[test]
+    fn a_model_waits_for_its_references_then_mounts_them_read_only() {
+        let f = fixture();
+        let cloud = FakeCloud::default();
+        let mut i = input(&f, Kind::Model, 1);
+        i.base_model = Some(RefState::NotFound);
+        i.dataset = Some(RefState::NotReady);
+        let p = plan(&i, &cloud);
+        assert!(p.create_job.is_none());
+        assert_eq!(reason(&p), (reasons::BASE_MODEL_NOT_FOUND, false));
+        i.base_model = Some(RefState::Ready {
+            artifacts: BucketUrl::parse("fake://artifacts/base/artifacts").unwrap(),
+        });
+        assert_eq!(
+            reason(&plan(&i, &cloud)),
+            (reasons::DATASET_NOT_READY, false)
+        );
+        i.dataset = Some(RefState::Ready {
+            artifacts: BucketUrl::parse("fake://artifacts/data/artifacts").unwrap(),
+        });
+        let p = plan(&i, &cloud);
+        let pod = p.create_job.unwrap().spec.unwrap().template.spec.unwrap();
+        let mounts: Vec<_> = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| (m.mount_path.clone(), m.read_only))
+            .collect();
+        assert!(mounts.contains(&("/content/data".into(), Some(true))));
+        assert!(mounts.contains(&("/content/model".into(), Some(true))));
+        assert!(mounts.contains(&("/content/artifacts".into(), Some(false))));
+    }
+
+    #[test]
+    fn job_outcomes_map_to_conditions() {
+        let f = fixture();
+        let cloud = FakeCloud::default();
+        let mut i = input(&f, Kind::Model, 3);
+        i.job = Some(ObservedJob {
+            generation: Some(3),
+            outcome: JobOutcome::Complete,
+            deleting: false,
+        });
+        let p = plan(&i, &cloud);
+        assert!(p.ready && p.create_job.is_none());
+        assert_eq!(reason(&p), (reasons::JOB_COMPLETE, true));
+        i.job = Some(ObservedJob {
+            generation: Some(3),
+            outcome: JobOutcome::Failed {
+                message: "Job m-modeller failed: BackoffLimitExceeded".into(),
+            },
+            deleting: false,
+        });
+        let p = plan(&i, &cloud);
+        assert!(!p.ready);
+        let c = &p.conditions[0];
+        assert_eq!((c.reason, c.status), (reasons::JOB_FAILED, false));
+        assert!(c.message.contains("BackoffLimitExceeded"), "{}", c.message);
+        assert!(
+            p.create_job.is_none(),
+            "a failed Job is not retried for the same generation"
+        );
+    }
+
+    #[test]
+    fn a_new_generation_replaces_the_job_of_the_old_one() {
+        let f = fixture();
+        let cloud = FakeCloud::default();
+        let mut i = input(&f, Kind::Model, 4);
+        i.job = Some(ObservedJob {
+            generation: Some(3),
+            outcome: JobOutcome::Complete,
+            deleting: false,
+        });
+        let p = plan(&i, &cloud);
+        assert_eq!(
+            p.delete,
+            vec![Deletion {
+                kind: "Job",
+                name: "m-modeller".into()
+            }]
+        );
+        assert!(!p.ready && p.requeue && p.create_job.is_none());
+        i.job = None;
+        let p = plan(&i, &cloud);
+        assert_eq!(
+            p.create_job.unwrap().metadata.annotations.unwrap()[GENERATION_ANNOTATION],
+            "4"
+        );
+    }
+
+    #[test]
+    fn a_completed_generation_is_not_rerun_when_its_job_is_gone() {
+        let f = fixture();
+        let cloud = FakeCloud::default();
+        let done = crate::conditions::merge(
+            &[],
+            &complete(true, reasons::JOB_COMPLETE, ""),
+            Some(2),
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        let mut i = input(&f, Kind::Dataset, 2);
+        i.conditions = &done;
+        let p = plan(&i, &cloud);
+        assert!(p.ready && p.create_job.is_none());
+    }
+
+    #[test]
+    fn gpus_are_placed_by_the_cloud_and_unsupported_types_block_with_a_reason() {
+        let mut f = fixture();
+        f.resources = Some(Resources {
+            gpu: Some(GpuResources {
+                gpu_type: Some(GpuType::NvidiaL4),
+                count: Some(4),
+            }),
+            ..Default::default()
+        });
+        let cloud = FakeCloud::default();
+        let p = plan(&input(&f, Kind::Model, 1), &cloud);
+        let pod = p.create_job.unwrap().spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()[FAKE_GPU_LABEL], "l4");
+        let r = pod.containers[0].resources.clone().unwrap();
+        assert_eq!(r.limits.unwrap()["nvidia.com/gpu"].0, "4");
+        assert_eq!(r.requests.unwrap()["nvidia.com/gpu"].0, "4");
+
+        f.resources = Some(Resources {
+            gpu: Some(GpuResources {
+                gpu_type: Some(GpuType::NvidiaH100),
+                count: Some(1),
+            }),
+            ..Default::default()
+        });
+        let p = plan(&input(&f, Kind::Model, 1), &cloud);
+        assert!(p.create_job.is_none());
+        let c = &p.conditions[0];
+        assert_eq!((c.reason, c.status), (reasons::GPU_TYPE_UNAVAILABLE, false));
+        assert!(c.message.contains("nvidia-h100"), "{}", c.message);
+    }
+
+    #[test]
+    fn without_an_image_the_object_waits_for_its_build() {
+        let f = fixture();
+        let mut i = input(&f, Kind::Model, 1);
+        i.spec.image = None;
+        let p = plan(&i, &FakeCloud::default());
+        assert!(p.children.is_empty() && p.create_job.is_none());
+        assert_eq!(reason(&p), (reasons::AWAITING_IMAGE, false));
+    }
+
+    #[test]
+    fn a_recorded_artifacts_url_is_honoured() {
+        let f = fixture();
+        let mut i = input(&f, Kind::Model, 1);
+        i.artifacts_url = Some("fake://old-bucket/abc");
+        let p = plan(&i, &FakeCloud::default());
+        assert_eq!(p.artifacts_url, "fake://old-bucket/abc");
+    }
+
+    #[test]
+    fn the_plan_is_deterministic() {
+        let f = fixture();
+        let cloud = FakeCloud::default();
+        assert_eq!(
+            plan(&input(&f, Kind::Model, 1), &cloud),
+            plan(&input(&f, Kind::Model, 1), &cloud)
+        );
+    }
+}

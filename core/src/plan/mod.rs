@@ -1,0 +1,368 @@
+//! Pure planners: `(object, observed children and references) -> desired children + status`.
+//! Nothing in here does I/O; the reconcilers in [`crate::reconcile`] apply the plans.
+//!
+//! This module holds what every kind shares: the container contract (`/content/...`), the
+//! params ConfigMap, resources and GPU placement, and the hash that lets a reconcile skip
+//! children that are already as desired.
+
+pub mod batch;
+pub mod notebook;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, Pod,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use substratus_crds::{Params, Resources};
+
+use crate::cloud::{Access, BucketUrl, Cloud, CloudError};
+use crate::conditions::{Desired, reasons};
+use crate::names::{self, DEFAULT_CONTAINER_ANNOTATION, Kind, MANAGED_BY, MANAGED_BY_LABEL};
+
+/// Annotation holding the hash of the desired state a child was applied from.
+pub const SPEC_HASH_ANNOTATION: &str = "substratus.ai/spec-hash";
+/// Annotation on a workload naming the parent generation it runs for.
+pub const GENERATION_ANNOTATION: &str = "substratus.ai/generation";
+/// Group id that owns mounted content (as in the original).
+pub const CONTENT_FS_GROUP: i64 = 3003;
+
+/// The parent object a plan is for.
+#[derive(Clone, Debug)]
+pub struct Parent {
+    pub kind: Kind,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub generation: Option<i64>,
+}
+
+impl Parent {
+    /// The controller owner reference children carry.
+    pub fn owner_reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: "substratus.ai/v1".into(),
+            kind: self.kind.name().into(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    /// Metadata of a child: name, namespace, managed-by label, owner reference.
+    pub fn child_meta(&self, name: String) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+                (self.kind.lower().to_owned(), self.name.clone()),
+            ])),
+            owner_references: Some(vec![self.owner_reference()]),
+            ..Default::default()
+        }
+    }
+}
+
+/// A child object to create or update.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Child {
+    ConfigMap(ConfigMap),
+    Secret(k8s_openapi::api::core::v1::Secret),
+    Job(k8s_openapi::api::batch::v1::Job),
+    Deployment(k8s_openapi::api::apps::v1::Deployment),
+    Service(k8s_openapi::api::core::v1::Service),
+    Pod(Pod),
+    /// Anything a cloud asks for (e.g. PersistentVolume/Claim), as JSON with apiVersion/kind.
+    Raw(serde_json::Value),
+}
+
+/// A child to delete: `(kind, name)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+/// Hex MD5 of a value's JSON: compared with [`SPEC_HASH_ANNOTATION`] to skip no-op applies.
+pub fn spec_hash<T: Serialize>(value: &T) -> String {
+    use md5::{Digest, Md5};
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    names::hex(&Md5::digest(&bytes))
+}
+
+/// Sets the spec-hash annotation of `meta` to the hash of `body` (computed without it).
+pub fn stamp_hash<T: Serialize>(meta_of: impl Fn(&mut T) -> &mut ObjectMeta, mut obj: T) -> T {
+    let hash = spec_hash(&obj);
+    meta_of(&mut obj)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SPEC_HASH_ANNOTATION.to_owned(), hash);
+    obj
+}
+
+/// The params ConfigMap: `params.json` is `spec.params` as indented JSON with sorted keys,
+/// `{}` when empty.
+pub fn params_config_map(parent: &Parent, params: &Params) -> ConfigMap {
+    let json = serde_json::to_string_pretty(params).unwrap_or_else(|_| "{}".to_owned());
+    let cm = ConfigMap {
+        metadata: parent.child_meta(names::params_config_map(parent.kind, &parent.name)),
+        data: Some(BTreeMap::from([("params.json".to_owned(), json)])),
+        ..Default::default()
+    };
+    stamp_hash(|c: &mut ConfigMap| &mut c.metadata, cm)
+}
+
+/// A bucket prefix mounted at `/content/<subdir>`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mount {
+    /// `artifacts`, `data` or `model`.
+    pub subdir: &'static str,
+    pub url: BucketUrl,
+    pub access: Access,
+}
+
+/// An HTTP port the container serves, with its readiness path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServingPort {
+    pub name: &'static str,
+    pub port: i32,
+    pub readiness_path: &'static str,
+}
+
+/// What a workload pod is made of.
+#[derive(Clone, Debug)]
+pub struct Workload<'a> {
+    pub parent: &'a Parent,
+    pub image: &'a str,
+    pub command: &'a [String],
+    pub env: &'a BTreeMap<String, String>,
+    pub extra_env: Vec<EnvVar>,
+    pub resources: Option<&'a Resources>,
+    pub mounts: Vec<Mount>,
+    pub port: Option<ServingPort>,
+    pub restart_policy: &'static str,
+}
+
+/// A planning failure the object's status must show.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Blocked {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl From<CloudError> for Blocked {
+    fn from(e: CloudError) -> Blocked {
+        match e {
+            CloudError::Permanent { reason, message } => Blocked { reason, message },
+            CloudError::Transient(message) => Blocked {
+                reason: reasons::CLOUD_ERROR,
+                message,
+            },
+        }
+    }
+}
+
+fn quantity(s: String) -> Quantity {
+    Quantity(s)
+}
+
+/// The pod template of a workload, following the container contract.
+pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSpec, Blocked> {
+    let kind = w.parent.kind;
+    let container_name = kind.container_name();
+
+    let mut labels = names::run_labels(kind, &w.parent.name);
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
+    labels.extend(cloud.pod_identity_labels());
+    let mut annotations = BTreeMap::from([(
+        DEFAULT_CONTAINER_ANNOTATION.to_owned(),
+        container_name.to_owned(),
+    )]);
+
+    let mut volumes = vec![Volume {
+        name: "params".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names::params_config_map(kind, &w.parent.name),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "params".into(),
+        mount_path: "/content/params.json".into(),
+        sub_path: Some("params.json".into()),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    for m in &w.mounts {
+        let bv = cloud.bucket_volume(&m.url, m.access)?;
+        let mut volume = bv.volume;
+        volume.name = m.subdir.to_owned();
+        volumes.push(volume);
+        annotations.extend(bv.pod_annotations);
+        mounts.push(VolumeMount {
+            name: m.subdir.to_owned(),
+            mount_path: format!("/content/{}", m.subdir),
+            read_only: Some(m.access == Access::ReadOnly),
+            ..Default::default()
+        });
+    }
+
+    let defaults = cloud.default_resources();
+    let (cpu, memory, disk) = match w.resources {
+        Some(r) => (r.cpu, r.memory, r.disk),
+        None => (defaults.cpu, defaults.memory_gib, defaults.disk_gib),
+    };
+    let mut requests = BTreeMap::new();
+    if cpu > 0 {
+        requests.insert("cpu".to_owned(), quantity(cpu.to_string()));
+    }
+    if memory > 0 {
+        requests.insert("memory".to_owned(), quantity(format!("{memory}Gi")));
+    }
+    if disk > 0 {
+        requests.insert(
+            "ephemeral-storage".to_owned(),
+            quantity(format!("{disk}Gi")),
+        );
+    }
+    let mut limits = BTreeMap::new();
+    let mut placement = None;
+    if let Some(gpu) = w
+        .resources
+        .and_then(|r| r.gpu.as_ref())
+        .filter(|g| g.count() > 0)
+    {
+        let gpus = quantity(gpu.count().to_string());
+        requests.insert("nvidia.com/gpu".to_owned(), gpus.clone());
+        limits.insert("nvidia.com/gpu".to_owned(), gpus);
+        placement = Some(cloud.gpu_placement(gpu.gpu_type, gpu.count())?);
+    }
+
+    let mut env = crate::env::container_env(w.env);
+    env.extend(w.extra_env.iter().cloned());
+
+    let container = Container {
+        name: container_name.to_owned(),
+        image: Some(w.image.to_owned()),
+        command: (!w.command.is_empty()).then(|| w.command.to_vec()),
+        env: (!env.is_empty()).then_some(env),
+        working_dir: Some("/content".into()),
+        volume_mounts: Some(mounts),
+        resources: Some(ResourceRequirements {
+            requests: (!requests.is_empty()).then_some(requests),
+            limits: (!limits.is_empty()).then_some(limits),
+            ..Default::default()
+        }),
+        ports: w.port.as_ref().map(|p| {
+            vec![ContainerPort {
+                name: Some(p.name.to_owned()),
+                container_port: p.port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]
+        }),
+        readiness_probe: w.port.as_ref().map(|p| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(p.readiness_path.to_owned()),
+                port: IntOrString::String(p.name.to_owned()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let placement = placement.unwrap_or_default();
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            service_account_name: Some(kind.run_role().service_account().to_owned()),
+            restart_policy: Some(w.restart_policy.to_owned()),
+            security_context: Some(PodSecurityContext {
+                fs_group: Some(CONTENT_FS_GROUP),
+                ..Default::default()
+            }),
+            node_selector: (!placement.node_selector.is_empty()).then_some(placement.node_selector),
+            tolerations: (!placement.tolerations.is_empty()).then_some(placement.tolerations),
+            affinity: placement.affinity,
+            ..Default::default()
+        }),
+    })
+}
+
+/// The state of a referenced Model or Dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RefState {
+    NotFound,
+    NotReady,
+    /// Ready, with the bucket URL of its `artifacts/` folder.
+    Ready {
+        artifacts: BucketUrl,
+    },
+}
+
+/// Why a workload's pods do not run, read from the pods: unschedulable, or an image that
+/// cannot be pulled.
+pub fn pod_problem(pods: &[Pod]) -> Option<Blocked> {
+    for pod in pods {
+        let Some(status) = &pod.status else { continue };
+        for c in status.conditions.iter().flatten() {
+            if c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+            {
+                return Some(Blocked {
+                    reason: reasons::UNSCHEDULABLE,
+                    message: format!(
+                        "pod {} cannot be scheduled: {}",
+                        pod.metadata.name.as_deref().unwrap_or(""),
+                        c.message.as_deref().unwrap_or("")
+                    ),
+                });
+            }
+        }
+        for cs in status.container_statuses.iter().flatten() {
+            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
+            if let Some(w) = waiting
+                && matches!(
+                    w.reason.as_deref(),
+                    Some("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")
+                )
+            {
+                return Some(Blocked {
+                    reason: reasons::IMAGE_PULL_FAILED,
+                    message: format!(
+                        "image {} cannot be pulled: {}",
+                        cs.image,
+                        w.message.as_deref().unwrap_or("")
+                    ),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The aggregate `Ready` condition mirrors the kind's main condition.
+pub fn ready_condition(main: &Desired) -> Desired {
+    Desired::new(
+        crate::conditions::types::READY,
+        main.status,
+        main.reason,
+        main.message.clone(),
+    )
+}

@@ -1,0 +1,495 @@
+//! Notebook: a Jupyter Pod on 8888 with a random token kept in a Secret; suspend deletes the
+//! Pod, resume recreates it, and a change a Pod cannot take in place replaces it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Pod, PodSpec, Secret, SecretKeySelector};
+use substratus_crds::NotebookSpec;
+
+use super::{
+    Child, Deletion, Mount, Parent, RefState, SPEC_HASH_ANNOTATION, ServingPort, Workload,
+    params_config_map, pod_problem, pod_template, ready_condition, stamp_hash,
+};
+use crate::cloud::{Access, Cloud};
+use crate::conditions::{Desired, reasons, types};
+use crate::names::{self, Kind};
+use crate::plan::batch::{artifact_prefix, owned_prefix_objects};
+
+/// Jupyter's port, ready when `/api` answers.
+pub const NOTEBOOK_PORT: ServingPort = ServingPort {
+    name: "notebook",
+    port: 8888,
+    readiness_path: "/api",
+};
+/// Key of the token in the notebook's Secret.
+pub const TOKEN_KEY: &str = "token";
+
+/// The command run when the Notebook sets none.
+pub fn default_command() -> Vec<String> {
+    [
+        "jupyter",
+        "lab",
+        "--allow-root",
+        "--ip=0.0.0.0",
+        "--NotebookApp.token=$(NOTEBOOK_TOKEN)",
+        "--notebook-dir=/content",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The Notebook's Pod as observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedPod {
+    pub spec_hash: Option<String>,
+    pub deleting: bool,
+    pub running_and_ready: bool,
+    pub failed: bool,
+}
+
+impl ObservedPod {
+    pub fn from_pod(pod: &Pod) -> ObservedPod {
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref());
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        ObservedPod {
+            spec_hash: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(SPEC_HASH_ANNOTATION))
+                .cloned(),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            running_and_ready: phase == Some("Running") && ready,
+            failed: phase == Some("Failed"),
+        }
+    }
+}
+
+/// Everything the planner looks at.
+#[derive(Clone, Debug)]
+pub struct NotebookInput<'a> {
+    pub parent: Parent,
+    pub spec: &'a NotebookSpec,
+    pub artifacts_url: Option<&'a str>,
+    pub model: Option<RefState>,
+    pub dataset: Option<RefState>,
+    /// The token Secret exists already (it is never rewritten).
+    pub token_secret_exists: bool,
+    /// A fresh random token, used only when the Secret is missing.
+    pub new_token: &'a str,
+    pub pod: Option<ObservedPod>,
+    pub pods: &'a [Pod],
+}
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NotebookPlan {
+    pub children: Vec<Child>,
+    /// Objects to create only when missing (the token Secret, the Pod).
+    pub create: Vec<Child>,
+    pub delete: Vec<Deletion>,
+    pub ready: bool,
+    pub conditions: Vec<Desired>,
+    pub artifacts_url: String,
+    pub token_secret: String,
+    pub requeue: bool,
+}
+
+fn serving(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
+    let main = Desired::new(types::SERVING, status, reason, message);
+    let ready = ready_condition(&main);
+    vec![main, ready]
+}
+
+/// Plans a Notebook.
+pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
+    let parent = &input.parent;
+    let prefix = artifact_prefix(parent, input.artifacts_url, cloud);
+    let token_secret = names::notebook_token_secret(&parent.name);
+    let pod_name = Kind::Notebook.workload_name(&parent.name);
+    let mut plan = NotebookPlan {
+        children: Vec::new(),
+        create: Vec::new(),
+        delete: Vec::new(),
+        ready: false,
+        conditions: Vec::new(),
+        artifacts_url: prefix.url.to_string(),
+        token_secret: token_secret.clone(),
+        requeue: false,
+    };
+    let Some(image) = input.spec.image.as_deref() else {
+        plan.conditions = serving(
+            false,
+            reasons::AWAITING_IMAGE,
+            "waiting for the image build of spec.build",
+        );
+        return plan;
+    };
+    plan.children.push(Child::ConfigMap(params_config_map(
+        parent,
+        &input.spec.params,
+    )));
+    plan.children
+        .extend(owned_prefix_objects(parent, &prefix, cloud));
+    if !input.token_secret_exists {
+        plan.create.push(Child::Secret(Secret {
+            metadata: parent.child_meta(token_secret.clone()),
+            string_data: Some(BTreeMap::from([(
+                TOKEN_KEY.to_owned(),
+                input.new_token.to_owned(),
+            )])),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        }));
+    }
+
+    if input.spec.is_suspended() {
+        if input.pod.is_some() {
+            plan.delete.push(Deletion {
+                kind: "Pod",
+                name: pod_name,
+            });
+        }
+        plan.conditions = serving(
+            false,
+            reasons::SUSPENDED,
+            "spec.suspend is true; artifacts are kept in the bucket",
+        );
+        return plan;
+    }
+
+    let blocked = match (&input.model, &input.dataset) {
+        (Some(RefState::NotFound), _) => {
+            Some((reasons::MODEL_NOT_FOUND, "Model spec.model.name not found"))
+        }
+        (Some(RefState::NotReady), _) => Some((
+            reasons::MODEL_NOT_READY,
+            "waiting for the Model to be ready",
+        )),
+        (_, Some(RefState::NotFound)) => Some((
+            reasons::DATASET_NOT_FOUND,
+            "Dataset spec.dataset.name not found",
+        )),
+        (_, Some(RefState::NotReady)) => Some((
+            reasons::DATASET_NOT_READY,
+            "waiting for the Dataset to be ready",
+        )),
+        _ => None,
+    };
+    if let Some((reason, message)) = blocked {
+        plan.conditions = serving(false, reason, message);
+        return plan;
+    }
+
+    let mut mounts = vec![Mount {
+        subdir: "artifacts",
+        url: prefix.artifacts(),
+        access: Access::ReadWrite,
+    }];
+    if let Some(RefState::Ready { artifacts }) = &input.dataset {
+        mounts.push(Mount {
+            subdir: "data",
+            url: artifacts.clone(),
+            access: Access::ReadOnly,
+        });
+    }
+    if let Some(RefState::Ready { artifacts }) = &input.model {
+        mounts.push(Mount {
+            subdir: "model",
+            url: artifacts.clone(),
+            access: Access::ReadOnly,
+        });
+    }
+    let command = if input.spec.command.is_empty() {
+        default_command()
+    } else {
+        input.spec.command.clone()
+    };
+    let token_env = EnvVar {
+        name: "NOTEBOOK_TOKEN".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: token_secret.clone(),
+                key: TOKEN_KEY.into(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let workload = Workload {
+        parent,
+        image,
+        command: &command,
+        env: &input.spec.env,
+        extra_env: vec![token_env],
+        resources: input.spec.resources.as_ref(),
+        mounts,
+        port: Some(NOTEBOOK_PORT),
+        restart_policy: "Always",
+    };
+    let template = match pod_template(&workload, cloud) {
+        Ok(t) => t,
+        Err(b) => {
+            plan.conditions = serving(false, b.reason, b.message);
+            return plan;
+        }
+    };
+    let mut meta = template.metadata.unwrap_or_default();
+    let child_meta = parent.child_meta(pod_name.clone());
+    meta.name = child_meta.name;
+    meta.namespace = child_meta.namespace;
+    meta.owner_references = child_meta.owner_references;
+    let pod = stamp_hash(
+        |p: &mut Pod| &mut p.metadata,
+        Pod {
+            metadata: meta,
+            spec: Some(template.spec.unwrap_or_else(PodSpec::default)),
+            ..Default::default()
+        },
+    );
+    let desired_hash = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SPEC_HASH_ANNOTATION))
+        .cloned();
+
+    match &input.pod {
+        None => {
+            plan.create.push(Child::Pod(pod));
+            plan.conditions = serving(
+                false,
+                reasons::POD_NOT_READY,
+                format!("starting Pod {pod_name}"),
+            );
+        }
+        Some(p) if p.deleting => {
+            plan.conditions = serving(
+                false,
+                reasons::POD_NOT_READY,
+                format!("waiting for the old Pod {pod_name} to be deleted"),
+            );
+            plan.requeue = true;
+        }
+        Some(p) if p.spec_hash != desired_hash => {
+            plan.delete.push(Deletion {
+                kind: "Pod",
+                name: pod_name.clone(),
+            });
+            plan.conditions = serving(
+                false,
+                reasons::POD_NOT_READY,
+                format!("replacing Pod {pod_name}: its spec changed"),
+            );
+            plan.requeue = true;
+        }
+        Some(p) if p.running_and_ready => {
+            plan.ready = true;
+            plan.conditions = serving(
+                true,
+                reasons::POD_READY,
+                format!("Pod {pod_name} is ready; the token is in Secret {token_secret}"),
+            );
+        }
+        Some(p) if p.failed => {
+            plan.delete.push(Deletion {
+                kind: "Pod",
+                name: pod_name.clone(),
+            });
+            plan.conditions = serving(
+                false,
+                reasons::POD_FAILED,
+                format!("Pod {pod_name} failed; replacing it"),
+            );
+            plan.requeue = true;
+        }
+        Some(_) => {
+            plan.conditions = match pod_problem(input.pods) {
+                Some(b) => serving(false, b.reason, b.message),
+                None => serving(
+                    false,
+                    reasons::POD_NOT_READY,
+                    format!("waiting for Pod {pod_name} to be ready"),
+                ),
+            };
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeCloud;
+
+    fn spec(suspend: Option<bool>) -> NotebookSpec {
+        NotebookSpec {
+            image: Some("substratusai/base".into()),
+            suspend,
+            ..Default::default()
+        }
+    }
+
+    fn input(spec: &NotebookSpec, pod: Option<ObservedPod>, secret: bool) -> NotebookInput<'_> {
+        NotebookInput {
+            parent: Parent {
+                kind: Kind::Notebook,
+                name: "nb".into(),
+                namespace: "ns".into(),
+                uid: "u".into(),
+                generation: Some(1),
+            },
+            spec,
+            artifacts_url: None,
+            model: None,
+            dataset: None,
+            token_secret_exists: secret,
+            new_token: "0123abcd",
+            pod,
+            pods: &[],
+        }
+    }
+
+    fn created_pod(p: &NotebookPlan) -> Pod {
+        p.create
+            .iter()
+            .find_map(|c| {
+                if let Child::Pod(p) = c {
+                    Some(p.clone())
+                } else {
+                    None
+                }
+            })
+            .expect("a Pod")
+    }
+
+    #[test]
+    fn a_running_notebook_gets_a_pod_with_its_token_from_a_secret() {
+        let s = spec(None);
+        let p = plan(&input(&s, None, false), &FakeCloud::default());
+        let secret = p
+            .create
+            .iter()
+            .find_map(|c| {
+                if let Child::Secret(s) = c {
+                    Some(s.clone())
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("nb-notebook-token"));
+        assert_eq!(secret.string_data.unwrap()[TOKEN_KEY], "0123abcd");
+        let pod = created_pod(&p);
+        assert_eq!(pod.metadata.name.as_deref(), Some("nb-notebook"));
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        assert_eq!(c.name, "notebook");
+        assert_eq!(c.command.as_ref().unwrap(), &default_command());
+        let env = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "NOTEBOOK_TOKEN")
+            .unwrap();
+        assert!(
+            env.value.is_none(),
+            "the token never appears in the Pod spec"
+        );
+        assert_eq!(
+            env.value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "nb-notebook-token"
+        );
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/api")
+        );
+        assert_eq!(p.token_secret, "nb-notebook-token");
+        // An existing Secret is never replaced.
+        let p = plan(&input(&s, None, true), &FakeCloud::default());
+        assert!(!p.create.iter().any(|c| matches!(c, Child::Secret(_))));
+    }
+
+    #[test]
+    fn suspend_deletes_the_pod_and_resume_recreates_it() {
+        let running = ObservedPod {
+            spec_hash: None,
+            deleting: false,
+            running_and_ready: true,
+            failed: false,
+        };
+        let s = spec(Some(true));
+        let p = plan(&input(&s, Some(running), true), &FakeCloud::default());
+        assert_eq!(
+            p.delete,
+            vec![Deletion {
+                kind: "Pod",
+                name: "nb-notebook".into()
+            }]
+        );
+        assert_eq!(
+            (p.conditions[0].reason, p.conditions[0].status),
+            (reasons::SUSPENDED, false)
+        );
+        let s = spec(Some(false));
+        let p = plan(&input(&s, None, true), &FakeCloud::default());
+        created_pod(&p);
+    }
+
+    #[test]
+    fn a_changed_spec_replaces_the_pod_and_an_unchanged_one_keeps_it() {
+        let s = spec(None);
+        let first = created_pod(&plan(&input(&s, None, true), &FakeCloud::default()));
+        let observed = ObservedPod::from_pod(&first);
+        let p = plan(
+            &input(&s, Some(observed.clone()), true),
+            &FakeCloud::default(),
+        );
+        assert!(p.delete.is_empty() && p.create.is_empty());
+        let mut changed = spec(None);
+        changed.image = Some("substratusai/base:v2".into());
+        let p = plan(
+            &input(&changed, Some(observed), true),
+            &FakeCloud::default(),
+        );
+        assert_eq!(
+            p.delete,
+            vec![Deletion {
+                kind: "Pod",
+                name: "nb-notebook".into()
+            }]
+        );
+        assert!(p.requeue);
+    }
+
+    #[test]
+    fn ready_when_the_pod_is_ready() {
+        let s = spec(None);
+        let first = created_pod(&plan(&input(&s, None, true), &FakeCloud::default()));
+        let mut observed = ObservedPod::from_pod(&first);
+        observed.running_and_ready = true;
+        let p = plan(&input(&s, Some(observed), true), &FakeCloud::default());
+        assert!(p.ready);
+        assert_eq!(p.conditions[0].reason, reasons::POD_READY);
+        assert!(!p.conditions[0].message.contains("0123abcd"));
+    }
+}

@@ -1,0 +1,326 @@
+//! Server: a Deployment and a Service serving a Ready Model on port 8080.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use substratus_crds::ServerSpec;
+
+use super::{
+    Child, Mount, Parent, RefState, ServingPort, Workload, params_config_map, pod_problem,
+    pod_template, ready_condition, stamp_hash,
+};
+use crate::cloud::{Access, Cloud};
+use crate::conditions::{Desired, reasons, types};
+use crate::names::{self, Kind};
+
+/// The serving port: `http-serve` 8080, ready when `/` answers.
+pub const SERVE_PORT: ServingPort = ServingPort {
+    name: "http-serve",
+    port: 8080,
+    readiness_path: "/",
+};
+
+/// The Server's Deployment as observed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ObservedDeployment {
+    pub ready_replicas: i32,
+}
+
+/// Everything the planner looks at.
+#[derive(Clone, Debug)]
+pub struct ServerInput<'a> {
+    pub parent: Parent,
+    pub spec: &'a ServerSpec,
+    pub model: RefState,
+    pub deployment: Option<ObservedDeployment>,
+    pub pods: &'a [Pod],
+}
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerPlan {
+    pub children: Vec<Child>,
+    pub ready: bool,
+    pub ready_replicas: i32,
+    pub conditions: Vec<Desired>,
+}
+
+fn serving(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
+    let main = Desired::new(types::SERVING, status, reason, message);
+    let ready = ready_condition(&main);
+    vec![main, ready]
+}
+
+/// Plans a Server.
+pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
+    let parent = &input.parent;
+    let mut plan = ServerPlan {
+        children: Vec::new(),
+        ready: false,
+        ready_replicas: 0,
+        conditions: Vec::new(),
+    };
+    let Some(image) = input.spec.image.as_deref() else {
+        plan.conditions = serving(
+            false,
+            reasons::AWAITING_IMAGE,
+            "waiting for the image build of spec.build",
+        );
+        return plan;
+    };
+    plan.children.push(Child::ConfigMap(params_config_map(
+        parent,
+        &input.spec.params,
+    )));
+    let artifacts = match &input.model {
+        RefState::NotFound => {
+            plan.conditions = serving(
+                false,
+                reasons::MODEL_NOT_FOUND,
+                "Model spec.model.name not found",
+            );
+            return plan;
+        }
+        RefState::NotReady => {
+            plan.conditions = serving(
+                false,
+                reasons::MODEL_NOT_READY,
+                "waiting for the Model to be ready",
+            );
+            return plan;
+        }
+        RefState::Ready { artifacts } => artifacts.clone(),
+    };
+
+    let name = Kind::Server.workload_name(&parent.name);
+    let workload = Workload {
+        parent,
+        image,
+        command: &input.spec.command,
+        env: &input.spec.env,
+        extra_env: Vec::new(),
+        resources: input.spec.resources.as_ref(),
+        mounts: vec![Mount {
+            subdir: "model",
+            url: artifacts,
+            access: Access::ReadOnly,
+        }],
+        port: Some(SERVE_PORT),
+        restart_policy: "Always",
+    };
+    let mut template = match pod_template(&workload, cloud) {
+        Ok(t) => t,
+        Err(b) => {
+            plan.conditions = serving(false, b.reason, b.message);
+            return plan;
+        }
+    };
+    if let Some(c) = template
+        .spec
+        .as_mut()
+        .and_then(|s| s.containers.first_mut())
+    {
+        c.image_pull_policy = Some("Always".into());
+    }
+    let selector = names::run_labels(Kind::Server, &parent.name);
+    let deployment = Deployment {
+        metadata: parent.child_meta(name.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(input.spec.replicas()),
+            selector: LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..Default::default()
+            },
+            template,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let service = Service {
+        metadata: parent.child_meta(name.clone()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(BTreeMap::from_iter(selector)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 8080,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::String(SERVE_PORT.name.into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    plan.children.push(Child::Service(stamp_hash(
+        |s: &mut Service| &mut s.metadata,
+        service,
+    )));
+    plan.children.push(Child::Deployment(stamp_hash(
+        |d: &mut Deployment| &mut d.metadata,
+        deployment,
+    )));
+
+    let ready_replicas = input
+        .deployment
+        .as_ref()
+        .map(|d| d.ready_replicas)
+        .unwrap_or(0);
+    plan.ready_replicas = ready_replicas;
+    plan.ready = ready_replicas >= 1;
+    plan.conditions = if plan.ready {
+        serving(
+            true,
+            reasons::DEPLOYMENT_READY,
+            format!(
+                "{ready_replicas} of {} replicas ready",
+                input.spec.replicas()
+            ),
+        )
+    } else if input.spec.replicas() == 0 {
+        serving(false, reasons::DEPLOYMENT_NOT_READY, "spec.replicas is 0")
+    } else if let Some(b) = pod_problem(input.pods) {
+        serving(false, b.reason, b.message)
+    } else {
+        serving(
+            false,
+            reasons::DEPLOYMENT_NOT_READY,
+            format!("waiting for Deployment {name} to have a ready replica"),
+        )
+    };
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::BucketUrl;
+    use crate::fake::FakeCloud;
+    use substratus_crds::ObjectRef;
+
+    fn spec() -> ServerSpec {
+        ServerSpec {
+            image: Some("substratusai/model-server-basaran".into()),
+            model: Some(ObjectRef {
+                name: "falcon".into(),
+            }),
+            env: BTreeMap::from([("MODEL_LOAD_IN_4BIT".into(), "true".into())]),
+            ..Default::default()
+        }
+    }
+
+    fn input(
+        spec: &ServerSpec,
+        model: RefState,
+        deployment: Option<ObservedDeployment>,
+    ) -> ServerInput<'_> {
+        ServerInput {
+            parent: Parent {
+                kind: Kind::Server,
+                name: "falcon".into(),
+                namespace: "ns".into(),
+                uid: "u".into(),
+                generation: Some(1),
+            },
+            spec,
+            model,
+            deployment,
+            pods: &[],
+        }
+    }
+
+    fn ready_model() -> RefState {
+        RefState::Ready {
+            artifacts: BucketUrl::parse("fake://artifacts/h/artifacts").unwrap(),
+        }
+    }
+
+    #[test]
+    fn waits_for_the_model() {
+        let s = spec();
+        let p = plan(&input(&s, RefState::NotReady, None), &FakeCloud::default());
+        assert_eq!(p.children.len(), 1, "only the params ConfigMap");
+        assert_eq!(p.conditions[0].reason, reasons::MODEL_NOT_READY);
+        let p = plan(&input(&s, RefState::NotFound, None), &FakeCloud::default());
+        assert_eq!(p.conditions[0].reason, reasons::MODEL_NOT_FOUND);
+    }
+
+    #[test]
+    fn serves_the_model_through_a_deployment_and_service() {
+        let s = spec();
+        let p = plan(&input(&s, ready_model(), None), &FakeCloud::default());
+        let Child::Service(svc) = &p.children[1] else {
+            panic!("Service")
+        };
+        assert_eq!(svc.metadata.name.as_deref(), Some("falcon-server"));
+        let port = &svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!((port.name.as_deref(), port.port), (Some("http"), 8080));
+        assert_eq!(
+            port.target_port,
+            Some(IntOrString::String("http-serve".into()))
+        );
+        let Child::Deployment(d) = &p.children[2] else {
+            panic!("Deployment")
+        };
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        let pod = spec.template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.name, "serve");
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/")
+        );
+        assert_eq!(pod.service_account_name.as_deref(), Some("model-server"));
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == "/content/model" && m.read_only == Some(true))
+        );
+        assert!(!p.ready);
+        assert_eq!(p.conditions[0].reason, reasons::DEPLOYMENT_NOT_READY);
+    }
+
+    #[test]
+    fn ready_with_one_ready_replica() {
+        let s = spec();
+        let p = plan(
+            &input(
+                &s,
+                ready_model(),
+                Some(ObservedDeployment { ready_replicas: 1 }),
+            ),
+            &FakeCloud::default(),
+        );
+        assert!(p.ready);
+        assert_eq!(p.ready_replicas, 1);
+        assert_eq!(
+            (p.conditions[0].reason, p.conditions[0].status),
+            (reasons::DEPLOYMENT_READY, true)
+        );
+        assert_eq!(p.conditions[1].type_, types::READY);
+    }
+
+    #[test]
+    fn replicas_follow_the_spec() {
+        let mut s = spec();
+        s.replicas = Some(3);
+        let p = plan(&input(&s, ready_model(), None), &FakeCloud::default());
+        let Child::Deployment(d) = &p.children[2] else {
+            panic!("Deployment")
+        };
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(3));
+    }
+}
