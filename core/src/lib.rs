@@ -11,7 +11,9 @@ pub mod cloud;
 pub mod conditions;
 pub mod env;
 pub mod fake;
+pub mod metrics;
 pub mod names;
 pub mod plan;
+pub mod reconcile;
 
 pub use cloud::Cloud;

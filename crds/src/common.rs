@@ -255,3 +255,28 @@ pub struct ServerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+/// Status of a Notebook.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotebookStatus {
+    /// True when Jupyter is up and ready.
+    #[serde(default)]
+    pub ready: bool,
+    /// Conditions: `Uploaded`, `Built`, `Serving`, and the aggregate `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Where the notebook's own artifacts live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsStatus>,
+    /// Signed URL and stored checksum for upload builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_upload: Option<UploadStatus>,
+    /// Name of the Secret (key `token`) holding the Jupyter token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{ArtifactObjectStatus, Build, ObjectRef, Params, Resources, ServerStatus};
+use crate::common::{
+    ArtifactObjectStatus, Build, NotebookStatus, ObjectRef, Params, Resources, ServerStatus,
+};
 
 /// Longest suffix the controllers append to an object's name, per kind
 /// (`-<kind>-params`, `-<kind>-bld`, `-modeller`, `-data-loader`, `-server`, `-notebook`).
@@ -189,7 +191,7 @@ workload_spec! {
         doc = "A Notebook of substratus.ai/v1: Jupyter next to a Model and a Dataset.",
         namespaced,
         derive = "PartialEq",
-        status = "ArtifactObjectStatus",
+        status = "NotebookStatus",
         category = "ai",
         shortname = "nb",
         printcolumn(name = "Ready", type_ = "boolean", json_path = ".status.ready"),

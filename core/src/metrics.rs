@@ -1,0 +1,75 @@
+//! Prometheus metrics of the reconcilers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+    pub reason: String,
+}
+
+/// Counters and histograms every controller updates.
+pub struct Metrics {
+    pub reconciles: Family<KindLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub duration: Family<KindLabels, Histogram>,
+    pub status_writes: Family<KindLabels, Counter>,
+    pub child_writes: Family<KindLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `substratus_`.
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
+            }),
+            status_writes: Family::default(),
+            child_writes: Family::default(),
+        };
+        let sub = registry.sub_registry_with_prefix("substratus");
+        sub.register(
+            "reconciles",
+            "Reconciles run, by kind",
+            m.reconciles.clone(),
+        );
+        sub.register(
+            "reconcile_errors",
+            "Reconciles that failed, by kind and reason",
+            m.errors.clone(),
+        );
+        sub.register(
+            "reconcile_duration_seconds",
+            "Time a reconcile took, by kind",
+            m.duration.clone(),
+        );
+        sub.register(
+            "status_writes",
+            "Status updates written, by kind",
+            m.status_writes.clone(),
+        );
+        sub.register(
+            "child_writes",
+            "Child objects created, updated or deleted, by kind",
+            m.child_writes.clone(),
+        );
+        m
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new(&mut Registry::default())
+    }
+}

@@ -1,0 +1,229 @@
+//! Model and Dataset reconcilers: read references and the Job, plan, apply.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use substratus_crds::{ArtifactObjectStatus, ArtifactsStatus, Dataset, Model};
+
+use super::{
+    Context, Error, REQUEUE_DONE, REQUEUE_PROGRESSING, kube_err, merged_conditions, parent_of,
+    write_status,
+};
+use crate::names::Kind;
+use crate::plan::batch::{self, BatchInput, BatchPlan, BatchSpec, JobOutcome, ObservedJob};
+use crate::plan::{Parent, RefState};
+
+/// What a Model or Dataset reconcile needs to read first.
+struct Observed {
+    job: Option<Job>,
+    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+}
+
+async fn observe(ctx: &Context, parent: &Parent) -> Result<Observed, Error> {
+    let job_name = parent.kind.workload_name(&parent.name);
+    let job = Api::<Job>::namespaced(ctx.client.clone(), &parent.namespace)
+        .get_opt(&job_name)
+        .await
+        .map_err(kube_err(
+            "reading Job",
+            format!("{}/{job_name}", parent.namespace),
+        ))?;
+    let needs_pods = job.as_ref().is_some_and(|j| {
+        let o = ObservedJob::from_job(j);
+        matches!(o.outcome, JobOutcome::Running | JobOutcome::Failed { .. })
+    });
+    let pods = if needs_pods {
+        ctx.workload_pods(&parent.namespace, parent.kind, &parent.name)
+            .await?
+    } else {
+        Vec::new()
+    };
+    Ok(Observed { job, pods })
+}
+
+/// The message of a failed container of the Job's pods, to make `JobFailed` actionable.
+fn failed_container_message(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<String> {
+    pods.iter().find_map(|p| {
+        p.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find_map(|cs| {
+                let t = cs.state.as_ref()?.terminated.as_ref()?;
+                (t.exit_code != 0).then(|| {
+                    format!(
+                        "container {} exited with code {}{}{}",
+                        cs.name,
+                        t.exit_code,
+                        t.reason
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default(),
+                        t.message
+                            .as_deref()
+                            .map(|m| format!(": {m}"))
+                            .unwrap_or_default()
+                    )
+                })
+            })
+    })
+}
+
+async fn apply_plan(ctx: &Context, parent: &Parent, plan: &BatchPlan) -> Result<(), Error> {
+    for d in &plan.delete {
+        ctx.delete_child(&parent.namespace, d).await?;
+    }
+    for child in &plan.children {
+        ctx.apply_child(&parent.namespace, child).await?;
+    }
+    if let Some(job) = &plan.create_job {
+        ctx.ensure_service_account(&parent.namespace, parent.kind.run_role())
+            .await?;
+        ctx.create_child(&parent.namespace, &crate::plan::Child::Job(job.clone()))
+            .await?;
+    }
+    Ok(())
+}
+
+fn next(plan: &BatchPlan) -> Action {
+    if plan.requeue {
+        Action::requeue(std::time::Duration::from_secs(1))
+    } else if plan.ready
+        || plan
+            .conditions
+            .iter()
+            .any(|c| c.reason == crate::conditions::reasons::JOB_FAILED)
+    {
+        Action::requeue(REQUEUE_DONE)
+    } else {
+        Action::requeue(REQUEUE_PROGRESSING)
+    }
+}
+
+fn observed_job(o: &Observed) -> Option<ObservedJob> {
+    o.job.as_ref().map(|j| {
+        let mut observed = ObservedJob::from_job(j);
+        if let JobOutcome::Failed { message } = &mut observed.outcome
+            && let Some(detail) = failed_container_message(&o.pods)
+        {
+            message.push_str(&format!("; {detail}"));
+        }
+        observed
+    })
+}
+
+fn new_status(
+    current: Option<&ArtifactObjectStatus>,
+    plan: &BatchPlan,
+    generation: Option<i64>,
+) -> ArtifactObjectStatus {
+    let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    ArtifactObjectStatus {
+        ready: plan.ready,
+        conditions: merged_conditions(existing, &plan.conditions, generation),
+        artifacts: Some(ArtifactsStatus {
+            url: Some(plan.artifacts_url.clone()),
+        }),
+        build_upload: current.and_then(|s| s.build_upload.clone()),
+        observed_generation: generation,
+    }
+}
+
+/// Reconciles a Model.
+pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let parent = parent_of(model.as_ref(), Kind::Model)?;
+    let observed = observe(&ctx, &parent).await?;
+    // References only matter until the Job exists.
+    let (base_model, dataset) = if observed.job.is_none() {
+        let base = match &model.spec.model {
+            Some(r) => Some(
+                ctx.reference(&parent.namespace, Kind::Model, &r.name)
+                    .await?,
+            ),
+            None => None,
+        };
+        let data = match &model.spec.dataset {
+            Some(r) => Some(
+                ctx.reference(&parent.namespace, Kind::Dataset, &r.name)
+                    .await?,
+            ),
+            None => None,
+        };
+        (base, data)
+    } else {
+        (None::<RefState>, None::<RefState>)
+    };
+    let status = model.status.as_ref();
+    let spec = &model.spec;
+    let input = BatchInput {
+        parent: parent.clone(),
+        spec: BatchSpec {
+            image: spec.image.as_deref(),
+            command: &spec.command,
+            env: &spec.env,
+            params: &spec.params,
+            resources: spec.resources.as_ref(),
+        },
+        conditions: status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+        artifacts_url: status
+            .and_then(|s| s.artifacts.as_ref())
+            .and_then(|a| a.url.as_deref()),
+        base_model,
+        dataset,
+        job: observed_job(&observed),
+        pods: &observed.pods,
+    };
+    let plan = batch::plan(&input, ctx.cloud.as_ref());
+    apply_plan(&ctx, &parent, &plan).await?;
+    let new = new_status(status, &plan, parent.generation);
+    if write_status(&ctx, model.as_ref(), status, &new).await? {
+        ctx.event_on_transition(
+            model.as_ref(),
+            status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+            &new.conditions,
+        )
+        .await;
+    }
+    Ok(next(&plan))
+}
+
+/// Reconciles a Dataset.
+pub async fn reconcile_dataset(dataset: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let parent = parent_of(dataset.as_ref(), Kind::Dataset)?;
+    let observed = observe(&ctx, &parent).await?;
+    let status = dataset.status.as_ref();
+    let spec = &dataset.spec;
+    let input = BatchInput {
+        parent: parent.clone(),
+        spec: BatchSpec {
+            image: spec.image.as_deref(),
+            command: &spec.command,
+            env: &spec.env,
+            params: &spec.params,
+            resources: spec.resources.as_ref(),
+        },
+        conditions: status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+        artifacts_url: status
+            .and_then(|s| s.artifacts.as_ref())
+            .and_then(|a| a.url.as_deref()),
+        base_model: None,
+        dataset: None,
+        job: observed_job(&observed),
+        pods: &observed.pods,
+    };
+    let plan = batch::plan(&input, ctx.cloud.as_ref());
+    apply_plan(&ctx, &parent, &plan).await?;
+    let new = new_status(status, &plan, parent.generation);
+    if write_status(&ctx, dataset.as_ref(), status, &new).await? {
+        ctx.event_on_transition(
+            dataset.as_ref(),
+            status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+            &new.conditions,
+        )
+        .await;
+    }
+    Ok(next(&plan))
+}

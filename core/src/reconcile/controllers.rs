@@ -1,0 +1,230 @@
+//! Wiring: one kube-runtime Controller per kind, with watches on owned children (selected by
+//! the managed-by label) and on referenced Models and Datasets, so that a reference becoming
+//! Ready re-triggers its dependants.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::Api;
+use kube::runtime::controller::{Action, Config as ControllerConfig};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
+use kube::{Resource, ResourceExt};
+use substratus_crds::{Dataset, Model, Notebook, Server};
+
+use super::{Context, Error, batch, notebook, server};
+use crate::metrics::{ErrorLabels, KindLabels};
+use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
+
+/// Tuning of the controllers.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Reconciles running at once, per kind.
+    pub concurrency: u16,
+    /// Watch only this namespace (all when `None`).
+    pub namespace: Option<String>,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        ControllerOptions {
+            concurrency: 8,
+            namespace: None,
+        }
+    }
+}
+
+fn api<K>(ctx: &Context, opts: &ControllerOptions) -> Api<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match &opts.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+}
+
+/// Objects in `store` of the same namespace whose reference (read by `refers`) names `name`.
+fn dependants<K, F>(
+    store: &Store<K>,
+    namespace: Option<String>,
+    name: String,
+    refers: F,
+) -> Vec<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+    F: Fn(&K) -> Vec<&str>,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| o.namespace() == namespace && refers(o).contains(&name.as_str()))
+        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .collect()
+}
+
+fn error_policy<K>(kind: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |obj, err, ctx| {
+        let _ = obj;
+        tracing::warn!(kind, error = %err, "reconcile failed");
+        ctx.metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.into(),
+                reason: err.reason().into(),
+            })
+            .inc();
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+type ReconcileFuture = std::pin::Pin<Box<dyn Future<Output = Result<Action, Error>> + Send>>;
+
+/// Wraps a reconcile with metrics and a span.
+fn instrumented<K, Fut>(
+    kind: &'static str,
+    f: fn(Arc<K>, Arc<Context>) -> Fut,
+) -> impl FnMut(Arc<K>, Arc<Context>) -> ReconcileFuture
+where
+    K: ResourceExt + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |obj, ctx| {
+        let name = obj.name_any();
+        let namespace = obj.namespace().unwrap_or_default();
+        Box::pin(async move {
+            let started = Instant::now();
+            let labels = KindLabels { kind: kind.into() };
+            ctx.metrics.reconciles.get_or_create(&labels).inc();
+            let res = f(obj, ctx.clone()).await;
+            ctx.metrics
+                .duration
+                .get_or_create(&labels)
+                .observe(started.elapsed().as_secs_f64());
+            tracing::debug!(kind, %namespace, %name, ok = res.is_ok(), "reconciled");
+            res
+        })
+    }
+}
+
+/// Runs the four controllers until `shutdown` completes.
+pub async fn run(
+    ctx: Arc<Context>,
+    opts: ControllerOptions,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let cfg = ControllerConfig::default().concurrency(opts.concurrency);
+
+    let models = Controller::new(api::<Model>(&ctx, &opts), watcher::Config::default())
+        .with_config(cfg.clone());
+    let model_store = models.store();
+    let model_store2 = model_store.clone();
+    let models = models
+        .owns(api::<Job>(&ctx, &opts), managed())
+        .watches(
+            api::<Model>(&ctx, &opts),
+            watcher::Config::default(),
+            move |base: Model| {
+                dependants(
+                    &model_store,
+                    base.namespace(),
+                    base.name_any(),
+                    |m: &Model| m.spec.model.iter().map(|r| r.name.as_str()).collect(),
+                )
+            },
+        )
+        .watches(
+            api::<Dataset>(&ctx, &opts),
+            watcher::Config::default(),
+            move |d: Dataset| {
+                dependants(&model_store2, d.namespace(), d.name_any(), |m: &Model| {
+                    m.spec.dataset.iter().map(|r| r.name.as_str()).collect()
+                })
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            instrumented("Model", batch::reconcile_model),
+            error_policy("Model"),
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let datasets = Controller::new(api::<Dataset>(&ctx, &opts), watcher::Config::default())
+        .with_config(cfg.clone())
+        .owns(api::<Job>(&ctx, &opts), managed())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            instrumented("Dataset", batch::reconcile_dataset),
+            error_policy("Dataset"),
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let servers = Controller::new(api::<Server>(&ctx, &opts), watcher::Config::default())
+        .with_config(cfg.clone());
+    let server_store = servers.store();
+    let servers = servers
+        .owns(api::<Deployment>(&ctx, &opts), managed())
+        .owns(api::<Service>(&ctx, &opts), managed())
+        .watches(
+            api::<Model>(&ctx, &opts),
+            watcher::Config::default(),
+            move |m: Model| {
+                dependants(&server_store, m.namespace(), m.name_any(), |s: &Server| {
+                    s.spec.model_name().into_iter().collect()
+                })
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            instrumented("Server", server::reconcile_server),
+            error_policy("Server"),
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    let notebooks =
+        Controller::new(api::<Notebook>(&ctx, &opts), watcher::Config::default()).with_config(cfg);
+    let nb_store = notebooks.store();
+    let nb_store2 = nb_store.clone();
+    let notebooks = notebooks
+        .owns(api::<Pod>(&ctx, &opts), managed())
+        .watches(
+            api::<Model>(&ctx, &opts),
+            watcher::Config::default(),
+            move |m: Model| {
+                dependants(&nb_store, m.namespace(), m.name_any(), |n: &Notebook| {
+                    n.spec.model_name().into_iter().collect()
+                })
+            },
+        )
+        .watches(
+            api::<Dataset>(&ctx, &opts),
+            watcher::Config::default(),
+            move |d: Dataset| {
+                dependants(&nb_store2, d.namespace(), d.name_any(), |n: &Notebook| {
+                    n.spec.dataset.iter().map(|r| r.name.as_str()).collect()
+                })
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(
+            instrumented("Notebook", notebook::reconcile_notebook),
+            error_policy("Notebook"),
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()));
+
+    tokio::join!(models, datasets, servers, notebooks);
+}

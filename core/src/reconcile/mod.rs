@@ -1,0 +1,520 @@
+//! Reconcilers: read what the planners need, run them, apply what they ask for. Quiet when
+//! nothing changed: children carry the hash of the state they were applied from and are
+//! only written when it differs, status is written only when it differs, and the service
+//! accounts and identity bindings of a namespace are ensured once.
+
+mod batch;
+mod controllers;
+mod notebook;
+mod server;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::discovery::ApiResource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use substratus_crds::{Dataset, Model};
+
+pub use controllers::{ControllerOptions, run};
+
+use crate::cloud::{BucketUrl, Cloud, CloudError};
+use crate::conditions::{self, Desired, types};
+use crate::metrics::Metrics;
+use crate::names::{MANAGED_BY, MANAGED_BY_LABEL, Role};
+use crate::plan::batch::artifact_prefix;
+use crate::plan::{Child, Deletion, Parent, RefState, SPEC_HASH_ANNOTATION};
+
+/// The one field manager for everything the operator writes.
+pub const FIELD_MANAGER: &str = "substratus-operator";
+/// Annotation on a role's ServiceAccount naming the principal it was bound to.
+pub const IDENTITY_BOUND_ANNOTATION: &str = "substratus.ai/identity-bound";
+
+/// A reconcile that could not finish; the object is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{step} {object}: {source}")]
+    Kube {
+        step: &'static str,
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{step} {object}: {source}")]
+    Cloud {
+        step: &'static str,
+        object: String,
+        #[source]
+        source: CloudError,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { step, .. } | Error::Cloud { step, .. } => step,
+            Error::Invalid(_) => "invalid",
+        }
+    }
+}
+
+fn kube_err(step: &'static str, object: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let object = object.into();
+    move |source| Error::Kube {
+        step,
+        object,
+        source,
+    }
+}
+
+/// What every reconciler shares.
+pub struct Context {
+    pub client: Client,
+    pub cloud: Arc<dyn Cloud>,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    /// (namespace, service account) pairs already ensured and bound.
+    ensured_accounts: Mutex<HashSet<(String, &'static str)>>,
+}
+
+impl Context {
+    pub fn new(client: Client, cloud: Arc<dyn Cloud>, metrics: Arc<Metrics>) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            cloud,
+            metrics,
+            ensured_accounts: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn patch_params(&self) -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    fn count_child_write(&self, kind: &str) {
+        self.metrics
+            .child_writes
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Ensures the role's ServiceAccount in `namespace` exists with the cloud's annotations
+    /// and that the cloud identity is bound to it, once per (namespace, role): a binding
+    /// recorded on the ServiceAccount is never repeated.
+    pub async fn ensure_service_account(&self, namespace: &str, role: Role) -> Result<(), Error> {
+        let sa_name = role.service_account();
+        let key = (namespace.to_owned(), sa_name);
+        if self
+            .ensured_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let existing = api.get_opt(sa_name).await.map_err(kube_err(
+            "reading ServiceAccount",
+            format!("{namespace}/{sa_name}"),
+        ))?;
+        let wanted = self.cloud.service_account_annotations(role);
+        let annotations = existing
+            .as_ref()
+            .map(|sa| sa.annotations().clone())
+            .unwrap_or_default();
+        let needs_apply =
+            existing.is_none() || wanted.iter().any(|(k, v)| annotations.get(k) != Some(v));
+        if needs_apply {
+            let sa = ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(sa_name.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some(BTreeMap::from([(
+                        MANAGED_BY_LABEL.to_owned(),
+                        MANAGED_BY.to_owned(),
+                    )])),
+                    annotations: Some(wanted.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            api.patch(sa_name, &self.patch_params(), &Patch::Apply(&sa))
+                .await
+                .map_err(kube_err(
+                    "applying ServiceAccount",
+                    format!("{namespace}/{sa_name}"),
+                ))?;
+            self.count_child_write("ServiceAccount");
+        }
+        let principal = self.cloud.config().principal.clone();
+        if principal.is_some() && annotations.get(IDENTITY_BOUND_ANNOTATION) != principal.as_ref() {
+            let bound = self
+                .cloud
+                .bind_identity(namespace, sa_name)
+                .await
+                .map_err(|source| Error::Cloud {
+                    step: "binding cloud identity",
+                    object: format!("{namespace}/{sa_name}"),
+                    source,
+                })?;
+            if let Some(p) = bound {
+                let patch = serde_json::json!({"metadata": {"annotations": {IDENTITY_BOUND_ANNOTATION: p}}});
+                api.patch(sa_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(kube_err(
+                        "recording the identity binding",
+                        format!("{namespace}/{sa_name}"),
+                    ))?;
+                self.count_child_write("ServiceAccount");
+            }
+        }
+        self.ensured_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
+        Ok(())
+    }
+
+    /// Applies a child unless the observed one already carries the same spec hash.
+    pub async fn apply_child(&self, namespace: &str, child: &Child) -> Result<(), Error> {
+        match child {
+            Child::ConfigMap(o) => self.apply_typed::<ConfigMap>(namespace, o).await,
+            Child::Secret(o) => self.apply_typed::<Secret>(namespace, o).await,
+            Child::Job(o) => self.apply_typed::<Job>(namespace, o).await,
+            Child::Deployment(o) => self.apply_typed::<Deployment>(namespace, o).await,
+            Child::Service(o) => self.apply_typed::<Service>(namespace, o).await,
+            Child::Pod(o) => self.apply_typed::<Pod>(namespace, o).await,
+            Child::Raw(v) => self.apply_raw(namespace, v).await,
+        }
+    }
+
+    async fn apply_typed<K>(&self, namespace: &str, obj: &K) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let what = format!("{} {namespace}/{name}", K::kind(&()));
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let observed = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("reading", what.clone()))?;
+        if observed.is_some_and(|o| {
+            hash_of(o.meta()) == hash_of(obj.meta()) && hash_of(obj.meta()).is_some()
+        }) {
+            return Ok(());
+        }
+        api.patch(&name, &self.patch_params(), &Patch::Apply(obj))
+            .await
+            .map_err(kube_err("applying", what))?;
+        self.count_child_write(&K::kind(&()));
+        Ok(())
+    }
+
+    async fn apply_raw(&self, namespace: &str, v: &serde_json::Value) -> Result<(), Error> {
+        let obj: DynamicObject = serde_json::from_value(v.clone())
+            .map_err(|e| Error::Invalid(format!("cloud object: {e}")))?;
+        let types = obj
+            .types
+            .clone()
+            .ok_or_else(|| Error::Invalid("cloud object without apiVersion/kind".into()))?;
+        let gvk = GroupVersionKind::try_from(&types).map_err(|e| Error::Invalid(e.to_string()))?;
+        let ar = ApiResource::from_gvk(&gvk);
+        let name = obj.name_any();
+        let api: Api<DynamicObject> = match obj.metadata.namespace.as_deref() {
+            Some(_) => Api::namespaced_with(self.client.clone(), namespace, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        let what = format!("{} {name}", gvk.kind);
+        let observed = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("reading", what.clone()))?;
+        if observed.is_some_and(|o| hash_of(&o.metadata) == hash_of(&obj.metadata)) {
+            return Ok(());
+        }
+        api.patch(&name, &self.patch_params(), &Patch::Apply(&obj))
+            .await
+            .map_err(kube_err("applying", what))?;
+        self.count_child_write(&gvk.kind);
+        Ok(())
+    }
+
+    /// Creates a child unless it exists (for objects never updated: Jobs, Pods, Secrets).
+    pub async fn create_child(&self, namespace: &str, child: &Child) -> Result<(), Error> {
+        async fn create<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<(), Error>
+        where
+            K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+                + Clone
+                + Serialize
+                + DeserializeOwned
+                + std::fmt::Debug,
+        {
+            let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+            let name = obj.meta().name.clone().unwrap_or_default();
+            match api
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    obj,
+                )
+                .await
+            {
+                Ok(_) => {
+                    ctx.count_child_write(&K::kind(&()));
+                    Ok(())
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                Err(e) => Err(kube_err(
+                    "creating",
+                    format!("{} {namespace}/{name}", K::kind(&())),
+                )(e)),
+            }
+        }
+        match child {
+            Child::Job(o) => create(self, namespace, o).await,
+            Child::Pod(o) => create(self, namespace, o).await,
+            Child::Secret(o) => create(self, namespace, o).await,
+            other => self.apply_child(namespace, other).await,
+        }
+    }
+
+    /// Deletes a child (its dependants in the background); a missing one is fine.
+    pub async fn delete_child(&self, namespace: &str, d: &Deletion) -> Result<(), Error> {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        let what = format!("{} {namespace}/{}", d.kind, d.name);
+        let res = match d.kind {
+            "Job" => Api::<Job>::namespaced(self.client.clone(), namespace)
+                .delete(&d.name, &dp)
+                .await
+                .map(|_| ()),
+            "Pod" => Api::<Pod>::namespaced(self.client.clone(), namespace)
+                .delete(&d.name, &dp)
+                .await
+                .map(|_| ()),
+            other => return Err(Error::Invalid(format!("cannot delete a {other}"))),
+        };
+        match res {
+            Ok(()) => {
+                self.count_child_write(d.kind);
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(kube_err("deleting", what)(e)),
+        }
+    }
+
+    /// Pods of a workload, selected by its run labels.
+    pub async fn workload_pods(
+        &self,
+        namespace: &str,
+        kind: crate::names::Kind,
+        name: &str,
+    ) -> Result<Vec<Pod>, Error> {
+        let selector = format!("{}={name},role=run", kind.lower());
+        Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+            .map_err(kube_err("listing pods", format!("{namespace} {selector}")))
+    }
+
+    /// The state of a referenced Model (`kind` Model) or Dataset.
+    pub async fn reference(
+        &self,
+        namespace: &str,
+        kind: crate::names::Kind,
+        name: &str,
+    ) -> Result<RefState, Error> {
+        let what = format!("{} {namespace}/{name}", kind.name());
+        let (ready, recorded, uid) = match kind {
+            crate::names::Kind::Dataset => {
+                match Api::<Dataset>::namespaced(self.client.clone(), namespace)
+                    .get_opt(name)
+                    .await
+                    .map_err(kube_err("reading", what))?
+                {
+                    None => return Ok(RefState::NotFound),
+                    Some(d) => {
+                        let s = d.status.unwrap_or_default();
+                        (s.ready, s.artifacts.and_then(|a| a.url), d.metadata.uid)
+                    }
+                }
+            }
+            _ => match Api::<Model>::namespaced(self.client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map_err(kube_err("reading", what))?
+            {
+                None => return Ok(RefState::NotFound),
+                Some(m) => {
+                    let s = m.status.unwrap_or_default();
+                    (s.ready, s.artifacts.and_then(|a| a.url), m.metadata.uid)
+                }
+            },
+        };
+        if !ready {
+            return Ok(RefState::NotReady);
+        }
+        let parent = Parent {
+            kind,
+            name: name.into(),
+            namespace: namespace.into(),
+            uid: uid.unwrap_or_default(),
+            generation: None,
+        };
+        let prefix = artifact_prefix(&parent, recorded.as_deref(), self.cloud.as_ref());
+        Ok(RefState::Ready {
+            artifacts: prefix.artifacts(),
+        })
+    }
+
+    /// Publishes an Event when the `Ready` condition flips.
+    pub async fn event_on_transition<K>(&self, obj: &K, before: &[Condition], after: &[Condition])
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let old = conditions::find(before, types::READY).map(|c| c.status.as_str());
+        let Some(new) = conditions::find(after, types::READY) else {
+            return;
+        };
+        if old == Some(new.status.as_str()) {
+            return;
+        }
+        let ev = Event {
+            type_: if new.status == "True"
+                || new.reason == crate::conditions::reasons::JOB_NOT_COMPLETE
+                || new.reason.ends_with("NotReady")
+            {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: new.reason.clone(),
+            note: Some(new.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing an event failed");
+        }
+    }
+}
+
+fn hash_of(meta: &kube::api::ObjectMeta) -> Option<&String> {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(SPEC_HASH_ANNOTATION))
+}
+
+/// The parent of a plan, from an object.
+pub fn parent_of<K: Resource<DynamicType = ()>>(
+    obj: &K,
+    kind: crate::names::Kind,
+) -> Result<Parent, Error> {
+    let meta = obj.meta();
+    Ok(Parent {
+        kind,
+        name: meta
+            .name
+            .clone()
+            .ok_or_else(|| Error::Invalid("object without a name".into()))?,
+        namespace: meta
+            .namespace
+            .clone()
+            .ok_or_else(|| Error::Invalid("object without a namespace".into()))?,
+        uid: meta
+            .uid
+            .clone()
+            .ok_or_else(|| Error::Invalid("object without a uid".into()))?,
+        generation: meta.generation,
+    })
+}
+
+/// Conditions merged with the current ones at `now`.
+pub fn merged_conditions(
+    existing: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let now = Time(jiff::Timestamp::now());
+    conditions::merge(existing, desired, generation, &now)
+}
+
+/// Writes `status` with server-side apply, only when it differs from `current`.
+pub async fn write_status<K, S>(
+    ctx: &Context,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let namespace = obj.meta().namespace.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&name, &ctx.patch_params(), &Patch::Apply(&body))
+        .await
+        .map_err(kube_err(
+            "writing status of",
+            format!("{} {namespace}/{name}", K::kind(&())),
+        ))?;
+    ctx.metrics
+        .status_writes
+        .get_or_create(&crate::metrics::KindLabels {
+            kind: K::kind(&()).into_owned(),
+        })
+        .inc();
+    Ok(true)
+}
+
+/// How soon to look again at an object that is still progressing, and at one that is done
+/// (a safety net against missed events; these reconciles only read).
+pub const REQUEUE_PROGRESSING: Duration = Duration::from_secs(30);
+pub const REQUEUE_DONE: Duration = Duration::from_secs(600);
+
+/// A Bucket URL from the recorded status, if it parses.
+pub fn recorded_url(url: Option<&str>) -> Option<BucketUrl> {
+    url.and_then(|u| BucketUrl::parse(u).ok())
+}

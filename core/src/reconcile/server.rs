@@ -1,0 +1,84 @@
+//! Server reconciler.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use substratus_crds::{Server, ServerStatus};
+
+use super::{
+    Context, Error, REQUEUE_DONE, REQUEUE_PROGRESSING, kube_err, merged_conditions, parent_of,
+    write_status,
+};
+use crate::names::Kind;
+use crate::plan::server::{self, ObservedDeployment, ServerInput};
+use crate::plan::{Child, RefState};
+
+/// Reconciles a Server.
+pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let parent = parent_of(srv.as_ref(), Kind::Server)?;
+    let model = match srv.spec.model_name() {
+        Some(name) => ctx.reference(&parent.namespace, Kind::Model, name).await?,
+        None => RefState::NotFound,
+    };
+    let name = Kind::Server.workload_name(&parent.name);
+    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &parent.namespace)
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(
+            "reading Deployment",
+            format!("{}/{name}", parent.namespace),
+        ))?;
+    let observed = deployment.as_ref().map(|d| ObservedDeployment {
+        ready_replicas: d
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+    });
+    let not_ready = observed.as_ref().is_none_or(|d| d.ready_replicas == 0);
+    let pods = if deployment.is_some() && not_ready {
+        ctx.workload_pods(&parent.namespace, Kind::Server, &parent.name)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let input = ServerInput {
+        parent: parent.clone(),
+        spec: &srv.spec,
+        model,
+        deployment: observed,
+        pods: &pods,
+    };
+    let plan = server::plan(&input, ctx.cloud.as_ref());
+    if plan
+        .children
+        .iter()
+        .any(|c| matches!(c, Child::Deployment(_)))
+    {
+        ctx.ensure_service_account(&parent.namespace, Kind::Server.run_role())
+            .await?;
+    }
+    for child in &plan.children {
+        ctx.apply_child(&parent.namespace, child).await?;
+    }
+    let status = srv.status.as_ref();
+    let existing = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let new = ServerStatus {
+        ready: plan.ready,
+        conditions: merged_conditions(existing, &plan.conditions, parent.generation),
+        build_upload: status.and_then(|s| s.build_upload.clone()),
+        replicas: Some(plan.ready_replicas),
+        observed_generation: parent.generation,
+    };
+    if write_status(&ctx, srv.as_ref(), status, &new).await? {
+        ctx.event_on_transition(srv.as_ref(), existing, &new.conditions)
+            .await;
+    }
+    Ok(Action::requeue(if plan.ready {
+        REQUEUE_DONE
+    } else {
+        REQUEUE_PROGRESSING
+    }))
+}
