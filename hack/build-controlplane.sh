@@ -9,14 +9,23 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 K8S_VERSION="v1.36.3"
 ETCD_VERSION="v3.6.16"
 KWOK_VERSION="v0.8.0"
+VERSITYGW_VERSION="v1.8.0"
 CACHE_ROOT="${SUBSTRATUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/substratus}"
 BIN_DIR="$CACHE_ROOT/controlplane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/bin"
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok)
+# Test servers live beside the control plane, keyed by their own version.
+TOOLS_DIR="$CACHE_ROOT/tools/versitygw-$VERSITYGW_VERSION"
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok versitygw)
 
 missing=()
 for b in "${BINARIES[@]}"; do
   [[ -x "$BIN_DIR/$b" ]] || missing+=("$b")
 done
+# versitygw is cached under its own key and linked into the binary directory.
+if [[ -x "$TOOLS_DIR/versitygw" && ! -e "$BIN_DIR/versitygw" ]]; then
+  mkdir -p "$BIN_DIR" && ln -sf "$TOOLS_DIR/versitygw" "$BIN_DIR/versitygw"
+  missing=("${missing[@]/versitygw}")
+  missing=(${missing[@]})
+fi
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "control plane: cached in $BIN_DIR" >&2
   echo "$BIN_DIR"
@@ -51,6 +60,10 @@ for b in "${missing[@]}"; do
     kube-*|kubectl) build kubernetes "k8s.io/kubernetes/cmd/$b" "$b" "$ldflags" ;;
     etcd) build etcd . etcd ;;
     kwok) build kwok sigs.k8s.io/kwok/cmd/kwok kwok ;;
+    versitygw)
+      build versitygw github.com/versity/versitygw/cmd/versitygw versitygw
+      mkdir -p "$TOOLS_DIR" && mv "$BIN_DIR/versitygw" "$TOOLS_DIR/versitygw"
+      ln -sf "$TOOLS_DIR/versitygw" "$BIN_DIR/versitygw" ;;
   esac
 done
 rmdir "$tmp" 2>/dev/null || true

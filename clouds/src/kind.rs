@@ -1,0 +1,387 @@
+//! The kind backend: a local cluster whose bucket is an S3-compatible server (MinIO in the
+//! kind install), mounted into pods through an S3 CSI driver (k8s-csi-s3) with a static
+//! PersistentVolume per prefix. No cloud identity; images go to an in-cluster registry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine;
+use futures::StreamExt;
+use http::{HeaderName, HeaderValue, Method};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
+use md5::{Digest, Md5};
+use object_store::ObjectStoreExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::signer::{SignedUrlOptions, Signer};
+use serde_json::{Value, json};
+use substratus_core::cloud::{
+    Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError,
+    DefaultResources, GpuPlacement, SignedUrl,
+};
+use substratus_core::names::{self, MANAGED_BY, MANAGED_BY_LABEL};
+use substratus_crds::GpuType;
+
+use crate::gpu::GpuCatalog;
+
+/// Settings of the kind backend.
+#[derive(Clone, Debug)]
+pub struct KindSettings {
+    /// S3 endpoint the operator uses, e.g. `http://minio.substratus.svc:9000`.
+    pub endpoint: String,
+    /// S3 endpoint put into signed URLs: one the user's machine reaches (e.g.
+    /// `http://localhost:30080`). Defaults to `endpoint`.
+    pub public_endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// CSI driver that mounts S3 prefixes.
+    pub csi_driver: String,
+    /// Secret (namespace/name) with the CSI driver's S3 credentials.
+    pub csi_secret: (String, String),
+}
+
+/// The kind backend.
+pub struct KindCloud {
+    config: CloudConfig,
+    settings: KindSettings,
+    store: Arc<AmazonS3>,
+    signer: Arc<AmazonS3>,
+    gpus: GpuCatalog,
+}
+
+fn s3(settings: &KindSettings, bucket: &str, endpoint: &str) -> Result<AmazonS3, String> {
+    AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_region(&settings.region)
+        .with_bucket_name(bucket)
+        .with_access_key_id(&settings.access_key_id)
+        .with_secret_access_key(&settings.secret_access_key)
+        .with_allow_http(true)
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .map_err(|e| format!("S3 client for {endpoint}: {e}"))
+}
+
+fn transient(what: &str) -> impl Fn(object_store::Error) -> CloudError + '_ {
+    move |e| CloudError::Transient(format!("{what}: {e}"))
+}
+
+impl KindCloud {
+    pub fn new(
+        config: CloudConfig,
+        settings: KindSettings,
+        gpus: GpuCatalog,
+    ) -> Result<KindCloud, String> {
+        if config.artifact_bucket.scheme != "s3" {
+            return Err(format!(
+                "ARTIFACT_BUCKET_URL: the kind backend needs an s3:// bucket, got {}",
+                config.artifact_bucket
+            ));
+        }
+        let store = s3(
+            &settings,
+            &config.artifact_bucket.bucket,
+            &settings.endpoint,
+        )?;
+        let public = settings
+            .public_endpoint
+            .clone()
+            .unwrap_or_else(|| settings.endpoint.clone());
+        let signer = s3(&settings, &config.artifact_bucket.bucket, &public)?;
+        Ok(KindCloud {
+            config,
+            settings,
+            store: Arc::new(store),
+            signer: Arc::new(signer),
+            gpus,
+        })
+    }
+
+    /// Object key (inside the bucket) of a bucket URL of this backend.
+    fn key_of(&self, url: &BucketUrl) -> String {
+        url.path.clone()
+    }
+
+    /// Name of the claim for a prefix: stable, and short enough for any namespace.
+    pub fn claim_name(url: &BucketUrl) -> String {
+        format!(
+            "substratus-{}",
+            &names::hex(&Md5::digest(url.to_string().as_bytes()))[..20]
+        )
+    }
+
+    fn volume_name(namespace: &str, url: &BucketUrl) -> String {
+        let id = names::hex(&Md5::digest(format!("{namespace}/{url}").as_bytes()));
+        format!("substratus-{}", &id[..24])
+    }
+
+    /// Computes the hex MD5 of an object by reading it (for multipart uploads, whose ETag is
+    /// not an MD5).
+    async fn md5_by_reading(&self, path: &Path) -> Result<String, CloudError> {
+        let got = self
+            .store
+            .get(path)
+            .await
+            .map_err(transient("reading the object"))?;
+        let mut stream = got.into_stream();
+        let mut hasher = Md5::new();
+        while let Some(chunk) = stream.next().await {
+            hasher.update(chunk.map_err(transient("reading the object"))?);
+        }
+        Ok(names::hex(&hasher.finalize()))
+    }
+}
+
+/// The hex MD5 an S3 ETag stands for: a single-part ETag is the quoted hex MD5; a multipart
+/// one (`"<hex>-<parts>"`) is not an MD5 at all.
+pub fn etag_md5(etag: &str) -> Option<String> {
+    let t = etag.trim().trim_matches('"');
+    (t.len() == 32 && t.chars().all(|c| c.is_ascii_hexdigit())).then(|| t.to_ascii_lowercase())
+}
+
+/// The base64 form of a hex MD5, as the `Content-MD5` header carries it.
+pub fn md5_base64(md5_hex: &str) -> Result<String, CloudError> {
+    let bad = || CloudError::Permanent {
+        reason: substratus_core::conditions::reasons::INVALID_SPEC,
+        message: format!(
+            "spec.build.upload.md5Checksum {md5_hex:?} is not 32 hexadecimal characters"
+        ),
+    };
+    if md5_hex.len() != 32 {
+        return Err(bad());
+    }
+    let bytes: Result<Vec<u8>, _> = (0..16)
+        .map(|i| u8::from_str_radix(&md5_hex[2 * i..2 * i + 2], 16))
+        .collect();
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes.map_err(|_| bad())?))
+}
+
+#[async_trait]
+impl Cloud for KindCloud {
+    fn name(&self) -> &'static str {
+        "kind"
+    }
+
+    fn config(&self) -> &CloudConfig {
+        &self.config
+    }
+
+    fn default_resources(&self) -> DefaultResources {
+        // A laptop: request nothing unless asked.
+        DefaultResources {
+            cpu: 0,
+            memory_gib: 0,
+            disk_gib: 0,
+        }
+    }
+
+    fn bucket_volume(
+        &self,
+        prefix: &BucketUrl,
+        access: Access,
+    ) -> Result<BucketVolume, CloudError> {
+        Ok(BucketVolume {
+            volume: Volume {
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: KindCloud::claim_name(prefix),
+                    read_only: Some(access == Access::ReadOnly),
+                }),
+                ..Default::default()
+            },
+            pod_annotations: BTreeMap::new(),
+        })
+    }
+
+    fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
+        let url = prefix.artifacts();
+        let claim = KindCloud::claim_name(&url);
+        let volume = KindCloud::volume_name(&prefix.namespace, &url);
+        let (secret_ns, secret_name) = &self.settings.csi_secret;
+        let secret_ref = json!({"name": secret_name, "namespace": secret_ns});
+        let labels = json!({MANAGED_BY_LABEL: MANAGED_BY});
+        vec![
+            json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume, "labels": labels},
+                "spec": {
+                    "capacity": {"storage": "1Ti"},
+                    "accessModes": ["ReadWriteMany"],
+                    // Retain: deleting a claim must never delete artifacts.
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "claimRef": {"namespace": prefix.namespace, "name": claim},
+                    "csi": {
+                        "driver": self.settings.csi_driver,
+                        "volumeHandle": format!("{}/{}", url.bucket, self.key_of(&url)),
+                        "volumeAttributes": {"mounter": "geesefs", "options": "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"},
+                        "controllerPublishSecretRef": secret_ref,
+                        "nodePublishSecretRef": secret_ref,
+                        "nodeStageSecretRef": secret_ref,
+                    },
+                },
+            }),
+            json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": prefix.namespace, "labels": labels},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": volume,
+                    "resources": {"requests": {"storage": "1Ti"}},
+                },
+            }),
+        ]
+    }
+
+    fn gpu_placement(
+        &self,
+        gpu_type: Option<GpuType>,
+        _count: i64,
+    ) -> Result<GpuPlacement, CloudError> {
+        self.gpus.placement(gpu_type)
+    }
+
+    async fn bind_identity(
+        &self,
+        _namespace: &str,
+        _service_account: &str,
+    ) -> Result<Option<String>, CloudError> {
+        Ok(None)
+    }
+
+    async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError> {
+        let path = Path::from(key);
+        match self.store.head(&path).await {
+            Ok(meta) => match meta.e_tag.as_deref().and_then(etag_md5) {
+                Some(md5) => Ok(Some(md5)),
+                None => self.md5_by_reading(&path).await.map(Some),
+            },
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(CloudError::Transient(format!("reading {key}: {e}"))),
+        }
+    }
+
+    async fn signed_upload_url(
+        &self,
+        key: &str,
+        md5_hex: &str,
+        ttl: Duration,
+    ) -> Result<SignedUrl, CloudError> {
+        let content_md5 = md5_base64(md5_hex)?;
+        let header = HeaderValue::from_str(&content_md5)
+            .map_err(|e| CloudError::Transient(e.to_string()))?;
+        let opts = SignedUrlOptions::new()
+            .with_signed_header(HeaderName::from_static("content-md5"), header);
+        let url = self
+            .signer
+            .signed_url_opts(Method::PUT, &Path::from(key), ttl, &opts)
+            .await
+            .map_err(transient("signing the upload URL"))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Ok(SignedUrl {
+            url: url.to_string(),
+            expires_at_unix: now + ttl.as_secs() as i64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_of_single_part_uploads_are_md5s() {
+        assert_eq!(
+            etag_md5("\"9E107D9D372BB6826BD81D3542A419D6\"").as_deref(),
+            Some("9e107d9d372bb6826bd81d3542a419d6")
+        );
+        assert_eq!(
+            etag_md5("9e107d9d372bb6826bd81d3542a419d6").as_deref(),
+            Some("9e107d9d372bb6826bd81d3542a419d6")
+        );
+        assert_eq!(etag_md5("\"9e107d9d372bb6826bd81d3542a419d6-3\""), None);
+    }
+
+    #[test]
+    fn content_md5_is_the_base64_of_the_digest() {
+        // md5("") = d41d8cd98f00b204e9800998ecf8427e, base64 1B2M2Y8AsgTpgAmY7PhCfg==
+        assert_eq!(
+            md5_base64("d41d8cd98f00b204e9800998ecf8427e").unwrap(),
+            "1B2M2Y8AsgTpgAmY7PhCfg=="
+        );
+        assert!(md5_base64("xyz").is_err());
+    }
+
+    fn cloud() -> KindCloud {
+        KindCloud::new(
+            CloudConfig {
+                cluster_name: "kind".into(),
+                artifact_bucket: BucketUrl::parse("s3://artifacts").unwrap(),
+                registry: "registry.local:5000".into(),
+                principal: None,
+            },
+            KindSettings {
+                endpoint: "http://127.0.0.1:9".into(),
+                public_endpoint: None,
+                region: "us-east-1".into(),
+                access_key_id: "k".into(),
+                secret_access_key: "s".into(),
+                csi_driver: "ru.yandex.s3.csi".into(),
+                csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
+            },
+            GpuCatalog::kind(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_prefix_gets_a_retained_volume_and_a_claim_pods_mount() {
+        let c = cloud();
+        let prefix = ArtifactPrefix {
+            namespace: "ns".into(),
+            hash: "h".into(),
+            url: BucketUrl::parse("s3://artifacts/h").unwrap(),
+        };
+        let objs = c.prefix_objects(&prefix);
+        let pv = &objs[0];
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(pv["spec"]["csi"]["volumeHandle"], "artifacts/h/artifacts");
+        let claim = objs[1]["metadata"]["name"].as_str().unwrap();
+        assert_eq!(pv["spec"]["claimRef"]["name"], claim);
+        let v = c
+            .bucket_volume(&prefix.artifacts(), Access::ReadOnly)
+            .unwrap()
+            .volume;
+        let pvc = v.persistent_volume_claim.unwrap();
+        assert_eq!(pvc.claim_name, claim);
+        assert_eq!(pvc.read_only, Some(true));
+        assert!(claim.len() <= 63);
+    }
+
+    #[test]
+    fn a_non_s3_bucket_is_refused_at_start() {
+        let mut cfg = cloud().config().clone();
+        cfg.artifact_bucket = BucketUrl::parse("gs://b").unwrap();
+        let settings = cloud().settings.clone();
+        let err = KindCloud::new(cfg, settings, GpuCatalog::kind())
+            .err()
+            .unwrap();
+        assert!(err.contains("ARTIFACT_BUCKET_URL"), "{err}");
+    }
+
+    #[test]
+    fn images_are_named_like_the_original() {
+        assert_eq!(
+            cloud().image_url(substratus_core::names::Kind::Model, "ns", "m", "v1"),
+            "registry.local:5000/kind-model-ns-m:v1"
+        );
+    }
+}
