@@ -1,13 +1,22 @@
 //! `substratus-operator`: runs the Substratus controllers, and prints the CRDs.
 
+mod config;
+mod http;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use futures::FutureExt;
 use clap::{Parser, Subcommand};
+use prometheus_client::registry::Registry;
+use substratus_core::metrics::Metrics;
+use substratus_core::reconcile::{self, Context, ControllerOptions};
+use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(
-    name = "substratus-operator",
-    version,
-    about = "Runs the Substratus controllers"
-)]
+#[command(name = "substratus-operator", version, about = "Runs the Substratus controllers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,13 +24,134 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controllers.
+    Run(Box<config::RunArgs>),
     /// Print the CustomResourceDefinitions of substratus.ai/v1 as YAML.
     Crd,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Crd => print!("{}", substratus_crds::crds_yaml()?),
+        Command::Crd => {
+            print!("{}", substratus_crds::crds_yaml()?);
+            Ok(())
+        }
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(run(*args)),
     }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn termination() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(args: config::RunArgs) -> Result<()> {
+    init_logging(&args.log_format);
+    // kube's TLS uses ring; other dependencies bring aws-lc-rs: choose one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let cloud = args.cloud()?;
+    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        .boxed()
+        .shared()
+    };
+    tokio::spawn(http::serve_metrics(args.metrics_bind_address, Arc::new(registry), stopped.clone()));
+    tokio::spawn(http::serve_health(args.health_probe_bind_address, ready.clone(), stopped.clone()));
+    tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            termination().await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        }
+    });
+
+    // With leader election, reconcile only while holding the Lease; losing it stops the
+    // process so that two replicas never both write.
+    let mut leader_lost = None;
+    if args.leader_elect {
+        let namespace = args.lease_namespace.clone().unwrap_or_else(|| "default".into());
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("substratus-operator-{}", std::process::id()));
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_duration_seconds)
+            .with_grace(args.lease_duration_seconds.div_ceil(3).max(1))
+            .build()
+            .await
+            .context("setting up leader election")?;
+        let (mut is_leader, task) = manager.watch().await;
+        tracing::info!(%identity, lease = %args.lease_name, %namespace, "waiting for leadership");
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            r = is_leader.wait_for(|l| *l) => { r.context("leader election ended")?; }
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        tracing::info!(%identity, "became leader");
+        leader_lost = Some((is_leader, task));
+    }
+
+    let ctx = Arc::new(Context::new(client, cloud, metrics));
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(cloud = ctx.cloud.name(), cluster = %ctx.cloud.config().cluster_name, "controllers starting");
+    let opts = ControllerOptions { concurrency: args.concurrency, namespace: args.watch_namespace.clone() };
+    let controllers = reconcile::run(ctx, opts, stopped.clone());
+
+    match leader_lost {
+        None => controllers.await,
+        Some((mut is_leader, _task)) => {
+            tokio::select! {
+                _ = controllers => {},
+                _ = is_leader.wait_for(|l| !*l) => {
+                    let _ = stop_tx.send(true);
+                    anyhow::bail!("lost the leader Lease; exiting so that only the new leader writes");
+                }
+            }
+        }
+    }
+    // Let in-flight HTTP answers finish.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tracing::info!("stopped");
     Ok(())
 }

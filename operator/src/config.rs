@@ -1,0 +1,180 @@
+//! Configuration: flags, or the environment variables of the original's `system` ConfigMap
+//! (`CLOUD`, `CLUSTER_NAME`, `ARTIFACT_BUCKET_URL`, `REGISTRY_URL`, `PRINCIPAL`, ...), which
+//! the Deployment loads with `envFrom`. Anything missing is named at start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use substratus_clouds::gpu::GpuCatalog;
+use substratus_clouds::kind::{KindCloud, KindSettings};
+use substratus_core::Cloud;
+use substratus_core::cloud::{BucketUrl, CloudConfig};
+
+/// Settings of `substratus-operator run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Cloud backend: kind, gcp, aws or azure.
+    #[arg(long, env = "CLOUD")]
+    pub cloud: Option<String>,
+    /// Name of this cluster: part of storage prefixes and image names.
+    #[arg(long, env = "CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Bucket for artifacts and uploads, e.g. s3://substratus-artifacts.
+    #[arg(long, env = "ARTIFACT_BUCKET_URL")]
+    pub artifact_bucket_url: Option<String>,
+    /// Registry that built images are pushed to.
+    #[arg(long, env = "REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    /// Cloud identity workloads run as (not used on kind).
+    #[arg(long, env = "PRINCIPAL")]
+    pub principal: Option<String>,
+    /// GPU catalogue to place GPU pods with (defaults to the cloud's own).
+    #[arg(long, env = "GPU_CATALOG")]
+    pub gpu_catalog: Option<String>,
+    /// YAML/JSON file overriding entries of the GPU catalogue.
+    #[arg(long, env = "GPU_CATALOG_FILE")]
+    pub gpu_catalog_file: Option<std::path::PathBuf>,
+
+    /// kind: S3 endpoint of the bucket (MinIO), as the operator reaches it.
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// kind: S3 endpoint put into signed upload URLs, as users reach it.
+    #[arg(long, env = "S3_PUBLIC_ENDPOINT")]
+    pub s3_public_endpoint: Option<String>,
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// kind: CSI driver mounting S3 prefixes into pods.
+    #[arg(long, env = "S3_CSI_DRIVER", default_value = "ru.yandex.s3.csi")]
+    pub s3_csi_driver: String,
+    /// kind: `namespace/name` of the Secret with the CSI driver's S3 credentials.
+    #[arg(long, env = "S3_CSI_SECRET", default_value = "kube-system/csi-s3-secret")]
+    pub s3_csi_secret: String,
+
+    /// Address of /metrics.
+    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_bind_address: SocketAddr,
+    /// Address of /healthz and /readyz.
+    #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS", default_value = "0.0.0.0:8081")]
+    pub health_probe_bind_address: SocketAddr,
+    /// Run only while holding the leader Lease (for more than one replica).
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    #[arg(long, env = "LEASE_NAME", default_value = "substratus-operator")]
+    pub lease_name: String,
+    /// Seconds a leader's Lease is valid without renewal.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Reconciles at once, per kind.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+fn required(value: &Option<String>, flag: &str, env: &str) -> Result<String> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v.to_owned()),
+        _ => bail!("{env} is required (flag --{flag} or environment variable {env})"),
+    }
+}
+
+impl RunArgs {
+    /// Builds the configured cloud backend, or says what is missing.
+    pub fn cloud(&self) -> Result<Arc<dyn Cloud>> {
+        let cloud = required(&self.cloud, "cloud", "CLOUD")?;
+        let catalog_name = self.gpu_catalog.clone().unwrap_or_else(|| cloud.clone());
+        let mut gpus = GpuCatalog::builtin(&catalog_name)
+            .with_context(|| format!("GPU_CATALOG: unknown catalogue {catalog_name:?}; expected gcp, aws, azure or kind"))?;
+        if let Some(path) = &self.gpu_catalog_file {
+            let doc = std::fs::read_to_string(path).with_context(|| format!("GPU_CATALOG_FILE: reading {}", path.display()))?;
+            gpus = gpus.with_overrides(&doc).map_err(anyhow::Error::msg)?;
+        }
+        match cloud.as_str() {
+            "kind" => {
+                let config = CloudConfig {
+                    cluster_name: self.cluster_name.clone().unwrap_or_else(|| "kind".into()),
+                    artifact_bucket: BucketUrl::parse(self.artifact_bucket_url.as_deref().unwrap_or("s3://substratus-artifacts"))
+                        .map_err(|e| anyhow::anyhow!("ARTIFACT_BUCKET_URL: {e}"))?,
+                    registry: self
+                        .registry_url
+                        .clone()
+                        .unwrap_or_else(|| "registry.substratus.svc.cluster.local:5000".into()),
+                    principal: None,
+                };
+                let settings = KindSettings {
+                    endpoint: required(&self.s3_endpoint, "s3-endpoint", "S3_ENDPOINT")?,
+                    public_endpoint: self.s3_public_endpoint.clone(),
+                    region: self.s3_region.clone(),
+                    access_key_id: required(&self.s3_access_key_id, "s3-access-key-id", "AWS_ACCESS_KEY_ID")?,
+                    secret_access_key: required(&self.s3_secret_access_key, "s3-secret-access-key", "AWS_SECRET_ACCESS_KEY")?,
+                    csi_driver: self.s3_csi_driver.clone(),
+                    csi_secret: self
+                        .s3_csi_secret
+                        .split_once('/')
+                        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                        .context("S3_CSI_SECRET must be namespace/name")?,
+                };
+                Ok(Arc::new(KindCloud::new(config, settings, gpus).map_err(anyhow::Error::msg)?))
+            }
+            "gcp" | "aws" | "azure" => {
+                bail!("CLOUD={cloud}: this build has no {cloud} backend yet; use CLOUD=kind")
+            }
+            other => bail!("CLOUD: unknown cloud {other:?}; expected kind, gcp, aws or azure"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(a: &[&str]) -> RunArgs {
+        T::try_parse_from(std::iter::once("t").chain(a.iter().copied())).unwrap().run
+    }
+
+    #[test]
+    fn missing_settings_are_named() {
+        let err = args(&[]).cloud().err().unwrap().to_string();
+        assert!(err.contains("CLOUD is required"), "{err}");
+        let err = args(&["--cloud", "kind"]).cloud().err().unwrap().to_string();
+        assert!(err.contains("S3_ENDPOINT"), "{err}");
+        let err = args(&["--cloud", "kind", "--s3-endpoint", "http://x"]).cloud().err().unwrap().to_string();
+        assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+        let err = args(&["--cloud", "mars"]).cloud().err().unwrap().to_string();
+        assert!(err.contains("unknown cloud"), "{err}");
+    }
+
+    #[test]
+    fn a_complete_kind_configuration_builds() {
+        let a = args(&[
+            "--cloud", "kind", "--s3-endpoint", "http://127.0.0.1:9000", "--s3-access-key-id", "k",
+            "--s3-secret-access-key", "s", "--cluster-name", "dev", "--gpu-catalog", "gcp",
+        ]);
+        let c = a.cloud().unwrap();
+        assert_eq!(c.name(), "kind");
+        assert_eq!(c.config().cluster_name, "dev");
+        // The GKE catalogue was chosen: an L4 selects the GKE accelerator label.
+        let p = c.gpu_placement(Some(substratus_crds::GpuType::NvidiaL4), 1).unwrap();
+        assert_eq!(p.node_selector["cloud.google.com/gke-accelerator"], "nvidia-l4");
+    }
+}
