@@ -140,6 +140,7 @@ impl Cluster {
         };
         cluster.write_kubeconfigs()?;
         std::fs::write(cluster.state_dir.join("kwok-stages.yaml"), STAGES_YAML)?;
+        std::fs::write(cluster.state_dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
 
         cluster.start_etcd()?;
         cluster.start_apiserver()?;
@@ -157,6 +158,11 @@ impl Cluster {
     /// The admin kubeconfig.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The API server's audit log: one JSON line per request.
+    pub fn audit_log(&self) -> PathBuf {
+        audit_log_of(&self.kubeconfig)
     }
 
     /// The API server's URL.
@@ -307,6 +313,16 @@ impl Cluster {
                 // GKE and EKS add the nvidia.com/gpu toleration to pods that request GPUs.
                 "--enable-admission-plugins=ExtendedResourceToleration".into(),
                 "--profiling=false".into(),
+                // Every request is logged (metadata only), so tests and benchmarks can count
+                // what a client sent, by user, verb and resource.
+                format!(
+                    "--audit-policy-file={}",
+                    self.state_dir.join("audit-policy.yaml").display()
+                ),
+                format!("--audit-log-path={}", self.audit_log().display()),
+                "--audit-log-format=json".into(),
+                "--audit-log-maxsize=1024".into(),
+                "--audit-log-mode=blocking".into(),
             ],
         )?;
         let mut alive = Ok(());
@@ -488,6 +504,23 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Audit policy: metadata of every request, once, when its response is complete.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+";
+
+/// The audit log of the cluster whose admin kubeconfig is `kubeconfig` (they share a
+/// state directory).
+pub fn audit_log_of(kubeconfig: &Path) -> PathBuf {
+    kubeconfig
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("audit.log")
 }
 
 /// A `kubectl` command with an explicit kubeconfig.

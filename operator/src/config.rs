@@ -53,14 +53,22 @@ pub struct RunArgs {
     #[arg(long, env = "S3_CSI_DRIVER", default_value = "ru.yandex.s3.csi")]
     pub s3_csi_driver: String,
     /// kind: `namespace/name` of the Secret with the CSI driver's S3 credentials.
-    #[arg(long, env = "S3_CSI_SECRET", default_value = "kube-system/csi-s3-secret")]
+    #[arg(
+        long,
+        env = "S3_CSI_SECRET",
+        default_value = "kube-system/csi-s3-secret"
+    )]
     pub s3_csi_secret: String,
 
     /// Address of /metrics.
     #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
     pub metrics_bind_address: SocketAddr,
     /// Address of /healthz and /readyz.
-    #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS", default_value = "0.0.0.0:8081")]
+    #[arg(
+        long,
+        env = "HEALTH_PROBE_BIND_ADDRESS",
+        default_value = "0.0.0.0:8081"
+    )]
     pub health_probe_bind_address: SocketAddr,
     /// Run only while holding the leader Lease (for more than one replica).
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
@@ -95,19 +103,30 @@ impl RunArgs {
     /// Builds the configured cloud backend, or says what is missing.
     pub fn cloud(&self) -> Result<Arc<dyn Cloud>> {
         let cloud = required(&self.cloud, "cloud", "CLOUD")?;
+        if !matches!(cloud.as_str(), "kind" | "gcp" | "aws" | "azure") {
+            bail!("CLOUD: unknown cloud {cloud:?}; expected kind, gcp, aws or azure");
+        }
         let catalog_name = self.gpu_catalog.clone().unwrap_or_else(|| cloud.clone());
-        let mut gpus = GpuCatalog::builtin(&catalog_name)
-            .with_context(|| format!("GPU_CATALOG: unknown catalogue {catalog_name:?}; expected gcp, aws, azure or kind"))?;
+        let mut gpus = GpuCatalog::builtin(&catalog_name).with_context(|| {
+            format!(
+                "GPU_CATALOG: unknown catalogue {catalog_name:?}; expected gcp, aws, azure or kind"
+            )
+        })?;
         if let Some(path) = &self.gpu_catalog_file {
-            let doc = std::fs::read_to_string(path).with_context(|| format!("GPU_CATALOG_FILE: reading {}", path.display()))?;
+            let doc = std::fs::read_to_string(path)
+                .with_context(|| format!("GPU_CATALOG_FILE: reading {}", path.display()))?;
             gpus = gpus.with_overrides(&doc).map_err(anyhow::Error::msg)?;
         }
         match cloud.as_str() {
             "kind" => {
                 let config = CloudConfig {
                     cluster_name: self.cluster_name.clone().unwrap_or_else(|| "kind".into()),
-                    artifact_bucket: BucketUrl::parse(self.artifact_bucket_url.as_deref().unwrap_or("s3://substratus-artifacts"))
-                        .map_err(|e| anyhow::anyhow!("ARTIFACT_BUCKET_URL: {e}"))?,
+                    artifact_bucket: BucketUrl::parse(
+                        self.artifact_bucket_url
+                            .as_deref()
+                            .unwrap_or("s3://substratus-artifacts"),
+                    )
+                    .map_err(|e| anyhow::anyhow!("ARTIFACT_BUCKET_URL: {e}"))?,
                     registry: self
                         .registry_url
                         .clone()
@@ -118,8 +137,16 @@ impl RunArgs {
                     endpoint: required(&self.s3_endpoint, "s3-endpoint", "S3_ENDPOINT")?,
                     public_endpoint: self.s3_public_endpoint.clone(),
                     region: self.s3_region.clone(),
-                    access_key_id: required(&self.s3_access_key_id, "s3-access-key-id", "AWS_ACCESS_KEY_ID")?,
-                    secret_access_key: required(&self.s3_secret_access_key, "s3-secret-access-key", "AWS_SECRET_ACCESS_KEY")?,
+                    access_key_id: required(
+                        &self.s3_access_key_id,
+                        "s3-access-key-id",
+                        "AWS_ACCESS_KEY_ID",
+                    )?,
+                    secret_access_key: required(
+                        &self.s3_secret_access_key,
+                        "s3-secret-access-key",
+                        "AWS_SECRET_ACCESS_KEY",
+                    )?,
                     csi_driver: self.s3_csi_driver.clone(),
                     csi_secret: self
                         .s3_csi_secret
@@ -127,7 +154,9 @@ impl RunArgs {
                         .map(|(a, b)| (a.to_owned(), b.to_owned()))
                         .context("S3_CSI_SECRET must be namespace/name")?,
                 };
-                Ok(Arc::new(KindCloud::new(config, settings, gpus).map_err(anyhow::Error::msg)?))
+                Ok(Arc::new(
+                    KindCloud::new(config, settings, gpus).map_err(anyhow::Error::msg)?,
+                ))
             }
             "gcp" | "aws" | "azure" => {
                 bail!("CLOUD={cloud}: this build has no {cloud} backend yet; use CLOUD=kind")
@@ -149,32 +178,61 @@ mod tests {
     }
 
     fn args(a: &[&str]) -> RunArgs {
-        T::try_parse_from(std::iter::once("t").chain(a.iter().copied())).unwrap().run
+        T::try_parse_from(std::iter::once("t").chain(a.iter().copied()))
+            .unwrap()
+            .run
     }
 
     #[test]
     fn missing_settings_are_named() {
         let err = args(&[]).cloud().err().unwrap().to_string();
         assert!(err.contains("CLOUD is required"), "{err}");
-        let err = args(&["--cloud", "kind"]).cloud().err().unwrap().to_string();
+        let err = args(&["--cloud", "kind"])
+            .cloud()
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("S3_ENDPOINT"), "{err}");
-        let err = args(&["--cloud", "kind", "--s3-endpoint", "http://x"]).cloud().err().unwrap().to_string();
+        let err = args(&["--cloud", "kind", "--s3-endpoint", "http://x"])
+            .cloud()
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
-        let err = args(&["--cloud", "mars"]).cloud().err().unwrap().to_string();
+        let err = args(&["--cloud", "mars"])
+            .cloud()
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("unknown cloud"), "{err}");
     }
 
     #[test]
     fn a_complete_kind_configuration_builds() {
         let a = args(&[
-            "--cloud", "kind", "--s3-endpoint", "http://127.0.0.1:9000", "--s3-access-key-id", "k",
-            "--s3-secret-access-key", "s", "--cluster-name", "dev", "--gpu-catalog", "gcp",
+            "--cloud",
+            "kind",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-access-key-id",
+            "k",
+            "--s3-secret-access-key",
+            "s",
+            "--cluster-name",
+            "dev",
+            "--gpu-catalog",
+            "gcp",
         ]);
         let c = a.cloud().unwrap();
         assert_eq!(c.name(), "kind");
         assert_eq!(c.config().cluster_name, "dev");
         // The GKE catalogue was chosen: an L4 selects the GKE accelerator label.
-        let p = c.gpu_placement(Some(substratus_crds::GpuType::NvidiaL4), 1).unwrap();
-        assert_eq!(p.node_selector["cloud.google.com/gke-accelerator"], "nvidia-l4");
+        let p = c
+            .gpu_placement(Some(substratus_crds::GpuType::NvidiaL4), 1)
+            .unwrap();
+        assert_eq!(
+            p.node_selector["cloud.google.com/gke-accelerator"],
+            "nvidia-l4"
+        );
     }
 }

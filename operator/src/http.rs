@@ -10,10 +10,17 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-async fn serve(addr: SocketAddr, app: Router, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(%addr, error = %e, "HTTP server failed");
             }
         }
@@ -22,7 +29,11 @@ async fn serve(addr: SocketAddr, app: Router, stop: impl std::future::Future<Out
 }
 
 /// Serves the metrics registry at `/metrics`.
-pub async fn serve_metrics(addr: SocketAddr, registry: Arc<Registry>, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -32,7 +43,10 @@ pub async fn serve_metrics(addr: SocketAddr, registry: Arc<Registry>, stop: impl
                 match prometheus_client::encoding::text::encode(&mut body, &registry) {
                     Ok(()) => (
                         StatusCode::OK,
-                        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         body,
                     )
                         .into_response(),
@@ -45,19 +59,25 @@ pub async fn serve_metrics(addr: SocketAddr, registry: Arc<Registry>, stop: impl
 }
 
 /// `/healthz` answers while the process runs; `/readyz` once the controllers run.
-pub async fn serve_health(addr: SocketAddr, ready: Arc<AtomicBool>, stop: impl std::future::Future<Output = ()> + Send + 'static) {
-    let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
-        "/readyz",
-        get(move || {
-            let ready = ready.clone();
-            async move {
-                if ready.load(Ordering::SeqCst) {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not leading yet")
+pub async fn serve_health(
+    addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::SeqCst) {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not leading yet")
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        );
     serve(addr, app, stop).await;
 }

@@ -8,15 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use futures::FutureExt;
 use clap::{Parser, Subcommand};
+use futures::FutureExt;
 use prometheus_client::registry::Registry;
 use substratus_core::metrics::Metrics;
 use substratus_core::reconcile::{self, Context, ControllerOptions};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "substratus-operator", version, about = "Runs the Substratus controllers")]
+#[command(
+    name = "substratus-operator",
+    version,
+    about = "Runs the Substratus controllers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,13 +64,14 @@ async fn termination() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -82,7 +87,9 @@ async fn run(args: config::RunArgs) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let cloud = args.cloud()?;
-    let client = kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let ready = Arc::new(AtomicBool::new(false));
@@ -96,8 +103,16 @@ async fn run(args: config::RunArgs) -> Result<()> {
         .boxed()
         .shared()
     };
-    tokio::spawn(http::serve_metrics(args.metrics_bind_address, Arc::new(registry), stopped.clone()));
-    tokio::spawn(http::serve_health(args.health_probe_bind_address, ready.clone(), stopped.clone()));
+    tokio::spawn(http::serve_metrics(
+        args.metrics_bind_address,
+        Arc::new(registry),
+        stopped.clone(),
+    ));
+    tokio::spawn(http::serve_health(
+        args.health_probe_bind_address,
+        ready.clone(),
+        stopped.clone(),
+    ));
     tokio::spawn({
         let stop_tx = stop_tx.clone();
         async move {
@@ -111,16 +126,21 @@ async fn run(args: config::RunArgs) -> Result<()> {
     // process so that two replicas never both write.
     let mut leader_lost = None;
     if args.leader_elect {
-        let namespace = args.lease_namespace.clone().unwrap_or_else(|| "default".into());
-        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("substratus-operator-{}", std::process::id()));
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&namespace)
-            .with_identity(&identity)
-            .with_duration(args.lease_duration_seconds)
-            .with_grace(args.lease_duration_seconds.div_ceil(3).max(1))
-            .build()
-            .await
-            .context("setting up leader election")?;
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("substratus-operator-{}", std::process::id()));
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+                .with_namespace(&namespace)
+                .with_identity(&identity)
+                .with_duration(args.lease_duration_seconds)
+                .with_grace(args.lease_duration_seconds.div_ceil(3).max(1))
+                .build()
+                .await
+                .context("setting up leader election")?;
         let (mut is_leader, task) = manager.watch().await;
         tracing::info!(%identity, lease = %args.lease_name, %namespace, "waiting for leadership");
         let mut stop = stop_rx.clone();
@@ -135,7 +155,10 @@ async fn run(args: config::RunArgs) -> Result<()> {
     let ctx = Arc::new(Context::new(client, cloud, metrics));
     ready.store(true, Ordering::SeqCst);
     tracing::info!(cloud = ctx.cloud.name(), cluster = %ctx.cloud.config().cluster_name, "controllers starting");
-    let opts = ControllerOptions { concurrency: args.concurrency, namespace: args.watch_namespace.clone() };
+    let opts = ControllerOptions {
+        concurrency: args.concurrency,
+        namespace: args.watch_namespace.clone(),
+    };
     let controllers = reconcile::run(ctx, opts, stopped.clone());
 
     match leader_lost {

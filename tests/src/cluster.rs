@@ -139,8 +139,15 @@ fn install_crds(c: &SharedCluster) -> Result<()> {
     Ok(())
 }
 
+/// Chooses rustls's crypto provider: the dependency graph enables two (ring for kube,
+/// aws-lc-rs for the S3 client), so rustls cannot pick one by itself.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client of the shared cluster, as the admin.
 pub async fn client() -> Client {
+    install_crypto_provider();
     let c = shared();
     let kc = Kubeconfig::read_from(&c.kubeconfig).expect("reading the test kubeconfig");
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

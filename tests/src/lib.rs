@@ -1,4 +1,6 @@
 //! Test support for the compatibility and cluster tests in `tests/tests/`.
 
+pub mod audit;
 pub mod cluster;
 pub mod manifests;
+pub mod operator;

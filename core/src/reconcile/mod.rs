@@ -87,6 +87,9 @@ pub struct Context {
     recorder: Recorder,
     /// (namespace, service account) pairs already ensured and bound.
     ensured_accounts: Mutex<HashSet<(String, &'static str)>>,
+    /// Serialises the slow path of [`Context::ensure_service_account`], so that concurrent
+    /// reconciles in one namespace bind the identity once, not once each.
+    ensuring: tokio::sync::Mutex<()>,
 }
 
 impl Context {
@@ -101,6 +104,7 @@ impl Context {
             cloud,
             metrics,
             ensured_accounts: Mutex::new(HashSet::new()),
+            ensuring: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -123,12 +127,18 @@ impl Context {
     pub async fn ensure_service_account(&self, namespace: &str, role: Role) -> Result<(), Error> {
         let sa_name = role.service_account();
         let key = (namespace.to_owned(), sa_name);
-        if self
-            .ensured_accounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key)
-        {
+        let ensured = |ctx: &Context| {
+            ctx.ensured_accounts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key)
+        };
+        if ensured(self) {
+            return Ok(());
+        }
+        // Concurrent reconciles in one namespace must bind the identity once, not once each.
+        let _guard = self.ensuring.lock().await;
+        if ensured(self) {
             return Ok(());
         }
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);

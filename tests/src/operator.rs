@@ -1,0 +1,195 @@
+//! Running the controllers in-process against the test cluster, under an identity of their
+//! own (a ServiceAccount token), so the audit log tells their requests apart.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use futures::FutureExt;
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use substratus_clouds::gpu::GpuCatalog;
+use substratus_clouds::kind::{KindCloud, KindSettings};
+use substratus_core::Cloud;
+use substratus_core::cloud::{BucketUrl, CloudConfig};
+use substratus_core::metrics::Metrics;
+use substratus_core::reconcile::{self, Context, ControllerOptions};
+use tokio::sync::watch;
+
+use crate::cluster::{kubectl, shared};
+
+/// Namespace and name of the operator's ServiceAccount in the test cluster.
+pub const OPERATOR_NAMESPACE: &str = "substratus-system";
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "substratus-operator";
+/// The user the API server sees for the operator.
+pub const OPERATOR_USER: &str = "system:serviceaccount:substratus-system:substratus-operator";
+
+static KUBECONFIG: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+fn run(args: &[&str]) -> Result<String, String> {
+    let out = kubectl().args(args).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn make_identity() -> Result<PathBuf, String> {
+    let c = shared();
+    let apply = |yaml: String| -> Result<(), String> {
+        let mut child = kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .ok_or("stdin")?
+            .write_all(yaml.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err("kubectl apply failed".into())
+        }
+    };
+    apply(format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {OPERATOR_NAMESPACE}}}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {OPERATOR_SERVICE_ACCOUNT}, namespace: {OPERATOR_NAMESPACE}}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: substratus-operator-test}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}}\n\
+         subjects: [{{kind: ServiceAccount, name: {OPERATOR_SERVICE_ACCOUNT}, namespace: {OPERATOR_NAMESPACE}}}]\n"
+    ))?;
+    let token = run(&[
+        "create",
+        "token",
+        OPERATOR_SERVICE_ACCOUNT,
+        "-n",
+        OPERATOR_NAMESPACE,
+        "--duration=6h",
+    ])?;
+    let admin: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&c.kubeconfig).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let cluster = admin["clusters"][0]["cluster"].clone();
+    let kc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "test", "user": "operator"}}],
+        "current-context": "operator",
+    });
+    let path = c
+        .kubeconfig
+        .with_file_name(format!("operator-{}.kubeconfig", std::process::id()));
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&kc).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// A kubeconfig for the operator's identity.
+pub fn operator_kubeconfig() -> PathBuf {
+    match KUBECONFIG.get_or_init(make_identity) {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("no operator identity: {e}"),
+    }
+}
+
+/// A client acting as the operator.
+pub async fn operator_client() -> Client {
+    crate::cluster::install_crypto_provider();
+    let kc = Kubeconfig::read_from(operator_kubeconfig()).expect("operator kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("operator config");
+    Client::try_from(config).expect("operator client")
+}
+
+/// The kind backend as the operator would build it, placing GPUs with `catalog`'s table.
+/// Its S3 endpoint is a closed loopback port: the flows tested with it make no S3 calls,
+/// and one that did would fail loudly.
+pub fn kind_cloud(catalog: &str) -> Arc<dyn Cloud> {
+    crate::cluster::install_crypto_provider();
+    let config = CloudConfig {
+        cluster_name: "test".into(),
+        artifact_bucket: BucketUrl::parse("s3://substratus-artifacts").expect("bucket URL"),
+        registry: "registry.test:5000".into(),
+        principal: None,
+    };
+    let settings = KindSettings {
+        endpoint: "http://127.0.0.1:9".into(),
+        public_endpoint: None,
+        region: "us-east-1".into(),
+        access_key_id: "test".into(),
+        secret_access_key: "test".into(),
+        csi_driver: "ru.yandex.s3.csi".into(),
+        csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
+    };
+    let gpus = GpuCatalog::builtin(catalog).expect("a built-in GPU catalogue");
+    Arc::new(KindCloud::new(config, settings, gpus).expect("kind backend"))
+}
+
+/// Controllers running in this process, watching one namespace.
+pub struct RunningOperator {
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl RunningOperator {
+    pub async fn start(namespace: &str, cloud: Arc<dyn Cloud>) -> RunningOperator {
+        let client = operator_client().await;
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(Context::new(client, cloud, metrics.clone()));
+        let (stop, rx) = watch::channel(false);
+        let shutdown = {
+            let mut rx = rx;
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+            .boxed()
+            .shared()
+        };
+        let opts = ControllerOptions {
+            concurrency: 4,
+            namespace: Some(namespace.to_owned()),
+        };
+        let handle = tokio::spawn(reconcile::run(ctx, opts, shutdown));
+        RunningOperator {
+            stop,
+            handle,
+            metrics,
+        }
+    }
+
+    /// Stops the controllers as on SIGTERM.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut self.handle).await;
+    }
+
+    /// Stops the controllers at once, mid-work, as on SIGKILL.
+    pub fn kill(self) {
+        self.handle.abort();
+    }
+}
+
+impl Drop for RunningOperator {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// The audit log of the shared cluster.
+pub fn audit_log() -> PathBuf {
+    substratus_devcluster::audit_log_of(&shared().kubeconfig)
+}
