@@ -338,6 +338,20 @@ async fn a_failing_loader_shows_job_failed_and_recovers_after_the_spec_is_fixed(
         (complete.status.as_str(), complete.reason.as_str()),
         ("False", "JobFailed")
     );
+    // The transition is also an Event on the Model, for `kubectl describe`.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), &ns.name);
+    wait_for("a JobFailed warning Event on the Model", WAIT, || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("JobFailed")
+                && e.type_.as_deref() == Some("Warning")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("broken")
+        }))
+    })
+    .await;
 
     models
         .patch(

@@ -407,16 +407,18 @@ impl Context {
         })
     }
 
-    /// Publishes an Event when the `Ready` condition flips.
+    /// Publishes an Event when the `Ready` condition changes status or reason.
     pub async fn event_on_transition<K>(&self, obj: &K, before: &[Condition], after: &[Condition])
     where
         K: Resource<DynamicType = ()>,
     {
-        let old = conditions::find(before, types::READY).map(|c| c.status.as_str());
+        let old =
+            conditions::find(before, types::READY).map(|c| (c.status.as_str(), c.reason.as_str()));
         let Some(new) = conditions::find(after, types::READY) else {
             return;
         };
-        if old == Some(new.status.as_str()) {
+        // A new status or a new reason is a transition (JobNotComplete -> JobFailed is one).
+        if old == Some((new.status.as_str(), new.reason.as_str())) {
             return;
         }
         let ev = Event {
