@@ -47,7 +47,11 @@ fn start(name: &'static str, namespace: &str) -> Replica {
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("LEADER_ELECT", "true")
-        .env("POD_NAMESPACE", namespace)
+        .env(
+            "POD_NAMESPACE",
+            substratus_tests::operator::OPERATOR_NAMESPACE,
+        )
+        .env("LEASE_NAME", format!("lease-{namespace}"))
         .env("POD_NAME", name)
         .env("LEASE_DURATION_SECONDS", "4")
         .env("WATCH_NAMESPACE", namespace)
@@ -76,9 +80,9 @@ fn ready(r: &Replica) -> Option<bool> {
     Some(buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200"))
 }
 
-async fn holder(leases: &Api<Lease>) -> Option<String> {
+async fn holder(leases: &Api<Lease>, namespace: &str) -> Option<String> {
     leases
-        .get_opt("substratus-operator")
+        .get_opt(&format!("lease-{namespace}"))
         .await
         .ok()?
         .and_then(|l| l.spec?.holder_identity)
@@ -107,12 +111,13 @@ async fn dataset_ready(c: &kube::Client, ns: &str, name: &str) {
 async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
     let ns = TestNamespace::new("leader");
     let c = client().await;
-    let leases: Api<Lease> = Api::namespaced(c.clone(), &ns.name);
+    let leases: Api<Lease> =
+        Api::namespaced(c.clone(), substratus_tests::operator::OPERATOR_NAMESPACE);
     let a = start("replica-a", &ns.name);
     let b = start("replica-b", &ns.name);
 
     let leader = wait_for("a leader", Duration::from_secs(30), || async {
-        Ok(holder(&leases)
+        Ok(holder(&leases, &ns.name)
             .await
             .filter(|h| h == "replica-a" || h == "replica-b"))
     })
@@ -140,7 +145,7 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
         "the follower to take the Lease",
         Duration::from_secs(30),
         || async {
-            Ok(holder(&leases)
+            Ok(holder(&leases, &ns.name)
                 .await
                 .filter(|h| h == follower.name)
                 .map(|_| ()))

@@ -59,13 +59,36 @@ fn make_identity() -> Result<PathBuf, String> {
             Err("kubectl apply failed".into())
         }
     };
+    // The operator's permissions are the Helm chart's RBAC, so a missing permission fails the
+    // cluster tests.
     apply(format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {OPERATOR_NAMESPACE}}}\n---\n\
-         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {OPERATOR_SERVICE_ACCOUNT}, namespace: {OPERATOR_NAMESPACE}}}\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: substratus-operator-test}}\n\
-         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}}\n\
-         subjects: [{{kind: ServiceAccount, name: {OPERATOR_SERVICE_ACCOUNT}, namespace: {OPERATOR_NAMESPACE}}}]\n"
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {OPERATOR_NAMESPACE}}}\n"
     ))?;
+    let chart = crate::manifests::repo_root().join("deploy/helm/substratus");
+    let rendered = std::process::Command::new(c.bin_dir.join("helm"))
+        .args(["template", "substratus"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--set",
+            &format!("serviceAccount.name={OPERATOR_SERVICE_ACCOUNT}"),
+        ])
+        .args([
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+        ])
+        .output()
+        .map_err(|e| format!("running helm: {e}"))?;
+    if !rendered.status.success() {
+        return Err(format!(
+            "helm template: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        ));
+    }
+    apply(String::from_utf8_lossy(&rendered.stdout).into_owned())?;
     let token = run(&[
         "create",
         "token",

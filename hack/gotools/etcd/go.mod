@@ -1,7 +1,7 @@
 // Wrapper module for the etcd server used by the simulated test cluster.
 // etcd's own main module carries relative replace lines and cannot be
 // installed directly; its server module exposes the same entry point.
-module substratus.ai/hack/controlplane/etcd
+module substratus.ai/hack/gotools/etcd
 
 go 1.26.0
 

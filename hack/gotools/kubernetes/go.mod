@@ -1,7 +1,7 @@
 // Wrapper module that pins the Kubernetes control-plane commands built for the
 // simulated test cluster. Every staging module is replaced by its published tag,
 // the set is the one upstream's go.mod replaces with ./staging/src paths.
-module substratus.ai/hack/controlplane/kubernetes
+module substratus.ai/hack/gotools/kubernetes
 
 go 1.26.0
 

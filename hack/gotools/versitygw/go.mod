@@ -1,6 +1,6 @@
 // Wrapper module pinning versitygw, an S3-compatible server (posix backend) used by the
 // storage tests as the local stand-in for MinIO/S3.
-module substratus.ai/hack/controlplane/versitygw
+module substratus.ai/hack/gotools/versitygw
 
 go 1.26.0
 

@@ -1,5 +1,5 @@
 // Wrapper module pinning kwok, which simulates nodes and pod lifecycles.
-module substratus.ai/hack/controlplane/kwok
+module substratus.ai/hack/gotools/kwok
 
 go 1.26.0
 

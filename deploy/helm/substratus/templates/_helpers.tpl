@@ -1,0 +1,34 @@
+{{- define "substratus.fullname" -}}
+{{- if contains "substratus" .Release.Name -}}{{ .Release.Name | trunc 50 | trimSuffix "-" }}{{- else -}}{{ printf "%s-substratus" .Release.Name | trunc 50 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "substratus.labels" -}}
+app.kubernetes.io/name: substratus
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "substratus.selector" -}}
+app.kubernetes.io/name: substratus
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "substratus.serviceAccountName" -}}
+{{ .Values.serviceAccount.name }}
+{{- end -}}
+
+{{- define "substratus.validate" -}}
+{{- if ne .Values.cloud "kind" -}}
+{{- if not .Values.clusterName -}}{{ fail (printf "clusterName is required when cloud is %s" .Values.cloud) }}{{- end -}}
+{{- if not .Values.artifactBucketURL -}}{{ fail (printf "artifactBucketURL is required when cloud is %s" .Values.cloud) }}{{- end -}}
+{{- if not .Values.registryURL -}}{{ fail (printf "registryURL is required when cloud is %s" .Values.cloud) }}{{- end -}}
+{{- if not .Values.principal -}}{{ fail (printf "principal is required when cloud is %s (the identity workloads run as)" .Values.cloud) }}{{- end -}}
+{{- $scheme := dict "gcp" "gs://" "aws" "s3://" "azure" "az://" -}}
+{{- if not (hasPrefix (get $scheme .Values.cloud) .Values.artifactBucketURL) -}}{{ fail (printf "artifactBucketURL must start with %s when cloud is %s" (get $scheme .Values.cloud) .Values.cloud) }}{{- end -}}
+{{- end -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) -}}
+{{ fail "leaderElection.enabled must be true with more than one replica" }}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,214 @@
+//! The Helm chart: lints, renders for every cloud, refuses bad values with a message naming
+//! them, ships the same CRDs as the types generate, and runs the operator hardened.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use substratus_tests::manifests::repo_root;
+
+fn chart() -> PathBuf {
+    repo_root().join("deploy/helm/substratus")
+}
+
+fn helm() -> Command {
+    let bin = substratus_devcluster::locate_binaries()
+        .expect("test binaries")
+        .join("helm");
+    Command::new(bin)
+}
+
+/// Renders the chart with `--set` values; Ok(documents) or Err(helm's message).
+fn render(sets: &[&str]) -> Result<Vec<Value>, String> {
+    let mut cmd = helm();
+    cmd.args(["template", "substratus"])
+        .arg(chart())
+        .args(["--namespace", "substratus"]);
+    for s in sets {
+        // `string:` marks a value that must stay a string ("true" would become a boolean).
+        match s.strip_prefix("string:") {
+            Some(v) => cmd.args(["--set-string", v]),
+            None => cmd.args(["--set", s]),
+        };
+    }
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| e.to_string())?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+const GCP: &[&str] = &[
+    "cloud=gcp",
+    "clusterName=prod",
+    "artifactBucketURL=gs://my-project-substratus-artifacts",
+    "registryURL=us-central1-docker.pkg.dev/my-project/substratus",
+    "principal=substratus@my-project.iam.gserviceaccount.com",
+];
+
+#[test]
+fn the_chart_lints() {
+    let out = helm().arg("lint").arg(chart()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_chart_renders_for_every_cloud() {
+    let kind = render(&[]).unwrap();
+    let config = &find(&kind, "ConfigMap")["data"];
+    assert_eq!(config["CLOUD"], "kind");
+    assert!(config["S3_ENDPOINT"].as_str().unwrap().starts_with("http"));
+
+    let gcp = render(GCP).unwrap();
+    let config = &find(&gcp, "ConfigMap")["data"];
+    assert_eq!(config["CLOUD"], "gcp");
+    assert_eq!(
+        config["ARTIFACT_BUCKET_URL"],
+        "gs://my-project-substratus-artifacts"
+    );
+    assert!(
+        config.get("S3_ENDPOINT").is_none(),
+        "no kind settings on GCP"
+    );
+
+    let aws = render(&[
+        "cloud=aws",
+        "clusterName=prod",
+        "artifactBucketURL=s3://123456789012-substratus-artifacts",
+        "registryURL=123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus",
+        "principal=arn:aws:iam::123456789012:role/substratus",
+    ])
+    .unwrap();
+    assert_eq!(find(&aws, "ConfigMap")["data"]["CLOUD"], "aws");
+    let azure = render(&[
+        "cloud=azure",
+        "clusterName=prod",
+        "artifactBucketURL=az://artifacts",
+        "registryURL=substratus.azurecr.io/substratus",
+        "principal=00000000-0000-0000-0000-000000000000",
+        "string:podLabels.azure\\.workload\\.identity/use=true",
+    ])
+    .unwrap();
+    let labels = &find(&azure, "Deployment")["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["azure.workload.identity/use"], "true");
+}
+
+#[test]
+fn the_operator_runs_hardened_with_leader_election() {
+    let docs = render(&[]).unwrap();
+    let d = find(&docs, "Deployment");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    assert_eq!(find(&docs, "ConfigMap")["data"]["LEADER_ELECT"], "true");
+    // No ServiceMonitor unless asked for.
+    assert!(!docs.iter().any(|d| d["kind"] == "ServiceMonitor"));
+    let with_monitor = render(&["metrics.serviceMonitor.enabled=true"]).unwrap();
+    assert_eq!(
+        find(&with_monitor, "ServiceMonitor")["spec"]["endpoints"][0]["port"],
+        "metrics"
+    );
+}
+
+#[test]
+fn the_cluster_role_grants_no_wildcards_and_no_cluster_admin() {
+    let docs = render(&[]).unwrap();
+    let role = find(&docs, "ClusterRole");
+    for rule in role["rules"].as_array().unwrap() {
+        for field in ["apiGroups", "resources", "verbs"] {
+            assert!(
+                !rule[field].as_array().unwrap().iter().any(|v| v == "*"),
+                "wildcard in {rule}"
+            );
+        }
+    }
+    let binding = find(&docs, "ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+}
+
+#[test]
+fn bad_values_are_refused_naming_them() {
+    for (sets, expected) in [
+        (vec!["cloud=mars"], "cloud"),
+        (
+            vec!["cloud=gcp"],
+            "clusterName is required when cloud is gcp",
+        ),
+        (
+            vec!["leaderElection.enabled=false", "replicaCount=2"],
+            "leaderElection.enabled must be true",
+        ),
+        (vec!["logFormat=xml"], "logFormat"),
+        (
+            vec!["gpuCatalogOverrides.nvidia-v100.nodeSelector.a=b"],
+            "nvidia-v100",
+        ),
+    ] {
+        let err = render(&sets).expect_err(&format!("{sets:?} was accepted"));
+        assert!(
+            err.contains(expected),
+            "{sets:?}: expected {expected:?} in {err}"
+        );
+    }
+    let mut wrong_scheme = GCP.to_vec();
+    wrong_scheme[2] = "artifactBucketURL=s3://bucket";
+    let err = render(&wrong_scheme).unwrap_err();
+    assert!(
+        err.contains("artifactBucketURL must start with gs://"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_chart_ships_the_generated_crds() {
+    let shipped = std::fs::read_to_string(chart().join("crds/crds.yaml")).unwrap();
+    let generated = substratus_crds::crds_yaml().unwrap();
+    assert!(
+        shipped == generated,
+        "deploy/helm/substratus/crds/crds.yaml is stale; copy crds/generated/crds.yaml over it"
+    );
+}
+
+#[test]
+fn gpu_catalogue_overrides_reach_the_operator_as_a_file() {
+    let docs = render(&["gpuCatalogOverrides.nvidia-l4.nodeSelector.pool=my-l4"]).unwrap();
+    let cm = find(&docs, "ConfigMap");
+    assert_eq!(
+        cm["data"]["GPU_CATALOG_FILE"],
+        "/etc/substratus/gpu-catalog.yaml"
+    );
+    let file: Value =
+        serde_yaml::from_str(cm["data"]["gpu-catalog.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(file["nvidia-l4"]["nodeSelector"]["pool"], "my-l4");
+    let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/etc/substratus"
+    );
+}
