@@ -96,26 +96,21 @@ impl GpuCatalog {
             instance_types: vec![],
             tolerations: taint(),
         };
+        // A100 40 GB and 80 GB share a name; the GPU memory (MiB) tells them apart.
+        let a100 = |memory: &str| GpuPool {
+            node_selector: BTreeMap::from([
+                (NAME.to_owned(), "a100".to_owned()),
+                ("karpenter.k8s.aws/instance-gpu-memory".to_owned(), memory.to_owned()),
+            ]),
+            instance_types: vec![],
+            tolerations: taint(),
+        };
         GpuCatalog {
             provider: "aws",
             types: BTreeMap::from([
                 (GpuType::NvidiaL4, pool("l4")),
-                (
-                    GpuType::NvidiaA100,
-                    GpuPool {
-                        node_selector: selector("karpenter.k8s.aws/instance-family", "p4d"),
-                        instance_types: vec![],
-                        tolerations: taint(),
-                    },
-                ),
-                (
-                    GpuType::NvidiaA100_80Gb,
-                    GpuPool {
-                        node_selector: selector("karpenter.k8s.aws/instance-family", "p4de"),
-                        instance_types: vec![],
-                        tolerations: taint(),
-                    },
-                ),
+                (GpuType::NvidiaA100, a100("40960")),
+                (GpuType::NvidiaA100_80Gb, a100("81920")),
                 (GpuType::NvidiaT4, pool("t4")),
                 (GpuType::NvidiaH100, pool("h100")),
                 (GpuType::NvidiaA10G, pool("a10g")),

@@ -118,13 +118,14 @@ fn gcp_pools() -> Vec<Pool> {
 }
 
 fn aws_pools() -> Vec<Pool> {
-    let karpenter = |family: &'static str, gpu: &'static str, count: &'static str| {
+    let karpenter = |family: &'static str, gpu: &'static str, count: &'static str, memory: &'static str| {
         vec![
             ("karpenter.sh/nodepool", "gpu"),
             ("karpenter.k8s.aws/instance-family", family),
             ("karpenter.k8s.aws/instance-gpu-name", gpu),
             ("karpenter.k8s.aws/instance-gpu-manufacturer", "nvidia"),
             ("karpenter.k8s.aws/instance-gpu-count", count),
+            ("karpenter.k8s.aws/instance-gpu-memory", memory),
         ]
     };
     let gpu_taint = vec![("nvidia.com/gpu", "", "NoSchedule")];
@@ -146,7 +147,7 @@ fn aws_pools() -> Vec<Pool> {
             cpu: 48,
             memory_gib: 192,
             gpus: 4,
-            labels: karpenter("g6", "l4", "4"),
+            labels: karpenter("g6", "l4", "4", "22888"),
             taints: gpu_taint.clone(),
         },
         Pool {
@@ -156,7 +157,7 @@ fn aws_pools() -> Vec<Pool> {
             cpu: 96,
             memory_gib: 1152,
             gpus: 8,
-            labels: karpenter("p4d", "a100", "8"),
+            labels: karpenter("p4d", "a100", "8", "40960"),
             taints: gpu_taint.clone(),
         },
         Pool {
@@ -166,7 +167,7 @@ fn aws_pools() -> Vec<Pool> {
             cpu: 4,
             memory_gib: 16,
             gpus: 1,
-            labels: karpenter("g4dn", "t4", "1"),
+            labels: karpenter("g4dn", "t4", "1", "15360"),
             taints: gpu_taint,
         },
     ]

@@ -1,0 +1,39 @@
+output "cluster_name" {
+  description = "Name of the EKS cluster."
+  value       = aws_eks_cluster.substratus.name
+}
+
+output "cluster_endpoint" {
+  description = "Endpoint of the cluster's API server."
+  value       = aws_eks_cluster.substratus.endpoint
+}
+
+output "cluster_ca_certificate" {
+  description = "Base64 CA certificate of the cluster's API server."
+  value       = aws_eks_cluster.substratus.certificate_authority[0].data
+}
+
+output "update_kubeconfig" {
+  description = "Command that points kubectl at the cluster."
+  value       = "aws eks update-kubeconfig --region ${var.region} --name ${aws_eks_cluster.substratus.name}"
+}
+
+output "artifact_bucket_url" {
+  description = "Bucket that holds artifacts and uploads."
+  value       = "s3://${aws_s3_bucket.artifacts.bucket}"
+}
+
+output "registry_url" {
+  description = "Registry built images are pushed to."
+  value       = local.registry_url
+}
+
+output "principal" {
+  description = "Role the workloads assume (its trust policy is managed by the operator)."
+  value       = aws_iam_role.workloads.arn
+}
+
+output "oidc_provider_arn" {
+  description = "The cluster's IAM OIDC provider."
+  value       = aws_iam_openid_connect_provider.eks.arn
+}

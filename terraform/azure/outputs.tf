@@ -1,0 +1,64 @@
+output "cluster_name" {
+  description = "Name of the AKS cluster."
+  value       = azurerm_kubernetes_cluster.substratus.name
+}
+
+output "kube_config" {
+  description = "Raw kubeconfig of the cluster."
+  value       = azurerm_kubernetes_cluster.substratus.kube_config_raw
+  sensitive   = true
+}
+
+output "get_credentials" {
+  description = "Command that points kubectl at the cluster."
+  value       = "az aks get-credentials --resource-group ${azurerm_resource_group.substratus.name} --name ${azurerm_kubernetes_cluster.substratus.name}"
+}
+
+output "oidc_issuer_url" {
+  description = "The cluster's OIDC issuer, used by federated identity credentials."
+  value       = azurerm_kubernetes_cluster.substratus.oidc_issuer_url
+}
+
+output "artifact_bucket_url" {
+  description = "Container that holds artifacts and uploads (account in storage_account)."
+  value       = "az://${azurerm_storage_container.artifacts.name}"
+}
+
+output "storage_account" {
+  description = "Storage account of the artifacts container."
+  value       = azurerm_storage_account.artifacts.name
+}
+
+output "registry_url" {
+  description = "Registry built images are pushed to."
+  value       = "${azurerm_container_registry.substratus.login_server}/substratus"
+}
+
+output "principal" {
+  description = "Client id of the managed identity workloads run as."
+  value       = azurerm_user_assigned_identity.workloads.client_id
+}
+
+output "kube_host" {
+  description = "API server URL."
+  value       = azurerm_kubernetes_cluster.substratus.kube_config[0].host
+  sensitive   = true
+}
+
+output "kube_client_certificate" {
+  description = "Base64 client certificate for the API server."
+  value       = azurerm_kubernetes_cluster.substratus.kube_config[0].client_certificate
+  sensitive   = true
+}
+
+output "kube_client_key" {
+  description = "Base64 client key for the API server."
+  value       = azurerm_kubernetes_cluster.substratus.kube_config[0].client_key
+  sensitive   = true
+}
+
+output "kube_cluster_ca_certificate" {
+  description = "Base64 CA certificate of the API server."
+  value       = azurerm_kubernetes_cluster.substratus.kube_config[0].cluster_ca_certificate
+  sensitive   = true
+}

@@ -1,0 +1,167 @@
+# GKE with Workload Identity and the GCS FUSE CSI driver, GPU node pools, the artifacts
+# bucket, an Artifact Registry repository, the identities Substratus needs, and the operator.
+
+locals {
+  bucket_name  = "${var.project_id}-substratus-artifacts"
+  registry_url = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.substratus.repository_id}"
+  principal    = google_service_account.substratus.email
+  helm_values = {
+    cloud             = "gcp"
+    clusterName       = var.cluster_name
+    artifactBucketURL = "gs://${local.bucket_name}"
+    registryURL       = local.registry_url
+    principal         = local.principal
+    image = {
+      repository = "docker.io/substratusai/substratus-operator"
+      tag        = var.operator_image_tag
+    }
+    serviceAccount = {
+      name = "substratus-operator"
+      annotations = {
+        "iam.gke.io/gcp-service-account" = google_service_account.substratus.email
+      }
+    }
+  }
+}
+
+resource "google_container_cluster" "substratus" {
+  project        = var.project_id
+  name           = var.cluster_name
+  location       = var.region
+  node_locations = var.zones
+
+  remove_default_node_pool = true
+  initial_node_count       = 1
+  deletion_protection      = false
+
+  workload_identity_config {
+    workload_pool = "${var.project_id}.svc.id.goog"
+  }
+  addons_config {
+    gcs_fuse_csi_driver_config {
+      enabled = true
+    }
+  }
+  release_channel {
+    channel = "REGULAR"
+  }
+}
+
+resource "google_container_node_pool" "cpu" {
+  project  = var.project_id
+  name     = "cpu"
+  cluster  = google_container_cluster.substratus.id
+  location = var.region
+
+  autoscaling {
+    min_node_count = var.cpu_nodes.min
+    max_node_count = var.cpu_nodes.max
+  }
+  node_config {
+    machine_type = var.cpu_machine_type
+    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    workload_metadata_config {
+      mode = "GKE_METADATA"
+    }
+  }
+}
+
+resource "google_container_node_pool" "gpu" {
+  for_each = var.gpu_pools
+  project  = var.project_id
+  name     = each.key
+  cluster  = google_container_cluster.substratus.id
+  location = var.region
+
+  autoscaling {
+    min_node_count = each.value.min_nodes
+    max_node_count = each.value.max_nodes
+  }
+  node_config {
+    machine_type = each.value.machine_type
+    spot         = each.value.spot
+    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    guest_accelerator {
+      type  = each.value.accelerator_type
+      count = each.value.accelerator_count
+      # GKE installs the driver; its device plugin exposes nvidia.com/gpu.
+      gpu_driver_installation_config {
+        gpu_driver_version = "LATEST"
+      }
+    }
+    workload_metadata_config {
+      mode = "GKE_METADATA"
+    }
+  }
+}
+
+resource "google_storage_bucket" "artifacts" {
+  project                     = var.project_id
+  name                        = local.bucket_name
+  location                    = var.region
+  uniform_bucket_level_access = true
+  force_destroy               = false
+}
+
+resource "google_artifact_registry_repository" "substratus" {
+  project       = var.project_id
+  location      = var.region
+  repository_id = "substratus"
+  format        = "DOCKER"
+}
+
+# One Google service account: the operator and the workloads it starts act as it through
+# Workload Identity. The operator binds each namespace's role KSAs to it.
+resource "google_service_account" "substratus" {
+  project      = var.project_id
+  account_id   = "substratus"
+  display_name = "Substratus operator and workloads"
+}
+
+resource "google_storage_bucket_iam_member" "artifacts" {
+  bucket = google_storage_bucket.artifacts.name
+  role   = "roles/storage.objectAdmin"
+  member = "serviceAccount:${google_service_account.substratus.email}"
+}
+
+resource "google_artifact_registry_repository_iam_member" "push" {
+  project    = var.project_id
+  location   = var.region
+  repository = google_artifact_registry_repository.substratus.name
+  role       = "roles/artifactregistry.writer"
+  member     = "serviceAccount:${google_service_account.substratus.email}"
+}
+
+# Signed upload URLs without a key file: signBlob through the IAM Credentials API.
+resource "google_service_account_iam_member" "sign_blob" {
+  service_account_id = google_service_account.substratus.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:${google_service_account.substratus.email}"
+}
+
+# The operator adds roles/iam.workloadIdentityUser bindings on this account for the role
+# KSAs of each namespace (get/set IAM policy on the account itself, nothing wider).
+resource "google_service_account_iam_member" "manage_bindings" {
+  service_account_id = google_service_account.substratus.name
+  role               = "roles/iam.serviceAccountAdmin"
+  member             = "serviceAccount:${google_service_account.substratus.email}"
+}
+
+resource "google_service_account_iam_member" "operator_workload_identity" {
+  service_account_id = google_service_account.substratus.name
+  role               = "roles/iam.workloadIdentityUser"
+  member             = "serviceAccount:${var.project_id}.svc.id.goog[${var.operator_namespace}/substratus-operator]"
+  depends_on         = [google_container_cluster.substratus]
+}
+
+resource "helm_release" "substratus" {
+  name             = "substratus"
+  namespace        = var.operator_namespace
+  create_namespace = true
+  chart            = var.chart_path
+  values           = [yamlencode(local.helm_values)]
+  depends_on = [
+    google_container_node_pool.cpu,
+    google_service_account_iam_member.operator_workload_identity,
+  ]
+}

@@ -1,0 +1,36 @@
+output "cluster_name" {
+  description = "Name of the GKE cluster."
+  value       = google_container_cluster.substratus.name
+}
+
+output "cluster_endpoint" {
+  description = "Endpoint of the cluster's API server."
+  value       = google_container_cluster.substratus.endpoint
+  sensitive   = true
+}
+
+output "get_credentials" {
+  description = "Command that points kubectl at the cluster."
+  value       = "gcloud container clusters get-credentials ${google_container_cluster.substratus.name} --region ${var.region} --project ${var.project_id}"
+}
+
+output "artifact_bucket_url" {
+  description = "Bucket that holds artifacts and uploads."
+  value       = "gs://${google_storage_bucket.artifacts.name}"
+}
+
+output "registry_url" {
+  description = "Registry built images are pushed to."
+  value       = local.registry_url
+}
+
+output "principal" {
+  description = "Google service account the operator and workloads act as."
+  value       = google_service_account.substratus.email
+}
+
+output "cluster_ca_certificate" {
+  description = "Base64 CA certificate of the cluster's API server."
+  value       = google_container_cluster.substratus.master_auth[0].cluster_ca_certificate
+  sensitive   = true
+}
