@@ -20,5 +20,8 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "terraform checks"
+hack/check-terraform.sh
+
 step "cargo test"
 cargo test --workspace --locked

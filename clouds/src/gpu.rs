@@ -100,7 +100,10 @@ impl GpuCatalog {
         let a100 = |memory: &str| GpuPool {
             node_selector: BTreeMap::from([
                 (NAME.to_owned(), "a100".to_owned()),
-                ("karpenter.k8s.aws/instance-gpu-memory".to_owned(), memory.to_owned()),
+                (
+                    "karpenter.k8s.aws/instance-gpu-memory".to_owned(),
+                    memory.to_owned(),
+                ),
             ]),
             instance_types: vec![],
             tolerations: taint(),

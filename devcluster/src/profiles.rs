@@ -118,16 +118,17 @@ fn gcp_pools() -> Vec<Pool> {
 }
 
 fn aws_pools() -> Vec<Pool> {
-    let karpenter = |family: &'static str, gpu: &'static str, count: &'static str, memory: &'static str| {
-        vec![
-            ("karpenter.sh/nodepool", "gpu"),
-            ("karpenter.k8s.aws/instance-family", family),
-            ("karpenter.k8s.aws/instance-gpu-name", gpu),
-            ("karpenter.k8s.aws/instance-gpu-manufacturer", "nvidia"),
-            ("karpenter.k8s.aws/instance-gpu-count", count),
-            ("karpenter.k8s.aws/instance-gpu-memory", memory),
-        ]
-    };
+    let karpenter =
+        |family: &'static str, gpu: &'static str, count: &'static str, memory: &'static str| {
+            vec![
+                ("karpenter.sh/nodepool", "gpu"),
+                ("karpenter.k8s.aws/instance-family", family),
+                ("karpenter.k8s.aws/instance-gpu-name", gpu),
+                ("karpenter.k8s.aws/instance-gpu-manufacturer", "nvidia"),
+                ("karpenter.k8s.aws/instance-gpu-count", count),
+                ("karpenter.k8s.aws/instance-gpu-memory", memory),
+            ]
+        };
     let gpu_taint = vec![("nvidia.com/gpu", "", "NoSchedule")];
     vec![
         Pool {

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Static checks of terraform/ that need no provider plugins (terraform validate does).
+
+For each module (terraform/<cloud>) and its example root (terraform/<cloud>/example):
+- every var.X, local.X, data.T.N, resource T.N and module.M referenced is declared;
+- every module.M.X an example uses is an output of the module, and the example passes every
+  variable of the module that has no default;
+- every variable has a description and a type, every validation an error_message, every
+  output a description;
+- the Helm values a module passes (local.helm_values) fit the chart's values.schema.json:
+  every key exists in the schema, and literal values have the schema's type and enum.
+
+Prints one line per problem and exits 1 when there is any.
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import hcl2
+
+ROOT = Path(__file__).resolve().parent.parent
+TERRAFORM = ROOT / "terraform"
+SCHEMA = json.loads((ROOT / "deploy/helm/substratus/values.schema.json").read_text())
+
+REF = re.compile(
+    r"(?<![\w.])(var|local|module|data)\.([A-Za-z_][\w-]*)(?:\.([A-Za-z_][\w-]*))?"
+    r"|(?<![\w.])((?:google|aws|azurerm|helm|tls)_[a-z0-9_]+)\.([A-Za-z_][\w-]*)"
+)
+BUILTIN_ROOTS = {"each", "count", "self", "path", "terraform"}
+
+problems = []
+
+
+def unquote(s):
+    return s[1:-1] if isinstance(s, str) and len(s) >= 2 and s[0] == s[-1] == '"' else s
+
+
+def strings(node):
+    """Every string inside a parsed HCL value (keys included)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield k
+            yield from strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from strings(v)
+
+
+class Module:
+    def __init__(self, path):
+        self.path = path
+        self.variables, self.locals, self.outputs = {}, {}, {}
+        self.resources, self.data, self.modules = set(), set(), {}
+        self.bodies = []
+        for tf in sorted(path.glob("*.tf")):
+            doc = hcl2.load(tf.open())
+            for block in doc.get("variable", []):
+                for name, body in block.items():
+                    self.variables[unquote(name)] = body
+            for block in doc.get("locals", []):
+                for name, body in block.items():
+                    if name != "__comments__":
+                        self.locals[name] = body
+            for block in doc.get("output", []):
+                for name, body in block.items():
+                    self.outputs[unquote(name)] = body
+            for block in doc.get("resource", []):
+                for rtype, named in block.items():
+                    for name in named:
+                        self.resources.add((unquote(rtype), unquote(name)))
+            for block in doc.get("data", []):
+                for rtype, named in block.items():
+                    for name in named:
+                        self.data.add((unquote(rtype), unquote(name)))
+            for block in doc.get("module", []):
+                for name, body in block.items():
+                    self.modules[unquote(name)] = body
+            self.bodies.append((tf, {k: v for k, v in doc.items() if k != "__comments__"}))
+
+    def rel(self, tf):
+        return tf.relative_to(ROOT)
+
+    def check_declarations(self):
+        for name, body in self.variables.items():
+            if "description" not in body:
+                problems.append(f"{self.path.relative_to(ROOT)}: variable {name} has no description")
+            if "type" not in body:
+                problems.append(f"{self.path.relative_to(ROOT)}: variable {name} has no type")
+            for v in body.get("validation", []):
+                if "error_message" not in v:
+                    problems.append(f"{self.path.relative_to(ROOT)}: a validation of variable {name} has no error_message")
+        for name, body in self.outputs.items():
+            if "description" not in body:
+                problems.append(f"{self.path.relative_to(ROOT)}: output {name} has no description")
+
+    def check_references(self, child=None):
+        for tf, doc in self.bodies:
+            for s in strings(doc):
+                if "${" not in s and not s.startswith("var.") and "." not in s:
+                    continue
+                for m in REF.finditer(s):
+                    kind, a, b, rtype, rname = m.groups()
+                    if kind == "var" and a not in self.variables:
+                        problems.append(f"{self.rel(tf)}: var.{a} is not declared")
+                    elif kind == "local" and a not in self.locals:
+                        problems.append(f"{self.rel(tf)}: local.{a} is not declared")
+                    elif kind == "data" and (a, b) not in self.data:
+                        problems.append(f"{self.rel(tf)}: data.{a}.{b} is not declared")
+                    elif kind == "module":
+                        if a not in self.modules:
+                            problems.append(f"{self.rel(tf)}: module.{a} is not declared")
+                        elif child is not None and b and b not in child.outputs:
+                            problems.append(f"{self.rel(tf)}: module.{a}.{b} is not an output of {child.path.relative_to(ROOT)}")
+                    elif rtype and rtype.split("_")[0] in ("google", "aws", "azurerm", "helm", "tls"):
+                        if (rtype, rname) not in self.resources and not s.lstrip('"').startswith(rtype):
+                            problems.append(f"{self.rel(tf)}: {rtype}.{rname} is not declared")
+
+    def check_module_call(self, child):
+        for name, body in self.modules.items():
+            for var, decl in child.variables.items():
+                if "default" not in decl and var not in body:
+                    problems.append(f"{self.path.relative_to(ROOT)}: module.{name} does not set {var}, which has no default")
+            for arg in body:
+                if arg.startswith("__"):
+                    continue
+                if arg not in ("source", "providers", "depends_on", "count", "for_each") and arg not in child.variables:
+                    problems.append(f"{self.path.relative_to(ROOT)}: module.{name} sets {arg}, which {child.path.relative_to(ROOT)} does not declare")
+
+
+def check_values(value, schema, where, rel):
+    """Keys must exist in the schema; literal values must have its type and enum."""
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties", True)
+        if schema.get("type") not in (None, "object") and "object" not in schema.get("type", []):
+            problems.append(f"{rel}: helm value {where} is an object, the chart wants {schema.get('type')}")
+            return
+        for k, v in value.items():
+            if k.startswith("__"):
+                continue
+            key = unquote(k)
+            if props is not None and key in props:
+                check_values(v, props[key], f"{where}.{key}", rel)
+            elif isinstance(extra, dict):
+                check_values(v, extra, f"{where}.{key}", rel)
+            elif extra is False or (props is not None and extra is not True and key not in props):
+                problems.append(f"{rel}: helm value {where}.{key} is not in the chart's values schema")
+        return
+    if isinstance(value, str) and "${" in value:
+        return  # computed at apply time; only its key is checked
+    literal = unquote(value) if isinstance(value, str) else value
+    if "enum" in schema and literal not in schema["enum"]:
+        problems.append(f"{rel}: helm value {where}={literal!r} is not one of {schema['enum']}")
+    want = schema.get("type")
+    types = {"string": str, "boolean": bool, "integer": int, "object": dict, "array": list}
+    if isinstance(want, str) and want in types and not isinstance(literal, types[want]):
+        problems.append(f"{rel}: helm value {where}={literal!r} is not a {want}")
+    if isinstance(literal, str) and "pattern" in schema and not re.search(schema["pattern"], literal):
+        problems.append(f"{rel}: helm value {where}={literal!r} does not match {schema['pattern']}")
+
+
+def main(terraform=None, quiet=False):
+    global ROOT, problems
+    problems.clear()
+    terraform = terraform or TERRAFORM
+    ROOT = terraform.parent
+    clouds = sorted(p for p in terraform.iterdir() if p.is_dir())
+    if not clouds:
+        problems.append("terraform/: no modules found")
+    for cloud in clouds:
+        module = Module(cloud)
+        module.check_declarations()
+        module.check_references()
+        if "helm_values" not in module.locals:
+            problems.append(f"{cloud.relative_to(ROOT)}: no local.helm_values passed to the chart")
+        else:
+            check_values(module.locals["helm_values"], SCHEMA, "", cloud.relative_to(ROOT))
+        if not any(t == "helm_release" for t, _ in module.resources):
+            problems.append(f"{cloud.relative_to(ROOT)}: the operator is not installed (no helm_release)")
+        example = cloud / "example"
+        if not example.is_dir():
+            problems.append(f"{cloud.relative_to(ROOT)}: no example root")
+            continue
+        root = Module(example)
+        root.check_declarations()
+        root.check_references(child=module)
+        root.check_module_call(module)
+        if not quiet:
+            print(f"{cloud.name}: {len(module.variables)} variables, {len(module.resources)} resources, "
+                  f"{len(module.outputs)} outputs checked")
+    if not quiet:
+        for p in problems:
+            print(p)
+        print(f"terraform static checks: {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def self_test():
+    """The checks find what they are meant to find: broken copies of terraform/ fail."""
+    import shutil
+    import tempfile
+
+    cases = [
+        ("gcp/main.tf", "project  = var.project_id", "project  = var.no_such_variable", "var.no_such_variable is not declared"),
+        ("gcp/outputs.tf", 'output "get_credentials"', 'output "renamed"', "module.substratus.get_credentials is not an output"),
+        ("aws/main.tf", 'cloud             = "aws"', 'cloud             = "mars"', "helm value .cloud='mars' is not one of"),
+        ("azure/main.tf", "registryURL       =", "registryUrl       =", "helm value .registryUrl is not in the chart's values schema"),
+        ("aws/example/main.tf", "subnet_ids = var.subnet_ids", "", "does not set subnet_ids, which has no default"),
+        ("gcp/variables.tf", 'description = "Region of the cluster', 'label = "Region of the cluster', "variable region has no description"),
+    ]
+    failures = 0
+    for rel, old, new, expected in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "terraform"
+            shutil.copytree(TERRAFORM, copy)
+            f = copy / rel
+            text = f.read_text()
+            assert old in text, f"self-test: {old!r} not in {rel}"
+            f.write_text(text.replace(old, new, 1))
+            main(copy, quiet=True)
+            if not any(expected in p for p in problems):
+                print(f"self-test FAILED: breaking {rel} did not report {expected!r}; got {problems}")
+                failures += 1
+    problems.clear()
+    print(f"terraform checker self-test: {len(cases) - failures} of {len(cases)} broken copies caught")
+    return failures
+
+
+if __name__ == "__main__":
+    if "--self-test" in sys.argv:
+        sys.exit(1 if self_test() else 0)
+    sys.exit(main())
