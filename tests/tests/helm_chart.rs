@@ -216,21 +216,53 @@ fn gpu_catalogue_overrides_reach_the_operator_as_a_file() {
 #[test]
 fn the_kind_install_values_render_and_its_manifests_parse() {
     let mut cmd = helm();
-    cmd.args(["template", "substratus"]).arg(chart()).args(["--namespace", "substratus", "-f"]);
+    cmd.args(["template", "substratus"])
+        .arg(chart())
+        .args(["--namespace", "substratus", "-f"]);
     cmd.arg(repo_root().join("deploy/kind/values.yaml"));
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("S3_PUBLIC_ENDPOINT: \"http://localhost:30900\""), "{text}");
+    assert!(
+        text.contains("S3_PUBLIC_ENDPOINT: \"http://localhost:30900\""),
+        "{text}"
+    );
 
-    let docs = substratus_tests::manifests::documents(&repo_root().join("deploy/kind/minio.yaml")).unwrap();
+    let docs = substratus_tests::manifests::documents(&repo_root().join("deploy/kind/minio.yaml"))
+        .unwrap();
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Namespace", "Secret", "Deployment", "Service", "Job", "Deployment", "Service"]);
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "Secret",
+            "Deployment",
+            "Service",
+            "Job",
+            "Deployment",
+            "Service"
+        ]
+    );
     // The NodePorts are the ones the kind cluster maps to localhost.
-    let cluster: Value = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("deploy/kind/cluster.yaml")).unwrap()).unwrap();
-    let mapped: Vec<i64> = cluster["nodes"][0]["extraPortMappings"].as_array().unwrap().iter().map(|m| m["containerPort"].as_i64().unwrap()).collect();
+    let cluster: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join("deploy/kind/cluster.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mapped: Vec<i64> = cluster["nodes"][0]["extraPortMappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["containerPort"].as_i64().unwrap())
+        .collect();
     for svc in docs.iter().filter(|d| d["kind"] == "Service") {
         let node_port = svc["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
-        assert!(mapped.contains(&node_port), "NodePort {node_port} is not mapped by deploy/kind/cluster.yaml");
+        assert!(
+            mapped.contains(&node_port),
+            "NodePort {node_port} is not mapped by deploy/kind/cluster.yaml"
+        );
     }
 }

@@ -1,0 +1,640 @@
+//! `substratus-bench`: the operator's cost as its work grows, on the real control plane with
+//! kwok GPU nodes, side by side with the floor — the same child objects and status writes made
+//! by a plain client with no operator logic. Prints numbers; passes or fails on nothing.
+//!
+//! ```sh
+//! cargo build --release -p substratus-operator -p substratus-bench
+//! target/release/substratus-bench --models 100
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use substratus_crds::{Dataset, Model, Server};
+use substratus_devcluster::{Cluster, Options, Profile};
+use substratus_tests::audit::{self, AuditEntry};
+use substratus_tests::operator::OPERATOR_USER;
+
+#[derive(Parser)]
+#[command(
+    name = "substratus-bench",
+    about = "Benchmarks the operator against the floor on a simulated cluster"
+)]
+struct Args {
+    /// Imported Models to create (Datasets and Servers are a tenth of that each).
+    #[arg(long, default_value_t = 100)]
+    models: usize,
+    /// GPU nodes to simulate, spread over the GKE pools.
+    #[arg(long, default_value_t = 1000)]
+    gpu_nodes: usize,
+    /// Seconds of steady state to observe after convergence.
+    #[arg(long, default_value_t = 300)]
+    steady_seconds: u64,
+    /// The operator binary (build it with --release for representative numbers).
+    #[arg(long)]
+    operator_bin: Option<PathBuf>,
+    /// Requests at once when creating objects.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+const WAIT: Duration = Duration::from_secs(3600);
+
+fn operator_bin(args: &Args) -> PathBuf {
+    args.operator_bin.clone().unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| substratus_tests::manifests::repo_root().join("target"));
+        let release = target.join("release/substratus-operator");
+        if release.exists() {
+            release
+        } else {
+            target.join("debug/substratus-operator")
+        }
+    })
+}
+
+/// The objects of one run, in one namespace.
+struct Workload {
+    models: Vec<String>,
+    datasets: Vec<String>,
+    servers: Vec<(String, String)>,
+}
+
+impl Workload {
+    fn new(n: usize) -> Workload {
+        let tenth = (n / 10).max(1);
+        Workload {
+            models: (0..n).map(|i| format!("m{i}")).collect(),
+            datasets: (0..tenth).map(|i| format!("d{i}")).collect(),
+            servers: (0..tenth)
+                .map(|i| (format!("s{i}"), format!("m{i}")))
+                .collect(),
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.models.len() + self.datasets.len() + self.servers.len()
+    }
+}
+
+fn model(name: &str) -> Value {
+    json!({"apiVersion": "substratus.ai/v1", "kind": "Model", "metadata": {"name": name},
+           "spec": {"image": "substratusai/model-loader-huggingface", "params": {"name": "facebook/opt-125m"},
+                    "resources": {"cpu": 1, "memory": 1, "disk": 1}}})
+}
+fn dataset(name: &str) -> Value {
+    json!({"apiVersion": "substratus.ai/v1", "kind": "Dataset", "metadata": {"name": name},
+           "spec": {"image": "substratusai/dataset-squad", "resources": {"cpu": 1, "memory": 1, "disk": 1}}})
+}
+fn server(name: &str, model: &str) -> Value {
+    json!({"apiVersion": "substratus.ai/v1", "kind": "Server", "metadata": {"name": name},
+           "spec": {"image": "substratusai/model-server-basaran", "model": {"name": model},
+                    "resources": {"cpu": 1, "memory": 1, "disk": 1, "gpu": {"type": "nvidia-l4", "count": 1}}}})
+}
+
+async fn create_all<K>(api: &Api<K>, objs: Vec<Value>, concurrency: usize) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    stream::iter(objs)
+        .map(|v| async move {
+            let obj: K = serde_json::from_value(v)?;
+            api.create(&PostParams::default(), &obj)
+                .await
+                .map(|_| ())
+                .context("create")
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn create_workload(
+    client: &Client,
+    ns: &str,
+    w: &Workload,
+    concurrency: usize,
+) -> Result<()> {
+    create_all(
+        &Api::<Dataset>::namespaced(client.clone(), ns),
+        w.datasets.iter().map(|n| dataset(n)).collect(),
+        concurrency,
+    )
+    .await?;
+    create_all(
+        &Api::<Model>::namespaced(client.clone(), ns),
+        w.models.iter().map(|n| model(n)).collect(),
+        concurrency,
+    )
+    .await?;
+    create_all(
+        &Api::<Server>::namespaced(client.clone(), ns),
+        w.servers.iter().map(|(n, m)| server(n, m)).collect(),
+        concurrency,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn count_ready(client: &Client, ns: &str) -> Result<usize> {
+    let lp = ListParams::default();
+    let m = Api::<Model>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?;
+    let d = Api::<Dataset>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?;
+    let s = Api::<Server>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?;
+    Ok(m.items
+        .iter()
+        .filter(|o| o.status.as_ref().is_some_and(|s| s.ready))
+        .count()
+        + d.items
+            .iter()
+            .filter(|o| o.status.as_ref().is_some_and(|s| s.ready))
+            .count()
+        + s.items
+            .iter()
+            .filter(|o| o.status.as_ref().is_some_and(|s| s.ready))
+            .count())
+}
+
+async fn wait_all_ready(client: &Client, ns: &str, total: usize) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if count_ready(client, ns).await? >= total {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("not all {total} objects Ready in {ns} within {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn owner(kind: &str, name: &str, uid: &str) -> Value {
+    json!([{"apiVersion": "substratus.ai/v1", "kind": kind, "name": name, "uid": uid, "controller": true}])
+}
+
+/// The floor: the same children and status writes, by a plain client, no operator logic.
+async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> Result<Duration> {
+    let started = Instant::now();
+    create_workload(client, ns, w, concurrency).await?;
+    let uids = |list: Vec<(String, String)>| list.into_iter().collect::<HashMap<_, _>>();
+    let models = uids(
+        Api::<Model>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|o| (o.name_any(), o.uid().unwrap_or_default()))
+            .collect(),
+    );
+    let datasets = uids(
+        Api::<Dataset>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|o| (o.name_any(), o.uid().unwrap_or_default()))
+            .collect(),
+    );
+    let servers = uids(
+        Api::<Server>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|o| (o.name_any(), o.uid().unwrap_or_default()))
+            .collect(),
+    );
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
+    let mut children = Vec::new();
+    for (kind, lower, job_suffix, names) in [
+        ("Model", "model", "modeller", &models),
+        ("Dataset", "dataset", "data-loader", &datasets),
+    ] {
+        for (name, uid) in names.iter() {
+            children.push(("cm", json!({"metadata": {"name": format!("{name}-{lower}-params"), "ownerReferences": owner(kind, name, uid)}, "data": {"params.json": "{}"}})));
+            children.push(("job", json!({"metadata": {"name": format!("{name}-{job_suffix}"), "labels": {lower: name}, "ownerReferences": owner(kind, name, uid)},
+                "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {lower: name, "role": "run"}}, "spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "img", "resources": {"requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"}}}]}}}})));
+        }
+    }
+    for (name, uid) in servers.iter() {
+        children.push(("cm", json!({"metadata": {"name": format!("{name}-server-params"), "ownerReferences": owner("Server", name, uid)}, "data": {"params.json": "{}"}})));
+        children.push(("svc", json!({"metadata": {"name": format!("{name}-server"), "ownerReferences": owner("Server", name, uid)},
+            "spec": {"selector": {"server": name}, "ports": [{"name": "http", "port": 8080}]}})));
+        children.push(("deploy", json!({"metadata": {"name": format!("{name}-server"), "labels": {"server": name}, "ownerReferences": owner("Server", name, uid)},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"server": name}}, "template": {"metadata": {"labels": {"server": name, "role": "run"}},
+                "spec": {"nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"}, "containers": [{"name": "serve", "image": "img",
+                    "resources": {"requests": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}]}}}})));
+    }
+    stream::iter(children)
+        .map(|(what, v)| {
+            let (cms, jobs, deps, svcs) = (cms.clone(), jobs.clone(), deps.clone(), svcs.clone());
+            async move {
+                let pp = PostParams::default();
+                match what {
+                    "cm" => cms
+                        .create(&pp, &serde_json::from_value(v)?)
+                        .await
+                        .map(|_| ()),
+                    "job" => jobs
+                        .create(&pp, &serde_json::from_value(v)?)
+                        .await
+                        .map(|_| ()),
+                    "svc" => svcs
+                        .create(&pp, &serde_json::from_value(v)?)
+                        .await
+                        .map(|_| ()),
+                    _ => deps
+                        .create(&pp, &serde_json::from_value(v)?)
+                        .await
+                        .map(|_| ()),
+                }
+                .context("floor create")
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+
+    // Status writes as children finish, from one watch per child kind.
+    let mut pending: BTreeMap<String, ()> = models
+        .keys()
+        .chain(datasets.keys())
+        .chain(servers.keys())
+        .map(|n| (n.clone(), ()))
+        .collect();
+    let job_events = watcher(jobs.clone(), watcher::Config::default())
+        .applied_objects()
+        .map(|r| r.map(either::Left));
+    let dep_events = watcher(deps.clone(), watcher::Config::default())
+        .applied_objects()
+        .map(|r| r.map(either::Right));
+    let mut events = stream::select(job_events, dep_events).boxed();
+    let deadline = Instant::now() + WAIT;
+    while !pending.is_empty() {
+        let ev = tokio::time::timeout_at(deadline.into(), events.next())
+            .await
+            .context("floor timed out")?;
+        let Some(ev) = ev else { bail!("watch ended") };
+        let (kind, parent, done) = match ev? {
+            either::Left(job) => {
+                let complete = job.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) >= 1;
+                let labels = job.labels();
+                match (labels.get("model"), labels.get("dataset")) {
+                    (Some(m), _) => ("Model", m.clone(), complete),
+                    (_, Some(d)) => ("Dataset", d.clone(), complete),
+                    _ => continue,
+                }
+            }
+            either::Right(d) => {
+                let ready = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0)
+                    >= 1;
+                (
+                    "Server",
+                    d.labels().get("server").cloned().unwrap_or_default(),
+                    ready,
+                )
+            }
+        };
+        if !done || pending.remove(&parent).is_none() {
+            continue;
+        }
+        let status =
+            json!({"apiVersion": "substratus.ai/v1", "kind": kind, "status": {"ready": true}});
+        let pp = PatchParams::apply("bench-floor").force();
+        match kind {
+            "Model" => Api::<Model>::namespaced(client.clone(), ns)
+                .patch_status(&parent, &pp, &Patch::Apply(&status))
+                .await
+                .map(|_| ())?,
+            "Dataset" => Api::<Dataset>::namespaced(client.clone(), ns)
+                .patch_status(&parent, &pp, &Patch::Apply(&status))
+                .await
+                .map(|_| ())?,
+            _ => Api::<Server>::namespaced(client.clone(), ns)
+                .patch_status(&parent, &pp, &Patch::Apply(&status))
+                .await
+                .map(|_| ())?,
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Peak RSS (KiB) and CPU seconds of a process, from /proc.
+fn process_usage(pid: u32) -> Option<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc_sysconf_clk_tck() };
+    Some((hwm, ticks / hz))
+}
+
+unsafe extern "C" {
+    fn sysconf(name: i32) -> i64;
+}
+unsafe fn libc_sysconf_clk_tck() -> f64 {
+    const SC_CLK_TCK: i32 = 2;
+    // SAFETY: sysconf(_SC_CLK_TCK) only reads a constant of the C library.
+    let v = unsafe { sysconf(SC_CLK_TCK) };
+    if v > 0 { v as f64 } else { 100.0 }
+}
+
+struct Operator {
+    child: Child,
+}
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_operator(bin: &Path, ns: &str, log: &Path) -> Result<Operator> {
+    let log = std::fs::File::create(log)?;
+    let child = Command::new(bin)
+        .arg("run")
+        .env(
+            "KUBECONFIG",
+            substratus_tests::operator::operator_kubeconfig(),
+        )
+        .env("CLOUD", "kind")
+        .env("GPU_CATALOG", "gcp")
+        .env("S3_ENDPOINT", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("WATCH_NAMESPACE", ns)
+        .env("METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    Ok(Operator { child })
+}
+
+fn in_namespace(entries: &[AuditEntry], ns: &str) -> Vec<AuditEntry> {
+    entries
+        .iter()
+        .filter(|e| {
+            e.object_ref.as_ref().and_then(|o| o.namespace.as_deref()) == Some(ns)
+                || e.object_ref.as_ref().is_none_or(|o| o.namespace.is_none())
+        })
+        .cloned()
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+/// From a child's completion to its parent's status write: for every Model, the time between
+/// the last status write of its Job by the Job controller (the one that completes it) and the
+/// operator's first status write of the Model after it.
+fn reaction_latencies(log: &Path, ns: &str, since: jiff::Timestamp) -> Vec<f64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut job_done: HashMap<String, jiff::Timestamp> = HashMap::new();
+    let mut status_writes: HashMap<String, Vec<jiff::Timestamp>> = HashMap::new();
+    for line in text.lines() {
+        let Ok(e) = serde_json::from_str::<AuditEntry>(line) else {
+            continue;
+        };
+        let Some(o) = &e.object_ref else { continue };
+        if o.namespace.as_deref() != Some(ns)
+            || o.subresource.as_deref() != Some("status")
+            || !e.is_write()
+        {
+            continue;
+        }
+        let Ok(t) = e.request_received_timestamp.parse::<jiff::Timestamp>() else {
+            continue;
+        };
+        if t < since {
+            continue;
+        }
+        let name = o.name.clone().unwrap_or_default();
+        if o.resource == "jobs" && e.user.username.contains("job-controller") {
+            if let Some(model) = name.strip_suffix("-modeller") {
+                let last = job_done.entry(model.to_owned()).or_insert(t);
+                if t > *last {
+                    *last = t;
+                }
+            }
+        } else if o.resource == "models" && e.user.username == OPERATOR_USER {
+            status_writes.entry(name).or_default().push(t);
+        }
+    }
+    let mut out = Vec::new();
+    for (model, done) in job_done {
+        let mut writes = status_writes.remove(&model).unwrap_or_default();
+        writes.sort();
+        if let Some(t) = writes.into_iter().find(|t| *t >= done) {
+            out.push(
+                (t - done)
+                    .total(jiff::Unit::Millisecond)
+                    .unwrap_or(f64::NAN),
+            );
+        }
+    }
+    out
+}
+
+fn print_requests(title: &str, entries: &[AuditEntry]) {
+    let counts = audit::count_by_verb_and_resource(entries);
+    let total: usize = counts.values().sum();
+    let writes = entries.iter().filter(|e| e.is_write()).count();
+    println!("  {title}: {total} requests, {writes} writes");
+    for (k, v) in counts {
+        println!("    {v:>8}  {k}");
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let bin = operator_bin(&args);
+    if !bin.exists() {
+        bail!(
+            "{} is missing: cargo build --release -p substratus-operator",
+            bin.display()
+        );
+    }
+    let bins = substratus_devcluster::locate_binaries()?;
+    let state = std::env::temp_dir().join(format!("substratus-bench-{}", std::process::id()));
+    let scale = (args.gpu_nodes / 4).max(1); // the GKE profile has 4 GPU nodes per scale step
+    println!(
+        "starting the cluster: GKE profile x{scale} ({} GPU nodes)",
+        scale * 4
+    );
+    let t = Instant::now();
+    let cluster = Cluster::start(&Options {
+        bin_dir: bins,
+        state_dir: state.clone(),
+        profiles: vec![Profile::Gcp],
+        scale,
+    })?;
+    println!("  ready in {:.1}s", t.elapsed().as_secs_f64());
+    // The test fixture attaches to this cluster (CRDs, the operator's identity and RBAC).
+    // SAFETY: set before any other thread reads the environment.
+    unsafe { std::env::set_var("SUBSTRATUS_TEST_KUBECONFIG", cluster.kubeconfig()) };
+    let client = substratus_tests::cluster::client().await;
+    let audit_log = cluster.audit_log();
+
+    let w = Workload::new(args.models);
+    println!(
+        "workload: {} Models, {} Datasets, {} Servers ({} objects)",
+        w.models.len(),
+        w.datasets.len(),
+        w.servers.len(),
+        w.total()
+    );
+
+    create_namespace(&client, "bench-floor").await?;
+    let floor_time = floor(&client, "bench-floor", &w, args.concurrency).await?;
+    println!(
+        "floor (plain client, same children and status writes): {:.2}s",
+        floor_time.as_secs_f64()
+    );
+
+    create_namespace(&client, "bench-operator").await?;
+    let op_log = state.join("operator.log");
+    let operator = start_operator(&bin, "bench-operator", &op_log)?;
+    let pid = operator.child.id();
+    let since = jiff::Timestamp::now();
+    let started = Instant::now();
+    create_workload(&client, "bench-operator", &w, args.concurrency).await?;
+    wait_all_ready(&client, "bench-operator", w.total()).await?;
+    let op_time = started.elapsed();
+    let converged_at = jiff::Timestamp::now();
+    let usage_converged = process_usage(pid);
+    println!(
+        "operator: all {} Ready in {:.2}s",
+        w.total(),
+        op_time.as_secs_f64()
+    );
+
+    println!("steady state: watching for {}s", args.steady_seconds);
+    tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
+    let usage = process_usage(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mine = audit::entries(&audit_log, OPERATOR_USER, since);
+    let mine = in_namespace(&mine, "bench-operator");
+    let (convergence, steady): (Vec<_>, Vec<_>) = mine.into_iter().partition(|e| {
+        e.request_received_timestamp
+            .parse::<jiff::Timestamp>()
+            .is_ok_and(|t| t < converged_at)
+    });
+    let mut latencies = reaction_latencies(&audit_log, "bench-operator", since);
+    latencies.sort_by(|a, b| a.total_cmp(b));
+
+    println!();
+    println!(
+        "== {} Models, {} Datasets, {} Servers on {} GPU nodes ==",
+        w.models.len(),
+        w.datasets.len(),
+        w.servers.len(),
+        scale * 4
+    );
+    println!(
+        "  (a) operator, until all Ready   {:>10.2} s",
+        op_time.as_secs_f64()
+    );
+    println!(
+        "  (b) floor, plain client         {:>10.2} s",
+        floor_time.as_secs_f64()
+    );
+    println!(
+        "  (c) ratio operator / floor      {:>10.3}   (goal <= 1.15)",
+        op_time.as_secs_f64() / floor_time.as_secs_f64()
+    );
+    println!("  (d) API requests of the operator:");
+    print_requests("during convergence", &convergence);
+    print_requests(
+        &format!("during {}s of steady state", args.steady_seconds),
+        &steady,
+    );
+    let steady_writes = steady.iter().filter(|e| e.is_write()).count();
+    println!(
+        "      steady-state writes per object: {:.3} (goal 0)",
+        steady_writes as f64 / w.total() as f64
+    );
+    if let (Some((hwm, cpu)), Some((_, cpu_conv))) = (usage, usage_converged) {
+        println!(
+            "  (e) operator peak RSS            {:>10.1} MiB   (goal <= 64 MiB at 10,000)",
+            hwm as f64 / 1024.0
+        );
+        println!(
+            "      operator CPU until converged {:>10.2} s; total {:.2} s",
+            cpu_conv, cpu
+        );
+    }
+    println!(
+        "  (f) Job complete -> Model status  p50 {:.1} ms, p99 {:.1} ms over {} Models   (goal p99 <= 100 ms at 1,000)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.len()
+    );
+    drop(operator);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&state);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
