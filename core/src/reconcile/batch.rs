@@ -23,17 +23,30 @@ struct Observed {
 
 async fn observe(ctx: &Context, parent: &Parent) -> Result<Observed, Error> {
     let job_name = parent.kind.workload_name(&parent.name);
-    let job = Api::<Job>::namespaced(ctx.client.clone(), &parent.namespace)
-        .get_opt(&job_name)
-        .await
-        .map_err(kube_err(
-            "reading Job",
-            format!("{}/{job_name}", parent.namespace),
-        ))?;
-    let needs_pods = job.as_ref().is_some_and(|j| {
-        let o = ObservedJob::from_job(j);
-        matches!(o.outcome, JobOutcome::Running | JobOutcome::Failed { .. })
+    let job = match ctx.caches() {
+        Some(c) => c
+            .jobs
+            .get(&kube::runtime::reflector::ObjectRef::new(&job_name).within(&parent.namespace))
+            .map(|j| j.as_ref().clone()),
+        None => Api::<Job>::namespaced(ctx.client.clone(), &parent.namespace)
+            .get_opt(&job_name)
+            .await
+            .map_err(kube_err(
+                "reading Job",
+                format!("{}/{job_name}", parent.namespace),
+            ))?,
+    };
+    // Pods explain a Job that waits (unschedulable, image pull) or failed; a Job whose pods
+    // run needs no pod reads.
+    let waiting = job.as_ref().is_some_and(|j| {
+        let s = j.status.clone().unwrap_or_default();
+        s.ready.unwrap_or(0) == 0 && s.succeeded.unwrap_or(0) == 0
     });
+    let needs_pods = waiting
+        && job.as_ref().is_some_and(|j| {
+            let o = ObservedJob::from_job(j);
+            matches!(o.outcome, JobOutcome::Running | JobOutcome::Failed { .. })
+        });
     let pods = if needs_pods {
         ctx.workload_pods(&parent.namespace, parent.kind, &parent.name)
             .await?

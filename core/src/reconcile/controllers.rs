@@ -123,6 +123,24 @@ pub async fn run(
     opts: ControllerOptions,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
+    // Caches first: reconciles read from them, so they must hold a full list before any runs.
+    let (caches, feeders) = super::Caches::new(&ctx.client, opts.namespace.as_deref());
+    let feeders: Vec<_> = feeders.into_iter().map(tokio::spawn).collect();
+    let mut waited = 0u64;
+    loop {
+        tokio::select! {
+            _ = caches.wait_until_ready() => break,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                waited += 10;
+                tracing::warn!(seconds = waited, "caches not filled yet; is a watch forbidden by RBAC?");
+            }
+            _ = shutdown.clone() => {
+                feeders.iter().for_each(|f| f.abort());
+                return;
+            }
+        }
+    }
+    ctx.set_caches(caches);
     let cfg = ControllerConfig::default().concurrency(opts.concurrency);
 
     let models = Controller::new(api::<Model>(&ctx, &opts), watcher::Config::default())
@@ -227,4 +245,5 @@ pub async fn run(
         .for_each(|_| futures::future::ready(()));
 
     tokio::join!(models, datasets, servers, notebooks);
+    feeders.iter().for_each(|f| f.abort());
 }

@@ -4,6 +4,7 @@
 //! accounts and identity bindings of a namespace are ensured once.
 
 mod batch;
+mod caches;
 mod controllers;
 mod notebook;
 mod server;
@@ -25,6 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use substratus_crds::{Dataset, Model};
 
+pub use caches::Caches;
 pub use controllers::{ControllerOptions, run};
 
 use crate::cloud::{BucketUrl, Cloud, CloudError};
@@ -90,6 +92,8 @@ pub struct Context {
     /// Serialises the slow path of [`Context::ensure_service_account`], so that concurrent
     /// reconciles in one namespace bind the identity once, not once each.
     ensuring: tokio::sync::Mutex<()>,
+    /// Watch-fed caches, once the controllers run; without them every read is a GET.
+    caches: std::sync::OnceLock<Caches>,
 }
 
 impl Context {
@@ -105,7 +109,18 @@ impl Context {
             metrics,
             ensured_accounts: Mutex::new(HashSet::new()),
             ensuring: tokio::sync::Mutex::new(()),
+            caches: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Serves reads from `caches` from now on.
+    pub fn set_caches(&self, caches: Caches) {
+        let _ = self.caches.set(caches);
+    }
+
+    /// The caches, when the controllers run with them.
+    pub fn caches(&self) -> Option<&Caches> {
+        self.caches.get()
     }
 
     fn patch_params(&self) -> PatchParams {
@@ -142,10 +157,21 @@ impl Context {
             return Ok(());
         }
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
-        let existing = api.get_opt(sa_name).await.map_err(kube_err(
-            "reading ServiceAccount",
-            format!("{namespace}/{sa_name}"),
-        ))?;
+        let cached = self.caches().and_then(|c| {
+            c.service_accounts
+                .get(&kube::runtime::reflector::ObjectRef::new(sa_name).within(namespace))
+                .map(|m| ServiceAccount {
+                    metadata: m.metadata.clone(),
+                    ..Default::default()
+                })
+        });
+        let existing = match cached {
+            Some(sa) => Some(sa),
+            None => api.get_opt(sa_name).await.map_err(kube_err(
+                "reading ServiceAccount",
+                format!("{namespace}/{sa_name}"),
+            ))?,
+        };
         let wanted = self.cloud.service_account_annotations(role);
         let annotations = existing
             .as_ref()
@@ -228,13 +254,20 @@ impl Context {
         let name = obj.meta().name.clone().unwrap_or_default();
         let what = format!("{} {namespace}/{name}", K::kind(&()));
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
-        let observed = api
-            .get_opt(&name)
-            .await
-            .map_err(kube_err("reading", what.clone()))?;
-        if observed.is_some_and(|o| {
-            hash_of(o.meta()) == hash_of(obj.meta()) && hash_of(obj.meta()).is_some()
-        }) {
+        let desired = hash_of(obj.meta()).cloned();
+        let observed = match self
+            .caches()
+            .and_then(|c| c.child_hash(&K::kind(&()), namespace, &name))
+        {
+            Some(cached) => cached,
+            None if self.caches().is_some() => None,
+            None => api
+                .get_opt(&name)
+                .await
+                .map_err(kube_err("reading", what.clone()))?
+                .and_then(|o| hash_of(o.meta()).cloned()),
+        };
+        if desired.is_some() && observed == desired {
             return Ok(());
         }
         api.patch(&name, &self.patch_params(), &Patch::Apply(obj))
@@ -259,11 +292,20 @@ impl Context {
             None => Api::all_with(self.client.clone(), &ar),
         };
         let what = format!("{} {name}", gvk.kind);
-        let observed = api
-            .get_opt(&name)
-            .await
-            .map_err(kube_err("reading", what.clone()))?;
-        if observed.is_some_and(|o| hash_of(&o.metadata) == hash_of(&obj.metadata)) {
+        let desired = hash_of(&obj.metadata).cloned();
+        let observed = match self
+            .caches()
+            .and_then(|c| c.child_hash(&gvk.kind, namespace, &name))
+        {
+            Some(cached) => cached,
+            None if self.caches().is_some() => None,
+            None => api
+                .get_opt(&name)
+                .await
+                .map_err(kube_err("reading", what.clone()))?
+                .and_then(|o| hash_of(&o.metadata).cloned()),
+        };
+        if desired.is_some() && observed == desired {
             return Ok(());
         }
         api.patch(&name, &self.patch_params(), &Patch::Apply(&obj))
@@ -349,6 +391,9 @@ impl Context {
         kind: crate::names::Kind,
         name: &str,
     ) -> Result<Vec<Pod>, Error> {
+        if let Some(c) = self.caches() {
+            return Ok(c.pods_with(namespace, &[(kind.lower(), name), ("role", "run")]));
+        }
         let selector = format!("{}={name},role=run", kind.lower());
         Api::<Pod>::namespaced(self.client.clone(), namespace)
             .list(&ListParams::default().labels(&selector))
@@ -365,31 +410,43 @@ impl Context {
         name: &str,
     ) -> Result<RefState, Error> {
         let what = format!("{} {namespace}/{name}", kind.name());
-        let (ready, recorded, uid) = match kind {
+        use kube::runtime::reflector::ObjectRef;
+        let found: Option<(bool, Option<String>, Option<String>)> = match kind {
             crate::names::Kind::Dataset => {
-                match Api::<Dataset>::namespaced(self.client.clone(), namespace)
-                    .get_opt(name)
-                    .await
-                    .map_err(kube_err("reading", what))?
-                {
-                    None => return Ok(RefState::NotFound),
-                    Some(d) => {
-                        let s = d.status.unwrap_or_default();
-                        (s.ready, s.artifacts.and_then(|a| a.url), d.metadata.uid)
-                    }
-                }
+                let d = match self.caches() {
+                    Some(c) => c
+                        .datasets
+                        .get(&ObjectRef::new(name).within(namespace))
+                        .map(|d| d.as_ref().clone()),
+                    None => Api::<Dataset>::namespaced(self.client.clone(), namespace)
+                        .get_opt(name)
+                        .await
+                        .map_err(kube_err("reading", what))?,
+                };
+                d.map(|d| {
+                    let s = d.status.unwrap_or_default();
+                    (s.ready, s.artifacts.and_then(|a| a.url), d.metadata.uid)
+                })
             }
-            _ => match Api::<Model>::namespaced(self.client.clone(), namespace)
-                .get_opt(name)
-                .await
-                .map_err(kube_err("reading", what))?
-            {
-                None => return Ok(RefState::NotFound),
-                Some(m) => {
+            _ => {
+                let m = match self.caches() {
+                    Some(c) => c
+                        .models
+                        .get(&ObjectRef::new(name).within(namespace))
+                        .map(|m| m.as_ref().clone()),
+                    None => Api::<Model>::namespaced(self.client.clone(), namespace)
+                        .get_opt(name)
+                        .await
+                        .map_err(kube_err("reading", what))?,
+                };
+                m.map(|m| {
                     let s = m.status.unwrap_or_default();
                     (s.ready, s.artifacts.and_then(|a| a.url), m.metadata.uid)
-                }
-            },
+                })
+            }
+        };
+        let Some((ready, recorded, uid)) = found else {
+            return Ok(RefState::NotFound);
         };
         if !ready {
             return Ok(RefState::NotReady);

@@ -36,16 +36,31 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
         None => None,
     };
     let secret_name = names::notebook_token_secret(&parent.name);
-    let secret_exists = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .get_metadata_opt(&secret_name)
-        .await
-        .map_err(kube_err("reading Secret", format!("{ns}/{secret_name}")))?
-        .is_some();
     let pod_name = Kind::Notebook.workload_name(&parent.name);
-    let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&pod_name)
-        .await
-        .map_err(kube_err("reading Pod", format!("{ns}/{pod_name}")))?;
+    use kube::runtime::reflector::ObjectRef;
+    let (secret_exists, pod) = match ctx.caches() {
+        Some(c) => (
+            Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_metadata_opt(&secret_name)
+                .await
+                .map_err(kube_err("reading Secret", format!("{ns}/{secret_name}")))?
+                .is_some(),
+            c.pods
+                .get(&ObjectRef::new(&pod_name).within(&ns))
+                .map(|p| p.as_ref().clone()),
+        ),
+        None => (
+            Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                .get_metadata_opt(&secret_name)
+                .await
+                .map_err(kube_err("reading Secret", format!("{ns}/{secret_name}")))?
+                .is_some(),
+            Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&pod_name)
+                .await
+                .map_err(kube_err("reading Pod", format!("{ns}/{pod_name}")))?,
+        ),
+    };
     let token = if secret_exists {
         String::new()
     } else {

@@ -23,13 +23,19 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         None => RefState::NotFound,
     };
     let name = Kind::Server.workload_name(&parent.name);
-    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &parent.namespace)
-        .get_opt(&name)
-        .await
-        .map_err(kube_err(
-            "reading Deployment",
-            format!("{}/{name}", parent.namespace),
-        ))?;
+    let deployment = match ctx.caches() {
+        Some(c) => c
+            .deployments
+            .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&parent.namespace))
+            .map(|d| d.as_ref().clone()),
+        None => Api::<Deployment>::namespaced(ctx.client.clone(), &parent.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(kube_err(
+                "reading Deployment",
+                format!("{}/{name}", parent.namespace),
+            ))?,
+    };
     let observed = deployment.as_ref().map(|d| ObservedDeployment {
         ready_replicas: d
             .status

@@ -1,0 +1,236 @@
+//! Watch-fed caches of what the reconcilers read, so that a reconcile reads from memory
+//! instead of the API server. Only the operator's own children are watched (the managed-by
+//! label); objects compared only by their spec hash are cached as metadata; fields the
+//! reconcilers never read (pod specs, managedFields) are dropped to keep memory small.
+//! Secrets are not cached: watching them would need the right to list every Secret.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Service, ServiceAccount,
+};
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use substratus_crds::{Dataset, Model};
+
+use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The caches; [`Caches::new`] also returns the tasks that keep them fed.
+#[derive(Clone)]
+pub struct Caches {
+    pub jobs: Store<Job>,
+    pub deployments: Store<Deployment>,
+    pub pods: Store<Pod>,
+    pub models: Store<Model>,
+    pub datasets: Store<Dataset>,
+    pub configmaps: Store<PartialObjectMeta<ConfigMap>>,
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub claims: Store<PartialObjectMeta<PersistentVolumeClaim>>,
+    pub volumes: Store<PartialObjectMeta<PersistentVolume>>,
+    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+}
+
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+}
+
+fn namespaced<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn full<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    strip: fn(&mut K),
+    tasks: &mut Vec<Task>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config).default_backoff().modify(strip);
+    tasks.push(Box::pin(
+        reflector::reflector(writer, stream).for_each(|_| futures::future::ready(())),
+    ));
+    store
+}
+
+fn meta<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+    tasks: &mut Vec<Task>,
+) -> Store<PartialObjectMeta<K>>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut PartialObjectMeta<K>| o.managed_fields_mut().clear());
+    tasks.push(Box::pin(
+        reflector::reflector(writer, stream).for_each(|_| futures::future::ready(())),
+    ));
+    store
+}
+
+impl Caches {
+    /// Caches scoped to `namespace` (all when `None`), and the tasks that feed them.
+    pub fn new(client: &Client, namespace: Option<&str>) -> (Caches, Vec<Task>) {
+        let mut tasks = Vec::new();
+        let caches = Caches {
+            jobs: full(
+                namespaced::<Job>(client, namespace),
+                managed(),
+                |j| {
+                    j.managed_fields_mut().clear();
+                    j.spec = None;
+                },
+                &mut tasks,
+            ),
+            deployments: full(
+                namespaced::<Deployment>(client, namespace),
+                managed(),
+                |d| {
+                    d.managed_fields_mut().clear();
+                    d.spec = None;
+                },
+                &mut tasks,
+            ),
+            pods: full(
+                namespaced::<Pod>(client, namespace),
+                managed(),
+                |p| {
+                    p.managed_fields_mut().clear();
+                    p.spec = None;
+                },
+                &mut tasks,
+            ),
+            models: full(
+                namespaced::<Model>(client, namespace),
+                watcher::Config::default(),
+                |m| m.managed_fields_mut().clear(),
+                &mut tasks,
+            ),
+            datasets: full(
+                namespaced::<Dataset>(client, namespace),
+                watcher::Config::default(),
+                |d| d.managed_fields_mut().clear(),
+                &mut tasks,
+            ),
+            configmaps: meta(
+                namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
+                managed(),
+                &mut tasks,
+            ),
+            services: meta(
+                namespaced::<PartialObjectMeta<Service>>(client, namespace),
+                managed(),
+                &mut tasks,
+            ),
+            claims: meta(
+                namespaced::<PartialObjectMeta<PersistentVolumeClaim>>(client, namespace),
+                managed(),
+                &mut tasks,
+            ),
+            volumes: meta(
+                Api::<PartialObjectMeta<PersistentVolume>>::all(client.clone()),
+                managed(),
+                &mut tasks,
+            ),
+            service_accounts: meta(
+                namespaced::<PartialObjectMeta<ServiceAccount>>(client, namespace),
+                managed(),
+                &mut tasks,
+            ),
+        };
+        (caches, tasks)
+    }
+
+    /// Completes once every cache has its first full list.
+    pub async fn wait_until_ready(&self) {
+        let _ = futures::join!(
+            self.jobs.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.pods.wait_until_ready(),
+            self.models.wait_until_ready(),
+            self.datasets.wait_until_ready(),
+            self.configmaps.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.claims.wait_until_ready(),
+            self.volumes.wait_until_ready(),
+            self.service_accounts.wait_until_ready(),
+        );
+    }
+
+    /// The spec-hash annotation of a cached child, `Some(None)` when it exists without one,
+    /// `None` when this kind is not cached or the object is not known.
+    pub fn child_hash(&self, kind: &str, namespace: &str, name: &str) -> Option<Option<String>> {
+        fn hash<K>(store: &Store<K>, namespace: Option<&str>, name: &str) -> Option<Option<String>>
+        where
+            K: Resource<DynamicType = ()> + Clone,
+        {
+            let mut key = ObjectRef::new(name);
+            if let Some(ns) = namespace {
+                key = key.within(ns);
+            }
+            store.get(&key).map(|o| {
+                o.meta()
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::plan::SPEC_HASH_ANNOTATION))
+                    .cloned()
+            })
+        }
+        match kind {
+            "ConfigMap" => hash(&self.configmaps, Some(namespace), name),
+            "Service" => hash(&self.services, Some(namespace), name),
+            "Deployment" => hash(&self.deployments, Some(namespace), name),
+            "Job" => hash(&self.jobs, Some(namespace), name),
+            "Pod" => hash(&self.pods, Some(namespace), name),
+            "PersistentVolumeClaim" => hash(&self.claims, Some(namespace), name),
+            "PersistentVolume" => hash(&self.volumes, None, name),
+            _ => None,
+        }
+    }
+
+    /// Pods of the operator whose labels include all of `labels`.
+    pub fn pods_with(&self, namespace: &str, labels: &[(&str, &str)]) -> Vec<Pod> {
+        self.pods
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(namespace))
+            .filter(|p| {
+                labels
+                    .iter()
+                    .all(|(k, v)| p.labels().get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|p| p.as_ref().clone())
+            .collect()
+    }
+}
