@@ -169,7 +169,8 @@ pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Act
     } else {
         (None::<RefState>, None::<RefState>)
     };
-    let status = model.status.as_ref();
+    let fresh = ctx.fresh_status(model.as_ref(), model.status.clone());
+    let status = fresh.as_ref();
     let spec = &model.spec;
     let input = BatchInput {
         parent: parent.clone(),
@@ -207,7 +208,8 @@ pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Act
 pub async fn reconcile_dataset(dataset: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
     let parent = parent_of(dataset.as_ref(), Kind::Dataset)?;
     let observed = observe(&ctx, &parent).await?;
-    let status = dataset.status.as_ref();
+    let fresh = ctx.fresh_status(dataset.as_ref(), dataset.status.clone());
+    let status = fresh.as_ref();
     let spec = &dataset.spec;
     let input = BatchInput {
         parent: parent.clone(),

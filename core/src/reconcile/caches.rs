@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Service, ServiceAccount,
 };
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use substratus_crds::{Dataset, Model};
@@ -22,6 +22,20 @@ use substratus_crds::{Dataset, Model};
 use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Streams of cached objects, each delivered after the cache applied it, that trigger the
+/// controllers: a reconcile triggered by a change always reads that change from the cache.
+pub struct Triggers {
+    pub jobs_for_models: ReflectHandle<Job>,
+    pub jobs_for_datasets: ReflectHandle<Job>,
+    pub deployments_for_servers: ReflectHandle<Deployment>,
+    pub pods_for_notebooks: ReflectHandle<Pod>,
+    pub models_for_models: ReflectHandle<Model>,
+    pub models_for_servers: ReflectHandle<Model>,
+    pub models_for_notebooks: ReflectHandle<Model>,
+    pub datasets_for_models: ReflectHandle<Dataset>,
+    pub datasets_for_notebooks: ReflectHandle<Dataset>,
+}
 
 /// The caches; [`Caches::new`] also returns the tasks that keep them fed.
 #[derive(Clone)]
@@ -52,12 +66,14 @@ where
     }
 }
 
-fn full<K>(
+/// A cache whose changes are also delivered to `n` subscribers.
+fn shared<K>(
     api: Api<K>,
     config: watcher::Config,
     strip: fn(&mut K),
+    n: usize,
     tasks: &mut Vec<Task>,
-) -> Store<K>
+) -> (Store<K>, Vec<ReflectHandle<K>>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -67,12 +83,13 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
+    let (store, writer) = reflector::store_shared(1024);
+    let subscribers = (0..n).filter_map(|_| writer.subscribe()).collect();
     let stream = watcher(api, config).default_backoff().modify(strip);
     tasks.push(Box::pin(
         reflector::reflector(writer, stream).for_each(|_| futures::future::ready(())),
     ));
-    store
+    (store, subscribers)
 }
 
 fn meta<K>(
@@ -99,50 +116,68 @@ where
     store
 }
 
+/// One subscriber of a shared cache; `subscribe` on a shared writer always yields one.
+fn take<T>(subscribers: &mut Vec<T>) -> T {
+    subscribers
+        .pop()
+        .expect("shared caches hand out one subscriber per trigger")
+}
+
 impl Caches {
-    /// Caches scoped to `namespace` (all when `None`), and the tasks that feed them.
-    pub fn new(client: &Client, namespace: Option<&str>) -> (Caches, Vec<Task>) {
+    /// Caches scoped to `namespace` (all when `None`), their triggers, and the tasks that
+    /// feed them.
+    pub fn new(client: &Client, namespace: Option<&str>) -> (Caches, Triggers, Vec<Task>) {
         let mut tasks = Vec::new();
+        let (jobs, mut job_subs) = shared(
+            namespaced::<Job>(client, namespace),
+            managed(),
+            |j| {
+                j.managed_fields_mut().clear();
+                j.spec = None;
+            },
+            2,
+            &mut tasks,
+        );
+        let (deployments, mut deployment_subs) = shared(
+            namespaced::<Deployment>(client, namespace),
+            managed(),
+            |d| {
+                d.managed_fields_mut().clear();
+                d.spec = None;
+            },
+            1,
+            &mut tasks,
+        );
+        let (pods, mut pod_subs) = shared(
+            namespaced::<Pod>(client, namespace),
+            managed(),
+            |p| {
+                p.managed_fields_mut().clear();
+                p.spec = None;
+            },
+            1,
+            &mut tasks,
+        );
+        let (models, mut model_subs) = shared(
+            namespaced::<Model>(client, namespace),
+            watcher::Config::default(),
+            |m| m.managed_fields_mut().clear(),
+            3,
+            &mut tasks,
+        );
+        let (datasets, mut dataset_subs) = shared(
+            namespaced::<Dataset>(client, namespace),
+            watcher::Config::default(),
+            |d| d.managed_fields_mut().clear(),
+            2,
+            &mut tasks,
+        );
         let caches = Caches {
-            jobs: full(
-                namespaced::<Job>(client, namespace),
-                managed(),
-                |j| {
-                    j.managed_fields_mut().clear();
-                    j.spec = None;
-                },
-                &mut tasks,
-            ),
-            deployments: full(
-                namespaced::<Deployment>(client, namespace),
-                managed(),
-                |d| {
-                    d.managed_fields_mut().clear();
-                    d.spec = None;
-                },
-                &mut tasks,
-            ),
-            pods: full(
-                namespaced::<Pod>(client, namespace),
-                managed(),
-                |p| {
-                    p.managed_fields_mut().clear();
-                    p.spec = None;
-                },
-                &mut tasks,
-            ),
-            models: full(
-                namespaced::<Model>(client, namespace),
-                watcher::Config::default(),
-                |m| m.managed_fields_mut().clear(),
-                &mut tasks,
-            ),
-            datasets: full(
-                namespaced::<Dataset>(client, namespace),
-                watcher::Config::default(),
-                |d| d.managed_fields_mut().clear(),
-                &mut tasks,
-            ),
+            jobs,
+            deployments,
+            pods,
+            models,
+            datasets,
             configmaps: meta(
                 namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
                 managed(),
@@ -169,7 +204,18 @@ impl Caches {
                 &mut tasks,
             ),
         };
-        (caches, tasks)
+        let triggers = Triggers {
+            jobs_for_models: take(&mut job_subs),
+            jobs_for_datasets: take(&mut job_subs),
+            deployments_for_servers: take(&mut deployment_subs),
+            pods_for_notebooks: take(&mut pod_subs),
+            models_for_models: take(&mut model_subs),
+            models_for_servers: take(&mut model_subs),
+            models_for_notebooks: take(&mut model_subs),
+            datasets_for_models: take(&mut dataset_subs),
+            datasets_for_notebooks: take(&mut dataset_subs),
+        };
+        (caches, triggers, tasks)
     }
 
     /// Completes once every cache has its first full list.

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -124,7 +122,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     // Caches first: reconciles read from them, so they must hold a full list before any runs.
-    let (caches, feeders) = super::Caches::new(&ctx.client, opts.namespace.as_deref());
+    let (caches, triggers, feeders) = super::Caches::new(&ctx.client, opts.namespace.as_deref());
     let feeders: Vec<_> = feeders.into_iter().map(tokio::spawn).collect();
     let mut waited = 0u64;
     loop {
@@ -142,34 +140,27 @@ pub async fn run(
     }
     ctx.set_caches(caches);
     let cfg = ControllerConfig::default().concurrency(opts.concurrency);
+    let t = triggers;
 
     let models = Controller::new(api::<Model>(&ctx, &opts), watcher::Config::default())
         .with_config(cfg.clone());
     let model_store = models.store();
     let model_store2 = model_store.clone();
     let models = models
-        .owns(api::<Job>(&ctx, &opts), managed())
-        .watches(
-            api::<Model>(&ctx, &opts),
-            watcher::Config::default(),
-            move |base: Model| {
-                dependants(
-                    &model_store,
-                    base.namespace(),
-                    base.name_any(),
-                    |m: &Model| m.spec.model.iter().map(|r| r.name.as_str()).collect(),
-                )
-            },
-        )
-        .watches(
-            api::<Dataset>(&ctx, &opts),
-            watcher::Config::default(),
-            move |d: Dataset| {
-                dependants(&model_store2, d.namespace(), d.name_any(), |m: &Model| {
-                    m.spec.dataset.iter().map(|r| r.name.as_str()).collect()
-                })
-            },
-        )
+        .owns_shared_stream(t.jobs_for_models)
+        .watches_shared_stream(t.models_for_models, move |base: Arc<Model>| {
+            dependants(
+                &model_store,
+                base.namespace(),
+                base.name_any(),
+                |m: &Model| m.spec.model.iter().map(|r| r.name.as_str()).collect(),
+            )
+        })
+        .watches_shared_stream(t.datasets_for_models, move |d: Arc<Dataset>| {
+            dependants(&model_store2, d.namespace(), d.name_any(), |m: &Model| {
+                m.spec.dataset.iter().map(|r| r.name.as_str()).collect()
+            })
+        })
         .graceful_shutdown_on(shutdown.clone())
         .run(
             instrumented("Model", batch::reconcile_model),
@@ -180,7 +171,7 @@ pub async fn run(
 
     let datasets = Controller::new(api::<Dataset>(&ctx, &opts), watcher::Config::default())
         .with_config(cfg.clone())
-        .owns(api::<Job>(&ctx, &opts), managed())
+        .owns_shared_stream(t.jobs_for_datasets)
         .graceful_shutdown_on(shutdown.clone())
         .run(
             instrumented("Dataset", batch::reconcile_dataset),
@@ -193,17 +184,13 @@ pub async fn run(
         .with_config(cfg.clone());
     let server_store = servers.store();
     let servers = servers
-        .owns(api::<Deployment>(&ctx, &opts), managed())
+        .owns_shared_stream(t.deployments_for_servers)
         .owns(api::<Service>(&ctx, &opts), managed())
-        .watches(
-            api::<Model>(&ctx, &opts),
-            watcher::Config::default(),
-            move |m: Model| {
-                dependants(&server_store, m.namespace(), m.name_any(), |s: &Server| {
-                    s.spec.model_name().into_iter().collect()
-                })
-            },
-        )
+        .watches_shared_stream(t.models_for_servers, move |m: Arc<Model>| {
+            dependants(&server_store, m.namespace(), m.name_any(), |s: &Server| {
+                s.spec.model_name().into_iter().collect()
+            })
+        })
         .graceful_shutdown_on(shutdown.clone())
         .run(
             instrumented("Server", server::reconcile_server),
@@ -217,25 +204,17 @@ pub async fn run(
     let nb_store = notebooks.store();
     let nb_store2 = nb_store.clone();
     let notebooks = notebooks
-        .owns(api::<Pod>(&ctx, &opts), managed())
-        .watches(
-            api::<Model>(&ctx, &opts),
-            watcher::Config::default(),
-            move |m: Model| {
-                dependants(&nb_store, m.namespace(), m.name_any(), |n: &Notebook| {
-                    n.spec.model_name().into_iter().collect()
-                })
-            },
-        )
-        .watches(
-            api::<Dataset>(&ctx, &opts),
-            watcher::Config::default(),
-            move |d: Dataset| {
-                dependants(&nb_store2, d.namespace(), d.name_any(), |n: &Notebook| {
-                    n.spec.dataset.iter().map(|r| r.name.as_str()).collect()
-                })
-            },
-        )
+        .owns_shared_stream(t.pods_for_notebooks)
+        .watches_shared_stream(t.models_for_notebooks, move |m: Arc<Model>| {
+            dependants(&nb_store, m.namespace(), m.name_any(), |n: &Notebook| {
+                n.spec.model_name().into_iter().collect()
+            })
+        })
+        .watches_shared_stream(t.datasets_for_notebooks, move |d: Arc<Dataset>| {
+            dependants(&nb_store2, d.namespace(), d.name_any(), |n: &Notebook| {
+                n.spec.dataset.iter().map(|r| r.name.as_str()).collect()
+            })
+        })
         .graceful_shutdown_on(shutdown)
         .run(
             instrumented("Notebook", notebook::reconcile_notebook),

@@ -94,6 +94,10 @@ pub struct Context {
     ensuring: tokio::sync::Mutex<()>,
     /// Watch-fed caches, once the controllers run; without them every read is a GET.
     caches: std::sync::OnceLock<Caches>,
+    /// The status last written per object, with the resourceVersion it produced: a reconcile
+    /// triggered by a child's event may see its parent from before that write, and must not
+    /// take the older status for the current one (it would write it again).
+    written: Mutex<std::collections::HashMap<String, (u64, serde_json::Value)>>,
 }
 
 impl Context {
@@ -110,6 +114,28 @@ impl Context {
             ensured_accounts: Mutex::new(HashSet::new()),
             ensuring: tokio::sync::Mutex::new(()),
             caches: std::sync::OnceLock::new(),
+            written: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// The object's current status: its own, or the one this operator wrote last when the
+    /// object at hand is older than that write.
+    pub fn fresh_status<K, S>(&self, obj: &K, status: Option<S>) -> Option<S>
+    where
+        K: Resource<DynamicType = ()>,
+        S: DeserializeOwned,
+    {
+        let rv = obj
+            .meta()
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse::<u64>().ok());
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match (written.get(&status_key(obj)), rv) {
+            (Some((written_rv, value)), Some(rv)) if rv < *written_rv => {
+                serde_json::from_value(value.clone()).ok().or(status)
+            }
+            _ => status,
         }
     }
 
@@ -498,6 +524,16 @@ impl Context {
     }
 }
 
+fn status_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    let m = obj.meta();
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        m.namespace.as_deref().unwrap_or(""),
+        m.name.as_deref().unwrap_or("")
+    )
+}
+
 fn hash_of(meta: &kube::api::ObjectMeta) -> Option<&String> {
     meta.annotations
         .as_ref()
@@ -563,12 +599,26 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(&name, &ctx.patch_params(), &Patch::Apply(&body))
+    let written = api
+        .patch_status(&name, &ctx.patch_params(), &Patch::Apply(&body))
         .await
         .map_err(kube_err(
             "writing status of",
             format!("{} {namespace}/{name}", K::kind(&())),
         ))?;
+    if let (Some(rv), Ok(value)) = (
+        written
+            .meta()
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse::<u64>().ok()),
+        serde_json::to_value(status),
+    ) {
+        ctx.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(status_key(obj), (rv, value));
+    }
     ctx.metrics
         .status_writes
         .get_or_create(&crate::metrics::KindLabels {

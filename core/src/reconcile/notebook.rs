@@ -66,7 +66,8 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
     } else {
         new_token()?
     };
-    let status = nb.status.as_ref();
+    let fresh = ctx.fresh_status(nb.as_ref(), nb.status.clone());
+    let status = fresh.as_ref();
     let input = NotebookInput {
         parent: parent.clone(),
         spec: &nb.spec,

@@ -69,7 +69,8 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
     for child in &plan.children {
         ctx.apply_child(&parent.namespace, child).await?;
     }
-    let status = srv.status.as_ref();
+    let fresh = ctx.fresh_status(srv.as_ref(), srv.status.clone());
+    let status = fresh.as_ref();
     let existing = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let new = ServerStatus {
         ready: plan.ready,
