@@ -14,7 +14,7 @@ pub struct AuditEntry {
     #[serde(default)]
     pub object_ref: Option<ObjectRef>,
     pub request_received_timestamp: String,
-    #[serde(default)]
+    #[serde(default, rename = "requestURI")]
     pub request_uri: String,
 }
 

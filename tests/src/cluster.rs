@@ -60,11 +60,17 @@ fn start_in_background(bin_dir: &Path) -> Result<PathBuf> {
         scale: 1,
     };
     let (tx, rx) = std::sync::mpsc::channel();
+    let (control_tx, control_rx) = std::sync::mpsc::channel::<Restart>();
     std::thread::Builder::new()
         .name("test-cluster".into())
         .spawn(move || match Cluster::start(&opts) {
-            Ok(cluster) => {
+            Ok(mut cluster) => {
                 let _ = tx.send(Ok(cluster.kubeconfig().to_path_buf()));
+                // This thread owns every process of the cluster (they die with it), so
+                // restarts for fault tests happen here too.
+                for (component, reply) in control_rx {
+                    let _ = reply.send(cluster.restart(&component).map_err(|e| format!("{e:#}")));
+                }
                 loop {
                     std::thread::park();
                 }
@@ -73,8 +79,31 @@ fn start_in_background(bin_dir: &Path) -> Result<PathBuf> {
                 let _ = tx.send(Err(e));
             }
         })?;
+    let _ = CONTROL.set(std::sync::Mutex::new(control_tx));
     rx.recv_timeout(Duration::from_secs(300))
         .context("the test cluster did not start within 300s")?
+}
+
+type Restart = (String, std::sync::mpsc::Sender<Result<(), String>>);
+static CONTROL: OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Restart>>> = OnceLock::new();
+
+/// Kills a component of the cluster this process started (etcd, kube-apiserver,
+/// kube-controller-manager, kube-scheduler, kwok) and starts it again; returns once it
+/// answers. Fails for a cluster named by `SUBSTRATUS_TEST_KUBECONFIG`.
+pub fn restart_component(component: &str) -> Result<(), String> {
+    shared();
+    let control = CONTROL
+        .get()
+        .ok_or("the cluster was not started by this process")?;
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    control
+        .lock()
+        .map_err(|e| e.to_string())?
+        .send((component.to_owned(), reply_tx))
+        .map_err(|e| e.to_string())?;
+    reply_rx
+        .recv_timeout(Duration::from_secs(180))
+        .map_err(|e| format!("restarting {component}: {e}"))?
 }
 
 /// Removes the state directories of earlier test processes that are gone.

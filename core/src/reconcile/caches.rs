@@ -35,6 +35,11 @@ pub struct Triggers {
     pub models_for_notebooks: ReflectHandle<Model>,
     pub datasets_for_models: ReflectHandle<Dataset>,
     pub datasets_for_notebooks: ReflectHandle<Dataset>,
+    pub deleted_models_for_models: Deletions<Model>,
+    pub deleted_models_for_servers: Deletions<Model>,
+    pub deleted_models_for_notebooks: Deletions<Model>,
+    pub deleted_datasets_for_models: Deletions<Dataset>,
+    pub deleted_datasets_for_notebooks: Deletions<Dataset>,
 }
 
 /// The caches; [`Caches::new`] also returns the tasks that keep them fed.
@@ -64,6 +69,47 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// Deleted objects, delivered after the cache dropped them (the shared streams carry only
+/// applied objects).
+pub type Deletions<K> = futures::channel::mpsc::UnboundedReceiver<K>;
+
+/// Like [`shared`], and also forwards every deletion to `d` receivers.
+fn shared_with_deletions<K>(
+    api: Api<K>,
+    strip: fn(&mut K),
+    n: usize,
+    d: usize,
+    tasks: &mut Vec<Task>,
+) -> (Store<K>, Vec<ReflectHandle<K>>, Vec<Deletions<K>>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store_shared(1024);
+    let subscribers = (0..n).filter_map(|_| writer.subscribe()).collect();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..d).map(|_| futures::channel::mpsc::unbounded()).unzip();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip);
+    tasks.push(Box::pin(reflector::reflector(writer, stream).for_each(
+        move |event| {
+            if let Ok(watcher::Event::Delete(obj)) = &event {
+                for tx in &senders {
+                    let _ = tx.unbounded_send(obj.clone());
+                }
+            }
+            futures::future::ready(())
+        },
+    )));
+    (store, subscribers, receivers)
 }
 
 /// A cache whose changes are also delivered to `n` subscribers.
@@ -158,17 +204,17 @@ impl Caches {
             1,
             &mut tasks,
         );
-        let (models, mut model_subs) = shared(
+        let (models, mut model_subs, mut model_dels) = shared_with_deletions(
             namespaced::<Model>(client, namespace),
-            watcher::Config::default(),
             |m| m.managed_fields_mut().clear(),
+            3,
             3,
             &mut tasks,
         );
-        let (datasets, mut dataset_subs) = shared(
+        let (datasets, mut dataset_subs, mut dataset_dels) = shared_with_deletions(
             namespaced::<Dataset>(client, namespace),
-            watcher::Config::default(),
             |d| d.managed_fields_mut().clear(),
+            2,
             2,
             &mut tasks,
         );
@@ -214,6 +260,11 @@ impl Caches {
             models_for_notebooks: take(&mut model_subs),
             datasets_for_models: take(&mut dataset_subs),
             datasets_for_notebooks: take(&mut dataset_subs),
+            deleted_models_for_models: take(&mut model_dels),
+            deleted_models_for_servers: take(&mut model_dels),
+            deleted_models_for_notebooks: take(&mut model_dels),
+            deleted_datasets_for_models: take(&mut dataset_dels),
+            deleted_datasets_for_notebooks: take(&mut dataset_dels),
         };
         (caches, triggers, tasks)
     }

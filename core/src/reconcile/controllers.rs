@@ -146,6 +146,8 @@ pub async fn run(
         .with_config(cfg.clone());
     let model_store = models.store();
     let model_store2 = model_store.clone();
+    let model_store3 = model_store.clone();
+    let model_store4 = model_store.clone();
     let models = models
         .owns_shared_stream(t.jobs_for_models)
         .watches_shared_stream(t.models_for_models, move |base: Arc<Model>| {
@@ -158,6 +160,19 @@ pub async fn run(
         })
         .watches_shared_stream(t.datasets_for_models, move |d: Arc<Dataset>| {
             dependants(&model_store2, d.namespace(), d.name_any(), |m: &Model| {
+                m.spec.dataset.iter().map(|r| r.name.as_str()).collect()
+            })
+        })
+        .watches_stream(t.deleted_models_for_models.map(Ok), move |base: Model| {
+            dependants(
+                &model_store3,
+                base.namespace(),
+                base.name_any(),
+                |m: &Model| m.spec.model.iter().map(|r| r.name.as_str()).collect(),
+            )
+        })
+        .watches_stream(t.deleted_datasets_for_models.map(Ok), move |d: Dataset| {
+            dependants(&model_store4, d.namespace(), d.name_any(), |m: &Model| {
                 m.spec.dataset.iter().map(|r| r.name.as_str()).collect()
             })
         })
@@ -183,11 +198,17 @@ pub async fn run(
     let servers = Controller::new(api::<Server>(&ctx, &opts), watcher::Config::default())
         .with_config(cfg.clone());
     let server_store = servers.store();
+    let server_store2 = server_store.clone();
     let servers = servers
         .owns_shared_stream(t.deployments_for_servers)
         .owns(api::<Service>(&ctx, &opts), managed())
         .watches_shared_stream(t.models_for_servers, move |m: Arc<Model>| {
             dependants(&server_store, m.namespace(), m.name_any(), |s: &Server| {
+                s.spec.model_name().into_iter().collect()
+            })
+        })
+        .watches_stream(t.deleted_models_for_servers.map(Ok), move |m: Model| {
+            dependants(&server_store2, m.namespace(), m.name_any(), |s: &Server| {
                 s.spec.model_name().into_iter().collect()
             })
         })
@@ -203,6 +224,8 @@ pub async fn run(
         Controller::new(api::<Notebook>(&ctx, &opts), watcher::Config::default()).with_config(cfg);
     let nb_store = notebooks.store();
     let nb_store2 = nb_store.clone();
+    let nb_store3 = nb_store.clone();
+    let nb_store4 = nb_store.clone();
     let notebooks = notebooks
         .owns_shared_stream(t.pods_for_notebooks)
         .watches_shared_stream(t.models_for_notebooks, move |m: Arc<Model>| {
@@ -215,6 +238,19 @@ pub async fn run(
                 n.spec.dataset.iter().map(|r| r.name.as_str()).collect()
             })
         })
+        .watches_stream(t.deleted_models_for_notebooks.map(Ok), move |m: Model| {
+            dependants(&nb_store3, m.namespace(), m.name_any(), |n: &Notebook| {
+                n.spec.model_name().into_iter().collect()
+            })
+        })
+        .watches_stream(
+            t.deleted_datasets_for_notebooks.map(Ok),
+            move |d: Dataset| {
+                dependants(&nb_store4, d.namespace(), d.name_any(), |n: &Notebook| {
+                    n.spec.dataset.iter().map(|r| r.name.as_str()).collect()
+                })
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(
             instrumented("Notebook", notebook::reconcile_notebook),

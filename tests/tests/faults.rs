@@ -1,0 +1,218 @@
+//! Faults on the real control plane: every case ends converged, with no duplicate Jobs and no
+//! hot loop. This binary starts its own cluster, because it restarts its components.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+use substratus_crds::{Model, Server};
+use substratus_tests::audit;
+use substratus_tests::cluster::{TestNamespace, client, restart_component, wait_for};
+use substratus_tests::operator::{OPERATOR_USER, RunningOperator, audit_log, kind_cloud};
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// The cases run one at a time: a restarted API server would fail the requests of another.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn create_models(c: &kube::Client, ns: &str, n: usize, env: serde_json::Value) {
+    let models: Api<Model> = Api::namespaced(c.clone(), ns);
+    for i in 0..n {
+        let m: Model = serde_json::from_value(json!({
+            "apiVersion": "substratus.ai/v1", "kind": "Model", "metadata": {"name": format!("m{i}")},
+            "spec": {"image": "loader", "env": env, "resources": {"cpu": 0, "memory": 0, "disk": 0}}
+        }))
+        .unwrap();
+        models.create(&PostParams::default(), &m).await.unwrap();
+    }
+}
+
+/// Waits until `n` Models are Ready, retrying reads across API server restarts.
+async fn wait_models_ready(c: &kube::Client, ns: &str, n: usize) {
+    let models: Api<Model> = Api::namespaced(c.clone(), ns);
+    wait_for(&format!("{n} Models to be Ready"), WAIT, || async {
+        let list = models
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|m| m.status.as_ref().is_some_and(|s| s.ready))
+            .count();
+        if ready == n {
+            Ok(Some(()))
+        } else {
+            Err(format!("{ready} of {n} ready"))
+        }
+    })
+    .await;
+}
+
+/// One Job per Model, and the operator created each exactly once.
+async fn assert_no_duplicate_jobs(c: &kube::Client, ns: &str, n: usize, since: jiff::Timestamp) {
+    let jobs = Api::<Job>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(jobs.items.len(), n, "Jobs in {ns}");
+    let creates = audit::entries(&audit_log(), OPERATOR_USER, since)
+        .into_iter()
+        .filter(|e| {
+            e.verb == "create"
+                && e.resource() == "jobs"
+                && e.object_ref.as_ref().and_then(|o| o.namespace.as_deref()) == Some(ns)
+        })
+        .count();
+    assert!(
+        creates >= n,
+        "only {creates} Job creations seen for {n} Models"
+    );
+    // A create answered 409 (already exists) is harmless; any other extra create would have
+    // made a second Job, and the list above would show it.
+}
+
+async fn converges_across_a_restart_of(component: &str) {
+    let ns = TestNamespace::new(&component.replace("kube-", ""));
+    let c = client().await;
+    let since = jiff::Timestamp::now();
+    let op = RunningOperator::start(&ns.name, kind_cloud("kind")).await;
+    create_models(&c, &ns.name, 12, json!({"SIM_DURATION": "3s"})).await;
+    // Mid-convergence: some Jobs exist, none finished.
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
+    wait_for("the first Jobs", WAIT, || async {
+        let n = jobs
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        Ok((n >= 1).then_some(()))
+    })
+    .await;
+    restart_component(component).unwrap_or_else(|e| panic!("restarting {component}: {e}"));
+    wait_models_ready(&c, &ns.name, 12).await;
+    assert_no_duplicate_jobs(&c, &ns.name, 12, since).await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn converges_without_duplicates_across_an_api_server_restart() {
+    let _serial = SERIAL.lock().await;
+    converges_across_a_restart_of("kube-apiserver").await;
+}
+
+#[tokio::test]
+async fn converges_without_duplicates_across_an_etcd_restart() {
+    let _serial = SERIAL.lock().await;
+    converges_across_a_restart_of("etcd").await;
+}
+
+#[tokio::test]
+async fn a_storm_of_failing_jobs_settles_without_a_hot_loop() {
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::new("storm");
+    let c = client().await;
+    let op = RunningOperator::start(&ns.name, kind_cloud("kind")).await;
+    create_models(&c, &ns.name, 20, json!({"SIM_FAIL": "true"})).await;
+    let models: Api<Model> = Api::namespaced(c.clone(), &ns.name);
+    wait_for("every Model to show JobFailed", WAIT, || async {
+        let list = models
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let failed = list
+            .items
+            .iter()
+            .filter(|m| {
+                m.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == "JobFailed")
+                })
+            })
+            .count();
+        if failed == 20 {
+            Ok(Some(()))
+        } else {
+            Err(format!("{failed} of 20 failed"))
+        }
+    })
+    .await;
+    // Failed Jobs are terminal for their generation: no retries, no rewrites.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let quiet_from = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let entries: Vec<_> = audit::entries(&audit_log(), OPERATOR_USER, quiet_from)
+        .into_iter()
+        .filter(|e| {
+            e.object_ref.as_ref().and_then(|o| o.namespace.as_deref()) == Some(ns.name.as_str())
+        })
+        .collect();
+    let per_minute = entries.len() as f64 * 3.0;
+    eprintln!(
+        "requests per minute after 20 failed Jobs settled: {per_minute} ({:?})",
+        audit::count_by_verb_and_resource(&entries)
+    );
+    assert!(
+        entries.iter().all(|e| !e.is_write()),
+        "writes after the storm settled: {:?}",
+        audit::count_by_verb_and_resource(&entries)
+    );
+    let jobs = Api::<Job>::namespaced(c.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(jobs.items.len(), 20, "failed Jobs were recreated");
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_served_model_is_reported_and_keeps_the_operator_healthy() {
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::new("gone");
+    let c = client().await;
+    let op = RunningOperator::start(&ns.name, kind_cloud("kind")).await;
+    create_models(&c, &ns.name, 2, json!({})).await;
+    let servers: Api<Server> = Api::namespaced(c.clone(), &ns.name);
+    let s: Server = serde_json::from_value(json!({
+        "apiVersion": "substratus.ai/v1", "kind": "Server", "metadata": {"name": "srv"},
+        "spec": {"image": "server", "model": {"name": "m0"}}
+    }))
+    .unwrap();
+    servers.create(&PostParams::default(), &s).await.unwrap();
+    wait_for("the Server to be ready", WAIT, || async {
+        let s = servers.get("srv").await.map_err(|e| e.to_string())?;
+        Ok(s.status.filter(|s| s.ready).map(|_| ()))
+    })
+    .await;
+    Api::<Model>::namespaced(c.clone(), &ns.name)
+        .delete("m0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let cond = wait_for("the Server to report its Model gone", WAIT, || async {
+        let s = servers.get("srv").await.map_err(|e| e.to_string())?;
+        let status = s.status.unwrap_or_default();
+        Ok(status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "ModelNotFound")
+            .filter(|_| !status.ready))
+    })
+    .await;
+    assert!(cond.message.contains("not found"), "{}", cond.message);
+    // The running Deployment is left alone: deleting a Model does not cut off traffic at once.
+    assert!(
+        Api::<Deployment>::namespaced(c.clone(), &ns.name)
+            .get_opt("srv-server")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // The operator still serves other objects.
+    create_models(&c, &ns.name, 0, json!({})).await;
+    wait_models_ready(&c, &ns.name, 1).await;
+    op.stop().await;
+}
