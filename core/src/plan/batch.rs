@@ -9,10 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use substratus_crds::{Params, Resources};
 
 use super::{
-    Blocked, Child, Deletion, GENERATION_ANNOTATION, Mount, Parent, RefState, Workload,
-    params_config_map, pod_problem, pod_template, ready_condition, stamp_hash,
+    Blocked, Child, Deletion, GENERATION_ANNOTATION, Parent, RefState, Workload, params_config_map,
+    pod_problem, pod_template, ready_condition, stamp_hash,
 };
-use crate::cloud::{Access, ArtifactPrefix, BucketUrl, Cloud};
+use crate::cloud::{ArtifactPrefix, BucketUrl, Cloud};
 use crate::conditions::{Desired, is_true_for, reasons, types};
 use crate::names::{self, Kind};
 
@@ -305,25 +305,8 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
                 plan.conditions = complete(false, b.reason, b.message);
                 return plan;
             }
-            let mut mounts = vec![Mount {
-                subdir: "artifacts",
-                url: prefix.artifacts(),
-                access: Access::ReadWrite,
-            }];
-            if let Some(RefState::Ready { artifacts }) = &input.dataset {
-                mounts.push(Mount {
-                    subdir: "data",
-                    url: artifacts.clone(),
-                    access: Access::ReadOnly,
-                });
-            }
-            if let Some(RefState::Ready { artifacts }) = &input.base_model {
-                mounts.push(Mount {
-                    subdir: "model",
-                    url: artifacts.clone(),
-                    access: Access::ReadOnly,
-                });
-            }
+            let mounts =
+                super::content_mounts(prefix.artifacts(), &input.dataset, &input.base_model);
             let workload = Workload {
                 parent,
                 image,

@@ -128,6 +128,36 @@ pub struct Mount {
     pub access: Access,
 }
 
+/// The container contract's mounts: the object's own `artifacts/` read-write at
+/// `/content/artifacts`, and the Ready references' artifacts read-only at `/content/data`
+/// (Dataset) and `/content/model` (Model).
+pub fn content_mounts(
+    own: crate::cloud::BucketUrl,
+    dataset: &Option<RefState>,
+    model: &Option<RefState>,
+) -> Vec<Mount> {
+    let mut mounts = vec![Mount {
+        subdir: "artifacts",
+        url: own,
+        access: Access::ReadWrite,
+    }];
+    if let Some(RefState::Ready { artifacts }) = dataset {
+        mounts.push(Mount {
+            subdir: "data",
+            url: artifacts.clone(),
+            access: Access::ReadOnly,
+        });
+    }
+    if let Some(RefState::Ready { artifacts }) = model {
+        mounts.push(Mount {
+            subdir: "model",
+            url: artifacts.clone(),
+            access: Access::ReadOnly,
+        });
+    }
+    mounts
+}
+
 /// An HTTP port the container serves, with its readiness path.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServingPort {

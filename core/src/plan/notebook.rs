@@ -7,10 +7,10 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Pod, PodSpec, Secret, Sec
 use substratus_crds::NotebookSpec;
 
 use super::{
-    Child, Deletion, Mount, Parent, RefState, SPEC_HASH_ANNOTATION, ServingPort, Workload,
+    Child, Deletion, Parent, RefState, SPEC_HASH_ANNOTATION, ServingPort, Workload,
     params_config_map, pod_problem, pod_template, ready_condition, stamp_hash,
 };
-use crate::cloud::{Access, Cloud};
+use crate::cloud::Cloud;
 use crate::conditions::{Desired, reasons, types};
 use crate::names::{self, Kind};
 use crate::plan::batch::{artifact_prefix, owned_prefix_objects};
@@ -186,25 +186,7 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
         return plan;
     }
 
-    let mut mounts = vec![Mount {
-        subdir: "artifacts",
-        url: prefix.artifacts(),
-        access: Access::ReadWrite,
-    }];
-    if let Some(RefState::Ready { artifacts }) = &input.dataset {
-        mounts.push(Mount {
-            subdir: "data",
-            url: artifacts.clone(),
-            access: Access::ReadOnly,
-        });
-    }
-    if let Some(RefState::Ready { artifacts }) = &input.model {
-        mounts.push(Mount {
-            subdir: "model",
-            url: artifacts.clone(),
-            access: Access::ReadOnly,
-        });
-    }
+    let mounts = super::content_mounts(prefix.artifacts(), &input.dataset, &input.model);
     let command = if input.spec.command.is_empty() {
         default_command()
     } else {
