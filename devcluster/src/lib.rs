@@ -150,7 +150,12 @@ impl Cluster {
         for p in &opts.profiles {
             cluster.add_nodes(*p, opts.scale)?;
         }
-        cluster.wait_for_nodes()?;
+        let nodes: usize = opts
+            .profiles
+            .iter()
+            .map(|p| profiles::nodes(*p, opts.scale).len())
+            .sum();
+        cluster.wait_for_nodes(nodes)?;
         cluster.wait_for_default_service_account()?;
         Ok(cluster)
     }
@@ -401,13 +406,14 @@ impl Cluster {
         self.check_alive()
     }
 
-    fn wait_for_nodes(&mut self) -> Result<()> {
+    fn wait_for_nodes(&mut self, nodes: usize) -> Result<()> {
         let (bin, kc) = (self.bin_dir.clone(), self.kubeconfig.clone());
         let mut alive = Ok(());
-        // Ready, and the node-lifecycle controller has lifted the not-ready taint.
+        // Ready, and the node-lifecycle controller has lifted the not-ready taint. kwok
+        // initialises nodes one by one: large profiles get more time.
         wait_until(
             "simulated nodes to be Ready and schedulable",
-            Duration::from_secs(120),
+            Duration::from_secs(120) + Duration::from_millis(300) * nodes as u32,
             Duration::from_millis(500),
             || {
                 alive = self.check_alive();
