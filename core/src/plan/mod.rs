@@ -351,9 +351,15 @@ pub fn pod_problem(pods: &[Pod]) -> Option<Blocked> {
     for pod in pods {
         let Some(status) = &pod.status else { continue };
         for c in status.conditions.iter().flatten() {
+            // A claim the PV controller has not bound yet is a moment's wait, not a problem.
+            let transient = c
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("unbound immediate PersistentVolumeClaims"));
             if c.type_ == "PodScheduled"
                 && c.status == "False"
                 && c.reason.as_deref() == Some("Unschedulable")
+                && !transient
             {
                 return Some(Blocked {
                     reason: reasons::UNSCHEDULABLE,
@@ -395,4 +401,35 @@ pub fn ready_condition(main: &Desired) -> Desired {
         main.reason,
         main.message.clone(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+            ]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn unschedulable_pods_are_a_problem_but_unbound_claims_are_not() {
+        let p = pod_problem(&[pending(
+            "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        )])
+        .unwrap();
+        assert_eq!(p.reason, reasons::UNSCHEDULABLE);
+        assert!(p.message.contains("Insufficient nvidia.com/gpu"));
+        assert!(
+            pod_problem(&[pending(
+                "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+            )])
+            .is_none()
+        );
+    }
 }
