@@ -145,41 +145,35 @@ fn new_status(
     }
 }
 
-/// Reconciles a Model.
-pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let parent = parent_of(model.as_ref(), Kind::Model)?;
-    let observed = observe(&ctx, &parent).await?;
-    // References only matter until the Job exists.
-    let (base_model, dataset) = if observed.job.is_none() {
-        let base = match &model.spec.model {
-            Some(r) => Some(
-                ctx.reference(&parent.namespace, Kind::Model, &r.name)
-                    .await?,
-            ),
-            None => None,
-        };
-        let data = match &model.spec.dataset {
-            Some(r) => Some(
-                ctx.reference(&parent.namespace, Kind::Dataset, &r.name)
-                    .await?,
-            ),
-            None => None,
-        };
-        (base, data)
-    } else {
-        (None::<RefState>, None::<RefState>)
-    };
-    let fresh = ctx.fresh_status(model.as_ref(), model.status.clone());
+/// Plans and applies a Model or Dataset whose references were already read; writes status
+/// and publishes an Event on a transition.
+async fn reconcile_batch<K, S>(
+    parent: Parent,
+    obj: &K,
+    spec: &S,
+    current: Option<&ArtifactObjectStatus>,
+    ctx: &Context,
+    observed: Observed,
+    references: (Option<RefState>, Option<RefState>),
+) -> Result<Action, Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: substratus_crds::WorkloadSpec,
+{
+    let fresh = ctx.fresh_status(obj, current.cloned());
     let status = fresh.as_ref();
-    let spec = &model.spec;
+    let (base_model, dataset) = references;
     let input = BatchInput {
         parent: parent.clone(),
         spec: BatchSpec {
-            image: spec.image.as_deref(),
-            command: &spec.command,
-            env: &spec.env,
-            params: &spec.params,
-            resources: spec.resources.as_ref(),
+            image: spec.image(),
+            command: spec.command(),
+            env: spec.env(),
+            params: spec.params(),
+            resources: spec.resources(),
         },
         conditions: status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
         artifacts_url: status
@@ -191,54 +185,59 @@ pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Act
         pods: &observed.pods,
     };
     let plan = batch::plan(&input, ctx.cloud.as_ref());
-    apply_plan(&ctx, &parent, &plan).await?;
+    apply_plan(ctx, &parent, &plan).await?;
     let new = new_status(status, &plan, parent.generation);
-    if write_status(&ctx, model.as_ref(), status, &new).await? {
-        ctx.event_on_transition(
-            model.as_ref(),
-            status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-            &new.conditions,
-        )
-        .await;
+    if write_status(ctx, obj, status, &new).await? {
+        let before = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+        ctx.event_on_transition(obj, before, &new.conditions).await;
     }
     Ok(next(&plan))
+}
+
+/// Reconciles a Model.
+pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let parent = parent_of(model.as_ref(), Kind::Model)?;
+    let observed = observe(&ctx, &parent).await?;
+    // References only matter until the Job exists.
+    let mut references = (None, None);
+    if observed.job.is_none() {
+        if let Some(r) = &model.spec.model {
+            references.0 = Some(
+                ctx.reference(&parent.namespace, Kind::Model, &r.name)
+                    .await?,
+            );
+        }
+        if let Some(r) = &model.spec.dataset {
+            references.1 = Some(
+                ctx.reference(&parent.namespace, Kind::Dataset, &r.name)
+                    .await?,
+            );
+        }
+    }
+    reconcile_batch(
+        parent,
+        model.as_ref(),
+        &model.spec,
+        model.status.as_ref(),
+        &ctx,
+        observed,
+        references,
+    )
+    .await
 }
 
 /// Reconciles a Dataset.
 pub async fn reconcile_dataset(dataset: Arc<Dataset>, ctx: Arc<Context>) -> Result<Action, Error> {
     let parent = parent_of(dataset.as_ref(), Kind::Dataset)?;
     let observed = observe(&ctx, &parent).await?;
-    let fresh = ctx.fresh_status(dataset.as_ref(), dataset.status.clone());
-    let status = fresh.as_ref();
-    let spec = &dataset.spec;
-    let input = BatchInput {
-        parent: parent.clone(),
-        spec: BatchSpec {
-            image: spec.image.as_deref(),
-            command: &spec.command,
-            env: &spec.env,
-            params: &spec.params,
-            resources: spec.resources.as_ref(),
-        },
-        conditions: status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-        artifacts_url: status
-            .and_then(|s| s.artifacts.as_ref())
-            .and_then(|a| a.url.as_deref()),
-        base_model: None,
-        dataset: None,
-        job: observed_job(&observed),
-        pods: &observed.pods,
-    };
-    let plan = batch::plan(&input, ctx.cloud.as_ref());
-    apply_plan(&ctx, &parent, &plan).await?;
-    let new = new_status(status, &plan, parent.generation);
-    if write_status(&ctx, dataset.as_ref(), status, &new).await? {
-        ctx.event_on_transition(
-            dataset.as_ref(),
-            status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-            &new.conditions,
-        )
-        .await;
-    }
-    Ok(next(&plan))
+    reconcile_batch(
+        parent,
+        dataset.as_ref(),
+        &dataset.spec,
+        dataset.status.as_ref(),
+        &ctx,
+        observed,
+        (None, None),
+    )
+    .await
 }
