@@ -202,38 +202,31 @@ fn owner(kind: &str, name: &str, uid: &str) -> Value {
     json!([{"apiVersion": "substratus.ai/v1", "kind": kind, "name": name, "uid": uid, "controller": true}])
 }
 
+/// Name → uid of every object of a kind in `ns` (for owner references).
+async fn uids<K>(client: &Client, ns: &str) -> Result<HashMap<String, String>>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let list = Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|o| (o.name_any(), o.uid().unwrap_or_default()))
+        .collect())
+}
+
 /// The floor: the same children and status writes, by a plain client, no operator logic.
 async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> Result<Duration> {
     let started = Instant::now();
     create_workload(client, ns, w, concurrency).await?;
-    let uids = |list: Vec<(String, String)>| list.into_iter().collect::<HashMap<_, _>>();
-    let models = uids(
-        Api::<Model>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|o| (o.name_any(), o.uid().unwrap_or_default()))
-            .collect(),
-    );
-    let datasets = uids(
-        Api::<Dataset>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|o| (o.name_any(), o.uid().unwrap_or_default()))
-            .collect(),
-    );
-    let servers = uids(
-        Api::<Server>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|o| (o.name_any(), o.uid().unwrap_or_default()))
-            .collect(),
-    );
+    let models = uids::<Model>(client, ns).await?;
+    let datasets = uids::<Dataset>(client, ns).await?;
+    let servers = uids::<Server>(client, ns).await?;
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
