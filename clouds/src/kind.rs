@@ -19,7 +19,7 @@ use object_store::signer::{SignedUrlOptions, Signer};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError,
-    DefaultResources, GpuPlacement, SignedUrl,
+    DefaultResources, GpuPlacement, SignedUrl, UploadContext,
 };
 use substratus_core::names::{self, MANAGED_BY, MANAGED_BY_LABEL};
 use substratus_crds::GpuType;
@@ -118,6 +118,50 @@ impl KindCloud {
         format!("substratus-{}", &id[..24])
     }
 
+    /// A static PersistentVolume (Retain) for `url` and its claim in `namespace`.
+    fn claim_objects(&self, namespace: &str, url: &BucketUrl) -> Vec<Value> {
+        let url = url.clone();
+        let claim = KindCloud::claim_name(&url);
+        let volume = KindCloud::volume_name(namespace, &url);
+        let (secret_ns, secret_name) = &self.settings.csi_secret;
+        let secret_ref = json!({"name": secret_name, "namespace": secret_ns});
+        let labels = json!({MANAGED_BY_LABEL: MANAGED_BY});
+        vec![
+            json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": volume, "labels": labels},
+                "spec": {
+                    "capacity": {"storage": "1Ti"},
+                    "accessModes": ["ReadWriteMany"],
+                    // Retain: deleting a claim must never delete artifacts.
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": "",
+                    "claimRef": {"namespace": namespace, "name": claim},
+                    "csi": {
+                        "driver": self.settings.csi_driver,
+                        "volumeHandle": format!("{}/{}", url.bucket, self.key_of(&url)),
+                        "volumeAttributes": {"mounter": "geesefs", "options": "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"},
+                        "controllerPublishSecretRef": secret_ref,
+                        "nodePublishSecretRef": secret_ref,
+                        "nodeStageSecretRef": secret_ref,
+                    },
+                },
+            }),
+            json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace, "labels": labels},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": volume,
+                    "resources": {"requests": {"storage": "1Ti"}},
+                },
+            }),
+        ]
+    }
+
     /// Computes the hex MD5 of an object by reading it (for multipart uploads, whose ETag is
     /// not an MD5).
     async fn md5_by_reading(&self, path: &Path) -> Result<String, CloudError> {
@@ -196,46 +240,27 @@ impl Cloud for KindCloud {
     }
 
     fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
-        let url = prefix.artifacts();
-        let claim = KindCloud::claim_name(&url);
-        let volume = KindCloud::volume_name(&prefix.namespace, &url);
-        let (secret_ns, secret_name) = &self.settings.csi_secret;
-        let secret_ref = json!({"name": secret_name, "namespace": secret_ns});
-        let labels = json!({MANAGED_BY_LABEL: MANAGED_BY});
-        vec![
-            json!({
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": volume, "labels": labels},
-                "spec": {
-                    "capacity": {"storage": "1Ti"},
-                    "accessModes": ["ReadWriteMany"],
-                    // Retain: deleting a claim must never delete artifacts.
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": "",
-                    "claimRef": {"namespace": prefix.namespace, "name": claim},
-                    "csi": {
-                        "driver": self.settings.csi_driver,
-                        "volumeHandle": format!("{}/{}", url.bucket, self.key_of(&url)),
-                        "volumeAttributes": {"mounter": "geesefs", "options": "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"},
-                        "controllerPublishSecretRef": secret_ref,
-                        "nodePublishSecretRef": secret_ref,
-                        "nodeStageSecretRef": secret_ref,
-                    },
-                },
-            }),
-            json!({
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim, "namespace": prefix.namespace, "labels": labels},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "volumeName": volume,
-                    "resources": {"requests": {"storage": "1Ti"}},
-                },
-            }),
-        ]
+        self.claim_objects(&prefix.namespace, &prefix.artifacts())
+    }
+
+    /// The builder reads the archive from a read-only mount of the prefix's `uploads/`.
+    fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
+        let uploads = prefix.url.join("uploads");
+        let volume = self.bucket_volume(&uploads, Access::ReadOnly)?.volume;
+        Ok(UploadContext {
+            context: "tar:///upload/latest.tar.gz".into(),
+            mount: Some((volume, "/upload".into())),
+            objects: self.claim_objects(&prefix.namespace, &uploads),
+        })
+    }
+
+    /// The in-cluster registry speaks plain HTTP.
+    fn builder_args(&self) -> Vec<String> {
+        vec!["--insecure".into(), "--insecure-pull".into()]
+    }
+
+    fn builder_resources(&self) -> DefaultResources {
+        self.default_resources()
     }
 
     fn gpu_placement(

@@ -135,6 +135,20 @@ pub struct SignedUrl {
     pub expires_at_unix: i64,
 }
 
+/// How a build Job reads an uploaded build context.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UploadContext {
+    /// The builder's `--context`, e.g. `gs://bucket/<hash>/uploads/latest.tar.gz` or
+    /// `tar:///upload/latest.tar.gz` when the archive is mounted.
+    pub context: String,
+    /// A volume holding the archive and the directory it is mounted at, when the builder
+    /// reads it from a mount rather than from the bucket's API.
+    pub mount: Option<(Volume, String)>,
+    /// Objects the mount needs (e.g. a PersistentVolume and its claim), applied and owned
+    /// like [`Cloud::prefix_objects`].
+    pub objects: Vec<serde_json::Value>,
+}
+
 /// Errors of a backend, classified for the reconcilers.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum CloudError {
@@ -234,6 +248,32 @@ pub trait Cloud: Send + Sync {
             c.cluster_name,
             kind.lower()
         )
+    }
+
+    /// How the builder reads the uploaded context of `prefix` (its `uploads/latest.tar.gz`).
+    /// By default straight from the bucket's API, which the builder supports for `gs://`,
+    /// `s3://` and Azure Blob URLs, authenticated by the builder's workload identity.
+    fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
+        let key = prefix.upload_key();
+        let b = &prefix.url;
+        Ok(UploadContext {
+            context: format!("{}://{}/{key}", b.scheme, b.bucket),
+            ..Default::default()
+        })
+    }
+
+    /// Extra arguments of the builder for this cloud's registry (e.g. plain HTTP on kind).
+    fn builder_args(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Requests of the builder container (none on a laptop).
+    fn builder_resources(&self) -> DefaultResources {
+        DefaultResources {
+            cpu: 2,
+            memory_gib: 12,
+            disk_gib: 100,
+        }
     }
 
     /// The hex MD5 of a stored object, `None` when it does not exist.

@@ -15,6 +15,10 @@ pub mod types {
 /// Reasons. The original's names are kept; `DatasetNotReady` drops the original's typo.
 pub mod reasons {
     pub const AWAITING_IMAGE: &str = "AwaitingImage";
+    pub const AWAITING_UPLOAD: &str = "AwaitingUpload";
+    pub const UPLOAD_FOUND: &str = "UploadFound";
+    pub const UPLOAD_MISMATCH: &str = "UploadMismatch";
+    pub const BUILD_FAILED: &str = "BuildFailed";
     pub const BASE_MODEL_NOT_FOUND: &str = "BaseModelNotFound";
     pub const BASE_MODEL_NOT_READY: &str = "BaseModelNotReady";
     pub const DATASET_NOT_FOUND: &str = "DatasetNotFound";

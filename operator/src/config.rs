@@ -60,6 +60,25 @@ pub struct RunArgs {
     )]
     pub s3_csi_secret: String,
 
+    /// Image of the builder (a kaniko executor) that build Jobs run.
+    #[arg(
+        long,
+        env = "BUILDER_IMAGE",
+        default_value = "cgr.dev/chainguard/kaniko:latest"
+    )]
+    pub builder_image: String,
+    /// Image with `git` that clones git build sources.
+    #[arg(
+        long,
+        env = "GIT_IMAGE",
+        default_value = "cgr.dev/chainguard/git:latest"
+    )]
+    pub git_image: String,
+    /// Seconds a signed upload URL stays valid.
+    #[arg(long, env = "UPLOAD_URL_TTL_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(30..=604800))]
+    pub upload_url_ttl_seconds: u64,
+
     /// Address of /metrics.
     #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = "0.0.0.0:8080")]
     pub metrics_bind_address: SocketAddr,
@@ -100,6 +119,15 @@ fn required(value: &Option<String>, flag: &str, env: &str) -> Result<String> {
 }
 
 impl RunArgs {
+    /// The builder images and the upload URL lifetime.
+    pub fn build_settings(&self) -> substratus_core::plan::build::BuildSettings {
+        substratus_core::plan::build::BuildSettings {
+            builder_image: self.builder_image.clone(),
+            git_image: self.git_image.clone(),
+            upload_url_ttl: std::time::Duration::from_secs(self.upload_url_ttl_seconds),
+        }
+    }
+
     /// Builds the configured cloud backend, or says what is missing.
     pub fn cloud(&self) -> Result<Arc<dyn Cloud>> {
         let cloud = required(&self.cloud, "cloud", "CLOUD")?;

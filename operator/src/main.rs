@@ -152,7 +152,7 @@ async fn run(args: config::RunArgs) -> Result<()> {
         leader_lost = Some((is_leader, task));
     }
 
-    let ctx = Arc::new(Context::new(client, cloud, metrics));
+    let ctx = Arc::new(Context::new(client, cloud, metrics).with_build(args.build_settings()));
     ready.store(true, Ordering::SeqCst);
     tracing::info!(cloud = ctx.cloud.name(), cluster = %ctx.cloud.config().cluster_name, "controllers starting");
     let opts = ControllerOptions {

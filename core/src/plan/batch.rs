@@ -149,8 +149,12 @@ pub fn owned_prefix_objects(
     prefix: &ArtifactPrefix,
     cloud: &dyn Cloud,
 ) -> Vec<Child> {
-    cloud
-        .prefix_objects(prefix)
+    own_objects(parent, cloud.prefix_objects(prefix))
+}
+
+/// Cloud objects as children of `parent`: namespaced ones owned by it, all hashed.
+pub fn own_objects(parent: &Parent, objects: Vec<serde_json::Value>) -> Vec<Child> {
+    objects
         .into_iter()
         .map(|mut v| {
             if v["metadata"].get("namespace").is_some() {

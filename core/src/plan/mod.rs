@@ -6,6 +6,7 @@
 //! children that are already as desired.
 
 pub mod batch;
+pub mod build;
 pub mod notebook;
 pub mod server;
 

@@ -1,12 +1,14 @@
 //! Model and Dataset reconcilers: read references and the Job, plan, apply.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use substratus_crds::{ArtifactObjectStatus, ArtifactsStatus, Dataset, Model};
 
+use super::build::BuildOutcome;
 use super::{
     Context, Error, REQUEUE_DONE, REQUEUE_PROGRESSING, kube_err, merged_conditions, parent_of,
     write_status,
@@ -101,18 +103,18 @@ async fn apply_plan(ctx: &Context, parent: &Parent, plan: &BatchPlan) -> Result<
     Ok(())
 }
 
-fn next(plan: &BatchPlan) -> Action {
+fn next(plan: &BatchPlan) -> Duration {
     if plan.requeue {
-        Action::requeue(std::time::Duration::from_secs(1))
+        Duration::from_secs(1)
     } else if plan.ready
         || plan
             .conditions
             .iter()
             .any(|c| c.reason == crate::conditions::reasons::JOB_FAILED)
     {
-        Action::requeue(REQUEUE_DONE)
+        REQUEUE_DONE
     } else {
-        Action::requeue(REQUEUE_PROGRESSING)
+        REQUEUE_PROGRESSING
     }
 }
 
@@ -131,16 +133,20 @@ fn observed_job(o: &Observed) -> Option<ObservedJob> {
 fn new_status(
     current: Option<&ArtifactObjectStatus>,
     plan: &BatchPlan,
+    built: BuildOutcome,
     generation: Option<i64>,
 ) -> ArtifactObjectStatus {
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let mut desired = plan.conditions.clone();
+    built.explain_ready(&mut desired);
+    desired.extend(built.conditions);
     ArtifactObjectStatus {
         ready: plan.ready,
-        conditions: merged_conditions(existing, &plan.conditions, generation),
+        conditions: merged_conditions(existing, &desired, generation),
         artifacts: Some(ArtifactsStatus {
             url: Some(plan.artifacts_url.clone()),
         }),
-        build_upload: current.and_then(|s| s.build_upload.clone()),
+        build_upload: built.upload,
         observed_generation: generation,
     }
 }
@@ -165,11 +171,25 @@ where
 {
     let fresh = ctx.fresh_status(obj, current.cloned());
     let status = fresh.as_ref();
+    let artifacts_url = status
+        .and_then(|s| s.artifacts.as_ref())
+        .and_then(|a| a.url.as_deref());
+    let mut parent = parent;
+    let built = super::build::reconcile_build(
+        ctx,
+        obj,
+        &mut parent,
+        spec.image(),
+        spec.build(),
+        status.and_then(|s| s.build_upload.as_ref()),
+        artifacts_url,
+    )
+    .await?;
     let (base_model, dataset) = references;
     let input = BatchInput {
         parent: parent.clone(),
         spec: BatchSpec {
-            image: spec.image(),
+            image: built.image.as_deref(),
             command: spec.command(),
             env: spec.env(),
             params: spec.params(),
@@ -186,12 +206,13 @@ where
     };
     let plan = batch::plan(&input, ctx.cloud.as_ref());
     apply_plan(ctx, &parent, &plan).await?;
-    let new = new_status(status, &plan, parent.generation);
+    let requeue = built.requeue_within(next(&plan));
+    let new = new_status(status, &plan, built, parent.generation);
     if write_status(ctx, obj, status, &new).await? {
         let before = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
         ctx.event_on_transition(obj, before, &new.conditions).await;
     }
-    Ok(next(&plan))
+    Ok(Action::requeue(requeue))
 }
 
 /// Reconciles a Model.

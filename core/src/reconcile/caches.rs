@@ -28,6 +28,9 @@ type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub struct Triggers {
     pub jobs_for_models: ReflectHandle<Job>,
     pub jobs_for_datasets: ReflectHandle<Job>,
+    /// Build Jobs of Servers and Notebooks.
+    pub jobs_for_servers: ReflectHandle<Job>,
+    pub jobs_for_notebooks: ReflectHandle<Job>,
     pub deployments_for_servers: ReflectHandle<Deployment>,
     pub pods_for_notebooks: ReflectHandle<Pod>,
     pub models_for_models: ReflectHandle<Model>,
@@ -181,7 +184,7 @@ impl Caches {
                 j.managed_fields_mut().clear();
                 j.spec = None;
             },
-            2,
+            4,
             &mut tasks,
         );
         let (deployments, mut deployment_subs) = shared(
@@ -253,6 +256,8 @@ impl Caches {
         let triggers = Triggers {
             jobs_for_models: take(&mut job_subs),
             jobs_for_datasets: take(&mut job_subs),
+            jobs_for_servers: take(&mut job_subs),
+            jobs_for_notebooks: take(&mut job_subs),
             deployments_for_servers: take(&mut deployment_subs),
             pods_for_notebooks: take(&mut pod_subs),
             models_for_models: take(&mut model_subs),

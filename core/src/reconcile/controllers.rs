@@ -201,6 +201,7 @@ pub async fn run(
     let server_store2 = server_store.clone();
     let servers = servers
         .owns_shared_stream(t.deployments_for_servers)
+        .owns_shared_stream(t.jobs_for_servers)
         .owns(api::<Service>(&ctx, &opts), managed())
         .watches_shared_stream(t.models_for_servers, move |m: Arc<Model>| {
             dependants(&server_store, m.namespace(), m.name_any(), |s: &Server| {
@@ -228,6 +229,7 @@ pub async fn run(
     let nb_store4 = nb_store.clone();
     let notebooks = notebooks
         .owns_shared_stream(t.pods_for_notebooks)
+        .owns_shared_stream(t.jobs_for_notebooks)
         .watches_shared_stream(t.models_for_notebooks, move |m: Arc<Model>| {
             dependants(&nb_store, m.namespace(), m.name_any(), |n: &Notebook| {
                 n.spec.model_name().into_iter().collect()

@@ -4,6 +4,7 @@
 //! accounts and identity bindings of a namespace are ensured once.
 
 mod batch;
+mod build;
 mod caches;
 mod controllers;
 mod notebook;
@@ -86,6 +87,8 @@ pub struct Context {
     pub client: Client,
     pub cloud: Arc<dyn Cloud>,
     pub metrics: Arc<Metrics>,
+    /// The builder images and the upload URL lifetime.
+    pub build: crate::plan::build::BuildSettings,
     recorder: Recorder,
     /// (namespace, service account) pairs already ensured and bound.
     ensured_accounts: Mutex<HashSet<(String, &'static str)>>,
@@ -111,11 +114,18 @@ impl Context {
             client,
             cloud,
             metrics,
+            build: Default::default(),
             ensured_accounts: Mutex::new(HashSet::new()),
             ensuring: tokio::sync::Mutex::new(()),
             caches: std::sync::OnceLock::new(),
             written: Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The same context with these build settings.
+    pub fn with_build(mut self, build: crate::plan::build::BuildSettings) -> Context {
+        self.build = build;
+        self
     }
 
     /// The object's current status: its own, or the one this operator wrote last when the

@@ -68,12 +68,26 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
     };
     let fresh = ctx.fresh_status(nb.as_ref(), nb.status.clone());
     let status = fresh.as_ref();
+    let artifacts_url = status
+        .and_then(|s| s.artifacts.as_ref())
+        .and_then(|a| a.url.as_deref());
+    let mut parent = parent;
+    let built = super::build::reconcile_build(
+        &ctx,
+        nb.as_ref(),
+        &mut parent,
+        nb.spec.image.as_deref(),
+        nb.spec.build.as_ref(),
+        status.and_then(|s| s.build_upload.as_ref()),
+        artifacts_url,
+    )
+    .await?;
+    let mut spec = nb.spec.clone();
+    spec.image = built.image.clone();
     let input = NotebookInput {
         parent: parent.clone(),
-        spec: &nb.spec,
-        artifacts_url: status
-            .and_then(|s| s.artifacts.as_ref())
-            .and_then(|a| a.url.as_deref()),
+        spec: &spec,
+        artifacts_url,
         model,
         dataset,
         token_secret_exists: secret_exists,
@@ -96,13 +110,16 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
         ctx.create_child(&ns, child).await?;
     }
     let existing = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let mut desired = plan.conditions.clone();
+    built.explain_ready(&mut desired);
+    desired.extend(built.conditions.iter().cloned());
     let new = NotebookStatus {
         ready: plan.ready,
-        conditions: merged_conditions(existing, &plan.conditions, parent.generation),
+        conditions: merged_conditions(existing, &desired, parent.generation),
         artifacts: Some(ArtifactsStatus {
             url: Some(plan.artifacts_url.clone()),
         }),
-        build_upload: status.and_then(|s| s.build_upload.clone()),
+        build_upload: built.upload.clone(),
         token_secret: Some(plan.token_secret.clone()),
         observed_generation: parent.generation,
     };
@@ -110,11 +127,11 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
         ctx.event_on_transition(nb.as_ref(), existing, &new.conditions)
             .await;
     }
-    Ok(if plan.requeue {
-        Action::requeue(std::time::Duration::from_secs(1))
+    Ok(Action::requeue(built.requeue_within(if plan.requeue {
+        std::time::Duration::from_secs(1)
     } else if plan.ready || nb.spec.is_suspended() {
-        Action::requeue(REQUEUE_DONE)
+        REQUEUE_DONE
     } else {
-        Action::requeue(REQUEUE_PROGRESSING)
-    })
+        REQUEUE_PROGRESSING
+    })))
 }

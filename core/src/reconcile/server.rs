@@ -50,9 +50,24 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
     } else {
         Vec::new()
     };
+    let fresh = ctx.fresh_status(srv.as_ref(), srv.status.clone());
+    let status = fresh.as_ref();
+    let mut parent = parent;
+    let built = super::build::reconcile_build(
+        &ctx,
+        srv.as_ref(),
+        &mut parent,
+        srv.spec.image.as_deref(),
+        srv.spec.build.as_ref(),
+        status.and_then(|s| s.build_upload.as_ref()),
+        None,
+    )
+    .await?;
+    let mut spec = srv.spec.clone();
+    spec.image = built.image.clone();
     let input = ServerInput {
         parent: parent.clone(),
-        spec: &srv.spec,
+        spec: &spec,
         model,
         deployment: observed,
         pods: &pods,
@@ -69,13 +84,14 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
     for child in &plan.children {
         ctx.apply_child(&parent.namespace, child).await?;
     }
-    let fresh = ctx.fresh_status(srv.as_ref(), srv.status.clone());
-    let status = fresh.as_ref();
     let existing = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let mut desired = plan.conditions.clone();
+    built.explain_ready(&mut desired);
+    desired.extend(built.conditions.iter().cloned());
     let new = ServerStatus {
         ready: plan.ready,
-        conditions: merged_conditions(existing, &plan.conditions, parent.generation),
-        build_upload: status.and_then(|s| s.build_upload.clone()),
+        conditions: merged_conditions(existing, &desired, parent.generation),
+        build_upload: built.upload.clone(),
         replicas: Some(plan.ready_replicas),
         observed_generation: parent.generation,
     };
@@ -83,9 +99,9 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         ctx.event_on_transition(srv.as_ref(), existing, &new.conditions)
             .await;
     }
-    Ok(Action::requeue(if plan.ready {
+    Ok(Action::requeue(built.requeue_within(if plan.ready {
         REQUEUE_DONE
     } else {
         REQUEUE_PROGRESSING
-    }))
+    })))
 }

@@ -1,0 +1,994 @@
+//! Image builds of `spec.build`: the upload handshake (signed URL, stored md5) and the build
+//! Job. Pure: the reconciler reads storage and the Job, and applies what this asks for.
+//!
+//! The built image is `<registry>/<cluster>-<kind>-<ns>-<name>:<tag>`, the tag being the git
+//! tag, else the git branch, else the upload's md5, else `latest`. An object whose
+//! `spec.image` is that image is built; any other `spec.image` of an object with a `build`
+//! is the image of an earlier source and is not run while the new one builds.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use substratus_crds::{Build, BuildGit, BuildUpload, UploadStatus};
+
+use super::batch::{JobOutcome, ObservedJob, own_objects};
+use super::{Child, Deletion, Parent, pod_problem, stamp_hash};
+use crate::cloud::{ArtifactPrefix, Cloud};
+use crate::conditions::{Desired, reasons, types};
+use crate::names::{self, MANAGED_BY, MANAGED_BY_LABEL, Role};
+
+/// Annotation of a build Job: the image it pushes.
+pub const IMAGE_ANNOTATION: &str = "substratus.ai/image";
+/// Annotation of a build Job: the source it builds (git location or upload md5).
+pub const SOURCE_ANNOTATION: &str = "substratus.ai/build-source";
+/// Annotation of a build Job: the attempt it is (upload requestID, or the generation of a git
+/// build); a failed build is retried by a new attempt of the same source.
+pub const ATTEMPT_ANNOTATION: &str = "substratus.ai/build-attempt";
+
+/// The builder and its helpers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildSettings {
+    /// Image of the builder: a kaniko executor (`--context`, `--destination` flags).
+    pub builder_image: String,
+    /// Image with `git`, to clone git sources.
+    pub git_image: String,
+    /// Lifetime of a signed upload URL.
+    pub upload_url_ttl: std::time::Duration,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        BuildSettings {
+            builder_image: "cgr.dev/chainguard/kaniko:latest".into(),
+            git_image: "cgr.dev/chainguard/git:latest".into(),
+            upload_url_ttl: std::time::Duration::from_secs(300),
+        }
+    }
+}
+
+/// The image tag of a source: git tag, else branch, else upload md5, else `latest`, made a
+/// valid tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`): a branch `feature/x` tags `feature-x`.
+pub fn image_tag(build: &Build) -> String {
+    let raw = match (&build.git, &build.upload) {
+        (Some(g), _) => g
+            .tag
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .or(g.branch.as_deref().filter(|b| !b.is_empty()))
+            .unwrap_or("latest")
+            .to_owned(),
+        (None, Some(u)) => u.md5_checksum.to_ascii_lowercase(),
+        (None, None) => "latest".to_owned(),
+    };
+    let mut tag: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    if tag.starts_with(['.', '-']) {
+        tag.replace_range(0..1, "_");
+    }
+    tag
+}
+
+/// The image a build of `parent` from `build` pushes.
+pub fn target_image(parent: &Parent, build: &Build, cloud: &dyn Cloud) -> String {
+    cloud.image_url(
+        parent.kind,
+        &parent.namespace,
+        &parent.name,
+        &image_tag(build),
+    )
+}
+
+/// The source a build Job builds, as recorded on it: changes of it rebuild.
+pub fn source_id(build: &Build) -> String {
+    match (&build.git, &build.upload) {
+        (Some(g), _) => super::spec_hash(g),
+        (None, Some(u)) => format!("upload-{}", u.md5_checksum.to_ascii_lowercase()),
+        (None, None) => "none".into(),
+    }
+}
+
+/// The image the workload runs: `spec.image` when there is no build, or when it is the image
+/// built from the current source.
+pub fn effective_image<'a>(
+    parent: &Parent,
+    image: Option<&'a str>,
+    build: Option<&Build>,
+    cloud: &dyn Cloud,
+) -> Option<&'a str> {
+    match build {
+        None => image,
+        Some(b) => image.filter(|i| *i == target_image(parent, b, cloud)),
+    }
+}
+
+/// Whether the upload handshake needs the stored md5: not when the status already records
+/// the md5 the spec asks for (nothing changed, so no storage call).
+pub fn upload_needs_storage(upload: &BuildUpload, status: Option<&UploadStatus>) -> bool {
+    !status
+        .and_then(|s| s.stored_md5_checksum.as_deref())
+        .is_some_and(|m| m.eq_ignore_ascii_case(&upload.md5_checksum))
+}
+
+/// What the upload handshake does next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum UploadNext {
+    /// The archive in storage has the md5 of the spec.
+    Uploaded {
+        status: UploadStatus,
+        /// Found without an upload answering this request (a re-created object).
+        reused: bool,
+    },
+    /// A (fresh) signed URL is needed: a new request, none yet, or the old one expired.
+    Sign,
+    /// The URL in status is valid; the client has not uploaded (or uploaded other bytes).
+    Waiting {
+        status: UploadStatus,
+        /// The md5 of what is stored, when it is not the declared one.
+        mismatch: Option<String>,
+    },
+}
+
+/// A URL this close to its expiry is replaced rather than handed out.
+pub const URL_RENEW_MARGIN_SECONDS: i64 = 30;
+
+/// The upload handshake after reading the stored md5 (`None`: nothing stored).
+pub fn upload_next(
+    upload: &BuildUpload,
+    status: Option<&UploadStatus>,
+    stored: Option<&str>,
+    now_unix: i64,
+) -> UploadNext {
+    let declared = upload.md5_checksum.to_ascii_lowercase();
+    if stored.is_some_and(|s| s.eq_ignore_ascii_case(&declared)) {
+        let answered = status.is_some_and(|s| s.request_id.as_deref() == Some(&upload.request_id));
+        return UploadNext::Uploaded {
+            status: UploadStatus {
+                signed_url: None,
+                request_id: Some(upload.request_id.clone()),
+                expiration: None,
+                stored_md5_checksum: Some(declared),
+            },
+            reused: !answered,
+        };
+    }
+    let current = status.filter(|s| {
+        s.request_id.as_deref() == Some(&upload.request_id)
+            && s.signed_url.is_some()
+            && s.expiration
+                .as_ref()
+                .is_some_and(|t| t.0.as_second() > now_unix + URL_RENEW_MARGIN_SECONDS)
+    });
+    match current {
+        None => UploadNext::Sign,
+        Some(s) => UploadNext::Waiting {
+            status: UploadStatus {
+                stored_md5_checksum: None,
+                ..s.clone()
+            },
+            mismatch: stored.map(str::to_owned),
+        },
+    }
+}
+
+/// The status answering a request with a freshly signed URL.
+pub fn signed_status(upload: &BuildUpload, url: String, expires_at_unix: i64) -> UploadStatus {
+    UploadStatus {
+        signed_url: Some(url),
+        request_id: Some(upload.request_id.clone()),
+        expiration: jiff::Timestamp::from_second(expires_at_unix).ok().map(Time),
+        stored_md5_checksum: None,
+    }
+}
+
+/// The `Uploaded` condition of a handshake state.
+pub fn uploaded_condition(
+    upload: &BuildUpload,
+    status: &UploadStatus,
+    next: &UploadNext,
+) -> Desired {
+    let md5 = upload.md5_checksum.to_ascii_lowercase();
+    match next {
+        UploadNext::Uploaded { reused: true, .. } => Desired::new(
+            types::UPLOADED,
+            true,
+            reasons::UPLOAD_FOUND,
+            format!("an upload with md5 {md5} already in storage is reused"),
+        ),
+        UploadNext::Uploaded { reused: false, .. } => Desired::new(
+            types::UPLOADED,
+            true,
+            reasons::UPLOAD_FOUND,
+            format!("upload with md5 {md5} found in storage"),
+        ),
+        UploadNext::Waiting {
+            mismatch: Some(stored),
+            ..
+        } => Desired::new(
+            types::UPLOADED,
+            false,
+            reasons::UPLOAD_MISMATCH,
+            format!(
+                "the stored archive has md5 {stored}, not spec.build.upload.md5Checksum {md5}; upload it again to status.buildUpload.signedURL"
+            ),
+        ),
+        UploadNext::Waiting { .. } | UploadNext::Sign => Desired::new(
+            types::UPLOADED,
+            false,
+            reasons::AWAITING_UPLOAD,
+            format!(
+                "waiting for an upload with md5 {md5}: PUT the tar.gz to status.buildUpload.signedURL{}",
+                status
+                    .expiration
+                    .as_ref()
+                    .map(|t| format!(" before {}", t.0))
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+/// The build Job as observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedBuildJob {
+    pub image: Option<String>,
+    pub source: Option<String>,
+    pub attempt: Option<String>,
+    pub outcome: JobOutcome,
+    pub deleting: bool,
+}
+
+impl ObservedBuildJob {
+    pub fn from_job(job: &Job) -> ObservedBuildJob {
+        let annotation = |k: &str| {
+            job.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .cloned()
+        };
+        let o = ObservedJob::from_job(job);
+        ObservedBuildJob {
+            image: annotation(IMAGE_ANNOTATION),
+            source: annotation(SOURCE_ANNOTATION),
+            attempt: annotation(ATTEMPT_ANNOTATION),
+            outcome: o.outcome,
+            deleting: o.deleting,
+        }
+    }
+}
+
+/// What a build reconcile reads.
+#[derive(Clone, Debug)]
+pub struct BuildInput<'a> {
+    pub parent: &'a Parent,
+    pub build: &'a Build,
+    pub spec_image: Option<&'a str>,
+    /// For upload builds: whether the archive with the declared md5 is in storage.
+    pub uploaded: bool,
+    pub job: Option<ObservedBuildJob>,
+    /// Pods of the build Job, to explain a wait or a failure.
+    pub pods: &'a [Pod],
+    pub artifacts_url: Option<&'a str>,
+    pub settings: &'a BuildSettings,
+}
+
+/// What a build reconcile does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BuildPlan {
+    /// The image to run, when built.
+    pub image: Option<String>,
+    /// Write this image into `spec.image` (the build just completed).
+    pub set_image: Option<String>,
+    /// Children the build needs (e.g. the upload's volume claim).
+    pub children: Vec<Child>,
+    pub create_job: Option<Job>,
+    pub delete: Option<Deletion>,
+    /// `Built` (and, for uploads, the caller adds `Uploaded`).
+    pub conditions: Vec<Desired>,
+    /// Why the workload cannot run yet, for the `Ready` condition.
+    pub blocking: Option<Desired>,
+    /// Look again soon (a Job of another source is being deleted).
+    pub requeue: bool,
+}
+
+fn built(status: bool, reason: &'static str, message: impl Into<String>) -> Desired {
+    Desired::new(types::BUILT, status, reason, message)
+}
+
+/// Plans the build of `input.build` (after the upload handshake, for uploads).
+pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
+    let parent = input.parent;
+    let target = target_image(parent, input.build, cloud);
+    let job_name = names::build_job(parent.kind, &parent.name);
+    let mut plan = BuildPlan::default();
+    let block = |plan: &mut BuildPlan, c: Desired| {
+        plan.blocking = Some(c.clone());
+        plan.conditions.push(c);
+    };
+
+    if input.spec_image == Some(target.as_str()) {
+        plan.image = Some(target.clone());
+        plan.conditions.push(built(
+            true,
+            reasons::JOB_COMPLETE,
+            format!("image {target} built"),
+        ));
+        return plan;
+    }
+    if input.build.git.is_none() && input.build.upload.is_none() {
+        block(
+            &mut plan,
+            built(
+                false,
+                reasons::INVALID_SPEC,
+                "spec.build must set exactly one of spec.build.git or spec.build.upload",
+            ),
+        );
+        return plan;
+    }
+    if input.build.upload.is_some() && !input.uploaded {
+        // The caller's Uploaded condition says what is awaited.
+        plan.blocking = Some(Desired::new(
+            types::READY,
+            false,
+            reasons::AWAITING_UPLOAD,
+            "waiting for the build context to be uploaded (see the Uploaded condition)",
+        ));
+        plan.conditions.push(built(
+            false,
+            reasons::AWAITING_UPLOAD,
+            "the build starts once the upload is in storage",
+        ));
+        return plan;
+    }
+
+    let source = source_id(input.build);
+    let attempt = attempt_id(input.build, parent.generation);
+    match &input.job {
+        Some(j) if j.deleting => {
+            plan.requeue = true;
+            block(
+                &mut plan,
+                built(
+                    false,
+                    reasons::JOB_NOT_COMPLETE,
+                    format!(
+                        "waiting for the build Job {job_name} of an earlier source to be deleted"
+                    ),
+                ),
+            );
+        }
+        Some(j)
+            if j.source.as_deref() != Some(&source)
+                || j.image.as_deref() != Some(&target)
+                || (matches!(j.outcome, JobOutcome::Failed { .. })
+                    && j.attempt.as_deref() != Some(&attempt)) =>
+        {
+            plan.delete = Some(Deletion {
+                kind: "Job",
+                name: job_name.clone(),
+            });
+            plan.requeue = true;
+            block(
+                &mut plan,
+                built(
+                    false,
+                    reasons::JOB_NOT_COMPLETE,
+                    format!("the source changed: replacing the build Job {job_name}"),
+                ),
+            );
+        }
+        Some(j) => match &j.outcome {
+            JobOutcome::Complete => {
+                plan.image = Some(target.clone());
+                plan.set_image = Some(target.clone());
+                plan.conditions.push(built(
+                    true,
+                    reasons::JOB_COMPLETE,
+                    format!("image {target} built by Job {job_name}"),
+                ));
+            }
+            JobOutcome::Failed { message } => {
+                let retry = if input.build.upload.is_some() {
+                    "upload again (a new spec.build.upload.requestID) to retry"
+                } else {
+                    "change the spec to retry"
+                };
+                let detail = build_failure_detail(input.pods)
+                    .map(|d| format!("; {d}"))
+                    .unwrap_or_default();
+                block(
+                    &mut plan,
+                    built(
+                        false,
+                        reasons::BUILD_FAILED,
+                        format!("{message}{detail}; {retry}"),
+                    ),
+                );
+            }
+            JobOutcome::Running => {
+                let c = match pod_problem(input.pods) {
+                    Some(b) => built(false, b.reason, b.message),
+                    None => built(
+                        false,
+                        reasons::JOB_NOT_COMPLETE,
+                        format!("Waiting for builder Job {job_name} to complete ({target})"),
+                    ),
+                };
+                block(&mut plan, c);
+            }
+        },
+        None => {
+            let prefix = super::batch::artifact_prefix(parent, input.artifacts_url, cloud);
+            match build_job(input, &prefix, &target, &source, &attempt, cloud) {
+                Ok((job, objects)) => {
+                    plan.children = objects;
+                    plan.create_job = Some(job);
+                    block(
+                        &mut plan,
+                        built(
+                            false,
+                            reasons::JOB_NOT_COMPLETE,
+                            format!("Waiting for builder Job {job_name} to complete ({target})"),
+                        ),
+                    );
+                }
+                Err(b) => block(&mut plan, built(false, b.reason, b.message)),
+            }
+        }
+    }
+    plan
+}
+
+fn attempt_id(build: &Build, generation: Option<i64>) -> String {
+    match &build.upload {
+        Some(u) => u.request_id.clone(),
+        None => format!("generation-{}", generation.unwrap_or(0)),
+    }
+}
+
+/// The message of the builder's failed container, when its pod says it.
+fn build_failure_detail(pods: &[Pod]) -> Option<String> {
+    pods.iter().find_map(|p| {
+        let statuses = p.status.as_ref()?;
+        statuses
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(statuses.container_statuses.iter().flatten())
+            .find_map(|cs| {
+                let t = cs.state.as_ref()?.terminated.as_ref()?;
+                (t.exit_code != 0).then(|| {
+                    format!(
+                        "container {} exited with code {}{}",
+                        cs.name,
+                        t.exit_code,
+                        t.message
+                            .as_deref()
+                            .map(|m| format!(": {}", m.chars().take(500).collect::<String>()))
+                            .unwrap_or_default()
+                    )
+                })
+            })
+    })
+}
+
+const WORKSPACE: &str = "/workspace";
+
+/// The git clone init container: arguments only, no shell, and `--` before the URL so that
+/// no part of the spec is read as an option.
+fn clone_container(git: &BuildGit, image: &str) -> Container {
+    let mut args = vec!["clone".to_owned(), "--depth=1".to_owned()];
+    if let Some(r) = git
+        .tag
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .or(git.branch.as_deref().filter(|b| !b.is_empty()))
+    {
+        args.push(format!("--branch={r}"));
+    }
+    args.extend(["--".to_owned(), git.url.clone(), WORKSPACE.to_owned()]);
+    Container {
+        name: "git-clone".into(),
+        image: Some(image.to_owned()),
+        command: Some(vec!["git".into()]),
+        args: Some(args),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "workspace".into(),
+            mount_path: WORKSPACE.into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn requests(cloud: &dyn Cloud) -> Option<BTreeMap<String, Quantity>> {
+    let r = cloud.builder_resources();
+    let mut m = BTreeMap::new();
+    if r.cpu > 0 {
+        m.insert("cpu".to_owned(), Quantity(r.cpu.to_string()));
+    }
+    if r.memory_gib > 0 {
+        m.insert("memory".to_owned(), Quantity(format!("{}Gi", r.memory_gib)));
+    }
+    if r.disk_gib > 0 {
+        m.insert(
+            "ephemeral-storage".to_owned(),
+            Quantity(format!("{}Gi", r.disk_gib)),
+        );
+    }
+    (!m.is_empty()).then_some(m)
+}
+
+/// The build Job `<name>-<kind>-bld` and the objects its volumes need.
+fn build_job(
+    input: &BuildInput<'_>,
+    prefix: &ArtifactPrefix,
+    target: &str,
+    source: &str,
+    attempt: &str,
+    cloud: &dyn Cloud,
+) -> Result<(Job, Vec<Child>), super::Blocked> {
+    let parent = input.parent;
+    let job_name = names::build_job(parent.kind, &parent.name);
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let mut init_containers = Vec::new();
+    let mut objects = Vec::new();
+    let mut args = Vec::new();
+    match (&input.build.git, &input.build.upload) {
+        (Some(git), _) => {
+            volumes.push(Volume {
+                name: "workspace".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "workspace".into(),
+                mount_path: WORKSPACE.into(),
+                ..Default::default()
+            });
+            init_containers.push(clone_container(git, &input.settings.git_image));
+            args.push(format!("--context=dir://{WORKSPACE}"));
+            if let Some(path) = git
+                .path
+                .as_deref()
+                .map(|p| p.trim_matches('/'))
+                .filter(|p| !p.is_empty())
+            {
+                if path.split('/').any(|c| c == "..") {
+                    return Err(super::Blocked {
+                        reason: reasons::INVALID_SPEC,
+                        message: format!(
+                            "spec.build.git.path {path:?} must stay inside the repository"
+                        ),
+                    });
+                }
+                args.push(format!("--context-sub-path={path}"));
+            }
+        }
+        (None, Some(_)) => {
+            let ctx = cloud.upload_context(prefix)?;
+            args.push(format!("--context={}", ctx.context));
+            if let Some((mut volume, dir)) = ctx.mount {
+                volume.name = "upload".into();
+                volumes.push(volume);
+                mounts.push(VolumeMount {
+                    name: "upload".into(),
+                    mount_path: dir,
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+            }
+            objects = own_objects(parent, ctx.objects);
+        }
+        (None, None) => {
+            return Err(super::Blocked {
+                reason: reasons::INVALID_SPEC,
+                message: "spec.build must set exactly one of spec.build.git or spec.build.upload"
+                    .into(),
+            });
+        }
+    }
+    args.extend([
+        format!("--destination={target}"),
+        "--cache=true".into(),
+        "--compressed-caching=false".into(),
+        "--log-format=text".into(),
+        "--log-timestamp=false".into(),
+    ]);
+    args.extend(cloud.builder_args());
+
+    let mut labels = BTreeMap::from([
+        (parent.kind.lower().to_owned(), parent.name.clone()),
+        ("role".to_owned(), "build".to_owned()),
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+    ]);
+    labels.extend(cloud.pod_identity_labels());
+    let builder = Container {
+        name: "builder".into(),
+        image: Some(input.settings.builder_image.clone()),
+        args: Some(args),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        resources: Some(ResourceRequirements {
+            requests: requests(cloud),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut meta = parent.child_meta(job_name);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("role".into(), "build".into());
+    meta.annotations = Some(BTreeMap::from([
+        (IMAGE_ANNOTATION.to_owned(), target.to_owned()),
+        (SOURCE_ANNOTATION.to_owned(), source.to_owned()),
+        (ATTEMPT_ANNOTATION.to_owned(), attempt.to_owned()),
+    ]));
+    let job = Job {
+        metadata: meta,
+        spec: Some(JobSpec {
+            backoff_limit: Some(1),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        names::DEFAULT_CONTAINER_ANNOTATION.to_owned(),
+                        "builder".to_owned(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    init_containers: (!init_containers.is_empty()).then_some(init_containers),
+                    containers: vec![builder],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    service_account_name: Some(Role::ContainerBuilder.service_account().into()),
+                    restart_policy: Some("Never".into()),
+                    // The builder unpacks base images as root; it runs in its own pod with
+                    // no access to the workloads' storage.
+                    security_context: Some(PodSecurityContext {
+                        run_as_user: Some(0),
+                        run_as_group: Some(0),
+                        fs_group: Some(super::CONTENT_FS_GROUP),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok((stamp_hash(|j: &mut Job| &mut j.metadata, job), objects))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeCloud;
+    use k8s_openapi::api::batch::v1::JobCondition;
+    use k8s_openapi::api::batch::v1::JobStatus;
+
+    const MD5: &str = "0123456789abcdef0123456789ABCDEF";
+
+    fn parent() -> Parent {
+        Parent {
+            kind: crate::names::Kind::Model,
+            name: "m".into(),
+            namespace: "ns".into(),
+            uid: "u".into(),
+            generation: Some(3),
+        }
+    }
+
+    fn upload(request: &str) -> Build {
+        Build {
+            git: None,
+            upload: Some(BuildUpload {
+                md5_checksum: MD5.into(),
+                request_id: request.into(),
+            }),
+        }
+    }
+
+    fn git(tag: Option<&str>, branch: Option<&str>, path: Option<&str>) -> Build {
+        Build {
+            git: Some(BuildGit {
+                url: "https://example.com/r.git".into(),
+                path: path.map(Into::into),
+                branch: branch.map(Into::into),
+                tag: tag.map(Into::into),
+            }),
+            upload: None,
+        }
+    }
+
+    #[test]
+    fn image_tags_follow_the_source_and_are_valid_tags() {
+        assert_eq!(image_tag(&git(Some("v1.2"), Some("main"), None)), "v1.2");
+        assert_eq!(image_tag(&git(None, Some("feature/x"), None)), "feature-x");
+        assert_eq!(image_tag(&git(None, Some("-x"), None)), "_x");
+        assert_eq!(image_tag(&git(None, None, None)), "latest");
+        assert_eq!(image_tag(&upload("r")), MD5.to_ascii_lowercase());
+        assert_eq!(image_tag(&Build::default()), "latest");
+        let long = "b".repeat(300);
+        assert_eq!(image_tag(&git(None, Some(&long), None)).len(), 128);
+        let cloud = FakeCloud::default();
+        assert_eq!(
+            target_image(&parent(), &git(Some("v1"), None, None), &cloud),
+            "registry.test/substratus/test-cluster-model-ns-m:v1"
+        );
+    }
+
+    #[test]
+    fn only_the_image_of_the_current_source_runs() {
+        let cloud = FakeCloud::default();
+        let b = git(Some("v2"), None, None);
+        let old = "registry.test/substratus/test-cluster-model-ns-m:v1";
+        let new = "registry.test/substratus/test-cluster-model-ns-m:v2";
+        assert_eq!(
+            effective_image(&parent(), Some(old), Some(&b), &cloud),
+            None
+        );
+        assert_eq!(
+            effective_image(&parent(), Some(new), Some(&b), &cloud),
+            Some(new)
+        );
+        assert_eq!(
+            effective_image(&parent(), Some("x"), None, &cloud),
+            Some("x")
+        );
+    }
+
+    fn status(request: &str, url: Option<&str>, expires: i64) -> UploadStatus {
+        UploadStatus {
+            signed_url: url.map(Into::into),
+            request_id: Some(request.into()),
+            expiration: jiff::Timestamp::from_second(expires).ok().map(Time),
+            stored_md5_checksum: None,
+        }
+    }
+
+    #[test]
+    fn the_upload_handshake() {
+        let up = upload("r1").upload.unwrap();
+        let now = 1_000_000;
+        // Nothing stored, no status: sign.
+        assert_eq!(upload_next(&up, None, None, now), UploadNext::Sign);
+        // A valid URL for this request: wait, without signing again.
+        let s = status("r1", Some("https://u"), now + 200);
+        assert!(matches!(
+            upload_next(&up, Some(&s), None, now),
+            UploadNext::Waiting { mismatch: None, .. }
+        ));
+        // Expired (or about to): a fresh URL.
+        let old = status("r1", Some("https://u"), now + 10);
+        assert_eq!(upload_next(&up, Some(&old), None, now), UploadNext::Sign);
+        // A new request: a fresh URL.
+        let other = status("r0", Some("https://u"), now + 200);
+        assert_eq!(upload_next(&up, Some(&other), None, now), UploadNext::Sign);
+        // Other bytes stored: a mismatch, named.
+        let next = upload_next(&up, Some(&s), Some("ffffffffffffffffffffffffffffffff"), now);
+        let UploadNext::Waiting {
+            mismatch: Some(m), ..
+        } = &next
+        else {
+            panic!("{next:?}")
+        };
+        assert_eq!(m, "ffffffffffffffffffffffffffffffff");
+        let c = uploaded_condition(&up, &s, &next);
+        assert_eq!((c.status, c.reason), (false, reasons::UPLOAD_MISMATCH));
+        // The declared bytes stored in answer to this request: uploaded.
+        let next = upload_next(&up, Some(&s), Some(&MD5.to_ascii_lowercase()), now);
+        let UploadNext::Uploaded {
+            status: done,
+            reused,
+        } = &next
+        else {
+            panic!("{next:?}")
+        };
+        assert!(!reused);
+        assert_eq!(done.signed_url, None);
+        assert_eq!(
+            done.stored_md5_checksum.as_deref(),
+            Some(MD5.to_ascii_lowercase().as_str())
+        );
+        assert!(!upload_needs_storage(&up, Some(done)));
+        assert!(upload_needs_storage(&up, Some(&s)));
+        // Already in storage before any request (a re-created object): reused.
+        assert!(matches!(
+            upload_next(&up, None, Some(MD5), now),
+            UploadNext::Uploaded { reused: true, .. }
+        ));
+    }
+
+    fn settings() -> BuildSettings {
+        BuildSettings::default()
+    }
+
+    fn input<'a>(p: &'a Parent, b: &'a Build, s: &'a BuildSettings) -> BuildInput<'a> {
+        BuildInput {
+            parent: p,
+            build: b,
+            spec_image: None,
+            uploaded: true,
+            job: None,
+            pods: &[],
+            artifacts_url: None,
+            settings: s,
+        }
+    }
+
+    fn job_with(outcome: &str, image: &str, source: &str, attempt: &str) -> ObservedBuildJob {
+        let job = Job {
+            metadata: ObjectMeta {
+                name: Some("m-model-bld".into()),
+                annotations: Some(BTreeMap::from([
+                    (IMAGE_ANNOTATION.to_owned(), image.to_owned()),
+                    (SOURCE_ANNOTATION.to_owned(), source.to_owned()),
+                    (ATTEMPT_ANNOTATION.to_owned(), attempt.to_owned()),
+                ])),
+                ..Default::default()
+            },
+            status: Some(JobStatus {
+                conditions: (!outcome.is_empty()).then(|| {
+                    vec![JobCondition {
+                        type_: outcome.into(),
+                        status: "True".into(),
+                        reason: Some("BackoffLimitExceeded".into()),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        ObservedBuildJob::from_job(&job)
+    }
+
+    #[test]
+    fn a_git_build_job_follows_the_contract() {
+        let cloud = FakeCloud::default();
+        let (p, s) = (parent(), settings());
+        let b = git(None, Some("--upload-pack=evil"), Some("/models/x/"));
+        let plan = plan(&input(&p, &b, &s), &cloud);
+        let job = plan.create_job.expect("a build Job");
+        assert_eq!(job.metadata.name.as_deref(), Some("m-model-bld"));
+        let t = job.spec.unwrap().template;
+        let labels = t.metadata.unwrap().labels.unwrap();
+        assert_eq!(labels["model"], "m");
+        assert_eq!(labels["role"], "build");
+        let pod = t.spec.unwrap();
+        assert_eq!(
+            pod.service_account_name.as_deref(),
+            Some("container-builder")
+        );
+        let clone = &pod.init_containers.unwrap()[0];
+        let args = clone.args.clone().unwrap();
+        // The branch is one `--branch=` argument and the URL follows `--`.
+        assert!(
+            args.contains(&"--branch=--upload-pack=evil".to_owned()),
+            "{args:?}"
+        );
+        let dash = args.iter().position(|a| a == "--").unwrap();
+        assert_eq!(args[dash + 1], "https://example.com/r.git");
+        let builder = &pod.containers[0];
+        assert_eq!(builder.name, "builder");
+        let args = builder.args.clone().unwrap();
+        assert!(args.contains(&"--context=dir:///workspace".to_owned()));
+        assert!(args.contains(&"--context-sub-path=models/x".to_owned()));
+        let destination =
+            "--destination=registry.test/substratus/test-cluster-model-ns-m:_-upload-pack-evil";
+        assert!(args.contains(&destination.to_owned()), "{args:?}");
+        assert_eq!(plan.blocking.unwrap().reason, reasons::JOB_NOT_COMPLETE);
+    }
+
+    #[test]
+    fn a_git_path_may_not_leave_the_repository() {
+        let cloud = FakeCloud::default();
+        let (p, s) = (parent(), settings());
+        let b = git(None, None, Some("a/../../etc"));
+        let plan = plan(&input(&p, &b, &s), &cloud);
+        assert!(plan.create_job.is_none());
+        let c = plan.blocking.unwrap();
+        assert_eq!(c.reason, reasons::INVALID_SPEC);
+        assert!(c.message.contains("spec.build.git.path"));
+    }
+
+    #[test]
+    fn an_empty_build_is_a_condition_not_a_panic() {
+        let cloud = FakeCloud::default();
+        let (p, s) = (parent(), settings());
+        let b = Build::default();
+        let plan = plan(&input(&p, &b, &s), &cloud);
+        assert!(plan.create_job.is_none());
+        assert_eq!(plan.blocking.unwrap().reason, reasons::INVALID_SPEC);
+    }
+
+    #[test]
+    fn an_upload_build_waits_for_the_upload_then_reads_it_from_storage() {
+        let cloud = FakeCloud::default();
+        let (p, s) = (parent(), settings());
+        let b = upload("r1");
+        let mut i = input(&p, &b, &s);
+        i.uploaded = false;
+        let waiting = plan(&i, &cloud);
+        assert!(waiting.create_job.is_none());
+        assert_eq!(waiting.blocking.unwrap().reason, reasons::AWAITING_UPLOAD);
+        i.uploaded = true;
+        let job = plan(&i, &cloud).create_job.unwrap();
+        let annotations = job.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations[ATTEMPT_ANNOTATION], "r1");
+        assert_eq!(annotations[SOURCE_ANNOTATION], source_id(&b));
+        let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        let expected = format!(
+            "--context=fake://artifacts/{}/uploads/latest.tar.gz",
+            crate::names::storage_prefix("test-cluster", "ns", crate::names::Kind::Model, "m")
+        );
+        assert!(args.contains(&expected), "{args:?}");
+    }
+
+    #[test]
+    fn job_outcomes() {
+        let cloud = FakeCloud::default();
+        let (p, s) = (parent(), settings());
+        let b = upload("r1");
+        let target = target_image(&p, &b, &cloud);
+        let src = source_id(&b);
+        let mut i = input(&p, &b, &s);
+
+        i.job = Some(job_with("", &target, &src, "r1"));
+        let running = plan(&i, &cloud);
+        assert!(running.create_job.is_none() && running.delete.is_none());
+        assert_eq!(running.blocking.unwrap().reason, reasons::JOB_NOT_COMPLETE);
+
+        i.job = Some(job_with("Complete", &target, &src, "r1"));
+        let done = plan(&i, &cloud);
+        assert_eq!(done.set_image.as_deref(), Some(target.as_str()));
+        assert_eq!(done.image.as_deref(), Some(target.as_str()));
+        assert!(done.blocking.is_none());
+
+        i.job = Some(job_with("Failed", &target, &src, "r1"));
+        let failed = plan(&i, &cloud);
+        let c = failed.blocking.unwrap();
+        assert_eq!(c.reason, reasons::BUILD_FAILED);
+        assert!(c.message.contains("BackoffLimitExceeded"), "{}", c.message);
+        assert!(
+            failed.delete.is_none(),
+            "a failed build is not retried in a loop"
+        );
+
+        // A new request for the same bytes retries the failed build.
+        i.job = Some(job_with("Failed", &target, &src, "r0"));
+        assert!(plan(&i, &cloud).delete.is_some());
+        // A Job of another source is replaced, even when complete.
+        i.job = Some(job_with("Complete", "other:tag", "upload-other", "r1"));
+        let replaced = plan(&i, &cloud);
+        assert!(replaced.delete.is_some() && replaced.set_image.is_none());
+
+        // Once spec.image is the target, nothing is looked at.
+        i.spec_image = Some(&target);
+        i.job = None;
+        let built = plan(&i, &cloud);
+        assert!(built.create_job.is_none() && built.blocking.is_none());
+        assert_eq!(built.image.as_deref(), Some(target.as_str()));
+    }
+}

@@ -1,0 +1,269 @@
+//! The build step every kind runs before its workload: the upload handshake against storage,
+//! the build Job, and `spec.image` once the image is built.
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use substratus_crds::{Build, BuildUpload, UploadStatus};
+
+use super::{Context, Error, FIELD_MANAGER, kube_err};
+use crate::conditions::{Desired, reasons, types};
+use crate::names;
+use crate::plan::Parent;
+use crate::plan::batch::{JobOutcome, artifact_prefix};
+use crate::plan::build::{self, BuildInput, ObservedBuildJob, UploadNext};
+
+/// What the build step leaves for the kind's own reconcile.
+#[derive(Debug, Default)]
+pub struct BuildOutcome {
+    /// The image to run; `None` while building.
+    pub image: Option<String>,
+    /// `Uploaded` and `Built`, for builds.
+    pub conditions: Vec<Desired>,
+    /// Why the workload waits, for the `Ready` condition.
+    pub blocking: Option<Desired>,
+    /// `status.buildUpload`.
+    pub upload: Option<UploadStatus>,
+    /// Look again after this long at the latest.
+    pub requeue: Option<Duration>,
+}
+
+impl BuildOutcome {
+    /// Replaces the `Ready` condition of `conditions` by the build's blocking reason.
+    pub fn explain_ready(&self, conditions: &mut [Desired]) {
+        if let Some(b) = &self.blocking {
+            for c in conditions.iter_mut().filter(|c| c.type_ == types::READY) {
+                c.status = false;
+                c.reason = b.reason;
+                c.message = b.message.clone();
+            }
+        }
+    }
+
+    /// The sooner of `action`'s requeue and the build's.
+    pub fn requeue_within(&self, d: Duration) -> Duration {
+        self.requeue.map_or(d, |r| r.min(d))
+    }
+}
+
+fn now_unix() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn cloud_blocked(what: &str, e: &crate::cloud::CloudError) -> Desired {
+    Desired::new(
+        types::UPLOADED,
+        false,
+        reasons::CLOUD_ERROR,
+        format!("{what}: {e}; retrying"),
+    )
+}
+
+/// The upload handshake: `(uploaded, Uploaded condition, status.buildUpload, requeue)`.
+async fn handshake(
+    ctx: &Context,
+    parent: &Parent,
+    upload: &BuildUpload,
+    status: Option<&UploadStatus>,
+    artifacts_url: Option<&str>,
+) -> (bool, Desired, Option<UploadStatus>, Option<Duration>) {
+    let prefix = artifact_prefix(parent, artifacts_url, ctx.cloud.as_ref());
+    let key = prefix.upload_key();
+    let retry = Some(Duration::from_secs(5));
+    let stored = if build::upload_needs_storage(upload, status) {
+        match ctx.cloud.stored_md5(&key).await {
+            Ok(s) => s,
+            Err(e) => {
+                return (
+                    false,
+                    cloud_blocked("cannot read the upload from storage", &e),
+                    status.cloned(),
+                    retry,
+                );
+            }
+        }
+    } else {
+        status.and_then(|s| s.stored_md5_checksum.clone())
+    };
+    let mut next = build::upload_next(upload, status, stored.as_deref(), now_unix());
+    let new_status = match &next {
+        UploadNext::Uploaded { status, .. } | UploadNext::Waiting { status, .. } => status.clone(),
+        UploadNext::Sign => {
+            match ctx
+                .cloud
+                .signed_upload_url(&key, &upload.md5_checksum, ctx.build.upload_url_ttl)
+                .await
+            {
+                Ok(url) => {
+                    let s = build::signed_status(upload, url.url, url.expires_at_unix);
+                    next = UploadNext::Waiting {
+                        status: s.clone(),
+                        mismatch: None,
+                    };
+                    s
+                }
+                Err(e) => {
+                    return (
+                        false,
+                        cloud_blocked("cannot sign an upload URL", &e),
+                        status.cloned(),
+                        retry,
+                    );
+                }
+            }
+        }
+    };
+    let condition = build::uploaded_condition(upload, &new_status, &next);
+    let uploaded = matches!(next, UploadNext::Uploaded { .. });
+    // Renew the URL when it expires, so that a late client still finds a valid one.
+    let requeue = new_status.expiration.as_ref().map(|t| {
+        let secs = t.0.as_second() - now_unix() - build::URL_RENEW_MARGIN_SECONDS + 1;
+        Duration::from_secs(secs.clamp(1, 3600) as u64)
+    });
+    (uploaded, condition, Some(new_status), requeue)
+}
+
+async fn observe_job(ctx: &Context, parent: &Parent) -> Result<(Option<Job>, Vec<Pod>), Error> {
+    let name = names::build_job(parent.kind, &parent.name);
+    let job = match ctx.caches() {
+        Some(c) => c
+            .jobs
+            .get(&ObjectRef::new(&name).within(&parent.namespace))
+            .map(|j| j.as_ref().clone()),
+        None => Api::<Job>::namespaced(ctx.client.clone(), &parent.namespace)
+            .get_opt(&name)
+            .await
+            .map_err(kube_err(
+                "reading build Job",
+                format!("{}/{name}", parent.namespace),
+            ))?,
+    };
+    let explain = job.as_ref().is_some_and(|j| {
+        let o = ObservedBuildJob::from_job(j);
+        let s = j.status.clone().unwrap_or_default();
+        matches!(o.outcome, JobOutcome::Failed { .. })
+            || (o.outcome == JobOutcome::Running && s.ready.unwrap_or(0) == 0)
+    });
+    let pods = if !explain {
+        Vec::new()
+    } else if let Some(c) = ctx.caches() {
+        c.pods_with(
+            &parent.namespace,
+            &[
+                (parent.kind.lower(), parent.name.as_str()),
+                ("role", "build"),
+            ],
+        )
+    } else {
+        let selector = format!("{}={},role=build", parent.kind.lower(), parent.name);
+        Api::<Pod>::namespaced(ctx.client.clone(), &parent.namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+            .map_err(kube_err("listing build pods", selector))?
+    };
+    Ok((job, pods))
+}
+
+/// Runs the build step of `obj`. When the build completes, `spec.image` is written and
+/// `parent.generation` follows the write, so that the workload planned next belongs to the
+/// new generation.
+pub async fn reconcile_build<K>(
+    ctx: &Context,
+    obj: &K,
+    parent: &mut Parent,
+    image: Option<&str>,
+    build: Option<&Build>,
+    upload_status: Option<&UploadStatus>,
+    artifacts_url: Option<&str>,
+) -> Result<BuildOutcome, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let Some(build) = build else {
+        return Ok(BuildOutcome {
+            image: image.map(str::to_owned),
+            upload: upload_status.cloned(),
+            ..Default::default()
+        });
+    };
+    let cloud = ctx.cloud.as_ref();
+    let mut out = BuildOutcome {
+        upload: upload_status.cloned(),
+        ..Default::default()
+    };
+    let built = build::effective_image(parent, image, Some(build), cloud).is_some();
+    let mut uploaded = true;
+    if let (Some(upload), false) = (&build.upload, built) {
+        let (ok, condition, status, requeue) =
+            handshake(ctx, parent, upload, upload_status, artifacts_url).await;
+        uploaded = ok;
+        if !ok {
+            out.blocking = Some(condition.clone());
+        }
+        out.conditions.push(condition);
+        out.upload = status;
+        out.requeue = requeue;
+    }
+    let (job, pods) = if built || !uploaded {
+        (None, Vec::new())
+    } else {
+        observe_job(ctx, parent).await?
+    };
+    let input = BuildInput {
+        parent,
+        build,
+        spec_image: image,
+        uploaded,
+        job: job.as_ref().map(ObservedBuildJob::from_job),
+        pods: &pods,
+        artifacts_url,
+        settings: &ctx.build,
+    };
+    let plan = build::plan(&input, cloud);
+    if let Some(d) = &plan.delete {
+        ctx.delete_child(&parent.namespace, d).await?;
+    }
+    for child in &plan.children {
+        ctx.apply_child(&parent.namespace, child).await?;
+    }
+    if let Some(job) = &plan.create_job {
+        ctx.ensure_service_account(&parent.namespace, names::Role::ContainerBuilder)
+            .await?;
+        ctx.create_child(&parent.namespace, &crate::plan::Child::Job(job.clone()))
+            .await?;
+    }
+    if let Some(target) = &plan.set_image {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &parent.namespace);
+        let patch = serde_json::json!({"spec": {"image": target}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let written = api
+            .patch(&parent.name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(kube_err(
+                "writing the built image into spec.image of",
+                format!("{} {}/{}", K::kind(&()), parent.namespace, obj.name_any()),
+            ))?;
+        parent.generation = written.meta().generation;
+    }
+    if plan.requeue {
+        out.requeue = Some(Duration::from_secs(1));
+    }
+    if plan.blocking.is_some() && out.blocking.is_none() {
+        out.blocking = plan.blocking.clone();
+    }
+    out.conditions.extend(plan.conditions);
+    out.image = plan.image;
+    Ok(out)
+}
