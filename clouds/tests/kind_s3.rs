@@ -1,71 +1,18 @@
 //! The kind backend against a real S3-compatible server on loopback (versitygw): signed URL
 //! round trips, the md5 read back, tampered and expired uploads.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use md5::{Digest, Md5};
 use substratus_clouds::gpu::GpuCatalog;
 use substratus_clouds::kind::{KindCloud, KindSettings, md5_base64};
 use substratus_core::cloud::{BucketUrl, Cloud, CloudConfig};
 
-const ACCESS: &str = "substratus-test";
-const SECRET: &str = "substratus-test-secret";
-
-struct S3Server {
-    child: Child,
-    root: std::path::PathBuf,
-    endpoint: String,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
+use substratus_devcluster::s3::{ACCESS_KEY as ACCESS, S3Server, SECRET_KEY as SECRET};
 
 fn start_s3(bucket: &str) -> S3Server {
-    let bin = substratus_devcluster::locate_binaries()
-        .expect("test binaries")
-        .join("versitygw");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let root = std::env::temp_dir().join(format!("substratus-s3-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(root.join(bucket)).unwrap();
-    let child = Command::new(bin)
-        .args([
-            "--access",
-            ACCESS,
-            "--secret",
-            SECRET,
-            "--port",
-            &format!("127.0.0.1:{port}"),
-            "posix",
-        ])
-        .arg(&root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting versitygw");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "versitygw did not listen within 20s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    S3Server {
-        child,
-        root,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    }
+    let bins = substratus_devcluster::locate_binaries().expect("test binaries");
+    S3Server::start(&bins, bucket).expect("versitygw")
 }
 
 fn cloud(s3: &S3Server) -> KindCloud {
@@ -77,7 +24,7 @@ fn cloud(s3: &S3Server) -> KindCloud {
             principal: None,
         },
         KindSettings {
-            endpoint: s3.endpoint.clone(),
+            endpoint: s3.endpoint(),
             public_endpoint: None,
             region: "us-east-1".into(),
             access_key_id: ACCESS.into(),
@@ -116,7 +63,7 @@ async fn a_signed_upload_round_trips_and_its_md5_is_read_back() {
         .signed_upload_url(key, &md5, Duration::from_secs(300))
         .await
         .unwrap();
-    assert!(signed.url.starts_with(&s3.endpoint), "{}", signed.url);
+    assert!(signed.url.starts_with(&s3.endpoint()), "{}", signed.url);
     assert!(signed.url.contains("X-Amz-Signature"), "{}", signed.url);
     let res = put(&signed.url, body.clone(), &md5).await;
     assert!(

@@ -9,6 +9,7 @@
 
 pub mod certs;
 pub mod profiles;
+pub mod s3;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

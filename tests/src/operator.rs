@@ -12,6 +12,7 @@ use substratus_clouds::kind::{KindCloud, KindSettings};
 use substratus_core::Cloud;
 use substratus_core::cloud::{BucketUrl, CloudConfig};
 use substratus_core::metrics::Metrics;
+use substratus_core::plan::build::BuildSettings;
 use substratus_core::reconcile::{self, Context, ControllerOptions};
 use tokio::sync::watch;
 
@@ -141,6 +142,20 @@ pub async fn operator_client() -> Client {
 /// Its S3 endpoint is a closed loopback port: the flows tested with it make no S3 calls,
 /// and one that did would fail loudly.
 pub fn kind_cloud(catalog: &str) -> Arc<dyn Cloud> {
+    kind_cloud_at(catalog, "http://127.0.0.1:9", "test", "test")
+}
+
+/// The kind backend on a running S3 server (uploads, stored md5s).
+pub fn kind_cloud_on(catalog: &str, s3: &substratus_devcluster::s3::S3Server) -> Arc<dyn Cloud> {
+    kind_cloud_at(
+        catalog,
+        &s3.endpoint(),
+        substratus_devcluster::s3::ACCESS_KEY,
+        substratus_devcluster::s3::SECRET_KEY,
+    )
+}
+
+fn kind_cloud_at(catalog: &str, endpoint: &str, access: &str, secret: &str) -> Arc<dyn Cloud> {
     crate::cluster::install_crypto_provider();
     let config = CloudConfig {
         cluster_name: "test".into(),
@@ -149,11 +164,11 @@ pub fn kind_cloud(catalog: &str) -> Arc<dyn Cloud> {
         principal: None,
     };
     let settings = KindSettings {
-        endpoint: "http://127.0.0.1:9".into(),
+        endpoint: endpoint.into(),
         public_endpoint: None,
         region: "us-east-1".into(),
-        access_key_id: "test".into(),
-        secret_access_key: "test".into(),
+        access_key_id: access.into(),
+        secret_access_key: secret.into(),
         csi_driver: "ru.yandex.s3.csi".into(),
         csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
     };
@@ -170,9 +185,18 @@ pub struct RunningOperator {
 
 impl RunningOperator {
     pub async fn start(namespace: &str, cloud: Arc<dyn Cloud>) -> RunningOperator {
+        RunningOperator::start_with(namespace, cloud, BuildSettings::default()).await
+    }
+
+    /// Like [`RunningOperator::start`], with these build settings.
+    pub async fn start_with(
+        namespace: &str,
+        cloud: Arc<dyn Cloud>,
+        build: BuildSettings,
+    ) -> RunningOperator {
         let client = operator_client().await;
         let metrics = Arc::new(Metrics::default());
-        let ctx = Arc::new(Context::new(client, cloud, metrics.clone()));
+        let ctx = Arc::new(Context::new(client, cloud, metrics.clone()).with_build(build));
         let (stop, rx) = watch::channel(false);
         let shutdown = {
             let mut rx = rx;

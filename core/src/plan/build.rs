@@ -143,8 +143,13 @@ pub enum UploadNext {
     },
 }
 
-/// A URL this close to its expiry is replaced rather than handed out.
-pub const URL_RENEW_MARGIN_SECONDS: i64 = 30;
+impl BuildSettings {
+    /// A URL this close to its expiry is replaced rather than handed out: a tenth of its
+    /// lifetime, at most 30 s (never the whole lifetime, which would renew in a loop).
+    pub fn renew_margin_secs(&self) -> i64 {
+        (self.upload_url_ttl.as_secs() / 10).min(30) as i64
+    }
+}
 
 /// The upload handshake after reading the stored md5 (`None`: nothing stored).
 pub fn upload_next(
@@ -152,6 +157,7 @@ pub fn upload_next(
     status: Option<&UploadStatus>,
     stored: Option<&str>,
     now_unix: i64,
+    renew_margin_secs: i64,
 ) -> UploadNext {
     let declared = upload.md5_checksum.to_ascii_lowercase();
     if stored.is_some_and(|s| s.eq_ignore_ascii_case(&declared)) {
@@ -171,7 +177,7 @@ pub fn upload_next(
             && s.signed_url.is_some()
             && s.expiration
                 .as_ref()
-                .is_some_and(|t| t.0.as_second() > now_unix + URL_RENEW_MARGIN_SECONDS)
+                .is_some_and(|t| t.0.as_second() > now_unix + renew_margin_secs)
     });
     match current {
         None => UploadNext::Sign,
@@ -769,21 +775,33 @@ mod tests {
         let up = upload("r1").upload.unwrap();
         let now = 1_000_000;
         // Nothing stored, no status: sign.
-        assert_eq!(upload_next(&up, None, None, now), UploadNext::Sign);
+        assert_eq!(upload_next(&up, None, None, now, 30), UploadNext::Sign);
         // A valid URL for this request: wait, without signing again.
         let s = status("r1", Some("https://u"), now + 200);
         assert!(matches!(
-            upload_next(&up, Some(&s), None, now),
+            upload_next(&up, Some(&s), None, now, 30),
             UploadNext::Waiting { mismatch: None, .. }
         ));
         // Expired (or about to): a fresh URL.
         let old = status("r1", Some("https://u"), now + 10);
-        assert_eq!(upload_next(&up, Some(&old), None, now), UploadNext::Sign);
+        assert_eq!(
+            upload_next(&up, Some(&old), None, now, 30),
+            UploadNext::Sign
+        );
         // A new request: a fresh URL.
         let other = status("r0", Some("https://u"), now + 200);
-        assert_eq!(upload_next(&up, Some(&other), None, now), UploadNext::Sign);
+        assert_eq!(
+            upload_next(&up, Some(&other), None, now, 30),
+            UploadNext::Sign
+        );
         // Other bytes stored: a mismatch, named.
-        let next = upload_next(&up, Some(&s), Some("ffffffffffffffffffffffffffffffff"), now);
+        let next = upload_next(
+            &up,
+            Some(&s),
+            Some("ffffffffffffffffffffffffffffffff"),
+            now,
+            30,
+        );
         let UploadNext::Waiting {
             mismatch: Some(m), ..
         } = &next
@@ -794,7 +812,7 @@ mod tests {
         let c = uploaded_condition(&up, &s, &next);
         assert_eq!((c.status, c.reason), (false, reasons::UPLOAD_MISMATCH));
         // The declared bytes stored in answer to this request: uploaded.
-        let next = upload_next(&up, Some(&s), Some(&MD5.to_ascii_lowercase()), now);
+        let next = upload_next(&up, Some(&s), Some(&MD5.to_ascii_lowercase()), now, 30);
         let UploadNext::Uploaded {
             status: done,
             reused,
@@ -812,7 +830,7 @@ mod tests {
         assert!(upload_needs_storage(&up, Some(&s)));
         // Already in storage before any request (a re-created object): reused.
         assert!(matches!(
-            upload_next(&up, None, Some(MD5), now),
+            upload_next(&up, None, Some(MD5), now, 30),
             UploadNext::Uploaded { reused: true, .. }
         ));
     }

@@ -71,26 +71,39 @@ async fn handshake(
     upload: &BuildUpload,
     status: Option<&UploadStatus>,
     artifacts_url: Option<&str>,
-) -> (bool, Desired, Option<UploadStatus>, Option<Duration>) {
+) -> (
+    bool,
+    Option<Desired>,
+    Option<UploadStatus>,
+    Option<Duration>,
+) {
     let prefix = artifact_prefix(parent, artifacts_url, ctx.cloud.as_ref());
     let key = prefix.upload_key();
     let retry = Some(Duration::from_secs(5));
-    let stored = if build::upload_needs_storage(upload, status) {
+    if !build::upload_needs_storage(upload, status) {
+        // Recorded already: the Uploaded condition written then stays as it is.
+        return (true, None, status.cloned(), None);
+    }
+    let stored = {
         match ctx.cloud.stored_md5(&key).await {
             Ok(s) => s,
             Err(e) => {
                 return (
                     false,
-                    cloud_blocked("cannot read the upload from storage", &e),
+                    Some(cloud_blocked("cannot read the upload from storage", &e)),
                     status.cloned(),
                     retry,
                 );
             }
         }
-    } else {
-        status.and_then(|s| s.stored_md5_checksum.clone())
     };
-    let mut next = build::upload_next(upload, status, stored.as_deref(), now_unix());
+    let mut next = build::upload_next(
+        upload,
+        status,
+        stored.as_deref(),
+        now_unix(),
+        ctx.build.renew_margin_secs(),
+    );
     let new_status = match &next {
         UploadNext::Uploaded { status, .. } | UploadNext::Waiting { status, .. } => status.clone(),
         UploadNext::Sign => {
@@ -110,7 +123,7 @@ async fn handshake(
                 Err(e) => {
                     return (
                         false,
-                        cloud_blocked("cannot sign an upload URL", &e),
+                        Some(cloud_blocked("cannot sign an upload URL", &e)),
                         status.cloned(),
                         retry,
                     );
@@ -122,10 +135,10 @@ async fn handshake(
     let uploaded = matches!(next, UploadNext::Uploaded { .. });
     // Renew the URL when it expires, so that a late client still finds a valid one.
     let requeue = new_status.expiration.as_ref().map(|t| {
-        let secs = t.0.as_second() - now_unix() - build::URL_RENEW_MARGIN_SECONDS + 1;
+        let secs = t.0.as_second() - now_unix() - ctx.build.renew_margin_secs() + 1;
         Duration::from_secs(secs.clamp(1, 3600) as u64)
     });
-    (uploaded, condition, Some(new_status), requeue)
+    (uploaded, Some(condition), Some(new_status), requeue)
 }
 
 async fn observe_job(ctx: &Context, parent: &Parent) -> Result<(Option<Job>, Vec<Pod>), Error> {
@@ -206,10 +219,12 @@ where
         let (ok, condition, status, requeue) =
             handshake(ctx, parent, upload, upload_status, artifacts_url).await;
         uploaded = ok;
-        if !ok {
-            out.blocking = Some(condition.clone());
+        if let Some(c) = condition {
+            if !ok {
+                out.blocking = Some(c.clone());
+            }
+            out.conditions.push(c);
         }
-        out.conditions.push(condition);
         out.upload = status;
         out.requeue = requeue;
     }
