@@ -102,6 +102,41 @@ fn mark(status: &str) -> &'static str {
     }
 }
 
+/// What the object says about an upload request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Storage already holds these bytes.
+    Stored,
+    /// PUT to this URL.
+    Url(String),
+    /// The URL answering the request has expired.
+    Expired,
+}
+
+/// Reads the object's answer to `request` from its status, if it has one yet.
+pub fn answer(obj: &DynamicObject, md5_hex: &str, request: &str) -> Option<Answer> {
+    let u = &obj.data["status"]["buildUpload"];
+    if u["storedMD5Checksum"]
+        .as_str()
+        .is_some_and(|m| m.eq_ignore_ascii_case(md5_hex))
+    {
+        return Some(Answer::Stored);
+    }
+    if u["requestID"] != request {
+        return None;
+    }
+    let url = u["signedURL"].as_str()?;
+    let expired = u["expiration"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_some_and(|t| t <= jiff::Timestamp::now());
+    Some(if expired {
+        Answer::Expired
+    } else {
+        Answer::Url(url.to_owned())
+    })
+}
+
 /// Waits for the object to exist and answer an upload request.
 async fn wait_upload_answer(
     api: &Api<DynamicObject>,
@@ -109,28 +144,13 @@ async fn wait_upload_answer(
     md5_hex: &str,
     request: &str,
     timeout: Duration,
-) -> Result<Option<String>> {
+) -> Result<Answer> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(o) = api.get_opt(name).await.context("reading the object")? {
-            let u = &o.data["status"]["buildUpload"];
-            if u["storedMD5Checksum"]
-                .as_str()
-                .is_some_and(|m| m.eq_ignore_ascii_case(md5_hex))
-            {
-                return Ok(None);
-            }
-            if u["requestID"] == request
-                && let Some(url) = u["signedURL"].as_str()
-            {
-                let fresh = u["expiration"]
-                    .as_str()
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                    .is_none_or(|t| t > jiff::Timestamp::now() + Duration::from_secs(5));
-                if fresh {
-                    return Ok(Some(url.to_owned()));
-                }
-            }
+        if let Some(o) = api.get_opt(name).await.context("reading the object")?
+            && let Some(a) = answer(&o, md5_hex, request)
+        {
+            return Ok(a);
         }
         if tokio::time::Instant::now() > deadline {
             bail!(
@@ -141,9 +161,20 @@ async fn wait_upload_answer(
     }
 }
 
+async fn renew(api: &Api<DynamicObject>, name: &str) -> Result<String> {
+    eprintln!("… the upload URL expired; asking for a fresh one");
+    let request = request_id();
+    let patch = json!({"spec": {"build": {"upload": {"requestID": request}}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .context("asking for a fresh upload URL")?;
+    Ok(request)
+}
+
 /// The upload handshake from the client side: wait for the URL answering our request (or
-/// for storage already holding these bytes), PUT, then touch the object. An expired URL is
-/// replaced by asking again with a new request id (at most 3 times).
+/// for storage already holding these bytes), PUT, then touch the object. An expired URL, in
+/// status or refused by storage, is replaced by asking again with a new request id (at most
+/// 3 times).
 pub async fn upload(
     api: &Api<DynamicObject>,
     name: &str,
@@ -152,10 +183,16 @@ pub async fn upload(
     timeout: Duration,
 ) -> Result<bool> {
     for _ in 0..4 {
-        let Some(url) = wait_upload_answer(api, name, &archive.md5_hex, &request, timeout).await?
-        else {
-            eprintln!("✓ upload: {} already in storage, skipped", archive.md5_hex);
-            return Ok(false);
+        let url = match wait_upload_answer(api, name, &archive.md5_hex, &request, timeout).await? {
+            Answer::Stored => {
+                eprintln!("✓ upload: {} already in storage, skipped", archive.md5_hex);
+                return Ok(false);
+            }
+            Answer::Expired => {
+                request = renew(api, name).await?;
+                continue;
+            }
+            Answer::Url(url) => url,
         };
         let bar = upload::progress(archive.size);
         match upload::put_file(&url, &archive.path, &archive.md5_hex, &bar).await {
@@ -175,12 +212,7 @@ pub async fn upload(
             }
             Err(UploadError::Expired(_)) => {
                 bar.finish_and_clear();
-                eprintln!("… the upload URL expired; asking for a fresh one");
-                request = request_id();
-                let patch = json!({"spec": {"build": {"upload": {"requestID": request}}}});
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .context("asking for a fresh upload URL")?;
+                request = renew(api, name).await?;
             }
             Err(e) => {
                 bar.finish_and_clear();
