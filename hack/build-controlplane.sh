@@ -45,6 +45,15 @@ for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
 done
 [[ -x "$BIN_DIR/etcd" ]] || build etcd . "$BIN_DIR/etcd"
 [[ -x "$BIN_DIR/kwok" ]] || build kwok sigs.k8s.io/kwok/cmd/kwok "$BIN_DIR/kwok"
+# kwok's Logs, Exec and PortForward CRDs, from the module kwok was built from.
+if [[ ! -f "$BIN_DIR/kwok-crds/kwok.x-k8s.io_portforwards.yaml" ]]; then
+  kwok_dir=$(cd "$HERE/gotools/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  mkdir -p "$BIN_DIR/kwok-crds"
+  for crd in logs execs portforwards; do
+    cp "$kwok_dir/kustomize/crd/bases/kwok.x-k8s.io_$crd.yaml" "$BIN_DIR/kwok-crds/"
+  done
+  chmod u+w "$BIN_DIR"/kwok-crds/*.yaml
+fi
 
 for tool in "${TOOLS[@]}"; do
   read -r name version dir pkg <<<"$tool"

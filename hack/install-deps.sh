@@ -5,6 +5,8 @@ set -euo pipefail
 need=()
 command -v go >/dev/null || need+=(golang-go)
 command -v openssl >/dev/null || need+=(openssl)
+# The interactive CLI tests drive `sub` in a real terminal.
+command -v tmux >/dev/null || need+=(tmux)
 if [[ ${#need[@]} -gt 0 ]]; then
   echo "installing ${need[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -60,13 +60,25 @@ async fn stream_pod(pods: Api<Pod>, pod: Pod) {
         container,
         ..Default::default()
     };
-    match pods.log_stream(&name, &params).await {
-        Ok(stream) => {
-            let mut lines = stream.lines();
-            while let Some(Ok(line)) = lines.next().await {
-                eprintln!("[{role}] {line}");
+    // A container that has just started may not serve logs yet: a few tries, then say so.
+    let mut attempt = 0;
+    loop {
+        match pods.log_stream(&name, &params).await {
+            Ok(stream) => {
+                let mut lines = stream.lines();
+                while let Some(Ok(line)) = lines.next().await {
+                    eprintln!("[{role}] {line}");
+                }
+                return;
+            }
+            Err(e) if attempt >= 5 => {
+                eprintln!("[{role}] logs of pod {name} unavailable: {e}");
+                return;
+            }
+            Err(_) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        Err(e) => eprintln!("[{role}] logs of pod {name} unavailable: {e}"),
     }
 }

@@ -52,6 +52,8 @@ pub struct Cluster {
     api_port: u16,
     etcd_port: u16,
     etcd_peer_port: u16,
+    /// kwok's kubelet API (logs, exec, port-forward of simulated pods), on loopback.
+    kubelet_port: u16,
     certs: certs::CertPaths,
 }
 
@@ -137,6 +139,7 @@ impl Cluster {
             api_port: free_port()?,
             etcd_port: free_port()?,
             etcd_peer_port: free_port()?,
+            kubelet_port: free_port()?,
             certs,
         };
         cluster.write_kubeconfigs()?;
@@ -145,6 +148,7 @@ impl Cluster {
 
         cluster.start_etcd()?;
         cluster.start_apiserver()?;
+        cluster.install_kwok_crds()?;
         for c in ["kube-controller-manager", "kube-scheduler", "kwok"] {
             cluster.start_component(c)?;
         }
@@ -318,6 +322,8 @@ impl Cluster {
                 "--allow-privileged=true".into(),
                 // GKE and EKS add the nvidia.com/gpu toleration to pods that request GPUs.
                 "--enable-admission-plugins=ExtendedResourceToleration".into(),
+                // Simulated nodes' kubelet API is kwok's, at their InternalIP (127.0.0.1).
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 "--profiling=false".into(),
                 // Every request is logged (metadata only), so tests and benchmarks can count
                 // what a client sent, by user, verb and resource.
@@ -350,6 +356,47 @@ impl Cluster {
             },
         )?;
         alive
+    }
+
+    /// kwok's Logs, Exec and PortForward CRDs (copied next to the binaries by
+    /// `hack/build-controlplane.sh`), Established before kwok starts.
+    fn install_kwok_crds(&self) -> Result<()> {
+        let dir = self.bin_dir.join("kwok-crds");
+        if !dir.is_dir() {
+            bail!(
+                "{} is missing; run hack/build-controlplane.sh",
+                dir.display()
+            );
+        }
+        let out = self
+            .kubectl()
+            .args(["apply", "--server-side", "-f"])
+            .arg(&dir)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "installing kwok's CRDs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = self
+            .kubectl()
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/logs.kwok.x-k8s.io",
+                "crd/execs.kwok.x-k8s.io",
+                "crd/portforwards.kwok.x-k8s.io",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "kwok's CRDs not Established: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     fn start_component(&mut self, name: &str) -> Result<()> {
@@ -396,8 +443,15 @@ impl Cluster {
                     profiles::SIMULATED_NODE_ANNOTATION
                 ),
                 "--cidr=10.0.0.1/16".into(),
-                "--node-ip=10.0.0.1".into(),
-                "--server-address=".into(),
+                // Nodes are reached on loopback, where kwok serves the kubelet API: logs,
+                // exec and port-forward of a simulated pod go where its Logs, Exec and
+                // PortForward objects say (a local file, process or port).
+                "--node-ip=127.0.0.1".into(),
+                format!("--node-port={}", self.kubelet_port),
+                format!("--server-address=127.0.0.1:{}", self.kubelet_port),
+                format!("--tls-cert-file={}", c.serving_cert.display()),
+                format!("--tls-private-key-file={}", c.serving_key.display()),
+                "--enable-crds=Logs,Exec,PortForward".into(),
                 "--node-lease-duration-seconds=0".into(),
             ],
             other => bail!("unknown component {other}"),

@@ -2,5 +2,6 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod kubelet;
 pub mod manifests;
 pub mod operator;

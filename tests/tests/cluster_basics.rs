@@ -396,3 +396,130 @@ async fn azure_gpu_pools_need_the_sku_toleration() {
     })
     .await;
 }
+
+/// A local HTTP server answering every request with `body`.
+async fn http_server(body: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn simulated_pods_serve_logs_exec_and_port_forward_through_the_api_server() {
+    use futures::AsyncBufReadExt;
+    use futures::StreamExt;
+    use substratus_tests::kubelet;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ns = TestNamespace::new("kubelet");
+    let c = client().await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}],
+                 "tolerations": [{"operator": "Exists"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    wait_for("pod p running", WAIT, || async {
+        let p = pods.get("p").await.map_err(|e| e.to_string())?;
+        let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+        Ok((phase == "Running").then_some(()))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+
+    kubelet::serve_logs(
+        &c,
+        &ns.name,
+        "p",
+        dir.path(),
+        &["first line", "second line"],
+    )
+    .await;
+    let logs = wait_for("the pod's logs", WAIT, || async {
+        pods.logs("p", &Default::default())
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(logs, "first line\nsecond line\n");
+    let mut lines = pods
+        .log_stream("p", &Default::default())
+        .await
+        .unwrap()
+        .lines();
+    assert_eq!(lines.next().await.unwrap().unwrap(), "first line");
+
+    std::fs::write(dir.path().join("marker.txt"), "inside").unwrap();
+    kubelet::serve_exec(&c, &ns.name, "p", dir.path()).await;
+    let out = wait_for("exec in the pod", WAIT, || async {
+        let mut p = pods
+            .exec(
+                "p",
+                ["cat", "marker.txt"],
+                &kube::api::AttachParams::default().stderr(false),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        p.stdout()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        p.join().await.map_err(|e| e.to_string())?;
+        Ok((!out.is_empty()).then_some(out))
+    })
+    .await;
+    assert_eq!(out, "inside");
+
+    let local = http_server("hello from the pod").await;
+    kubelet::serve_port(&c, &ns.name, "p", 8080, local).await;
+    let body = wait_for("a port-forwarded request", WAIT, || async {
+        let mut pf = pods
+            .portforward("p", &[8080])
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut s = pf.take_stream(8080).ok_or("no stream")?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: p\r\nconnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        // The forwarded stream need not close when the server does: read what was asked.
+        let mut resp = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read = async {
+            while !String::from_utf8_lossy(&resp).ends_with("hello from the pod") {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                resp.extend_from_slice(&buf[..n]);
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .map_err(|_| "no response within 10s".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let resp = String::from_utf8_lossy(&resp).into_owned();
+        Ok(resp.contains("200 OK").then_some(resp))
+    })
+    .await;
+    assert!(body.ends_with("hello from the pod"), "{body}");
+}

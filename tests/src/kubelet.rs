@@ -1,0 +1,89 @@
+//! What a simulated pod's "containers" do when reached through the kubelet API (kwok serves
+//! it on loopback): logs from a file, exec as a local process in a directory, port-forward to
+//! a local port. Each is a kwok object named after the pod.
+
+use std::path::{Path, PathBuf};
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::DynamicObject;
+use kube::discovery::ApiResource;
+use serde_json::{Value, json};
+
+fn kwok(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "kwok.x-k8s.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "kwok.x-k8s.io/v1alpha1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+async fn apply(c: &kube::Client, ns: &str, kind: &str, plural: &str, pod: &str, spec: Value) {
+    let obj = json!({
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": kind,
+        "metadata": {"name": pod, "namespace": ns},
+        "spec": spec,
+    });
+    Api::<DynamicObject>::namespaced_with(c.clone(), ns, &kwok(kind, plural))
+        .patch(
+            pod,
+            &PatchParams::apply("substratus-tests").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("creating {kind} for pod {pod}: {e}"));
+}
+
+/// Serves `lines` as the logs of every container of `pod`; returns the log file.
+pub async fn serve_logs(
+    c: &kube::Client,
+    ns: &str,
+    pod: &str,
+    dir: &Path,
+    lines: &[&str],
+) -> PathBuf {
+    let file = dir.join(format!("{pod}.log"));
+    // The container runtime's log format, which the kubelet API parses.
+    let body: String = lines
+        .iter()
+        .map(|l| format!("2026-01-01T00:00:00.000000000Z stdout F {l}\n"))
+        .collect();
+    std::fs::write(&file, body).expect("writing the log file");
+    apply(
+        c,
+        ns,
+        "Logs",
+        "logs",
+        pod,
+        json!({"logs": [{"logsFile": file}]}),
+    )
+    .await;
+    file
+}
+
+/// Runs exec'd commands of `pod` as local processes in `workdir`.
+pub async fn serve_exec(c: &kube::Client, ns: &str, pod: &str, workdir: &Path) {
+    apply(
+        c,
+        ns,
+        "Exec",
+        "execs",
+        pod,
+        json!({"execs": [{"local": {"workDir": workdir}}]}),
+    )
+    .await;
+}
+
+/// Forwards `pod:<port>` to `127.0.0.1:<local>`.
+pub async fn serve_port(c: &kube::Client, ns: &str, pod: &str, port: u16, local: u16) {
+    apply(
+        c,
+        ns,
+        "PortForward",
+        "portforwards",
+        pod,
+        json!({"forwards": [{"ports": [port], "target": {"port": local, "address": "127.0.0.1"}}]}),
+    )
+    .await;
+}
