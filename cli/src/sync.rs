@@ -149,11 +149,19 @@ pub async fn round(pods: &Api<Pod>, pod: &str, dir: &Path, before: &Listing) -> 
 /// Syncs until aborted. Files present when it starts are the baseline (not copied).
 pub fn start(pods: Api<Pod>, pod: String, dir: PathBuf) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last = match list(&pods, &pod).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("file sync unavailable: {e:#}");
-                return;
+        // Exec may not work the moment the pod is Ready: a few tries before giving up.
+        let mut tries = 0;
+        let mut last = loop {
+            match list(&pods, &pod).await {
+                Ok(l) => break l,
+                Err(e) if tries >= 5 => {
+                    eprintln!("file sync unavailable: {e:#}");
+                    return;
+                }
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
             }
         };
         eprintln!("syncing files changed in the notebook to {}", dir.display());

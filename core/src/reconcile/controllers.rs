@@ -101,6 +101,11 @@ where
         let name = obj.name_any();
         let namespace = obj.namespace().unwrap_or_default();
         Box::pin(async move {
+            // An object being deleted gets no new children: re-creating them would keep a
+            // foreground deletion waiting forever. The garbage collector removes the rest.
+            if obj.meta().deletion_timestamp.is_some() {
+                return Ok(Action::await_change());
+            }
             let started = Instant::now();
             let labels = KindLabels { kind: kind.into() };
             ctx.metrics.reconciles.get_or_create(&labels).inc();
