@@ -8,13 +8,15 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use kube::api::Api;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
 use kube::core::DynamicObject;
 use substratus_cli::manifest::Kind;
 use substratus_cli::{archive, objects};
 use substratus_core::plan::build::BuildSettings;
 use substratus_devcluster::s3::S3Server;
 use substratus_tests::cluster::{TestNamespace, client, shared, wait_for};
+use substratus_tests::kubelet;
 use substratus_tests::operator::{RunningOperator, kind_cloud_on};
 
 fn write(dir: &Path, rel: &str, body: &str) {
@@ -82,6 +84,30 @@ async fn sub_run_uploads_builds_and_runs_to_ready_and_skips_an_unchanged_upload(
     let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
     let dir = project("trainer");
     let d = dir.path().to_str().unwrap();
+    // What the simulated build and run containers print.
+    let logs_dir = tempfile::tempdir().unwrap();
+    let serving = tokio::spawn({
+        let (c, ns, logs) = (client().await, ns.name.clone(), logs_dir.path().to_owned());
+        async move {
+            let pods: Api<Pod> = Api::namespaced(c.clone(), &ns);
+            let mut served = std::collections::HashSet::new();
+            loop {
+                let list = pods
+                    .list(&ListParams::default().labels("model=trainer"))
+                    .await
+                    .unwrap();
+                for p in list.items {
+                    let name = p.metadata.name.clone().unwrap();
+                    if served.insert(name.clone()) {
+                        let role = p.metadata.labels.unwrap()["role"].clone();
+                        let line = format!("{role} step 1 of 1 done");
+                        kubelet::serve_logs(&c, &ns, &name, &logs, &[&line]).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
 
     let out = tokio::task::spawn_blocking({
         let (ns, d) = (ns.name.clone(), d.to_owned());
@@ -97,6 +123,15 @@ async fn sub_run_uploads_builds_and_runs_to_ready_and_skips_an_unchanged_upload(
         err.contains("Uploaded: UploadFound"),
         "the live view shows conditions: {err}"
     );
+    assert!(
+        err.contains("[build] build step 1 of 1 done"),
+        "build logs: {err}"
+    );
+    assert!(
+        err.contains("[run] run step 1 of 1 done"),
+        "run logs: {err}"
+    );
+    serving.abort();
 
     // What storage holds: the context minus .dockerignore'd paths, under the declared md5.
     let key = upload_key(&ns.name, "trainer");
