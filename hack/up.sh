@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 hack/install-deps.sh
 export SUBSTRATUS_CONTROLPLANE_BIN="${SUBSTRATUS_CONTROLPLANE_BIN:-$(hack/build-controlplane.sh)}"
 echo "==> building the operator"
-cargo build -q -p substratus-operator -p substratus-devcluster
+cargo build -q -p substratus-operator -p substratus-devcluster -p substratus-cli
 target="${CARGO_TARGET_DIR:-target}/debug"
 kubectl="$SUBSTRATUS_CONTROLPLANE_BIN/kubectl --kubeconfig=$PWD/.cluster/kubeconfig"
 
@@ -52,11 +52,16 @@ for _ in $(seq 1 120); do
   [[ "$not_ready" == 0 ]] && break
   sleep 1
 done
+echo
+echo "==> sub run examples/custom-model (pack, upload, build, run)"
+"$target/sub" --kubeconfig "$PWD/.cluster/kubeconfig" -n default run examples/custom-model --timeout 2m
+echo
 $kubectl get ai -A
 echo
 echo "Everything runs in the background. Try:"
 echo "  export KUBECONFIG=$PWD/.cluster/kubeconfig"
 echo "  $SUBSTRATUS_CONTROLPLANE_BIN/kubectl get ai -A"
+echo "  $target/sub get"
 echo "  curl -s 127.0.0.1:18080/metrics | grep substratus_"
 echo "Stop it all with hack/down.sh."
 [[ "$not_ready" == 0 ]] || { echo "some examples are not Ready yet; see .operator.log" >&2; exit 1; }

@@ -256,7 +256,15 @@ pub async fn wait(
                 None => bail!("the watch of {name} ended"),
             },
         };
-        for c in conditions(&obj) {
+        let mut cs = conditions(&obj);
+        // In the order things happen.
+        let order = |t: &str| {
+            ["Uploaded", "Built", "Complete", "Serving"]
+                .iter()
+                .position(|o| *o == t)
+        };
+        cs.sort_by_key(|c| order(&c.type_));
+        for c in cs {
             if c.type_ == "Ready" || shown.get(&c.type_) == Some(&c) {
                 continue;
             }

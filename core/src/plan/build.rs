@@ -406,7 +406,7 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
                 plan.conditions.push(built(
                     true,
                     reasons::JOB_COMPLETE,
-                    format!("image {target} built by Job {job_name}"),
+                    format!("image {target} built"),
                 ));
             }
             JobOutcome::Failed { message } => {
