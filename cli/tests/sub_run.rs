@@ -309,3 +309,60 @@ async fn an_expired_url_is_replaced_by_the_client() {
     assert!(uploaded);
     assert!(s3.object_path(&upload_key(&ns.name, "e")).exists());
 }
+
+#[tokio::test]
+async fn an_upload_survives_storage_going_down_and_coming_back() {
+    let ns = TestNamespace::new("sub-s3down");
+    let mut s3 = S3Server::start(&shared().bin_dir, "substratus-artifacts").unwrap();
+    let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
+    let dir = project("d");
+    let tmp = tempfile::tempdir().unwrap();
+    let packed = archive::pack(dir.path(), &tmp.path().join("c.tar.gz")).unwrap();
+    let c = client().await;
+    let api = objects::api(&c, Kind::Model, &ns.name);
+    let mut obj: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.path().join("model.yaml")).unwrap())
+            .unwrap();
+    objects::set_upload(&mut obj, &packed.md5_hex, "r1");
+    objects::apply(&api, &obj, true).await.unwrap();
+    wait_for("a URL for r1", Duration::from_secs(30), || async {
+        let o = api.get("d").await.map_err(|e| e.to_string())?;
+        Ok(matches!(
+            objects::answer(&o, &packed.md5_hex, "r1"),
+            Some(objects::Answer::Url(_))
+        )
+        .then_some(()))
+    })
+    .await;
+    // Storage is down when the PUT starts; the client retries with backoff.
+    s3.pause();
+    let upload = tokio::spawn({
+        let api = api.clone();
+        let packed = archive::Archive {
+            path: packed.path.clone(),
+            md5_hex: packed.md5_hex.clone(),
+            size: packed.size,
+            entries: packed.entries,
+        };
+        async move { objects::upload(&api, "d", &packed, "r1".into(), Duration::from_secs(60)).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !upload.is_finished(),
+        "the client keeps trying while storage is down"
+    );
+    s3.resume().unwrap();
+    let uploaded = tokio::time::timeout(Duration::from_secs(60), upload)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(uploaded);
+    let md5 = packed.md5_hex.clone();
+    wait_for("the upload verified", Duration::from_secs(60), || async {
+        let o = api.get("d").await.map_err(|e| e.to_string())?;
+        let stored = o.data["status"]["buildUpload"]["storedMD5Checksum"].clone();
+        Ok((stored == md5.as_str()).then_some(()))
+    })
+    .await;
+}

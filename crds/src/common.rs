@@ -51,12 +51,21 @@ pub struct BuildUpload {
     pub request_id: String,
 }
 
-/// A reference to another object of the same namespace.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// A reference to another object of the same namespace. References across namespaces are
+/// refused: a workload could otherwise read another tenant's artifacts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.__namespace__)")
+    .message("references are to objects of the same namespace: remove the reference's namespace"))]
 pub struct ObjectRef {
-    /// Name of the referenced object.
-    #[schemars(length(min = 1))]
+    /// Name of the referenced object (a Kubernetes object name, in this namespace).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub name: String,
+    /// Not supported: declared only so that setting it is refused rather than dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// GPU models an object may ask for. Each cloud maps a type to its node pools; a type the

@@ -38,7 +38,7 @@ macro_rules! workload_spec {
         pub struct $name {
             /// Container image to run. Filled in by the controller after a successful build.
             #[serde(default, skip_serializing_if = "Option::is_none")]
-            #[schemars(length(min = 1))]
+            #[schemars(length(min = 1, max = 1024), regex(pattern = r"^\S+$"))]
             pub image: Option<String>,
             /// Build the image from git or from an upload.
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,9 +48,17 @@ macro_rules! workload_spec {
             pub command: Vec<String>,
             /// Container environment. A value `${{ secrets.NAME.KEY }}` reads key KEY of Secret NAME.
             #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            #[schemars(extend(
+                "maxProperties" = 256,
+                "x-kubernetes-validations" = [{
+                    "rule": "self.all(k, k.matches('^[ -<>-~]+$'))",
+                    "message": "spec.env keys must be printable ASCII without '='"
+                }]
+            ))]
             pub env: BTreeMap<String, String>,
             /// Parameters written as JSON to `/content/params.json`.
             #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            #[schemars(extend("maxProperties" = 256))]
             pub params: Params,
             /// Compute requests and GPUs.
             #[serde(default, skip_serializing_if = "Option::is_none")]

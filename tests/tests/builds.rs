@@ -487,3 +487,89 @@ async fn a_git_build_clones_then_builds_and_a_new_tag_rebuilds() {
         Some(target(&ns.name, "g", "v2").as_str())
     );
 }
+
+#[tokio::test]
+async fn storage_down_during_md5_verification_waits_and_loses_nothing() {
+    let ns = TestNamespace::new("bld-s3down");
+    let c = client().await;
+    let mut s3 = s3();
+    let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
+    let bytes = context("survives");
+    let md5 = md5_hex(&bytes);
+    create(
+        &c,
+        &ns.name,
+        model(
+            "m",
+            json!({"upload": {"md5Checksum": md5, "requestID": "r1"}}),
+        ),
+    )
+    .await;
+    let url = wait_url(&c, &ns.name, "m", "r1", "").await;
+    assert_eq!(put(&url, bytes, &md5).await, 200);
+    // Storage goes down before the controller reads the upload back.
+    s3.pause();
+    poke(&c, &ns.name, "Model", "m").await;
+    let s = wait_condition(&c, &ns.name, "Model", "m", "Uploaded", "CloudError").await;
+    let (_, _, message) = condition(&s, "Uploaded");
+    assert!(
+        message.contains("cannot read the upload from storage"),
+        "{message}"
+    );
+    assert_eq!(
+        s["buildUpload"]["signedURL"].as_str(),
+        Some(url.as_str()),
+        "the URL is kept"
+    );
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
+    assert!(
+        jobs.get_opt("m-model-bld").await.unwrap().is_none(),
+        "nothing is built unverified"
+    );
+    // Back up: verified, built, run; the upload was not lost.
+    s3.resume().unwrap();
+    let s = wait_condition(&c, &ns.name, "Model", "m", "Complete", "JobComplete").await;
+    assert_eq!(s["buildUpload"]["storedMD5Checksum"], md5.as_str());
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_build_resumes_without_a_second_build_job() {
+    let ns = TestNamespace::new("bld-kill");
+    let c = client().await;
+    let s3 = s3();
+    let bytes = context("killed");
+    let md5 = md5_hex(&bytes);
+    store_upload(&s3, &ns.name, "m", &bytes).await;
+    let op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
+    create(
+        &c,
+        &ns.name,
+        model(
+            "m",
+            json!({"upload": {"md5Checksum": md5, "requestID": "r1"}}),
+        ),
+    )
+    .await;
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
+    let first = wait_for("the build Job", WAIT, || async {
+        Ok(jobs
+            .get_opt("m-model-bld")
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|j| j.metadata.uid))
+    })
+    .await;
+    op.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
+    let s = wait_condition(&c, &ns.name, "Model", "m", "Complete", "JobComplete").await;
+    assert_eq!(condition(&s, "Built").0, "True");
+    let build = jobs.get("m-model-bld").await.unwrap();
+    assert_eq!(
+        build.metadata.uid,
+        Some(first),
+        "the build Job was not replaced"
+    );
+    let all = jobs.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(all.len(), 2, "one build Job, one run Job");
+}

@@ -523,3 +523,61 @@ async fn simulated_pods_serve_logs_exec_and_port_forward_through_the_api_server(
     .await;
     assert!(body.ends_with("hello from the pod"), "{body}");
 }
+
+/// Sends `body` (the manifest's bytes, UTF-8 or not) to the API server as a create; returns
+/// the refusal (status code, message).
+async fn raw_create(c: &kube::Client, ns: &str, kind: &str, body: Vec<u8>) -> (u16, String) {
+    let plural = format!("{}s", kind.to_lowercase());
+    let req = http::Request::post(format!("/apis/substratus.ai/v1/namespaces/{ns}/{plural}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    match c.request_text(req).await {
+        Ok(text) => panic!("the API server accepted an invalid {kind}: {text}"),
+        Err(kube::Error::Api(s)) => (s.code, s.message),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn every_manifest_of_the_invalid_corpus_is_refused_with_its_field_named() {
+    let ns = TestNamespace::new("corpus");
+    let c = client().await;
+    let dir = substratus_tests::manifests::repo_root().join("tests/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 30,
+        "the corpus has {} manifests",
+        files.len()
+    );
+    let mut failures = Vec::new();
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let first = bytes.split(|b| *b == b'\n').next().unwrap();
+        let expected = String::from_utf8_lossy(first)
+            .strip_prefix("# expect: ")
+            .unwrap_or_else(|| panic!("{}: no '# expect:' line", f.display()))
+            .trim()
+            .to_owned();
+        let body: Vec<u8> = bytes.splitn(2, |b| *b == b'\n').nth(1).unwrap().to_vec();
+        // The kind, read leniently (the bytes may not be UTF-8).
+        let text = String::from_utf8_lossy(&body);
+        let kind = ["Model", "Dataset", "Server", "Notebook"]
+            .into_iter()
+            .find(|k| text.contains(&format!("\"kind\": \"{k}\"")))
+            .unwrap_or_else(|| panic!("{}: no kind", f.display()));
+        let (code, message) = raw_create(&c, &ns.name, kind, body).await;
+        if code != 422 || !message.contains(&expected) {
+            failures.push(format!(
+                "{}: HTTP {code}, expected {expected:?} in {message:?}",
+                f.file_name().unwrap().to_string_lossy()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -206,6 +206,7 @@ mod tests {
             image: Some("substratusai/model-server-basaran".into()),
             model: Some(ObjectRef {
                 name: "falcon".into(),
+                namespace: None,
             }),
             env: BTreeMap::from([("MODEL_LOAD_IN_4BIT".into(), "true".into())]),
             ..Default::default()
