@@ -135,3 +135,50 @@ async fn an_expired_url_is_refused() {
     assert_eq!(res.status().as_u16(), 403, "an expired URL was accepted");
     assert_eq!(c.stored_md5(key).await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn a_signed_url_names_one_object_and_expires_as_configured() {
+    let s3 = start_s3("artifacts");
+    let c = cloud(&s3);
+    let key = "one/uploads/latest.tar.gz";
+    let body = b"one archive".to_vec();
+    let md5 = md5_hex(&body);
+    let before = jiff::Timestamp::now().as_second();
+    let signed = c
+        .signed_upload_url(key, &md5, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let url = reqwest::Url::parse(&signed.url).unwrap();
+    assert_eq!(
+        url.path(),
+        format!("/artifacts/{key}"),
+        "exactly this object"
+    );
+    let query: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert_eq!(query["X-Amz-Expires"], "300");
+    assert!((signed.expires_at_unix - before - 300).abs() <= 2);
+    // The same signature for another object, a neighbour or a path escaping the prefix: refused.
+    for other in [
+        "one/uploads/other.tar.gz",
+        "two/uploads/latest.tar.gz",
+        "one/uploads/../../two/uploads/latest.tar.gz",
+    ] {
+        let mut moved = url.clone();
+        moved.set_path(&format!("/artifacts/{other}"));
+        let res = put(moved.as_str(), body.clone(), &md5).await;
+        assert_eq!(
+            res.status().as_u16(),
+            403,
+            "{other} accepted a URL signed for {key}"
+        );
+    }
+    assert_eq!(
+        c.stored_md5("one/uploads/other.tar.gz").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        c.stored_md5("two/uploads/latest.tar.gz").await.unwrap(),
+        None
+    );
+    assert_eq!(put(&signed.url, body, &md5).await.status().as_u16(), 200);
+}

@@ -1,0 +1,399 @@
+//! Arbitrary specs and observations through every planner: no input makes one panic.
+//! `PLANNER_CASES` sets the number of cases (default 100,000).
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{Value, json};
+use substratus_core::cloud::BucketUrl;
+use substratus_core::fake::FakeCloud;
+use substratus_core::names::Kind;
+use substratus_core::plan::batch::{self, BatchInput, BatchSpec, ObservedJob};
+use substratus_core::plan::build::{self, BuildInput, BuildSettings, ObservedBuildJob};
+use substratus_core::plan::notebook::{self, NotebookInput, ObservedPod};
+use substratus_core::plan::server::{self, ObservedDeployment, ServerInput};
+use substratus_core::plan::{Parent, RefState};
+use substratus_crds::{ModelSpec, NotebookSpec, ServerSpec, UploadStatus};
+
+fn text() -> impl Strategy<Value = String> + Clone {
+    prop_oneof![
+        "[a-z0-9-]{0,70}",
+        any::<String>(),
+        Just("${{ secrets.s.k }}".to_owned()),
+        "\\$\\{\\{ ?secrets\\.[a-z.]{0,8} ?\\}\\}",
+        "[0-9a-f]{32}",
+        "(\\.\\./)*[a-z/]{0,20}",
+        Just(String::new()),
+    ]
+}
+
+fn int() -> impl Strategy<Value = i64> + Clone {
+    prop_oneof![any::<i64>(), -3i64..20]
+}
+
+fn gpu() -> impl Strategy<Value = Value> {
+    let ty = prop_oneof![
+        Just(json!("nvidia-l4")),
+        Just(json!("nvidia-a100")),
+        Just(json!("nvidia-a100-80gb")),
+        Just(json!("nvidia-t4")),
+        Just(json!("nvidia-h100")),
+        Just(json!("nvidia-a10g")),
+        Just(Value::Null),
+    ];
+    (ty, proptest::option::of(int())).prop_map(|(t, c)| {
+        let mut g = json!({"type": t, "count": c});
+        g.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+        g
+    })
+}
+
+fn resources() -> impl Strategy<Value = Value> {
+    proptest::option::of((int(), int(), int(), proptest::option::of(gpu()))).prop_map(|r| match r {
+        None => Value::Null,
+        Some((cpu, memory, disk, gpu)) => {
+            let mut r = json!({"cpu": cpu, "memory": memory, "disk": disk, "gpu": gpu});
+            r.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+            r
+        }
+    })
+}
+
+fn build() -> impl Strategy<Value = Value> {
+    let git = (
+        text(),
+        proptest::option::of(text()),
+        proptest::option::of(text()),
+        proptest::option::of(text()),
+    )
+        .prop_map(|(url, path, branch, tag)| {
+            let mut g = json!({"url": url, "path": path, "branch": branch, "tag": tag});
+            g.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+            g
+        });
+    let upload = (text(), text()).prop_map(|(m, r)| json!({"md5Checksum": m, "requestID": r}));
+    prop_oneof![
+        Just(Value::Null),
+        Just(json!({})),
+        git.clone().prop_map(|g| json!({"git": g})),
+        upload.clone().prop_map(|u| json!({"upload": u})),
+        (git, upload).prop_map(|(g, u)| json!({"git": g, "upload": u})),
+    ]
+}
+
+fn params() -> impl Strategy<Value = Value> {
+    proptest::collection::btree_map(
+        text(),
+        prop_oneof![int().prop_map(|i| json!(i)), text().prop_map(|s| json!(s))],
+        0..4,
+    )
+    .prop_map(|m| json!(m))
+}
+
+fn spec() -> impl Strategy<Value = Value> {
+    (
+        proptest::option::of(text()),
+        build(),
+        proptest::collection::vec(text(), 0..3),
+        proptest::collection::btree_map(text(), text(), 0..4),
+        params(),
+        resources(),
+        proptest::option::of(text()),
+        proptest::option::of(text()),
+        proptest::option::of(any::<bool>()),
+        proptest::option::of(-2i32..5),
+    )
+        .prop_map(
+            |(image, build, command, env, params, resources, model, dataset, suspend, replicas)| {
+                let mut s = json!({
+                    "image": image, "build": build, "command": command, "env": env,
+                    "params": params, "resources": resources,
+                    "model": model.map(|n| json!({"name": n})),
+                    "dataset": dataset.map(|n| json!({"name": n})),
+                    "suspend": suspend, "replicas": replicas,
+                });
+                // Absent, not null, as the API server would store it.
+                s.as_object_mut().unwrap().retain(|_, v| !v.is_null());
+                s
+            },
+        )
+}
+
+fn ref_state() -> impl Strategy<Value = Option<RefState>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(RefState::NotFound)),
+        Just(Some(RefState::NotReady)),
+        text().prop_map(|p| Some(RefState::Ready {
+            artifacts: BucketUrl {
+                scheme: "s3".into(),
+                bucket: "b".into(),
+                path: p,
+            },
+        })),
+    ]
+}
+
+fn job(outcome: u8, annotations: Vec<(String, String)>, deleting: bool) -> Job {
+    let cond = match outcome % 3 {
+        0 => None,
+        1 => Some(("Complete", None)),
+        _ => Some(("Failed", Some("BackoffLimitExceeded"))),
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some("j".into()),
+            annotations: Some(annotations.into_iter().collect()),
+            deletion_timestamp: deleting.then_some(Time(jiff::Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        },
+        status: Some(JobStatus {
+            conditions: cond.map(|(t, r)| {
+                vec![JobCondition {
+                    type_: t.into(),
+                    status: "True".into(),
+                    reason: r.map(Into::into),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn observed() -> impl Strategy<Value = Option<Job>> {
+    let keys = prop_oneof![
+        Just("substratus.ai/generation".to_owned()),
+        Just(build::IMAGE_ANNOTATION.to_owned()),
+        Just(build::SOURCE_ANNOTATION.to_owned()),
+        Just(build::ATTEMPT_ANNOTATION.to_owned()),
+    ];
+    proptest::option::of((
+        any::<u8>(),
+        proptest::collection::vec((keys, text()), 0..4),
+        any::<bool>(),
+    ))
+    .prop_map(|j| j.map(|(o, a, d)| job(o, a, d)))
+}
+
+type Upload = (Option<String>, Option<String>, Option<i64>, Option<String>);
+
+#[derive(Debug, Clone)]
+struct Case {
+    name: String,
+    namespace: String,
+    generation: Option<i64>,
+    spec: Value,
+    artifacts_url: Option<String>,
+    model: Option<RefState>,
+    dataset: Option<RefState>,
+    job: Option<Job>,
+    upload: Option<Upload>,
+    flag: bool,
+    stored: Option<String>,
+    now: i64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        (text(), text(), proptest::option::of(int())),
+        spec(),
+        proptest::option::of(text()),
+        (ref_state(), ref_state()),
+        observed(),
+        proptest::option::of((
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            proptest::option::of(-1_000_000_000i64..4_000_000_000),
+            proptest::option::of(text()),
+        )),
+        (
+            any::<bool>(),
+            proptest::option::of(text()),
+            0i64..4_000_000_000,
+        ),
+    )
+        .prop_map(
+            |(
+                (name, namespace, generation),
+                spec,
+                artifacts_url,
+                (model, dataset),
+                job,
+                upload,
+                (flag, stored, now),
+            )| Case {
+                name,
+                namespace,
+                generation,
+                spec,
+                artifacts_url,
+                model,
+                dataset,
+                job,
+                upload,
+                flag,
+                stored,
+                now,
+            },
+        )
+}
+
+/// Runs every planner that applies; returns how many ran.
+fn run(c: &Case, cloud: &FakeCloud) -> u32 {
+    let settings = BuildSettings::default();
+    let mut planned = 0;
+    for kind in Kind::ALL {
+        let parent = Parent {
+            kind,
+            name: c.name.clone(),
+            namespace: c.namespace.clone(),
+            uid: "uid".into(),
+            generation: c.generation,
+        };
+        match kind {
+            Kind::Model | Kind::Dataset => {
+                let Ok(spec) = serde_json::from_value::<ModelSpec>(c.spec.clone()) else {
+                    continue;
+                };
+                let input = BatchInput {
+                    parent: parent.clone(),
+                    spec: BatchSpec {
+                        image: spec.image.as_deref(),
+                        command: &spec.command,
+                        env: &spec.env,
+                        params: &spec.params,
+                        resources: spec.resources.as_ref(),
+                    },
+                    conditions: &[],
+                    artifacts_url: c.artifacts_url.as_deref(),
+                    base_model: c.model.clone(),
+                    dataset: c.dataset.clone(),
+                    job: c.job.as_ref().map(ObservedJob::from_job),
+                    pods: &[],
+                };
+                let _ = batch::plan(&input, cloud);
+                planned += 1;
+                if let Some(b) = &spec.build {
+                    let status = c
+                        .upload
+                        .as_ref()
+                        .map(|(url, req, exp, stored)| UploadStatus {
+                            signed_url: url.clone(),
+                            request_id: req.clone(),
+                            expiration: exp
+                                .and_then(|e| jiff::Timestamp::from_second(e).ok())
+                                .map(Time),
+                            stored_md5_checksum: stored.clone(),
+                        });
+                    if let Some(u) = &b.upload {
+                        let _ = build::upload_needs_storage(u, status.as_ref());
+                        let next = build::upload_next(
+                            u,
+                            status.as_ref(),
+                            c.stored.as_deref(),
+                            c.now,
+                            settings.renew_margin_secs(),
+                        );
+                        let s = status.clone().unwrap_or_default();
+                        let _ = build::uploaded_condition(u, &s, &next);
+                    }
+                    let input = BuildInput {
+                        parent: &parent,
+                        build: b,
+                        spec_image: spec.image.as_deref(),
+                        uploaded: c.flag,
+                        job: c.job.as_ref().map(ObservedBuildJob::from_job),
+                        pods: &[],
+                        artifacts_url: c.artifacts_url.as_deref(),
+                        settings: &settings,
+                    };
+                    let _ = build::plan(&input, cloud);
+                }
+            }
+            Kind::Server => {
+                let Ok(spec) = serde_json::from_value::<ServerSpec>(c.spec.clone()) else {
+                    continue;
+                };
+                let input = ServerInput {
+                    parent,
+                    spec: &spec,
+                    model: c.model.clone().unwrap_or(RefState::NotFound),
+                    deployment: c.generation.map(|g| ObservedDeployment {
+                        ready_replicas: (g % 3) as i32,
+                    }),
+                    pods: &[],
+                };
+                let _ = server::plan(&input, cloud);
+                planned += 1;
+            }
+            Kind::Notebook => {
+                let Ok(spec) = serde_json::from_value::<NotebookSpec>(c.spec.clone()) else {
+                    continue;
+                };
+                let input = NotebookInput {
+                    parent,
+                    spec: &spec,
+                    artifacts_url: c.artifacts_url.as_deref(),
+                    model: c.model.clone(),
+                    dataset: c.dataset.clone(),
+                    token_secret_exists: c.flag,
+                    new_token: "0123456789abcdef0123456789abcdef",
+                    pod: c.job.as_ref().map(|_| ObservedPod {
+                        spec_hash: c.stored.clone(),
+                        deleting: c.flag,
+                        running_and_ready: !c.flag,
+                        failed: false,
+                    }),
+                    pods: &[],
+                };
+                let _ = notebook::plan(&input, cloud);
+                planned += 1;
+            }
+        }
+    }
+    planned
+}
+
+#[test]
+fn no_spec_or_observation_makes_a_planner_panic() {
+    // The generated strategy types nest deeply; debug builds need a larger stack to build them.
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(fuzz)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn fuzz() {
+    let cases: u32 = std::env::var("PLANNER_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let cloud = FakeCloud::default();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let ran = std::cell::Cell::new(0u32);
+    let planned = std::cell::Cell::new(0u32);
+    runner
+        .run(&case(), |c| {
+            ran.set(ran.get() + 1);
+            planned.set(planned.get() + run(&c, &cloud));
+            Ok(())
+        })
+        .unwrap();
+    assert!(ran.get() >= cases, "ran {} of {cases}", ran.get());
+    // The generator must reach the planners, not only fail to deserialise.
+    assert!(
+        planned.get() > cases,
+        "only {} planner runs for {} cases",
+        planned.get(),
+        ran.get()
+    );
+}
