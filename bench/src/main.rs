@@ -17,7 +17,7 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -198,6 +198,32 @@ async fn wait_all_ready(client: &Client, ns: &str, total: usize) -> Result<()> {
     }
 }
 
+/// The kind backend as the operator under test is configured (its defaults).
+fn floor_cloud() -> Result<substratus_clouds::kind::KindCloud> {
+    let config = substratus_core::cloud::CloudConfig {
+        cluster_name: "kind".into(),
+        artifact_bucket: substratus_core::cloud::BucketUrl::parse("s3://substratus-artifacts")
+            .map_err(anyhow::Error::msg)?,
+        registry: "registry.substratus.svc.cluster.local:5000".into(),
+        principal: None,
+    };
+    let settings = substratus_clouds::kind::KindSettings {
+        endpoint: "http://127.0.0.1:9".into(),
+        public_endpoint: None,
+        region: "us-east-1".into(),
+        access_key_id: "bench".into(),
+        secret_access_key: "bench".into(),
+        csi_driver: "ru.yandex.s3.csi".into(),
+        csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
+    };
+    substratus_clouds::kind::KindCloud::new(
+        config,
+        settings,
+        substratus_clouds::gpu::GpuCatalog::builtin("gcp").context("gcp catalogue")?,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
 fn owner(kind: &str, name: &str, uid: &str) -> Value {
     json!([{"apiVersion": "substratus.ai/v1", "kind": kind, "name": name, "uid": uid, "controller": true}])
 }
@@ -233,32 +259,91 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
     let mut children = Vec::new();
+    // The same storage objects the operator's kind backend makes: a PersistentVolume and a
+    // claim per artifacts prefix, mounted by the workloads.
+    let cloud = floor_cloud()?;
+    let claim_of = |kind: substratus_core::names::Kind, name: &str, uid: &str| {
+        let parent = substratus_core::plan::Parent {
+            kind,
+            name: name.to_owned(),
+            namespace: ns.to_owned(),
+            uid: uid.to_owned(),
+            generation: Some(1),
+        };
+        let prefix = substratus_core::plan::batch::artifact_prefix(&parent, None, &cloud);
+        let objects = substratus_core::plan::batch::owned_prefix_objects(&parent, &prefix, &cloud);
+        let claim = substratus_clouds::kind::KindCloud::claim_name(&prefix.artifacts());
+        (objects, claim)
+    };
     for (kind, lower, job_suffix, names) in [
         ("Model", "model", "modeller", &models),
         ("Dataset", "dataset", "data-loader", &datasets),
     ] {
+        let k = if kind == "Model" {
+            substratus_core::names::Kind::Model
+        } else {
+            substratus_core::names::Kind::Dataset
+        };
         for (name, uid) in names.iter() {
+            let (objects, claim) = claim_of(k, name, uid);
+            for o in objects {
+                if let substratus_core::plan::Child::Raw(v) = o {
+                    children.push((
+                        if v["kind"] == "PersistentVolume" {
+                            "pv"
+                        } else {
+                            "pvc"
+                        },
+                        v,
+                    ));
+                }
+            }
             children.push(("cm", json!({"metadata": {"name": format!("{name}-{lower}-params"), "ownerReferences": owner(kind, name, uid)}, "data": {"params.json": "{}"}})));
             children.push(("job", json!({"metadata": {"name": format!("{name}-{job_suffix}"), "labels": {lower: name}, "ownerReferences": owner(kind, name, uid)},
                 "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {lower: name, "role": "run"}}, "spec": {"restartPolicy": "Never",
-                    "containers": [{"name": "main", "image": "img", "resources": {"requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"}}}]}}}})));
+                    "volumes": [{"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}}],
+                    "containers": [{"name": "main", "image": "img", "volumeMounts": [{"name": "artifacts", "mountPath": "/content/artifacts"}],
+                        "resources": {"requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"}}}]}}}})));
         }
     }
     for (name, uid) in servers.iter() {
+        let model = w
+            .servers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
+        let model_claim = models
+            .get(&model)
+            .map(|muid| claim_of(substratus_core::names::Kind::Model, &model, muid).1)
+            .unwrap_or_default();
         children.push(("cm", json!({"metadata": {"name": format!("{name}-server-params"), "ownerReferences": owner("Server", name, uid)}, "data": {"params.json": "{}"}})));
         children.push(("svc", json!({"metadata": {"name": format!("{name}-server"), "ownerReferences": owner("Server", name, uid)},
             "spec": {"selector": {"server": name}, "ports": [{"name": "http", "port": 8080}]}})));
         children.push(("deploy", json!({"metadata": {"name": format!("{name}-server"), "labels": {"server": name}, "ownerReferences": owner("Server", name, uid)},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"server": name}}, "template": {"metadata": {"labels": {"server": name, "role": "run"}},
-                "spec": {"nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"}, "containers": [{"name": "serve", "image": "img",
+                "spec": {"nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+                    "volumes": [{"name": "model", "persistentVolumeClaim": {"claimName": model_claim, "readOnly": true}}],
+                    "containers": [{"name": "serve", "image": "img", "volumeMounts": [{"name": "model", "mountPath": "/content/model", "readOnly": true}],
                     "resources": {"requests": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}]}}}})));
     }
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
     stream::iter(children)
         .map(|(what, v)| {
             let (cms, jobs, deps, svcs) = (cms.clone(), jobs.clone(), deps.clone(), svcs.clone());
+            let (pvs, pvcs) = (pvs.clone(), pvcs.clone());
             async move {
                 let pp = PostParams::default();
                 match what {
+                    "pv" => pvs
+                        .create(&pp, &serde_json::from_value(v)?)
+                        .await
+                        .map(|_| ()),
+                    "pvc" => pvcs
+                        .create(&pp, &serde_json::from_value(v)?)
+                        .await
+                        .map(|_| ()),
                     "cm" => cms
                         .create(&pp, &serde_json::from_value(v)?)
                         .await
@@ -277,6 +362,33 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
                         .map(|_| ()),
                 }
                 .context("floor create")
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+
+    // The first status of every object ("waiting for its Job/Deployment"), as the operator
+    // writes it once the children exist.
+    let firsts: Vec<(&str, String)> = models
+        .keys()
+        .map(|n| ("Model", n.clone()))
+        .chain(datasets.keys().map(|n| ("Dataset", n.clone())))
+        .chain(servers.keys().map(|n| ("Server", n.clone())))
+        .collect();
+    stream::iter(firsts)
+        .map(|(kind, name)| {
+            let client = client.clone();
+            async move {
+                let status = json!({"apiVersion": "substratus.ai/v1", "kind": kind, "status": {"ready": false}});
+                let pp = PatchParams::apply("bench-floor").force();
+                let patch = Patch::Apply(&status);
+                match kind {
+                    "Model" => Api::<Model>::namespaced(client, ns).patch_status(&name, &pp, &patch).await.map(|_| ()),
+                    "Dataset" => Api::<Dataset>::namespaced(client, ns).patch_status(&name, &pp, &patch).await.map(|_| ()),
+                    _ => Api::<Server>::namespaced(client, ns).patch_status(&name, &pp, &patch).await.map(|_| ()),
+                }
+                .context("floor status")
             }
         })
         .buffer_unordered(concurrency)

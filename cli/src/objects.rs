@@ -277,12 +277,13 @@ pub async fn wait(
             );
             shown.insert(c.type_.clone(), c);
         }
-        if is_ready(&obj) {
+        // Status written for an earlier spec says nothing about this one.
+        let generation = obj.metadata.generation;
+        let current = obj.data["status"]["observedGeneration"].as_i64() == generation;
+        if is_ready(&obj) && current {
             eprintln!("✓ {} {name} is Ready", kind.name());
             return Ok(Outcome::Ready);
         }
-        let generation = obj.metadata.generation;
-        let current = obj.data["status"]["observedGeneration"].as_i64() == generation;
         if let Some(c) = conditions(&obj)
             .into_iter()
             .find(|c| c.status == "False" && TERMINAL.contains(&c.reason.as_str()))

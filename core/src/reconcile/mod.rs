@@ -514,6 +514,13 @@ impl Context {
         if old == Some((new.status.as_str(), new.reason.as_str())) {
             return;
         }
+        // A new object starting to wait for its work is not news: no Event for it.
+        let waiting = new.status != "True"
+            && (new.reason == crate::conditions::reasons::JOB_NOT_COMPLETE
+                || new.reason.ends_with("NotReady"));
+        if old.is_none() && waiting {
+            return;
+        }
         let ev = Event {
             type_: if new.status == "True"
                 || new.reason == crate::conditions::reasons::JOB_NOT_COMPLETE
