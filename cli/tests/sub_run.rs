@@ -366,3 +366,51 @@ async fn an_upload_survives_storage_going_down_and_coming_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn kubectl_applybuild_applies_and_uploads_a_dataset() {
+    let ns = TestNamespace::new("applybuild");
+    let s3 = S3Server::start(&shared().bin_dir, "substratus-artifacts").unwrap();
+    let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
+    let dir = project("unused");
+    let manifest = dir.path().join("dataset.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: substratus.ai/v1\nkind: Dataset\nmetadata:\n  name: squad\nspec:\n  image: loader\n",
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (ns, d, m) = (
+            ns.name.clone(),
+            dir.path().to_owned(),
+            manifest.display().to_string(),
+        );
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_kubectl-applybuild"))
+                .arg("--kubeconfig")
+                .arg(&shared().kubeconfig)
+                .args(["-n", &ns, "-f", &m])
+                .arg(&d)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("✓ uploaded squad"), "{err}");
+    let c = client().await;
+    let api = objects::api(&c, Kind::Dataset, &ns.name);
+    wait_for(
+        "the Dataset built and Ready",
+        Duration::from_secs(60),
+        || async {
+            let o = api.get("squad").await.map_err(|e| e.to_string())?;
+            let image = o.data["spec"]["image"].as_str().unwrap_or("").to_owned();
+            let built = image.starts_with("registry.test:5000/test-dataset-");
+            Ok((built && objects::is_ready(&o)).then_some(()))
+        },
+    )
+    .await;
+}
