@@ -31,7 +31,7 @@ pub struct ControllerOptions {
 impl Default for ControllerOptions {
     fn default() -> Self {
         ControllerOptions {
-            concurrency: 8,
+            concurrency: 16,
             namespace: None,
         }
     }
@@ -143,12 +143,14 @@ pub async fn run(
             }
         }
     }
-    ctx.set_caches(caches);
+    ctx.set_caches(caches.clone());
     let cfg = ControllerConfig::default().concurrency(opts.concurrency);
     let t = triggers;
 
-    let models = Controller::new(api::<Model>(&ctx, &opts), watcher::Config::default())
-        .with_config(cfg.clone());
+    // Each controller's own objects come from the shared caches: one copy in memory, without
+    // managedFields.
+    let models =
+        Controller::for_shared_stream(t.models, caches.models.clone()).with_config(cfg.clone());
     let model_store = models.store();
     let model_store2 = model_store.clone();
     let model_store3 = model_store.clone();
@@ -189,7 +191,7 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let datasets = Controller::new(api::<Dataset>(&ctx, &opts), watcher::Config::default())
+    let datasets = Controller::for_shared_stream(t.datasets, caches.datasets.clone())
         .with_config(cfg.clone())
         .owns_shared_stream(t.jobs_for_datasets)
         .graceful_shutdown_on(shutdown.clone())
@@ -200,8 +202,8 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let servers = Controller::new(api::<Server>(&ctx, &opts), watcher::Config::default())
-        .with_config(cfg.clone());
+    let servers =
+        Controller::for_shared_stream(t.servers, caches.servers.clone()).with_config(cfg.clone());
     let server_store = servers.store();
     let server_store2 = server_store.clone();
     let servers = servers
@@ -227,7 +229,7 @@ pub async fn run(
         .for_each(|_| futures::future::ready(()));
 
     let notebooks =
-        Controller::new(api::<Notebook>(&ctx, &opts), watcher::Config::default()).with_config(cfg);
+        Controller::for_shared_stream(t.notebooks, caches.notebooks.clone()).with_config(cfg);
     let nb_store = notebooks.store();
     let nb_store2 = nb_store.clone();
     let nb_store3 = nb_store.clone();
