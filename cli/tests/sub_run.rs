@@ -47,6 +47,37 @@ fn project(name: &str) -> tempfile::TempDir {
     d
 }
 
+/// A project packed into a temporary file: (project, temp dir, archive).
+fn packed_project(name: &str) -> (tempfile::TempDir, tempfile::TempDir, archive::Archive) {
+    let dir = project(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let packed = archive::pack(dir.path(), &tmp.path().join("c.tar.gz")).unwrap();
+    (dir, tmp, packed)
+}
+
+/// Applies Model `name` as an upload build of `packed`, request `r1`.
+async fn apply_upload(api: &Api<DynamicObject>, name: &str, packed: &archive::Archive) {
+    let mut obj = serde_json::json!({
+        "apiVersion": "substratus.ai/v1", "kind": "Model", "metadata": {"name": name},
+        "spec": {"command": ["python", "src/train.py"]},
+    });
+    objects::set_upload(&mut obj, &packed.md5_hex, "r1");
+    objects::apply(api, &obj, true).await.unwrap();
+}
+
+/// Waits until the object answers request `r1` with a URL.
+async fn wait_for_url(api: &Api<DynamicObject>, name: &str, md5: &str) {
+    wait_for("a URL for r1", Duration::from_secs(30), || async {
+        let o = api.get(name).await.map_err(|e| e.to_string())?;
+        Ok(matches!(
+            objects::answer(&o, md5, "r1"),
+            Some(objects::Answer::Url(_))
+        )
+        .then_some(()))
+    })
+    .await;
+}
+
 fn sub(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sub"))
         .arg("--kubeconfig")
@@ -202,16 +233,10 @@ async fn a_tampered_archive_is_refused_and_says_so() {
     let ns = TestNamespace::new("sub-tamper");
     let s3 = S3Server::start(&shared().bin_dir, "substratus-artifacts").unwrap();
     let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
-    let dir = project("t");
-    let tmp = tempfile::tempdir().unwrap();
-    let packed = archive::pack(dir.path(), &tmp.path().join("c.tar.gz")).unwrap();
+    let (_dir, _tmp, packed) = packed_project("t");
     let c = client().await;
     let api = objects::api(&c, Kind::Model, &ns.name);
-    let mut obj: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.path().join("model.yaml")).unwrap())
-            .unwrap();
-    objects::set_upload(&mut obj, &packed.md5_hex, "r1");
-    objects::apply(&api, &obj, true).await.unwrap();
+    apply_upload(&api, "t", &packed).await;
     // The archive changes after its md5 was declared.
     let mut bytes = std::fs::read(&packed.path).unwrap();
     let last = bytes.len() - 1;
@@ -245,25 +270,11 @@ async fn an_expired_url_is_replaced_by_the_client() {
     };
     let op =
         RunningOperator::start_with(&ns.name, kind_cloud_on("kind", &s3), settings.clone()).await;
-    let dir = project("e");
-    let tmp = tempfile::tempdir().unwrap();
-    let packed = archive::pack(dir.path(), &tmp.path().join("c.tar.gz")).unwrap();
+    let (_dir, _tmp, packed) = packed_project("e");
     let c = client().await;
     let api = objects::api(&c, Kind::Model, &ns.name);
-    let mut obj: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.path().join("model.yaml")).unwrap())
-            .unwrap();
-    objects::set_upload(&mut obj, &packed.md5_hex, "r1");
-    objects::apply(&api, &obj, true).await.unwrap();
-    wait_for("a URL for r1", Duration::from_secs(30), || async {
-        let o = api.get("e").await.map_err(|e| e.to_string())?;
-        Ok(matches!(
-            objects::answer(&o, &packed.md5_hex, "r1"),
-            Some(objects::Answer::Url(_))
-        )
-        .then_some(()))
-    })
-    .await;
+    apply_upload(&api, "e", &packed).await;
+    wait_for_url(&api, "e", &packed.md5_hex).await;
     // The operator goes away; its URL expires.
     op.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -315,25 +326,11 @@ async fn an_upload_survives_storage_going_down_and_coming_back() {
     let ns = TestNamespace::new("sub-s3down");
     let mut s3 = S3Server::start(&shared().bin_dir, "substratus-artifacts").unwrap();
     let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
-    let dir = project("d");
-    let tmp = tempfile::tempdir().unwrap();
-    let packed = archive::pack(dir.path(), &tmp.path().join("c.tar.gz")).unwrap();
+    let (_dir, _tmp, packed) = packed_project("d");
     let c = client().await;
     let api = objects::api(&c, Kind::Model, &ns.name);
-    let mut obj: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.path().join("model.yaml")).unwrap())
-            .unwrap();
-    objects::set_upload(&mut obj, &packed.md5_hex, "r1");
-    objects::apply(&api, &obj, true).await.unwrap();
-    wait_for("a URL for r1", Duration::from_secs(30), || async {
-        let o = api.get("d").await.map_err(|e| e.to_string())?;
-        Ok(matches!(
-            objects::answer(&o, &packed.md5_hex, "r1"),
-            Some(objects::Answer::Url(_))
-        )
-        .then_some(()))
-    })
-    .await;
+    apply_upload(&api, "d", &packed).await;
+    wait_for_url(&api, "d", &packed.md5_hex).await;
     // Storage is down when the PUT starts; the client retries with backoff.
     s3.pause();
     let upload = tokio::spawn({

@@ -61,6 +61,12 @@ async fn create(c: &kube::Client, ns: &str, obj: Value) {
         .unwrap_or_else(|e| panic!("creating {kind}: {e}"));
 }
 
+/// Creates Model `name` as an upload build of `md5`, request `request`.
+async fn create_upload_model(c: &kube::Client, ns: &str, name: &str, md5: &str, request: &str) {
+    let build = json!({"upload": {"md5Checksum": md5, "requestID": request}});
+    create(c, ns, model(name, build)).await;
+}
+
 fn model(name: &str, build: Value) -> Value {
     json!({
         "apiVersion": "substratus.ai/v1", "kind": "Model",
@@ -162,15 +168,7 @@ async fn an_uploaded_context_is_verified_built_and_run() {
     let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
     let bytes = context("a");
     let md5 = md5_hex(&bytes);
-    create(
-        &c,
-        &ns.name,
-        model(
-            "m",
-            json!({"upload": {"md5Checksum": md5, "requestID": "r1"}}),
-        ),
-    )
-    .await;
+    create_upload_model(&c, &ns.name, "m", &md5, "r1").await;
 
     let url = wait_url(&c, &ns.name, "m", "r1", "").await;
     let s = status(&c, &ns.name, "Model", "m").await;
@@ -243,15 +241,7 @@ async fn stored_bytes_that_do_not_match_are_refused_and_named() {
     let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
     let bytes = context("declared");
     let md5 = md5_hex(&bytes);
-    create(
-        &c,
-        &ns.name,
-        model(
-            "m",
-            json!({"upload": {"md5Checksum": md5, "requestID": "r1"}}),
-        ),
-    )
-    .await;
+    create_upload_model(&c, &ns.name, "m", &md5, "r1").await;
     wait_url(&c, &ns.name, "m", "r1", "").await;
     // Some other writer put other bytes where the upload belongs.
     let key = format!(
@@ -299,15 +289,7 @@ async fn an_expired_url_is_refused_by_storage_and_replaced() {
     let _op = RunningOperator::start_with(&ns.name, kind_cloud_on("kind", &s3), settings).await;
     let bytes = context("late");
     let md5 = md5_hex(&bytes);
-    create(
-        &c,
-        &ns.name,
-        model(
-            "m",
-            json!({"upload": {"md5Checksum": md5, "requestID": "r1"}}),
-        ),
-    )
-    .await;
+    create_upload_model(&c, &ns.name, "m", &md5, "r1").await;
     let first = wait_url(&c, &ns.name, "m", "r1", "").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
@@ -350,15 +332,7 @@ async fn an_upload_already_in_storage_is_reused_without_a_url() {
     let md5 = md5_hex(&bytes);
     store_upload(&s3, &ns.name, "m", &bytes).await;
     let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
-    create(
-        &c,
-        &ns.name,
-        model(
-            "m",
-            json!({"upload": {"md5Checksum": md5, "requestID": "r9"}}),
-        ),
-    )
-    .await;
+    create_upload_model(&c, &ns.name, "m", &md5, "r9").await;
     let s = wait_condition(&c, &ns.name, "Model", "m", "Complete", "JobComplete").await;
     let (status, reason, message) = condition(&s, "Uploaded");
     assert_eq!((status.as_str(), reason.as_str()), ("True", "UploadFound"));
@@ -380,15 +354,7 @@ async fn a_failed_build_says_why_and_a_new_request_retries_it() {
         ..Default::default()
     };
     let _op = RunningOperator::start_with(&ns.name, kind_cloud_on("kind", &s3), settings).await;
-    create(
-        &c,
-        &ns.name,
-        model(
-            "m",
-            json!({"upload": {"md5Checksum": md5, "requestID": "r1"}}),
-        ),
-    )
-    .await;
+    create_upload_model(&c, &ns.name, "m", &md5, "r1").await;
     let s = wait_condition(&c, &ns.name, "Model", "m", "Built", "BuildFailed").await;
     let (_, _, message) = condition(&s, "Built");
     assert!(message.contains("m-model-bld"), "{message}");
@@ -496,15 +462,7 @@ async fn storage_down_during_md5_verification_waits_and_loses_nothing() {
     let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
     let bytes = context("survives");
     let md5 = md5_hex(&bytes);
-    create(
-        &c,
-        &ns.name,
-        model(
-            "m",
-            json!({"upload": {"md5Checksum": md5, "requestID": "r1"}}),
-        ),
-    )
-    .await;
+    create_upload_model(&c, &ns.name, "m", &md5, "r1").await;
     let url = wait_url(&c, &ns.name, "m", "r1", "").await;
     assert_eq!(put(&url, bytes, &md5).await, 200);
     // Storage goes down before the controller reads the upload back.
@@ -541,15 +499,7 @@ async fn an_operator_killed_mid_build_resumes_without_a_second_build_job() {
     let md5 = md5_hex(&bytes);
     store_upload(&s3, &ns.name, "m", &bytes).await;
     let op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
-    create(
-        &c,
-        &ns.name,
-        model(
-            "m",
-            json!({"upload": {"md5Checksum": md5, "requestID": "r1"}}),
-        ),
-    )
-    .await;
+    create_upload_model(&c, &ns.name, "m", &md5, "r1").await;
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
     let first = wait_for("the build Job", WAIT, || async {
         Ok(jobs
