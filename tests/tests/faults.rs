@@ -45,7 +45,22 @@ async fn wait_models_ready(c: &kube::Client, ns: &str, n: usize) {
         if ready == n {
             Ok(Some(()))
         } else {
-            Err(format!("{ready} of {n} ready"))
+            // Name the stragglers and what their status says, to explain a timeout.
+            let waiting: Vec<String> = list
+                .items
+                .iter()
+                .filter(|m| !m.status.as_ref().is_some_and(|s| s.ready))
+                .map(|m| {
+                    let why = m
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                        .map(|c| format!("{}: {}", c.reason, c.message))
+                        .unwrap_or_else(|| "no status".into());
+                    format!("{} ({why})", m.metadata.name.as_deref().unwrap_or(""))
+                })
+                .collect();
+            Err(format!("{ready} of {n} ready; waiting: {}", waiting.join("; ")))
         }
     })
     .await;
