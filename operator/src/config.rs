@@ -104,7 +104,7 @@ pub struct RunArgs {
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
     /// Reconciles at once, per kind.
-    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]

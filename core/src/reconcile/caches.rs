@@ -17,7 +17,7 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use substratus_crds::{Dataset, Model, Notebook, Server};
+use substratus_crds::{Dataset, Model};
 
 use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
 
@@ -26,11 +26,6 @@ type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Streams of cached objects, each delivered after the cache applied it, that trigger the
 /// controllers: a reconcile triggered by a change always reads that change from the cache.
 pub struct Triggers {
-    /// The controllers' own objects, from the same caches (one copy of each in memory).
-    pub models: ReflectHandle<Model>,
-    pub datasets: ReflectHandle<Dataset>,
-    pub servers: ReflectHandle<Server>,
-    pub notebooks: ReflectHandle<Notebook>,
     pub jobs_for_models: ReflectHandle<Job>,
     pub jobs_for_datasets: ReflectHandle<Job>,
     /// Build Jobs of Servers and Notebooks.
@@ -58,8 +53,6 @@ pub struct Caches {
     pub pods: Store<Pod>,
     pub models: Store<Model>,
     pub datasets: Store<Dataset>,
-    pub servers: Store<Server>,
-    pub notebooks: Store<Notebook>,
     pub configmaps: Store<PartialObjectMeta<ConfigMap>>,
     pub services: Store<PartialObjectMeta<Service>>,
     pub claims: Store<PartialObjectMeta<PersistentVolumeClaim>>,
@@ -217,29 +210,15 @@ impl Caches {
         let (models, mut model_subs, mut model_dels) = shared_with_deletions(
             namespaced::<Model>(client, namespace),
             |m| m.managed_fields_mut().clear(),
-            4,
+            3,
             3,
             &mut tasks,
         );
         let (datasets, mut dataset_subs, mut dataset_dels) = shared_with_deletions(
             namespaced::<Dataset>(client, namespace),
             |d| d.managed_fields_mut().clear(),
-            3,
             2,
-            &mut tasks,
-        );
-        let (servers, mut server_subs) = shared(
-            namespaced::<Server>(client, namespace),
-            watcher::Config::default(),
-            |o| o.managed_fields_mut().clear(),
-            1,
-            &mut tasks,
-        );
-        let (notebooks, mut notebook_subs) = shared(
-            namespaced::<Notebook>(client, namespace),
-            watcher::Config::default(),
-            |o| o.managed_fields_mut().clear(),
-            1,
+            2,
             &mut tasks,
         );
         let caches = Caches {
@@ -248,8 +227,6 @@ impl Caches {
             pods,
             models,
             datasets,
-            servers,
-            notebooks,
             configmaps: meta(
                 namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
                 managed(),
@@ -277,10 +254,6 @@ impl Caches {
             ),
         };
         let triggers = Triggers {
-            models: take(&mut model_subs),
-            datasets: take(&mut dataset_subs),
-            servers: take(&mut server_subs),
-            notebooks: take(&mut notebook_subs),
             jobs_for_models: take(&mut job_subs),
             jobs_for_datasets: take(&mut job_subs),
             jobs_for_servers: take(&mut job_subs),
@@ -309,8 +282,6 @@ impl Caches {
             self.pods.wait_until_ready(),
             self.models.wait_until_ready(),
             self.datasets.wait_until_ready(),
-            self.servers.wait_until_ready(),
-            self.notebooks.wait_until_ready(),
             self.configmaps.wait_until_ready(),
             self.services.wait_until_ready(),
             self.claims.wait_until_ready(),

@@ -31,7 +31,7 @@ pub struct ControllerOptions {
 impl Default for ControllerOptions {
     fn default() -> Self {
         ControllerOptions {
-            concurrency: 16,
+            concurrency: 8,
             namespace: None,
         }
     }
@@ -143,14 +143,12 @@ pub async fn run(
             }
         }
     }
-    ctx.set_caches(caches.clone());
+    ctx.set_caches(caches);
     let cfg = ControllerConfig::default().concurrency(opts.concurrency);
     let t = triggers;
 
-    // Each controller's own objects come from the shared caches: one copy in memory, without
-    // managedFields.
-    let models =
-        Controller::for_shared_stream(t.models, caches.models.clone()).with_config(cfg.clone());
+    let models = Controller::new(api::<Model>(&ctx, &opts), watcher::Config::default())
+        .with_config(cfg.clone());
     let model_store = models.store();
     let model_store2 = model_store.clone();
     let model_store3 = model_store.clone();
@@ -191,7 +189,7 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let datasets = Controller::for_shared_stream(t.datasets, caches.datasets.clone())
+    let datasets = Controller::new(api::<Dataset>(&ctx, &opts), watcher::Config::default())
         .with_config(cfg.clone())
         .owns_shared_stream(t.jobs_for_datasets)
         .graceful_shutdown_on(shutdown.clone())
@@ -202,8 +200,8 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let servers =
-        Controller::for_shared_stream(t.servers, caches.servers.clone()).with_config(cfg.clone());
+    let servers = Controller::new(api::<Server>(&ctx, &opts), watcher::Config::default())
+        .with_config(cfg.clone());
     let server_store = servers.store();
     let server_store2 = server_store.clone();
     let servers = servers
@@ -229,7 +227,7 @@ pub async fn run(
         .for_each(|_| futures::future::ready(()));
 
     let notebooks =
-        Controller::for_shared_stream(t.notebooks, caches.notebooks.clone()).with_config(cfg);
+        Controller::new(api::<Notebook>(&ctx, &opts), watcher::Config::default()).with_config(cfg);
     let nb_store = notebooks.store();
     let nb_store2 = nb_store.clone();
     let nb_store3 = nb_store.clone();
