@@ -60,7 +60,10 @@ async fn wait_models_ready(c: &kube::Client, ns: &str, n: usize) {
                     format!("{} ({why})", m.metadata.name.as_deref().unwrap_or(""))
                 })
                 .collect();
-            Err(format!("{ready} of {n} ready; waiting: {}", waiting.join("; ")))
+            Err(format!(
+                "{ready} of {n} ready; waiting: {}",
+                waiting.join("; ")
+            ))
         }
     })
     .await;
