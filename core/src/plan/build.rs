@@ -31,6 +31,9 @@ pub const SOURCE_ANNOTATION: &str = "substratus.ai/build-source";
 /// build); a failed build is retried by a new attempt of the same source.
 pub const ATTEMPT_ANNOTATION: &str = "substratus.ai/build-attempt";
 
+/// Why a `build` with neither or both sources cannot be built (the schema refuses it too).
+const NO_SOURCE: &str = "spec.build must set exactly one of spec.build.git or spec.build.upload";
+
 /// The builder and its helpers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildSettings {
@@ -337,14 +340,7 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
         return plan;
     }
     if input.build.git.is_none() && input.build.upload.is_none() {
-        block(
-            &mut plan,
-            built(
-                false,
-                reasons::INVALID_SPEC,
-                "spec.build must set exactly one of spec.build.git or spec.build.upload",
-            ),
-        );
+        block(&mut plan, built(false, reasons::INVALID_SPEC, NO_SOURCE));
         return plan;
     }
     if input.build.upload.is_some() && !input.uploaded {
@@ -606,8 +602,7 @@ fn build_job(
         (None, None) => {
             return Err(super::Blocked {
                 reason: reasons::INVALID_SPEC,
-                message: "spec.build must set exactly one of spec.build.git or spec.build.upload"
-                    .into(),
+                message: NO_SOURCE.into(),
             });
         }
     }
