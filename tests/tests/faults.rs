@@ -106,13 +106,15 @@ async fn assert_no_duplicate_jobs(c: &kube::Client, ns: &str, n: usize, since: j
         let Some(o) = e.object_ref.as_ref() else {
             continue;
         };
-        if e.verb == "create" && e.resource() == "jobs" && o.namespace.as_deref() == Some(ns) {
-            if let Some(name) = &o.name {
-                assert!(
-                    names.contains(name),
-                    "a create of Job {name}, which does not exist"
-                );
-            }
+        if e.verb == "create"
+            && e.resource() == "jobs"
+            && o.namespace.as_deref() == Some(ns)
+            && let Some(name) = &o.name
+        {
+            assert!(
+                names.contains(name),
+                "a create of Job {name}, which does not exist"
+            );
         }
     }
 }
