@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
 use futures::StreamExt;
 use http::{HeaderName, HeaderValue, Method};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
@@ -21,10 +20,11 @@ use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError,
     DefaultResources, GpuPlacement, SignedUrl, UploadContext,
 };
-use substratus_core::names::{self, MANAGED_BY, MANAGED_BY_LABEL};
+use substratus_core::names;
 use substratus_crds::GpuType;
 
 use crate::gpu::GpuCatalog;
+use crate::static_pv;
 
 /// Settings of the kind backend.
 #[derive(Clone, Debug)]
@@ -107,59 +107,23 @@ impl KindCloud {
 
     /// Name of the claim for a prefix: stable, and short enough for any namespace.
     pub fn claim_name(url: &BucketUrl) -> String {
-        format!(
-            "substratus-{}",
-            &names::hex(&Md5::digest(url.to_string().as_bytes()))[..20]
-        )
-    }
-
-    fn volume_name(namespace: &str, url: &BucketUrl) -> String {
-        let id = names::hex(&Md5::digest(format!("{namespace}/{url}").as_bytes()));
-        format!("substratus-{}", &id[..24])
+        static_pv::claim_name(url)
     }
 
     /// A static PersistentVolume (Retain) for `url` and its claim in `namespace`.
     fn claim_objects(&self, namespace: &str, url: &BucketUrl) -> Vec<Value> {
-        let url = url.clone();
-        let claim = KindCloud::claim_name(&url);
-        let volume = KindCloud::volume_name(namespace, &url);
         let (secret_ns, secret_name) = &self.settings.csi_secret;
-        let secret_ref = json!({"name": secret_name, "namespace": secret_ns});
-        let labels = json!({MANAGED_BY_LABEL: MANAGED_BY});
-        vec![
-            json!({
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": volume, "labels": labels},
-                "spec": {
-                    "capacity": {"storage": "1Ti"},
-                    "accessModes": ["ReadWriteMany"],
-                    // Retain: deleting a claim must never delete artifacts.
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": "",
-                    "claimRef": {"namespace": namespace, "name": claim},
-                    "csi": {
-                        "driver": self.settings.csi_driver,
-                        "volumeHandle": format!("{}/{}", url.bucket, self.key_of(&url)),
-                        "volumeAttributes": {"mounter": "geesefs", "options": "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"},
-                        "controllerPublishSecretRef": secret_ref,
-                        "nodePublishSecretRef": secret_ref,
-                        "nodeStageSecretRef": secret_ref,
-                    },
-                },
-            }),
-            json!({
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim, "namespace": namespace, "labels": labels},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "volumeName": volume,
-                    "resources": {"requests": {"storage": "1Ti"}},
-                },
-            }),
-        ]
+        static_pv::objects(
+            namespace,
+            url,
+            static_pv::CsiSource {
+                driver: self.settings.csi_driver.clone(),
+                volume_handle: format!("{}/{}", url.bucket, self.key_of(url)),
+                volume_attributes: json!({"mounter": "geesefs", "options": "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"}),
+                secret_ref: Some(json!({"name": secret_name, "namespace": secret_ns})),
+                mount_options: vec![],
+            },
+        )
     }
 
     /// Computes the hex MD5 of an object by reading it (for multipart uploads, whose ETag is
@@ -179,29 +143,7 @@ impl KindCloud {
     }
 }
 
-/// The hex MD5 an S3 ETag stands for: a single-part ETag is the quoted hex MD5; a multipart
-/// one (`"<hex>-<parts>"`) is not an MD5 at all.
-pub fn etag_md5(etag: &str) -> Option<String> {
-    let t = etag.trim().trim_matches('"');
-    (t.len() == 32 && t.chars().all(|c| c.is_ascii_hexdigit())).then(|| t.to_ascii_lowercase())
-}
-
-/// The base64 form of a hex MD5, as the `Content-MD5` header carries it.
-pub fn md5_base64(md5_hex: &str) -> Result<String, CloudError> {
-    let bad = || CloudError::Permanent {
-        reason: substratus_core::conditions::reasons::INVALID_SPEC,
-        message: format!(
-            "spec.build.upload.md5Checksum {md5_hex:?} is not 32 hexadecimal characters"
-        ),
-    };
-    if md5_hex.len() != 32 {
-        return Err(bad());
-    }
-    let bytes: Result<Vec<u8>, _> = (0..16)
-        .map(|i| u8::from_str_radix(&md5_hex[2 * i..2 * i + 2], 16))
-        .collect();
-    Ok(base64::engine::general_purpose::STANDARD.encode(bytes.map_err(|_| bad())?))
-}
+pub use crate::checksum::{etag_md5, md5_base64};
 
 #[async_trait]
 impl Cloud for KindCloud {
@@ -321,29 +263,6 @@ impl Cloud for KindCloud {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn etags_of_single_part_uploads_are_md5s() {
-        assert_eq!(
-            etag_md5("\"9E107D9D372BB6826BD81D3542A419D6\"").as_deref(),
-            Some("9e107d9d372bb6826bd81d3542a419d6")
-        );
-        assert_eq!(
-            etag_md5("9e107d9d372bb6826bd81d3542a419d6").as_deref(),
-            Some("9e107d9d372bb6826bd81d3542a419d6")
-        );
-        assert_eq!(etag_md5("\"9e107d9d372bb6826bd81d3542a419d6-3\""), None);
-    }
-
-    #[test]
-    fn content_md5_is_the_base64_of_the_digest() {
-        // md5("") = d41d8cd98f00b204e9800998ecf8427e, base64 1B2M2Y8AsgTpgAmY7PhCfg==
-        assert_eq!(
-            md5_base64("d41d8cd98f00b204e9800998ecf8427e").unwrap(),
-            "1B2M2Y8AsgTpgAmY7PhCfg=="
-        );
-        assert!(md5_base64("xyz").is_err());
-    }
 
     fn cloud() -> KindCloud {
         KindCloud::new(

@@ -1,0 +1,123 @@
+//! The GCE metadata server: project, cluster name and location, and the access token of the
+//! node's (or, under GKE Workload Identity, the pod's) Google service account.
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use substratus_core::cloud::CloudError;
+
+use crate::rest::{self, Token};
+
+/// Where the metadata server is: `http://$GCE_METADATA_HOST` (the variable Google's client
+/// libraries read), else `http://metadata.google.internal`.
+pub fn default_endpoint() -> String {
+    match std::env::var("GCE_METADATA_HOST") {
+        Ok(h) if !h.is_empty() => format!("http://{h}"),
+        _ => "http://metadata.google.internal".into(),
+    }
+}
+
+/// A client of the metadata server.
+#[derive(Clone, Debug)]
+pub struct Metadata {
+    endpoint: String,
+    http: reqwest::Client,
+}
+
+impl Metadata {
+    pub fn new(endpoint: &str, http: reqwest::Client) -> Metadata {
+        Metadata {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+
+    /// A value under `/computeMetadata/v1/`, `None` when the server has no such key.
+    pub async fn get(&self, path: &str) -> Result<Option<String>, CloudError> {
+        let url = format!("{}/computeMetadata/v1/{path}", self.endpoint);
+        let resp = self
+            .http
+            .get(&url)
+            .header("Metadata-Flavor", "Google")
+            .send()
+            .await
+            .map_err(|e| CloudError::Transient(format!("metadata server {url}: {e}")))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| CloudError::Transient(format!("metadata server {url}: {e}")))?;
+        if !status.is_success() {
+            return Err(rest::status_error(&format!("metadata server {url}"), status, &text));
+        }
+        Ok(Some(text.trim().to_owned()))
+    }
+
+    /// An OAuth access token of the default service account.
+    pub async fn token(&self) -> Result<Token, CloudError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            access_token: String,
+            expires_in: u64,
+        }
+        let text = self
+            .get("instance/service-accounts/default/token")
+            .await?
+            .ok_or_else(|| CloudError::Transient("metadata server: no token".into()))?;
+        let a: Answer = serde_json::from_str(&text)
+            .map_err(|e| CloudError::Transient(format!("metadata server token: {e}")))?;
+        Ok(Token {
+            secret: a.access_token,
+            expires: Instant::now() + Duration::from_secs(a.expires_in),
+        })
+    }
+}
+
+/// What the metadata server tells about the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovered {
+    pub project: Option<String>,
+    pub cluster_name: Option<String>,
+    pub cluster_location: Option<String>,
+    pub service_account: Option<String>,
+}
+
+impl Metadata {
+    /// Reads project, cluster name and location, and the service account's email.
+    pub async fn discover(&self) -> Result<Discovered, CloudError> {
+        Ok(Discovered {
+            project: self.get("project/project-id").await?,
+            cluster_name: self.get("instance/attributes/cluster-name").await?,
+            cluster_location: self.get("instance/attributes/cluster-location").await?,
+            service_account: self
+                .get("instance/service-accounts/default/email")
+                .await?,
+        })
+    }
+}
+
+/// The region of a GKE location: `us-central1-a` → `us-central1`, `us-central1` unchanged.
+pub fn region_of(location: &str) -> Option<String> {
+    let parts: Vec<&str> = location.split('-').collect();
+    match parts.as_slice() {
+        [a, b] if !a.is_empty() && !b.is_empty() => Some(location.to_owned()),
+        [a, b, z] if !a.is_empty() && !b.is_empty() && z.len() == 1 => Some(format!("{a}-{b}")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_of_zones_and_regions() {
+        assert_eq!(region_of("us-central1-a").as_deref(), Some("us-central1"));
+        assert_eq!(region_of("europe-west4").as_deref(), Some("europe-west4"));
+        assert_eq!(region_of("nowhere"), None);
+        assert_eq!(region_of("a-b-cd"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! Static PersistentVolume + PersistentVolumeClaim pairs for CSI drivers that mount a bucket
+//! prefix only through a PersistentVolume (k8s-csi-s3 on kind, Mountpoint for S3 on EKS).
+//!
+//! The volume is cluster-scoped, so it cannot be owned by the namespaced object whose prefix it
+//! mounts; it carries [`OWNER_LABEL`] (`<namespace>.<claim>`) so that a janitor can delete the
+//! volumes whose claim is gone. Its reclaim policy is `Retain`: deleting either object never
+//! deletes a byte in the bucket.
+
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+use substratus_core::cloud::BucketUrl;
+use substratus_core::names::{self, MANAGED_BY, MANAGED_BY_LABEL};
+
+/// Label on a static volume naming the claim it was made for.
+pub const CLAIM_LABEL: &str = "substratus.ai/claim";
+/// Label on a static volume naming the claim's namespace.
+pub const CLAIM_NAMESPACE_LABEL: &str = "substratus.ai/claim-namespace";
+
+/// Name of the claim for a prefix: stable, and short enough for any namespace.
+pub fn claim_name(url: &BucketUrl) -> String {
+    format!(
+        "substratus-{}",
+        &names::hex(&Md5::digest(url.to_string().as_bytes()))[..20]
+    )
+}
+
+/// Name of the cluster-scoped volume of a prefix in a namespace.
+pub fn volume_name(namespace: &str, url: &BucketUrl) -> String {
+    let id = names::hex(&Md5::digest(format!("{namespace}/{url}").as_bytes()));
+    format!("substratus-{}", &id[..24])
+}
+
+/// The CSI part of a static volume.
+pub struct CsiSource {
+    pub driver: String,
+    pub volume_handle: String,
+    pub volume_attributes: Value,
+    /// `controllerPublishSecretRef` etc., when the driver reads credentials from a Secret.
+    pub secret_ref: Option<Value>,
+    pub mount_options: Vec<String>,
+}
+
+/// A `Retain` volume bound to exactly one claim in `namespace`, and that claim.
+pub fn objects(namespace: &str, url: &BucketUrl, source: CsiSource) -> Vec<Value> {
+    let claim = claim_name(url);
+    let volume = volume_name(namespace, url);
+    let mut csi = json!({
+        "driver": source.driver,
+        "volumeHandle": source.volume_handle,
+        "volumeAttributes": source.volume_attributes,
+    });
+    if let Some(secret) = source.secret_ref {
+        for key in [
+            "controllerPublishSecretRef",
+            "nodePublishSecretRef",
+            "nodeStageSecretRef",
+        ] {
+            csi[key] = secret.clone();
+        }
+    }
+    let mut spec = json!({
+        "capacity": {"storage": "1Ti"},
+        "accessModes": ["ReadWriteMany"],
+        // Retain: deleting a claim must never delete artifacts.
+        "persistentVolumeReclaimPolicy": "Retain",
+        "storageClassName": "",
+        "claimRef": {"namespace": namespace, "name": claim},
+        "csi": csi,
+    });
+    if !source.mount_options.is_empty() {
+        spec["mountOptions"] = json!(source.mount_options);
+    }
+    vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume, "labels": {
+                MANAGED_BY_LABEL: MANAGED_BY,
+                CLAIM_LABEL: claim,
+                CLAIM_NAMESPACE_LABEL: namespace,
+            }},
+            "spec": spec,
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace, "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Ti"}},
+            },
+        }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_volume_is_bound_to_its_one_claim_and_retained() {
+        let url = BucketUrl::parse("s3://b/h/artifacts").unwrap();
+        let objs = objects(
+            "ns",
+            &url,
+            CsiSource {
+                driver: "d".into(),
+                volume_handle: "vh".into(),
+                volume_attributes: json!({"bucketName": "b"}),
+                secret_ref: None,
+                mount_options: vec!["prefix h/artifacts/".into()],
+            },
+        );
+        let (pv, pvc) = (&objs[0], &objs[1]);
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(pv["spec"]["claimRef"]["name"], pvc["metadata"]["name"]);
+        assert_eq!(pv["spec"]["claimRef"]["namespace"], "ns");
+        assert_eq!(pvc["spec"]["volumeName"], pv["metadata"]["name"]);
+        assert_eq!(pv["metadata"]["labels"][CLAIM_LABEL], pvc["metadata"]["name"]);
+        assert_eq!(pv["spec"]["mountOptions"][0], "prefix h/artifacts/");
+        assert!(pv["spec"]["csi"].get("nodePublishSecretRef").is_none());
+        // Another namespace mounting the same prefix gets its own volume.
+        assert_ne!(volume_name("ns", &url), volume_name("other", &url));
+        assert!(claim_name(&url).len() <= 63);
+    }
+}
