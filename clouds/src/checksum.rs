@@ -28,7 +28,6 @@ pub fn md5_base64(md5_hex: &str) -> Result<String, CloudError> {
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes.map_err(|_| bad())?))
 }
 
-
 /// The hex form of a base64 MD5 (GCS `md5Hash`, Azure `Content-MD5`); `None` when it is not
 /// 16 bytes of base64.
 pub fn md5_hex_of_base64(b64: &str) -> Option<String> {

@@ -118,7 +118,10 @@ mod tests {
         assert_eq!(pv["spec"]["claimRef"]["name"], pvc["metadata"]["name"]);
         assert_eq!(pv["spec"]["claimRef"]["namespace"], "ns");
         assert_eq!(pvc["spec"]["volumeName"], pv["metadata"]["name"]);
-        assert_eq!(pv["metadata"]["labels"][CLAIM_LABEL], pvc["metadata"]["name"]);
+        assert_eq!(
+            pv["metadata"]["labels"][CLAIM_LABEL],
+            pvc["metadata"]["name"]
+        );
         assert_eq!(pv["spec"]["mountOptions"][0], "prefix h/artifacts/");
         assert!(pv["spec"]["csi"].get("nodePublishSecretRef").is_none());
         // Another namespace mounting the same prefix gets its own volume.

@@ -70,13 +70,26 @@ impl Emulator {
     pub fn fake_gcs(bucket: &str) -> Result<Emulator> {
         let bin = binary("FAKE_GCS_SERVER")?;
         let port = free_port()?;
-        let root = std::env::temp_dir().join(format!("substratus-gcs-{}-{port}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("substratus-gcs-{}-{port}", std::process::id()));
         std::fs::create_dir_all(root.join("data").join(bucket))?;
         let host = format!("127.0.0.1:{port}");
         let mut child = Command::new(&bin)
-            .args(["-scheme", "http", "-host", "127.0.0.1", "-backend", "memory"])
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-backend",
+                "memory",
+            ])
             .args(["-port", &port.to_string(), "-public-host", &host])
-            .args(["-external-url", &format!("http://{host}"), "-log-level", "error"])
+            .args([
+                "-external-url",
+                &format!("http://{host}"),
+                "-log-level",
+                "error",
+            ])
             .arg("-data")
             .arg(root.join("data"))
             .stdout(Stdio::null())
@@ -92,7 +105,8 @@ impl Emulator {
     pub fn azurite() -> Result<Emulator> {
         let bin = binary("AZURITE_BLOB")?;
         let port = free_port()?;
-        let root = std::env::temp_dir().join(format!("substratus-azurite-{}-{port}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("substratus-azurite-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&root)?;
         let mut child = Command::new(&bin)
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])

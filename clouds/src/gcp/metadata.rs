@@ -51,7 +51,11 @@ impl Metadata {
             .await
             .map_err(|e| CloudError::Transient(format!("metadata server {url}: {e}")))?;
         if !status.is_success() {
-            return Err(rest::status_error(&format!("metadata server {url}"), status, &text));
+            return Err(rest::status_error(
+                &format!("metadata server {url}"),
+                status,
+                &text,
+            ));
         }
         Ok(Some(text.trim().to_owned()))
     }
@@ -92,9 +96,7 @@ impl Metadata {
             project: self.get("project/project-id").await?,
             cluster_name: self.get("instance/attributes/cluster-name").await?,
             cluster_location: self.get("instance/attributes/cluster-location").await?,
-            service_account: self
-                .get("instance/service-accounts/default/email")
-                .await?,
+            service_account: self.get("instance/service-accounts/default/email").await?,
         })
     }
 }

@@ -241,8 +241,7 @@ impl Cloud for GcpCloud {
                 "reading the IAM policy of the Google service account",
             )
             .await?;
-            let Some(next) = iam::with_member(&policy, iam::WORKLOAD_IDENTITY_USER, &member)
-            else {
+            let Some(next) = iam::with_member(&policy, iam::WORKLOAD_IDENTITY_USER, &member) else {
                 return Ok(Some(self.principal.clone()));
             };
             match rest::json(
@@ -327,7 +326,10 @@ mod tests {
         assert_eq!(csi.read_only, Some(true));
         let attrs = csi.volume_attributes.unwrap();
         assert_eq!(attrs["bucketName"], "b");
-        assert_eq!(attrs["mountOptions"], "implicit-dirs,only-dir=abc/artifacts");
+        assert_eq!(
+            attrs["mountOptions"],
+            "implicit-dirs,only-dir=abc/artifacts"
+        );
         assert_eq!(v.pod_annotations[GCSFUSE_ANNOTATION], "true");
         let rw = gcsfuse_volume(&BucketUrl::parse("gs://b/x").unwrap(), Access::ReadWrite);
         assert_eq!(rw.volume.csi.unwrap().read_only, Some(false));
