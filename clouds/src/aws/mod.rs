@@ -1,1 +1,522 @@
+//! The AWS backend (EKS): artifacts in S3 mounted by the Mountpoint for S3 CSI driver (static
+//! PersistentVolume per prefix), uploads through presigned `PutObject` URLs that bind
+//! `Content-MD5`, workload identity through IRSA (the role's trust policy) or EKS Pod
+//! Identity associations, images in ECR. The builder pushes to ECR with kaniko's built-in ECR
+//! credential helper, which takes the IRSA / Pod Identity credentials the pod is given.
+//!
+//! Which crate serves what: `aws-sdk-s3` (HeadObject, GetObject, presigned PutObject),
+//! `aws-sdk-iam` (GetRole, UpdateAssumeRolePolicy), `aws-sdk-eks` (DescribeCluster, Pod
+//! Identity associations), `aws-config` (the credential chain: IRSA web identity, Pod
+//! Identity, IMDSv2; and the IMDS client for auto-configuration). All without default
+//! features, on the SDK's `default-https-client`.
 
+pub mod trust;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+use substratus_core::cloud::{
+    Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
+    SignedUrl,
+};
+use substratus_core::conditions::reasons;
+use substratus_core::names::Role;
+use substratus_crds::GpuType;
+
+use crate::checksum::{etag_md5, md5_base64};
+use crate::gpu::GpuCatalog;
+use crate::static_pv;
+
+/// The Mountpoint for Amazon S3 CSI driver.
+pub const MOUNTPOINT_DRIVER: &str = "s3.csi.aws.com";
+/// Annotation giving a Kubernetes service account an IAM role (IRSA).
+pub const ROLE_ARN_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+
+/// How pods get the role's credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityMode {
+    /// IAM Roles for Service Accounts: the trust policy names each service account; needs
+    /// the cluster's OIDC issuer (`https://oidc.eks.<region>.amazonaws.com/id/<id>`).
+    Irsa { oidc_issuer: String },
+    /// EKS Pod Identity: one association per namespace/service account; the role trusts
+    /// `pods.eks.amazonaws.com`.
+    PodIdentity,
+}
+
+/// Settings of the AWS backend.
+#[derive(Clone, Debug)]
+pub struct AwsSettings {
+    pub region: String,
+    pub account_id: String,
+    /// `aws`, `aws-cn` or `aws-us-gov`.
+    pub partition: String,
+    pub identity: IdentityMode,
+    /// Endpoint overrides (S3-compatible servers, tests).
+    pub s3_endpoint: Option<String>,
+    pub iam_endpoint: Option<String>,
+    pub eks_endpoint: Option<String>,
+    /// Path-style S3 URLs (`https://host/bucket/key`); needed by most S3-compatible servers.
+    pub force_path_style: bool,
+}
+
+/// The AWS backend.
+pub struct AwsCloud {
+    config: CloudConfig,
+    settings: AwsSettings,
+    gpus: GpuCatalog,
+    s3: aws_sdk_s3::Client,
+    iam: aws_sdk_iam::Client,
+    eks: aws_sdk_eks::Client,
+    role_arn: String,
+}
+
+/// A CloudError from an SDK error: refusals are permanent, the rest worth retrying.
+fn sdk_error<E, R>(what: &str, e: SdkError<E, R>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let permanent = matches!(
+        e.code(),
+        Some(
+            "AccessDenied"
+                | "AccessDeniedException"
+                | "NoSuchEntity"
+                | "NoSuchBucket"
+                | "LimitExceeded"
+                | "MalformedPolicyDocument"
+                | "ValidationError"
+                | "InvalidParameterException"
+                | "InvalidRequestException"
+                | "ResourceNotFoundException"
+        )
+    );
+    let detail = match (e.code(), e.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.to_owned(),
+        _ => format!("{}", aws_smithy_display(&e)),
+    };
+    let message = format!("{what}: {detail}");
+    if permanent {
+        CloudError::Permanent {
+            reason: reasons::CLOUD_ERROR,
+            message,
+        }
+    } else {
+        CloudError::Transient(message)
+    }
+}
+
+fn aws_smithy_display<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> String {
+    // The SDK's Display says only "service error" / "dispatch failure": walk the sources.
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+impl AwsCloud {
+    /// A backend on `sdk` (credentials and region from aws-config's chain).
+    pub fn new(
+        config: CloudConfig,
+        settings: AwsSettings,
+        gpus: GpuCatalog,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<AwsCloud, String> {
+        if config.artifact_bucket.scheme != "s3" {
+            return Err(format!(
+                "ARTIFACT_BUCKET_URL: the aws backend needs an s3:// bucket, got {}",
+                config.artifact_bucket
+            ));
+        }
+        let role_arn = config
+            .principal
+            .clone()
+            .ok_or("PRINCIPAL: the aws backend needs the ARN of the IAM role workloads run as")?;
+        if trust::role_name(&role_arn).is_none() {
+            return Err(format!("PRINCIPAL: {role_arn:?} is not an IAM role ARN"));
+        }
+        let mut s3 = aws_sdk_s3::config::Builder::from(sdk)
+            .region(aws_sdk_s3::config::Region::new(settings.region.clone()))
+            .force_path_style(settings.force_path_style)
+            // Presigned URLs carry no SDK checksum the user's client would have to match.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            );
+        if let Some(e) = &settings.s3_endpoint {
+            s3 = s3.endpoint_url(e);
+        }
+        let mut iam = aws_sdk_iam::config::Builder::from(sdk);
+        if let Some(e) = &settings.iam_endpoint {
+            iam = iam.endpoint_url(e);
+        }
+        let mut eks = aws_sdk_eks::config::Builder::from(sdk)
+            .region(aws_sdk_eks::config::Region::new(settings.region.clone()));
+        if let Some(e) = &settings.eks_endpoint {
+            eks = eks.endpoint_url(e);
+        }
+        Ok(AwsCloud {
+            config,
+            settings,
+            gpus,
+            s3: aws_sdk_s3::Client::from_conf(s3.build()),
+            iam: aws_sdk_iam::Client::from_conf(iam.build()),
+            eks: aws_sdk_eks::Client::from_conf(eks.build()),
+            role_arn,
+        })
+    }
+
+    fn bucket(&self) -> &str {
+        &self.config.artifact_bucket.bucket
+    }
+
+    /// The hex MD5 of an object by reading it: the route for multipart uploads, whose ETag
+    /// is an MD5 of part MD5s, not of the object.
+    async fn md5_by_reading(&self, key: &str) -> Result<String, CloudError> {
+        let got = self
+            .s3
+            .get_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("reading {key}"), e))?;
+        let mut body = got.body;
+        let mut hasher = Md5::new();
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| CloudError::Transient(format!("reading {key}: {e}")))?
+        {
+            hasher.update(&chunk);
+        }
+        Ok(substratus_core::names::hex(&hasher.finalize()))
+    }
+
+    async fn bind_irsa(
+        &self,
+        issuer: &str,
+        namespace: &str,
+        ksa: &str,
+    ) -> Result<Option<String>, CloudError> {
+        let name = trust::role_name(&self.role_arn).unwrap_or_default();
+        let role = self
+            .iam
+            .get_role()
+            .role_name(name)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&format!("reading IAM role {name}"), e))?;
+        let encoded = role
+            .role
+            .as_ref()
+            .and_then(|r| r.assume_role_policy_document.as_deref())
+            .unwrap_or("{}");
+        // IAM returns the document URL-encoded.
+        let decoded = percent_encoding::percent_decode_str(encoded).decode_utf8_lossy();
+        let doc: Value = serde_json::from_str(&decoded).unwrap_or(json!({}));
+        let provider =
+            trust::provider_arn(&self.settings.partition, &self.settings.account_id, issuer);
+        let Some(next) =
+            trust::with_subject(&doc, &provider, issuer, &trust::subject(namespace, ksa))
+        else {
+            return Ok(Some(self.role_arn.clone()));
+        };
+        self.iam
+            .update_assume_role_policy()
+            .role_name(name)
+            .policy_document(next.to_string())
+            .send()
+            .await
+            .map_err(|e| {
+                let mut e = sdk_error(&format!("updating the trust policy of IAM role {name}"), e);
+                if let CloudError::Permanent { message, .. } = &mut e
+                    && message.contains("LimitExceeded")
+                {
+                    message.push_str(
+                        " (the trust policy is full: use EKS Pod Identity, AWS_IDENTITY_MODE=pod-identity)",
+                    );
+                }
+                e
+            })?;
+        Ok(Some(self.role_arn.clone()))
+    }
+
+    async fn bind_pod_identity(
+        &self,
+        namespace: &str,
+        ksa: &str,
+    ) -> Result<Option<String>, CloudError> {
+        let cluster = &self.config.cluster_name;
+        let found = self
+            .eks
+            .list_pod_identity_associations()
+            .cluster_name(cluster)
+            .namespace(namespace)
+            .service_account(ksa)
+            .send()
+            .await
+            .map_err(|e| sdk_error("listing EKS Pod Identity associations", e))?;
+        if let Some(existing) = found.associations().first() {
+            // One association per service account: describe it to see its role.
+            let id = existing.association_id().unwrap_or_default();
+            let described = self
+                .eks
+                .describe_pod_identity_association()
+                .cluster_name(cluster)
+                .association_id(id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("reading an EKS Pod Identity association", e))?;
+            let role = described
+                .association()
+                .and_then(|a| a.role_arn())
+                .unwrap_or_default();
+            if role == self.role_arn {
+                return Ok(Some(self.role_arn.clone()));
+            }
+            return Err(CloudError::Permanent {
+                reason: reasons::CLOUD_ERROR,
+                message: format!(
+                    "service account {namespace}/{ksa} already has an EKS Pod Identity association ({id}) with role {role}, not {}",
+                    self.role_arn
+                ),
+            });
+        }
+        self.eks
+            .create_pod_identity_association()
+            .cluster_name(cluster)
+            .namespace(namespace)
+            .service_account(ksa)
+            .role_arn(&self.role_arn)
+            // Idempotent: a retried create with the same token makes no second association.
+            .client_request_token(format!("substratus-{namespace}-{ksa}"))
+            .send()
+            .await
+            .map_err(|e| sdk_error("creating an EKS Pod Identity association", e))?;
+        Ok(Some(self.role_arn.clone()))
+    }
+
+    /// A static Mountpoint volume for `url` and its claim in `namespace`.
+    fn claim_objects(&self, namespace: &str, url: &BucketUrl) -> Vec<Value> {
+        let mut options = vec![
+            format!("region {}", self.settings.region),
+            "allow-other".into(),
+        ];
+        if !url.path.is_empty() {
+            options.push(format!("prefix {}/", url.path));
+        }
+        // Writers may replace files (checkpoints); readers mount read-only through the claim.
+        options.push("allow-overwrite".into());
+        options.push("allow-delete".into());
+        static_pv::objects(
+            namespace,
+            url,
+            static_pv::CsiSource {
+                driver: MOUNTPOINT_DRIVER.into(),
+                volume_handle: static_pv::volume_name(namespace, url),
+                volume_attributes: json!({"bucketName": url.bucket}),
+                secret_ref: None,
+                mount_options: options,
+            },
+        )
+    }
+}
+
+#[async_trait]
+impl Cloud for AwsCloud {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    fn config(&self) -> &CloudConfig {
+        &self.config
+    }
+
+    fn bucket_volume(
+        &self,
+        prefix: &BucketUrl,
+        access: Access,
+    ) -> Result<BucketVolume, CloudError> {
+        Ok(BucketVolume {
+            volume: Volume {
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: static_pv::claim_name(prefix),
+                    read_only: Some(access == Access::ReadOnly),
+                }),
+                ..Default::default()
+            },
+            pod_annotations: BTreeMap::new(),
+        })
+    }
+
+    fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
+        self.claim_objects(&prefix.namespace, &prefix.artifacts())
+    }
+
+    fn gpu_placement(
+        &self,
+        gpu_type: Option<GpuType>,
+        _count: i64,
+    ) -> Result<GpuPlacement, CloudError> {
+        self.gpus.placement(gpu_type)
+    }
+
+    fn service_account_annotations(&self, _role: Role) -> BTreeMap<String, String> {
+        match self.settings.identity {
+            IdentityMode::Irsa { .. } => {
+                BTreeMap::from([(ROLE_ARN_ANNOTATION.to_owned(), self.role_arn.clone())])
+            }
+            // Pod Identity needs no annotation: the association names the service account.
+            IdentityMode::PodIdentity => BTreeMap::new(),
+        }
+    }
+
+    async fn bind_identity(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Option<String>, CloudError> {
+        match &self.settings.identity {
+            IdentityMode::Irsa { oidc_issuer } => {
+                self.bind_irsa(oidc_issuer, namespace, service_account)
+                    .await
+            }
+            IdentityMode::PodIdentity => self.bind_pod_identity(namespace, service_account).await,
+        }
+    }
+
+    async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError> {
+        match self
+            .s3
+            .head_object()
+            .bucket(self.bucket())
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => match head.e_tag().and_then(etag_md5) {
+                Some(md5) => Ok(Some(md5)),
+                None => self.md5_by_reading(key).await.map(Some),
+            },
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(sdk_error(&format!("reading the metadata of {key}"), e)),
+        }
+    }
+
+    async fn signed_upload_url(
+        &self,
+        key: &str,
+        md5_hex: &str,
+        ttl: Duration,
+    ) -> Result<SignedUrl, CloudError> {
+        let presigning = PresigningConfig::expires_in(ttl)
+            .map_err(|e| CloudError::Transient(format!("upload URL lifetime: {e}")))?;
+        let req = self
+            .s3
+            .put_object()
+            .bucket(self.bucket())
+            .key(key)
+            .content_md5(md5_base64(md5_hex)?)
+            .presigned(presigning)
+            .await
+            .map_err(|e| sdk_error("signing the upload URL", e))?;
+        Ok(SignedUrl {
+            url: req.uri().to_owned(),
+            expires_at_unix: jiff::Timestamp::now().as_second() + ttl.as_secs() as i64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cloud(identity: IdentityMode) -> AwsCloud {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        AwsCloud::new(
+            CloudConfig {
+                cluster_name: "c".into(),
+                artifact_bucket: BucketUrl::parse("s3://123-substratus-artifacts").unwrap(),
+                registry: "123.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
+                principal: Some("arn:aws:iam::123:role/substratus".into()),
+            },
+            AwsSettings {
+                region: "us-west-2".into(),
+                account_id: "123".into(),
+                partition: "aws".into(),
+                identity,
+                s3_endpoint: None,
+                iam_endpoint: None,
+                eks_endpoint: None,
+                force_path_style: false,
+            },
+            GpuCatalog::aws(),
+            &sdk,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_prefix_gets_a_retained_mountpoint_volume_scoped_to_it() {
+        let c = cloud(IdentityMode::PodIdentity);
+        let prefix = ArtifactPrefix {
+            namespace: "ns".into(),
+            hash: "h".into(),
+            url: BucketUrl::parse("s3://123-substratus-artifacts/h").unwrap(),
+        };
+        let objs = c.prefix_objects(&prefix);
+        let pv = &objs[0];
+        assert_eq!(pv["spec"]["csi"]["driver"], MOUNTPOINT_DRIVER);
+        assert_eq!(
+            pv["spec"]["csi"]["volumeAttributes"]["bucketName"],
+            "123-substratus-artifacts"
+        );
+        let opts: Vec<&str> = pv["spec"]["mountOptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        assert!(opts.contains(&"prefix h/artifacts/"), "{opts:?}");
+        assert!(opts.contains(&"region us-west-2"), "{opts:?}");
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        let v = c
+            .bucket_volume(&prefix.artifacts(), Access::ReadOnly)
+            .unwrap();
+        assert_eq!(
+            v.volume.persistent_volume_claim.unwrap().claim_name,
+            objs[1]["metadata"]["name"].as_str().unwrap()
+        );
+    }
+
+    #[test]
+    fn irsa_annotates_service_accounts_and_pod_identity_does_not() {
+        let irsa = cloud(IdentityMode::Irsa {
+            oidc_issuer: "https://oidc.eks.us-west-2.amazonaws.com/id/X".into(),
+        });
+        assert_eq!(
+            irsa.service_account_annotations(Role::Modeller)[ROLE_ARN_ANNOTATION],
+            "arn:aws:iam::123:role/substratus"
+        );
+        assert!(
+            cloud(IdentityMode::PodIdentity)
+                .service_account_annotations(Role::Modeller)
+                .is_empty()
+        );
+    }
+}
