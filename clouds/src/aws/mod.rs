@@ -100,7 +100,7 @@ where
     let detail = match (e.code(), e.message()) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c.to_owned(),
-        _ => format!("{}", aws_smithy_display(&e)),
+        _ => error_chain(&e),
     };
     let message = format!("{what}: {detail}");
     if permanent {
@@ -113,9 +113,7 @@ where
     }
 }
 
-fn aws_smithy_display<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: &SdkError<E, R>,
-) -> String {
+fn error_chain<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
     // The SDK's Display says only "service error" / "dispatch failure": walk the sources.
     let mut out = e.to_string();
     let mut source = std::error::Error::source(e);
