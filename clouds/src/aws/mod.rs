@@ -10,6 +10,7 @@
 //! Identity, IMDSv2; and the IMDS client for auto-configuration). All without default
 //! features, on the SDK's `default-https-client`.
 
+pub mod auto;
 pub mod trust;
 
 use std::collections::BTreeMap;
@@ -113,7 +114,9 @@ where
     }
 }
 
-fn error_chain<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
+pub(crate) fn error_chain<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> String {
     // The SDK's Display says only "service error" / "dispatch failure": walk the sources.
     let mut out = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -126,6 +129,11 @@ fn error_chain<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<
 }
 
 impl AwsCloud {
+    /// The settings this backend runs with (after auto-configuration).
+    pub fn settings(&self) -> &AwsSettings {
+        &self.settings
+    }
+
     /// A backend on `sdk` (credentials and region from aws-config's chain).
     pub fn new(
         config: CloudConfig,

@@ -16,6 +16,7 @@
 //! and user-delegation SAS, so it could not talk to Azurite's shared key or to accounts that
 //! use keys; ARM (federated credentials) and the Entra token exchange go through `reqwest`.
 
+pub mod auto;
 pub mod fic;
 pub mod token;
 
@@ -107,6 +108,11 @@ fn azure_error(what: &str, e: azure_core::Error) -> CloudError {
 }
 
 impl AzureCloud {
+    /// The settings this backend runs with (after auto-configuration).
+    pub fn settings(&self) -> &AzureSettings {
+        &self.settings
+    }
+
     pub fn new(
         config: CloudConfig,
         settings: AzureSettings,

@@ -10,6 +10,7 @@
 //! the two JSON calls the reconciler needs (an object's `md5Hash`, the IAM policy) go through
 //! `reqwest`, so every endpoint can be pointed at a local server.
 
+pub mod auto;
 pub mod iam;
 pub mod metadata;
 pub mod signer;
@@ -83,6 +84,11 @@ pub struct GcpCloud {
 }
 
 impl GcpCloud {
+    /// The settings this backend runs with (after auto-configuration).
+    pub fn settings(&self) -> &GcpSettings {
+        &self.settings
+    }
+
     pub fn new(
         config: CloudConfig,
         settings: GcpSettings,
