@@ -170,7 +170,7 @@ async fn aws_reads_region_account_and_issuer_through_imdsv2_and_eks() {
 async fn azure_reads_subscription_and_group_from_imds_and_names_what_is_missing() {
     let fake = Fake::start(|s| {
         if s.headers.get("metadata").map(String::as_str) != Some("true")
-            || s.query.get("api-version").is_none()
+            || !s.query.contains_key("api-version")
         {
             return status(400, "Metadata header and api-version are required");
         }
