@@ -14,6 +14,9 @@ step "control plane binaries"
 SUBSTRATUS_CONTROLPLANE_BIN="$(hack/build-controlplane.sh)"
 export SUBSTRATUS_CONTROLPLANE_BIN
 
+step "storage emulators (fake-gcs-server, Azurite)"
+while IFS='=' read -r name path; do export "$name=$path"; done < <(hack/install-emulators.sh)
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

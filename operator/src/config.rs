@@ -60,6 +60,49 @@ pub struct RunArgs {
     )]
     pub s3_csi_secret: String,
 
+    /// gcp: project of the cluster (default: from the metadata server).
+    #[arg(long, env = "PROJECT_ID")]
+    pub project_id: Option<String>,
+    /// gcp: region or zone of the cluster (default: from the metadata server).
+    #[arg(long, env = "CLUSTER_LOCATION")]
+    pub cluster_location: Option<String>,
+    /// aws: region (default: IMDSv2).
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// aws: account id (default: IMDSv2).
+    #[arg(long, env = "AWS_ACCOUNT_ID")]
+    pub aws_account_id: Option<String>,
+    /// aws: `irsa` (trust policy; default) or `pod-identity` (EKS Pod Identity associations).
+    #[arg(long, env = "AWS_IDENTITY_MODE")]
+    pub aws_identity_mode: Option<String>,
+    /// aws/azure: the cluster's OIDC issuer (aws default: EKS DescribeCluster).
+    #[arg(long, env = "OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// azure: subscription (default: IMDS).
+    #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
+    pub azure_subscription_id: Option<String>,
+    /// azure: resource group of the managed identity (default: IMDS).
+    #[arg(long, env = "AZURE_RESOURCE_GROUP")]
+    pub azure_resource_group: Option<String>,
+    /// azure: storage account of the artifact container.
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT")]
+    pub azure_storage_account: Option<String>,
+    /// azure: account key (default: none — workload identity and user-delegation SAS).
+    #[arg(long, env = "AZURE_STORAGE_KEY", hide_env_values = true)]
+    pub azure_storage_key: Option<String>,
+    /// azure: name of the user-assigned managed identity workloads run as.
+    #[arg(long, env = "AZURE_IDENTITY_NAME")]
+    pub azure_identity_name: Option<String>,
+    /// azure: set by the workload identity webhook.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub azure_client_id: Option<String>,
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub azure_tenant_id: Option<String>,
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE")]
+    pub azure_federated_token_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    pub azure_authority_host: Option<String>,
+
     /// Image of the builder (a kaniko executor) that build Jobs run.
     #[arg(
         long,
@@ -129,7 +172,7 @@ impl RunArgs {
     }
 
     /// Builds the configured cloud backend, or says what is missing.
-    pub fn cloud(&self) -> Result<Arc<dyn Cloud>> {
+    pub async fn cloud(&self) -> Result<Arc<dyn Cloud>> {
         let cloud = required(&self.cloud, "cloud", "CLOUD")?;
         if !matches!(cloud.as_str(), "kind" | "gcp" | "aws" | "azure") {
             bail!("CLOUD: unknown cloud {cloud:?}; expected kind, gcp, aws or azure");
@@ -186,8 +229,73 @@ impl RunArgs {
                     KindCloud::new(config, settings, gpus).map_err(anyhow::Error::msg)?,
                 ))
             }
+            #[cfg(feature = "gcp")]
+            "gcp" => {
+                let inputs = substratus_clouds::gcp::auto::GcpInputs {
+                    project: self.project_id.clone(),
+                    cluster_name: self.cluster_name.clone(),
+                    cluster_location: self.cluster_location.clone(),
+                    artifact_bucket_url: self.artifact_bucket_url.clone(),
+                    registry_url: self.registry_url.clone(),
+                    principal: self.principal.clone(),
+                    metadata_endpoint: None,
+                };
+                let c = substratus_clouds::gcp::auto::configure(inputs, gpus)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                Ok(Arc::new(c))
+            }
+            #[cfg(feature = "aws")]
+            "aws" => {
+                // Credentials, and endpoint overrides (AWS_ENDPOINT_URL_S3, ...), from
+                // aws-config's chain: IRSA web identity, Pod Identity, instance profile.
+                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .load()
+                    .await;
+                let inputs = substratus_clouds::aws::auto::AwsInputs {
+                    region: self.aws_region.clone(),
+                    account_id: self.aws_account_id.clone(),
+                    cluster_name: self.cluster_name.clone(),
+                    oidc_issuer: self.oidc_issuer.clone(),
+                    identity_mode: self.aws_identity_mode.clone(),
+                    artifact_bucket_url: self.artifact_bucket_url.clone(),
+                    registry_url: self.registry_url.clone(),
+                    principal: self.principal.clone(),
+                    ..Default::default()
+                };
+                let c = substratus_clouds::aws::auto::configure(inputs, gpus, &sdk)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                Ok(Arc::new(c))
+            }
+            #[cfg(feature = "azure")]
+            "azure" => {
+                let inputs = substratus_clouds::azure::auto::AzureInputs {
+                    cluster_name: self.cluster_name.clone(),
+                    subscription_id: self.azure_subscription_id.clone(),
+                    resource_group: self.azure_resource_group.clone(),
+                    storage_account: self.azure_storage_account.clone(),
+                    storage_key: self.azure_storage_key.clone(),
+                    identity_name: self.azure_identity_name.clone(),
+                    oidc_issuer: self.oidc_issuer.clone(),
+                    artifact_bucket_url: self.artifact_bucket_url.clone(),
+                    registry_url: self.registry_url.clone(),
+                    principal: self.principal.clone(),
+                    client_id: self.azure_client_id.clone(),
+                    tenant_id: self.azure_tenant_id.clone(),
+                    federated_token_file: self.azure_federated_token_file.clone(),
+                    authority_host: self.azure_authority_host.clone(),
+                    ..Default::default()
+                };
+                let c = substratus_clouds::azure::auto::configure(inputs, gpus)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                Ok(Arc::new(c))
+            }
+            // Reached only in builds without one of the cloud features.
+            #[allow(unreachable_patterns)]
             "gcp" | "aws" | "azure" => {
-                bail!("CLOUD={cloud}: this build has no {cloud} backend yet; use CLOUD=kind")
+                bail!("CLOUD={cloud}: this build was compiled without the {cloud} feature")
             }
             other => bail!("CLOUD: unknown cloud {other:?}; expected kind, gcp, aws or azure"),
         }
@@ -211,32 +319,35 @@ mod tests {
             .run
     }
 
-    #[test]
-    fn missing_settings_are_named() {
-        let err = args(&[]).cloud().err().unwrap().to_string();
+    #[tokio::test]
+    async fn missing_settings_are_named() {
+        let err = args(&[]).cloud().await.err().unwrap().to_string();
         assert!(err.contains("CLOUD is required"), "{err}");
         let err = args(&["--cloud", "kind"])
             .cloud()
+            .await
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("S3_ENDPOINT"), "{err}");
         let err = args(&["--cloud", "kind", "--s3-endpoint", "http://x"])
             .cloud()
+            .await
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
         let err = args(&["--cloud", "mars"])
             .cloud()
+            .await
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("unknown cloud"), "{err}");
     }
 
-    #[test]
-    fn a_complete_kind_configuration_builds() {
+    #[tokio::test]
+    async fn a_complete_kind_configuration_builds() {
         let a = args(&[
             "--cloud",
             "kind",
@@ -251,7 +362,7 @@ mod tests {
             "--gpu-catalog",
             "gcp",
         ]);
-        let c = a.cloud().unwrap();
+        let c = a.cloud().await.unwrap();
         assert_eq!(c.name(), "kind");
         assert_eq!(c.config().cluster_name, "dev");
         // The GKE catalogue was chosen: an L4 selects the GKE accelerator label.
@@ -262,5 +373,70 @@ mod tests {
             p.node_selector["cloud.google.com/gke-accelerator"],
             "nvidia-l4"
         );
+    }
+
+    #[tokio::test]
+    async fn each_cloud_builds_from_its_settings_or_names_what_is_missing() {
+        let gcp = args(&[
+            "--cloud",
+            "gcp",
+            "--project-id",
+            "p1",
+            "--cluster-name",
+            "c1",
+            "--cluster-location",
+            "europe-west4-b",
+        ])
+        .cloud()
+        .await
+        .unwrap();
+        assert_eq!(gcp.name(), "gcp");
+        assert_eq!(
+            gcp.config().registry,
+            "europe-west4-docker.pkg.dev/p1/substratus"
+        );
+        let err = args(&["--cloud", "aws"])
+            .cloud()
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("CLUSTER_NAME"), "{err}");
+        let aws = args(&[
+            "--cloud",
+            "aws",
+            "--cluster-name",
+            "e1",
+            "--aws-region",
+            "eu-west-1",
+            "--aws-account-id",
+            "111122223333",
+            "--aws-identity-mode",
+            "pod-identity",
+        ])
+        .cloud()
+        .await
+        .unwrap();
+        assert_eq!(aws.name(), "aws");
+        assert_eq!(
+            aws.config().registry,
+            "111122223333.dkr.ecr.eu-west-1.amazonaws.com/substratus"
+        );
+        let err = args(&[
+            "--cloud",
+            "azure",
+            "--cluster-name",
+            "a1",
+            "--azure-subscription-id",
+            "s",
+            "--azure-resource-group",
+            "g",
+        ])
+        .cloud()
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("REGISTRY_URL"), "{err}");
     }
 }

@@ -86,7 +86,7 @@ async fn run(args: config::RunArgs) -> Result<()> {
     // kube's TLS uses ring; other dependencies bring aws-lc-rs: choose one explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let cloud = args.cloud()?;
+    let cloud = args.cloud().await?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
