@@ -2,8 +2,8 @@
 //! prefix only through a PersistentVolume (k8s-csi-s3 on kind, Mountpoint for S3 on EKS).
 //!
 //! The volume is cluster-scoped, so it cannot be owned by the namespaced object whose prefix it
-//! mounts; it carries [`OWNER_LABEL`] (`<namespace>.<claim>`) so that a janitor can delete the
-//! volumes whose claim is gone. Its reclaim policy is `Retain`: deleting either object never
+//! mounts; it carries [`CLAIM_LABEL`] and [`CLAIM_NAMESPACE_LABEL`] so that the janitor can
+//! delete the volumes whose claim is gone. Its reclaim policy is `Retain`: deleting either object never
 //! deletes a byte in the bucket.
 
 use md5::{Digest, Md5};
@@ -11,10 +11,8 @@ use serde_json::{Value, json};
 use substratus_core::cloud::BucketUrl;
 use substratus_core::names::{self, MANAGED_BY, MANAGED_BY_LABEL};
 
-/// Label on a static volume naming the claim it was made for.
-pub const CLAIM_LABEL: &str = "substratus.ai/claim";
-/// Label on a static volume naming the claim's namespace.
-pub const CLAIM_NAMESPACE_LABEL: &str = "substratus.ai/claim-namespace";
+/// Labels the janitor (`substratus_core::reconcile::janitor`) finds the volumes by.
+pub use substratus_core::reconcile::janitor::{CLAIM_LABEL, CLAIM_NAMESPACE_LABEL};
 
 /// Name of the claim for a prefix: stable, and short enough for any namespace.
 pub fn claim_name(url: &BucketUrl) -> String {

@@ -158,6 +158,7 @@ async fn run(args: config::RunArgs) -> Result<()> {
     let opts = ControllerOptions {
         concurrency: args.concurrency,
         namespace: args.watch_namespace.clone(),
+        ..Default::default()
     };
     let controllers = reconcile::run(ctx, opts, stopped.clone());
 

@@ -209,6 +209,7 @@ impl RunningOperator {
         let opts = ControllerOptions {
             concurrency: 4,
             namespace: Some(namespace.to_owned()),
+            sweep_every: std::time::Duration::from_secs(2),
         };
         let handle = tokio::spawn(reconcile::run(ctx, opts, shutdown));
         RunningOperator {

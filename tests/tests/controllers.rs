@@ -615,3 +615,68 @@ async fn identity_is_bound_once_per_namespace_and_role() {
     );
     op.stop().await;
 }
+
+#[tokio::test]
+async fn the_retained_static_volume_of_a_deleted_model_is_swept() {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    let ns = TestNamespace::new("sweep");
+    let c = client().await;
+    let op = RunningOperator::start(&ns.name, kind_cloud("kind")).await;
+    create(
+        &c,
+        &ns.name,
+        model(
+            "m",
+            json!({"image": "trainer", "params": {"SIM_DURATION": "1s"}}),
+        ),
+    )
+    .await;
+    wait_ready(&c, &ns.name, "Model", "m").await;
+    let pvs: Api<PersistentVolume> = Api::all(c.clone());
+    let ours = ListParams::default().labels(&format!("substratus.ai/claim-namespace={}", ns.name));
+    let names: Vec<String> = pvs
+        .list(&ours)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(!names.is_empty(), "the Model's prefix has a static volume");
+    for pv in pvs.list(&ours).await.unwrap().items {
+        assert_eq!(
+            pv.spec
+                .and_then(|s| s.persistent_volume_reclaim_policy)
+                .as_deref(),
+            Some("Retain")
+        );
+    }
+    Api::<Model>::namespaced(c.clone(), &ns.name)
+        .delete("m", &Default::default())
+        .await
+        .unwrap();
+    // The claim goes with the Model (owner reference), the volume turns Released, and the
+    // janitor deletes it.
+    wait_for(
+        "the Model's volumes deleted",
+        Duration::from_secs(120),
+        || {
+            let pvs = pvs.clone();
+            let ours = ours.clone();
+            async move {
+                let left = pvs.list(&ours).await.map_err(|e| e.to_string())?.items;
+                if left.is_empty() {
+                    Ok(Some(()))
+                } else {
+                    let phases: Vec<_> = left
+                        .iter()
+                        .map(|p| format!("{:?}", p.status.as_ref().and_then(|s| s.phase.clone())))
+                        .collect();
+                    Err(format!("{} left: {phases:?}", left.len()))
+                }
+            }
+        },
+    )
+    .await;
+    op.stop().await;
+}

@@ -26,6 +26,8 @@ pub struct ControllerOptions {
     pub concurrency: u16,
     /// Watch only this namespace (all when `None`).
     pub namespace: Option<String>,
+    /// How often Released static volumes of deleted objects are deleted.
+    pub sweep_every: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -33,6 +35,7 @@ impl Default for ControllerOptions {
         ControllerOptions {
             concurrency: 8,
             namespace: None,
+            sweep_every: Duration::from_secs(60),
         }
     }
 }
@@ -144,6 +147,12 @@ pub async fn run(
         }
     }
     ctx.set_caches(caches);
+    tokio::spawn(super::janitor::run(
+        ctx.client.clone(),
+        opts.namespace.clone(),
+        opts.sweep_every,
+        shutdown.clone(),
+    ));
     let cfg = ControllerConfig::default().concurrency(opts.concurrency);
     let t = triggers;
 

@@ -7,6 +7,7 @@ mod batch;
 mod build;
 mod caches;
 mod controllers;
+pub mod janitor;
 mod notebook;
 mod server;
 
