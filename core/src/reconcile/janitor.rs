@@ -33,11 +33,13 @@ pub async fn sweep(client: &Client, namespace: Option<&str>) -> Result<Vec<Strin
     for pv in list.items.iter().filter(|pv| is_sweepable(pv, namespace)) {
         let name = pv.name_any();
         // Precondition on the uid: a volume re-created under the same name is not touched.
-        let mut dp = DeleteParams::default();
-        dp.preconditions = Some(kube::api::Preconditions {
-            uid: pv.uid(),
-            resource_version: None,
-        });
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: pv.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
         match api.delete(&name, &dp).await {
             Ok(_) => deleted.push(name),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
