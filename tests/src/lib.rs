@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod fake_api;
 pub mod kubelet;
 pub mod manifests;
 pub mod operator;

@@ -1,0 +1,347 @@
+//! The controllers with each real cloud backend (not the kind stand-in) on the matching
+//! simulated node pools: GKE, EKS and AKS. A GPU Model's pod lands on that cloud's GPU pool,
+//! mounts its prefix the way the cloud does (GCS FUSE inline volume; Mountpoint or Blob CSI
+//! static volume), its ServiceAccount carries the workload identity annotation, and the
+//! cloud-side binding (IAM policy, trust policy, federated credential) is written once —
+//! against local fakes of those APIs that check the documented request shapes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod, ServiceAccount};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use substratus_clouds::gpu::GpuCatalog;
+use substratus_core::Cloud;
+use substratus_core::cloud::{BucketUrl, CloudConfig};
+use substratus_crds::Model;
+use substratus_tests::cluster::{TestNamespace, client, wait_for};
+use substratus_tests::fake_api::{Fake, json_ok, status};
+use substratus_tests::operator::RunningOperator;
+
+async fn gpu_model(c: &kube::Client, ns: &str, gpu: &str) {
+    let m: Model = serde_json::from_value(json!({
+        "apiVersion": "substratus.ai/v1", "kind": "Model", "metadata": {"name": "m"},
+        "spec": {"image": "trainer", "params": {"SIM_DURATION": "1s"},
+                 "resources": {"cpu": 1, "memory": 1, "disk": 1, "gpu": {"type": gpu, "count": 1}}},
+    }))
+    .unwrap();
+    Api::<Model>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &m)
+        .await
+        .unwrap();
+    wait_for("Model m ready", Duration::from_secs(120), || async {
+        let m = Api::<Model>::namespaced(c.clone(), ns)
+            .get("m")
+            .await
+            .map_err(|e| e.to_string())?;
+        let st = m.status.unwrap_or_default();
+        if st.ready {
+            Ok(Some(()))
+        } else {
+            Err(format!("{:?}", st.conditions))
+        }
+    })
+    .await;
+}
+
+/// The Model's run pod and the labels of the node it ran on.
+async fn run_pod(c: &kube::Client, ns: &str) -> (Pod, std::collections::BTreeMap<String, String>) {
+    let pods = Api::<Pod>::namespaced(c.clone(), ns)
+        .list(&ListParams::default().labels("model=m,role=run"))
+        .await
+        .unwrap()
+        .items;
+    let pod = pods.into_iter().next().expect("the Model's pod");
+    let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let labels = Api::<Node>::all(c.clone())
+        .get(&node)
+        .await
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap_or_default();
+    (pod, labels)
+}
+
+async fn sa_annotations(c: &kube::Client, ns: &str) -> std::collections::BTreeMap<String, String> {
+    Api::<ServiceAccount>::namespaced(c.clone(), ns)
+        .get("modeller")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default()
+}
+
+/// The CSI part of the static volume behind the pod's artifacts claim.
+async fn claimed_csi(c: &kube::Client, ns: &str, pod: &Pod) -> Value {
+    let claim = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.persistent_volume_claim.as_ref())
+        .expect("a claim volume")
+        .claim_name
+        .clone();
+    let pvs = Api::<PersistentVolume>::all(c.clone())
+        .list(&ListParams::default().labels(&format!(
+            "substratus.ai/claim={claim},substratus.ai/claim-namespace={ns}"
+        )))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(pvs.len(), 1, "one static volume for claim {claim}");
+    serde_json::to_value(&pvs[0].spec.as_ref().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn gcp_backend_on_gke_pools() {
+    let ns = TestNamespace::new("gke");
+    let c = client().await;
+    let gsa = "substratus@proj-1.iam.gserviceaccount.com";
+    let policy = Arc::new(Mutex::new(json!({"etag": "e0"})));
+    let p = policy.clone();
+    let google = Fake::start(move |s| {
+        if s.path.ends_with("/service-accounts/default/token") {
+            return json_ok(json!({"access_token": "tok", "expires_in": 3600}));
+        }
+        if s.headers.get("authorization").map(String::as_str) != Some("Bearer tok") {
+            return status(401, "token");
+        }
+        let resource = format!("/v1/projects/proj-1/serviceAccounts/{gsa}");
+        if s.path == format!("{resource}:getIamPolicy") {
+            return json_ok(p.lock().unwrap().clone());
+        }
+        if s.path == format!("{resource}:setIamPolicy") {
+            let mut next = s.json()["policy"].clone();
+            next["etag"] = json!("e1");
+            *p.lock().unwrap() = next.clone();
+            return json_ok(next);
+        }
+        status(404, "")
+    })
+    .await;
+    let cloud = substratus_clouds::gcp::GcpCloud::new(
+        CloudConfig {
+            cluster_name: "gke-1".into(),
+            artifact_bucket: BucketUrl::parse("gs://proj-1-substratus-artifacts").unwrap(),
+            registry: "us-central1-docker.pkg.dev/proj-1/substratus".into(),
+            principal: Some(gsa.into()),
+        },
+        substratus_clouds::gcp::GcpSettings {
+            project: "proj-1".into(),
+            storage_endpoint: "http://127.0.0.1:9".into(),
+            signed_url_endpoint: None,
+            iam_endpoint: google.endpoint.clone(),
+            iam_credentials_endpoint: google.endpoint.clone(),
+            metadata_endpoint: google.endpoint.clone(),
+        },
+        GpuCatalog::gcp(),
+    )
+    .unwrap();
+    let op = RunningOperator::start(&ns.name, Arc::new(cloud) as Arc<dyn Cloud>).await;
+    gpu_model(&c, &ns.name, "nvidia-l4").await;
+    let (pod, node) = run_pod(&c, &ns.name).await;
+    assert_eq!(node["cloud.google.com/gke-accelerator"], "nvidia-l4");
+    assert_eq!(
+        pod.metadata.annotations.as_ref().unwrap()["gke-gcsfuse/volumes"],
+        "true"
+    );
+    let csi: Vec<_> = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.csi.as_ref())
+        .collect();
+    assert!(!csi.is_empty(), "the prefix is a GCS FUSE volume");
+    assert_eq!(csi[0].driver, "gcsfuse.csi.storage.gke.io");
+    let attrs = csi[0].volume_attributes.as_ref().unwrap();
+    assert_eq!(attrs["bucketName"], "proj-1-substratus-artifacts");
+    assert!(attrs["mountOptions"].contains("only-dir="), "{attrs:?}");
+    assert_eq!(
+        sa_annotations(&c, &ns.name).await["iam.gke.io/gcp-service-account"],
+        gsa
+    );
+    op.stop().await;
+    assert_eq!(google.seen_at("POST", ":setIamPolicy").len(), 1);
+    let member = format!("serviceAccount:proj-1.svc.id.goog[{}/modeller]", ns.name);
+    assert!(policy.lock().unwrap().to_string().contains(&member));
+}
+
+#[tokio::test]
+async fn aws_backend_on_eks_pools() {
+    let ns = TestNamespace::new("eks");
+    let c = client().await;
+    let role = "arn:aws:iam::123456789012:role/substratus";
+    let issuer = "https://oidc.eks.us-west-2.amazonaws.com/id/T1";
+    let doc = Arc::new(Mutex::new(
+        json!({"Version": "2012-10-17", "Statement": []}),
+    ));
+    let d = doc.clone();
+    let iam = Fake::start(move |s| {
+        let f = s.form();
+        let xml = |b: String| (200, vec![("content-type", "text/xml".to_owned())], b);
+        match f.get("Action").map(String::as_str) {
+            Some("GetRole") => {
+                let enc = percent_encoding::utf8_percent_encode(
+                    &d.lock().unwrap().to_string(),
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string();
+                xml(format!(
+                    r#"<GetRoleResponse><GetRoleResult><Role><Path>/</Path><RoleName>substratus</RoleName><RoleId>R</RoleId><Arn>{role}</Arn><CreateDate>2024-01-01T00:00:00Z</CreateDate><AssumeRolePolicyDocument>{enc}</AssumeRolePolicyDocument></Role></GetRoleResult></GetRoleResponse>"#
+                ))
+            }
+            Some("UpdateAssumeRolePolicy") => {
+                *d.lock().unwrap() = serde_json::from_str(&f["PolicyDocument"]).unwrap();
+                xml("<UpdateAssumeRolePolicyResponse><ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></UpdateAssumeRolePolicyResponse>".into())
+            }
+            _ => status(400, "unexpected"),
+        }
+    })
+    .await;
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-west-2"))
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+            aws_sdk_s3::config::Credentials::new("AKID", "secret", None, None, "test"),
+        ))
+        .build();
+    let cloud = substratus_clouds::aws::AwsCloud::new(
+        CloudConfig {
+            cluster_name: "eks-1".into(),
+            artifact_bucket: BucketUrl::parse("s3://123456789012-substratus-artifacts").unwrap(),
+            registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
+            principal: Some(role.into()),
+        },
+        substratus_clouds::aws::AwsSettings {
+            region: "us-west-2".into(),
+            account_id: "123456789012".into(),
+            partition: "aws".into(),
+            identity: substratus_clouds::aws::IdentityMode::Irsa {
+                oidc_issuer: issuer.into(),
+            },
+            s3_endpoint: Some("http://127.0.0.1:9".into()),
+            iam_endpoint: Some(iam.endpoint.clone()),
+            eks_endpoint: None,
+            force_path_style: true,
+        },
+        GpuCatalog::aws(),
+        &sdk,
+    )
+    .unwrap();
+    let op = RunningOperator::start(&ns.name, Arc::new(cloud) as Arc<dyn Cloud>).await;
+    gpu_model(&c, &ns.name, "nvidia-l4").await;
+    let (pod, node) = run_pod(&c, &ns.name).await;
+    assert_eq!(node["karpenter.k8s.aws/instance-gpu-name"], "l4");
+    let pv = claimed_csi(&c, &ns.name, &pod).await;
+    assert_eq!(pv["csi"]["driver"], "s3.csi.aws.com");
+    assert_eq!(
+        pv["csi"]["volumeAttributes"]["bucketName"],
+        "123456789012-substratus-artifacts"
+    );
+    assert!(
+        pv["mountOptions"].to_string().contains("prefix "),
+        "{}",
+        pv["mountOptions"]
+    );
+    assert_eq!(
+        sa_annotations(&c, &ns.name).await["eks.amazonaws.com/role-arn"],
+        role
+    );
+    op.stop().await;
+    let updates = iam
+        .seen()
+        .iter()
+        .filter(|s| s.form().get("Action").map(String::as_str) == Some("UpdateAssumeRolePolicy"))
+        .count();
+    assert_eq!(updates, 1);
+    assert!(
+        doc.lock()
+            .unwrap()
+            .to_string()
+            .contains(&format!("system:serviceaccount:{}:modeller", ns.name))
+    );
+}
+
+#[tokio::test]
+async fn azure_backend_on_aks_pools() {
+    let ns = TestNamespace::new("aks");
+    let c = client().await;
+    let client_id = "11111111-2222-3333-4444-555555555555";
+    let arm = Fake::start(|s| {
+        if s.path.ends_with("/oauth2/v2.0/token") {
+            return json_ok(json!({"access_token": "arm", "expires_in": 3600}));
+        }
+        if s.headers.get("authorization").map(String::as_str) != Some("Bearer arm") {
+            return status(401, "token");
+        }
+        match s.method.as_str() {
+            "GET" => json_ok(json!({"value": []})),
+            "PUT" => json_ok(json!({"name": "x", "properties": s.json()["properties"]})),
+            _ => status(400, ""),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "jwt").unwrap();
+    let cloud = substratus_clouds::azure::AzureCloud::new(
+        CloudConfig {
+            cluster_name: "aks-1".into(),
+            artifact_bucket: BucketUrl::parse("az://substratus-artifacts").unwrap(),
+            registry: "substratus.azurecr.io".into(),
+            principal: Some(client_id.into()),
+        },
+        substratus_clouds::azure::AzureSettings {
+            storage_account: "substratusartifacts".into(),
+            blob_endpoint: Some("http://127.0.0.1:9/substratusartifacts".into()),
+            storage_auth: substratus_clouds::azure::StorageAuth::SharedKey("a2V5".into()),
+            subscription_id: "sub".into(),
+            resource_group: "rg".into(),
+            identity_name: "substratus".into(),
+            oidc_issuer: "https://eastus.oic.prod-aks.azure.com/t/c/".into(),
+            arm_endpoint: arm.endpoint.clone(),
+            token: Some(substratus_clouds::azure::token::WorkloadIdentityToken::new(
+                &arm.endpoint,
+                "tenant",
+                "operator",
+                dir.path().join("token"),
+                reqwest::Client::new(),
+            )),
+        },
+        GpuCatalog::azure(),
+    )
+    .unwrap();
+    let op = RunningOperator::start(&ns.name, Arc::new(cloud) as Arc<dyn Cloud>).await;
+    gpu_model(&c, &ns.name, "nvidia-a100").await;
+    let (pod, node) = run_pod(&c, &ns.name).await;
+    assert_eq!(
+        node["node.kubernetes.io/instance-type"],
+        "Standard_ND96asr_v4"
+    );
+    assert_eq!(
+        pod.metadata.labels.as_ref().unwrap()["azure.workload.identity/use"],
+        "true"
+    );
+    let pv = claimed_csi(&c, &ns.name, &pod).await;
+    assert_eq!(pv["csi"]["driver"], "blob.csi.azure.com");
+    assert_eq!(pv["csi"]["volumeAttributes"]["clientID"], client_id);
+    assert_eq!(
+        sa_annotations(&c, &ns.name).await["azure.workload.identity/client-id"],
+        client_id
+    );
+    op.stop().await;
+    let puts = arm.seen_at("PUT", "");
+    assert_eq!(puts.len(), 1, "one federated credential");
+    assert_eq!(
+        puts[0].json()["properties"]["subject"],
+        format!("system:serviceaccount:{}:modeller", ns.name)
+    );
+}
