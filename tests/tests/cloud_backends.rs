@@ -95,7 +95,7 @@ async fn claimed_csi(c: &kube::Client, ns: &str, pod: &Pod) -> Value {
         .unwrap()
         .items;
     assert_eq!(pvs.len(), 1, "one static volume for claim {claim}");
-    serde_json::to_value(&pvs[0].spec.as_ref().unwrap()).unwrap()
+    serde_json::to_value(pvs[0].spec.as_ref().unwrap()).unwrap()
 }
 
 #[tokio::test]
