@@ -16,6 +16,12 @@ locals {
     artifactBucketURL = "s3://${local.bucket_name}"
     registryURL       = local.registry_url
     principal         = aws_iam_role.workloads.arn
+    aws = {
+      region       = var.region
+      accountID    = local.account_id
+      identityMode = "irsa"
+      oidcIssuer   = aws_eks_cluster.substratus.identity[0].oidc[0].issuer
+    }
     image = {
       repository = "docker.io/substratusai/substratus-operator"
       tag        = var.operator_image_tag

@@ -16,6 +16,13 @@ locals {
     artifactBucketURL = "az://${azurerm_storage_container.artifacts.name}"
     registryURL       = "${azurerm_container_registry.substratus.login_server}/substratus"
     principal         = azurerm_user_assigned_identity.workloads.client_id
+    azure = {
+      storageAccount = azurerm_storage_account.artifacts.name
+      identityName   = azurerm_user_assigned_identity.workloads.name
+      oidcIssuer     = azurerm_kubernetes_cluster.substratus.oidc_issuer_url
+      subscriptionID = data.azurerm_client_config.current.subscription_id
+      resourceGroup  = azurerm_resource_group.substratus.name
+    }
     image = {
       repository = "docker.io/substratusai/substratus-operator"
       tag        = var.operator_image_tag
@@ -31,6 +38,8 @@ locals {
     }
   }
 }
+
+data "azurerm_client_config" "current" {}
 
 resource "azurerm_resource_group" "substratus" {
   name     = var.resource_group_name

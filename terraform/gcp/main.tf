@@ -11,6 +11,10 @@ locals {
     artifactBucketURL = "gs://${local.bucket_name}"
     registryURL       = local.registry_url
     principal         = local.principal
+    gcp = {
+      projectID       = var.project_id
+      clusterLocation = var.region
+    }
     image = {
       repository = "docker.io/substratusai/substratus-operator"
       tag        = var.operator_image_tag

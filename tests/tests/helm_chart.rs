@@ -99,17 +99,26 @@ fn the_chart_renders_for_every_cloud() {
     ])
     .unwrap();
     assert_eq!(find(&aws, "ConfigMap")["data"]["CLOUD"], "aws");
-    let azure = render(&[
+    assert_eq!(find(&aws, "ConfigMap")["data"]["AWS_IDENTITY_MODE"], "irsa");
+    let azure_sets = [
         "cloud=azure",
         "clusterName=prod",
         "artifactBucketURL=az://artifacts",
         "registryURL=substratus.azurecr.io/substratus",
         "principal=00000000-0000-0000-0000-000000000000",
         "string:podLabels.azure\\.workload\\.identity/use=true",
-    ])
-    .unwrap();
+        "azure.storageAccount=substratusart",
+        "azure.identityName=substratus-workloads",
+        "azure.oidcIssuer=https://eastus.oic.prod-aks.azure.com/t/c/",
+    ];
+    let azure = render(&azure_sets).unwrap();
     let labels = &find(&azure, "Deployment")["spec"]["template"]["metadata"]["labels"];
     assert_eq!(labels["azure.workload.identity/use"], "true");
+    let config = &find(&azure, "ConfigMap")["data"];
+    assert_eq!(config["AZURE_STORAGE_ACCOUNT"], "substratusart");
+    assert_eq!(config["AZURE_IDENTITY_NAME"], "substratus-workloads");
+    let err = render(&azure_sets[..7]).unwrap_err();
+    assert!(err.contains("azure.identityName is required"), "{err}");
 }
 
 #[test]

@@ -25,6 +25,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not .Values.artifactBucketURL -}}{{ fail (printf "artifactBucketURL is required when cloud is %s" .Values.cloud) }}{{- end -}}
 {{- if not .Values.registryURL -}}{{ fail (printf "registryURL is required when cloud is %s" .Values.cloud) }}{{- end -}}
 {{- if not .Values.principal -}}{{ fail (printf "principal is required when cloud is %s (the identity workloads run as)" .Values.cloud) }}{{- end -}}
+{{- if eq .Values.cloud "azure" -}}
+{{- if not .Values.azure.storageAccount -}}{{ fail "azure.storageAccount is required when cloud is azure" }}{{- end -}}
+{{- if not .Values.azure.identityName -}}{{ fail "azure.identityName is required when cloud is azure (the managed identity workloads run as)" }}{{- end -}}
+{{- if not .Values.azure.oidcIssuer -}}{{ fail "azure.oidcIssuer is required when cloud is azure (az aks show --query oidcIssuerProfile.issuerUrl)" }}{{- end -}}
+{{- end -}}
 {{- $scheme := dict "gcp" "gs://" "aws" "s3://" "azure" "az://" -}}
 {{- if not (hasPrefix (get $scheme .Values.cloud) .Values.artifactBucketURL) -}}{{ fail (printf "artifactBucketURL must start with %s when cloud is %s" (get $scheme .Values.cloud) .Values.cloud) }}{{- end -}}
 {{- end -}}
