@@ -10,12 +10,12 @@ use substratus_core::conditions::reasons;
 use tokio::sync::Mutex;
 
 /// A client whose every request ends within 30 s (5 s to connect).
-pub fn client() -> reqwest::Client {
+pub fn client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .build()
-        .unwrap_or_default()
+        .map_err(|e| format!("HTTP client: {e}"))
 }
 
 /// The error a non-success answer stands for: throttling, conflicts and server errors are

@@ -41,7 +41,7 @@ pub async fn imds(endpoint: &str) -> Result<(String, String), String> {
         endpoint.trim_end_matches('/')
     );
     let v = crate::rest::json_found(
-        crate::rest::client().get(&url).header("Metadata", "true"),
+        crate::rest::client()?.get(&url).header("Metadata", "true"),
         "Azure IMDS",
     )
     .await
@@ -81,7 +81,7 @@ pub async fn configure(i: AzureInputs, gpus: GpuCatalog) -> Result<AzureCloud, S
             )
         }
     };
-    let http = crate::rest::client();
+    let http = crate::rest::client()?;
     let token = match (&i.client_id, &i.tenant_id, &i.federated_token_file) {
         (Some(c), Some(t), Some(f)) => Some(WorkloadIdentityToken::new(
             i.authority_host

@@ -153,7 +153,7 @@ impl AzureCloud {
             settings,
             gpus,
             service,
-            http: rest::client(),
+            http: rest::client()?,
             client_id,
         })
     }

@@ -29,7 +29,7 @@ pub async fn configure(i: GcpInputs, gpus: GpuCatalog) -> Result<GcpCloud, Strin
         || i.cluster_name.is_none()
         || (i.registry_url.is_none() && i.cluster_location.is_none());
     let found = if needs_metadata {
-        let m = metadata::Metadata::new(&endpoint, crate::rest::client());
+        let m = metadata::Metadata::new(&endpoint, crate::rest::client()?);
         Some(m.discover().await.map_err(|e| {
             format!(
                 "PROJECT_ID, CLUSTER_NAME or CLUSTER_LOCATION is not set and the GCE metadata server at {endpoint} did not answer ({e}); set them, or run on GKE"

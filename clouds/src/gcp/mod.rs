@@ -108,7 +108,7 @@ impl GcpCloud {
                 "PRINCIPAL: {principal:?} is not a Google service account email"
             ));
         }
-        let http = rest::client();
+        let http = rest::client()?;
         let metadata = metadata::Metadata::new(&settings.metadata_endpoint, http.clone());
         let tokens = Arc::new(TokenCache::default());
         let signer = signer::IamSigner {
