@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use substratus_crds::{Dataset, Model, Notebook, Server};
 
@@ -123,6 +123,26 @@ where
     }
 }
 
+/// A controller of `K` whose store keeps no `managedFields` (the reconcilers never read
+/// them; at scale they are a large part of each object). Otherwise as `Controller::new`:
+/// the same watcher, reflector and triggers.
+fn primary<K>(api: Api<K>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+{
+    let writer = reflector::store::Writer::<K>::default();
+    let reader = writer.as_reader();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).modify(|o: &mut K| {
+            o.meta_mut().managed_fields = None;
+        }),
+    )
+    .applied_objects();
+    Controller::for_stream(stream, reader)
+}
+
 /// Runs the four controllers until `shutdown` completes.
 pub async fn run(
     ctx: Arc<Context>,
@@ -148,7 +168,7 @@ pub async fn run(
     }
     ctx.set_caches(caches);
     tokio::spawn(super::janitor::run(
-        ctx.client.clone(),
+        ctx.clone(),
         opts.namespace.clone(),
         opts.sweep_every,
         shutdown.clone(),
@@ -156,8 +176,7 @@ pub async fn run(
     let cfg = ControllerConfig::default().concurrency(opts.concurrency);
     let t = triggers;
 
-    let models = Controller::new(api::<Model>(&ctx, &opts), watcher::Config::default())
-        .with_config(cfg.clone());
+    let models = primary(api::<Model>(&ctx, &opts)).with_config(cfg.clone());
     let model_store = models.store();
     let model_store2 = model_store.clone();
     let model_store3 = model_store.clone();
@@ -198,7 +217,7 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let datasets = Controller::new(api::<Dataset>(&ctx, &opts), watcher::Config::default())
+    let datasets = primary(api::<Dataset>(&ctx, &opts))
         .with_config(cfg.clone())
         .owns_shared_stream(t.jobs_for_datasets)
         .graceful_shutdown_on(shutdown.clone())
@@ -209,8 +228,7 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let servers = Controller::new(api::<Server>(&ctx, &opts), watcher::Config::default())
-        .with_config(cfg.clone());
+    let servers = primary(api::<Server>(&ctx, &opts)).with_config(cfg.clone());
     let server_store = servers.store();
     let server_store2 = server_store.clone();
     let servers = servers
@@ -235,8 +253,7 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let notebooks =
-        Controller::new(api::<Notebook>(&ctx, &opts), watcher::Config::default()).with_config(cfg);
+    let notebooks = primary(api::<Notebook>(&ctx, &opts)).with_config(cfg);
     let nb_store = notebooks.store();
     let nb_store2 = nb_store.clone();
     let nb_store3 = nb_store.clone();

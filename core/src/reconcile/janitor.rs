@@ -6,9 +6,14 @@
 
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use k8s_openapi::api::core::v1::PersistentVolume;
-use kube::api::{Api, DeleteParams, ListParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
+
+use super::Caches;
 
 /// Label the backends put on a static volume: the claim it was made for.
 pub const CLAIM_LABEL: &str = "substratus.ai/claim";
@@ -25,13 +30,51 @@ pub fn is_sweepable(pv: &PersistentVolume, namespace: Option<&str>) -> bool {
         && pv.metadata.deletion_timestamp.is_none()
 }
 
-/// Deletes the Released volumes of deleted claims; returns their names.
-pub async fn sweep(client: &Client, namespace: Option<&str>) -> Result<Vec<String>, kube::Error> {
+/// Volumes (by name) whose claim is not among `claims` (namespace, name): candidates only —
+/// a volume made a moment before its claim is one too, so the caller checks the phase.
+pub fn orphans<'a>(
+    volumes: impl IntoIterator<Item = &'a ObjectMeta>,
+    claims: &HashSet<(String, String)>,
+    namespace: Option<&str>,
+) -> Vec<String> {
+    volumes
+        .into_iter()
+        .filter_map(|m| {
+            let labels = m.labels.as_ref()?;
+            let claim = labels.get(CLAIM_LABEL)?;
+            let ns = labels.get(CLAIM_NAMESPACE_LABEL)?;
+            if namespace.is_some_and(|w| w != ns) || claims.contains(&(ns.clone(), claim.clone())) {
+                return None;
+            }
+            m.name.clone()
+        })
+        .collect()
+}
+
+/// Deletes the Released volumes of deleted claims; returns their names. Reads the shared
+/// caches (no list); only a volume whose claim is gone is read, to see its phase.
+pub async fn sweep(
+    client: &Client,
+    caches: &Caches,
+    namespace: Option<&str>,
+) -> Result<Vec<String>, kube::Error> {
+    let claims: HashSet<(String, String)> = caches
+        .claims
+        .state()
+        .iter()
+        .map(|c| (c.namespace().unwrap_or_default(), c.name_any()))
+        .collect();
+    let volumes = caches.volumes.state();
+    let candidates = orphans(volumes.iter().map(|v| &v.metadata), &claims, namespace);
     let api: Api<PersistentVolume> = Api::all(client.clone());
-    let list = api.list(&ListParams::default().labels(CLAIM_LABEL)).await?;
     let mut deleted = vec![];
-    for pv in list.items.iter().filter(|pv| is_sweepable(pv, namespace)) {
-        let name = pv.name_any();
+    for name in candidates {
+        let Some(pv) = api.get_opt(&name).await? else {
+            continue;
+        };
+        if !is_sweepable(&pv, namespace) {
+            continue;
+        }
         // Precondition on the uid: a volume re-created under the same name is not touched.
         let dp = DeleteParams {
             preconditions: Some(kube::api::Preconditions {
@@ -51,23 +94,26 @@ pub async fn sweep(client: &Client, namespace: Option<&str>) -> Result<Vec<Strin
 
 /// Sweeps every `every` until `shutdown` completes.
 pub async fn run(
-    client: Client,
+    ctx: std::sync::Arc<super::Context>,
     namespace: Option<String>,
     every: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        match sweep(&client, namespace.as_deref()).await {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = &mut shutdown => return,
+        }
+        let Some(caches) = ctx.caches() else {
+            continue;
+        };
+        match sweep(&ctx.client, caches, namespace.as_deref()).await {
             Ok(names) if !names.is_empty() => {
                 tracing::info!(volumes = ?names, "deleted released volumes (bucket data kept)")
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sweeping released volumes"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = &mut shutdown => return,
         }
     }
 }
@@ -101,5 +147,32 @@ mod tests {
         assert!(!is_sweepable(&pv(&ours, "Bound"), None));
         assert!(!is_sweepable(&pv(&ours, "Available"), None));
         assert!(!is_sweepable(&pv(&[("app", "x")], "Released"), None));
+    }
+
+    #[test]
+    fn volumes_whose_claim_is_cached_are_not_candidates() {
+        let meta = |name: &str, ns: &str, claim: &str| ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                [(CLAIM_LABEL, claim), (CLAIM_NAMESPACE_LABEL, ns)]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let vols = [
+            meta("v1", "a", "c1"),
+            meta("v2", "a", "c2"),
+            meta("v3", "b", "c1"),
+        ];
+        let claims: HashSet<_> = [("a".to_owned(), "c1".to_owned())].into();
+        assert_eq!(orphans(vols.iter(), &claims, None), ["v2", "v3"]);
+        assert_eq!(orphans(vols.iter(), &claims, Some("a")), ["v2"]);
+        let unlabelled = ObjectMeta {
+            name: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(orphans([&unlabelled], &claims, None).is_empty());
     }
 }
