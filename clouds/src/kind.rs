@@ -2,14 +2,12 @@
 //! kind install), mounted into pods through an S3 CSI driver (k8s-csi-s3) with a static
 //! PersistentVolume per prefix. No cloud identity; images go to an in-cluster registry.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use http::{HeaderName, HeaderValue, Method};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
 use md5::{Digest, Md5};
 use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -169,16 +167,7 @@ impl Cloud for KindCloud {
         prefix: &BucketUrl,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
-        Ok(BucketVolume {
-            volume: Volume {
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: KindCloud::claim_name(prefix),
-                    read_only: Some(access == Access::ReadOnly),
-                }),
-                ..Default::default()
-            },
-            pod_annotations: BTreeMap::new(),
-        })
+        Ok(static_pv::claim_volume(prefix, access))
     }
 
     fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
@@ -187,13 +176,9 @@ impl Cloud for KindCloud {
 
     /// The builder reads the archive from a read-only mount of the prefix's `uploads/`.
     fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
-        let uploads = prefix.url.join("uploads");
-        let volume = self.bucket_volume(&uploads, Access::ReadOnly)?.volume;
-        Ok(UploadContext {
-            context: "tar:///upload/latest.tar.gz".into(),
-            mount: Some((volume, "/upload".into())),
-            objects: self.claim_objects(&prefix.namespace, &uploads),
-        })
+        Ok(static_pv::mounted_upload_context(prefix, |ns, url| {
+            self.claim_objects(ns, url)
+        }))
     }
 
     /// The in-cluster registry speaks plain HTTP.

@@ -6,9 +6,10 @@
 //! delete the volumes whose claim is gone. Its reclaim policy is `Retain`: deleting either object never
 //! deletes a byte in the bucket.
 
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
-use substratus_core::cloud::BucketUrl;
+use substratus_core::cloud::{Access, ArtifactPrefix, BucketUrl, BucketVolume, UploadContext};
 use substratus_core::names::{self, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Labels the janitor (`substratus_core::reconcile::janitor`) finds the volumes by.
@@ -26,6 +27,37 @@ pub fn claim_name(url: &BucketUrl) -> String {
 pub fn volume_name(namespace: &str, url: &BucketUrl) -> String {
     let id = names::hex(&Md5::digest(format!("{namespace}/{url}").as_bytes()));
     format!("substratus-{}", &id[..24])
+}
+
+/// The pod volume of a prefix mounted through its claim.
+pub fn claim_volume(prefix: &BucketUrl, access: Access) -> BucketVolume {
+    BucketVolume {
+        volume: Volume {
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim_name(prefix),
+                read_only: Some(access == Access::ReadOnly),
+            }),
+            ..Default::default()
+        },
+        pod_annotations: Default::default(),
+    }
+}
+
+/// The build context read from a read-only mount of the prefix's `uploads/` at `/upload`;
+/// `claim_objects` makes the volume and claim of a location in a namespace.
+pub fn mounted_upload_context(
+    prefix: &ArtifactPrefix,
+    claim_objects: impl FnOnce(&str, &BucketUrl) -> Vec<Value>,
+) -> UploadContext {
+    let uploads = prefix.url.join("uploads");
+    UploadContext {
+        context: "tar:///upload/latest.tar.gz".into(),
+        mount: Some((
+            claim_volume(&uploads, Access::ReadOnly).volume,
+            "/upload".into(),
+        )),
+        objects: claim_objects(&prefix.namespace, &uploads),
+    }
 }
 
 /// The CSI part of a static volume.

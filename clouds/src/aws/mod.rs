@@ -19,7 +19,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
@@ -356,16 +355,7 @@ impl Cloud for AwsCloud {
         prefix: &BucketUrl,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
-        Ok(BucketVolume {
-            volume: Volume {
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: static_pv::claim_name(prefix),
-                    read_only: Some(access == Access::ReadOnly),
-                }),
-                ..Default::default()
-            },
-            pod_annotations: BTreeMap::new(),
-        })
+        Ok(static_pv::claim_volume(prefix, access))
     }
 
     fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {

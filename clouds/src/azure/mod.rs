@@ -30,7 +30,6 @@ use azure_storage::StorageCredentials;
 use azure_storage::shared_access_signature::service_sas::BlobSasPermissions;
 use azure_storage_blobs::prelude::{BlobClient, BlobServiceClient, ClientBuilder};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
@@ -243,16 +242,7 @@ impl Cloud for AzureCloud {
         prefix: &BucketUrl,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
-        Ok(BucketVolume {
-            volume: Volume {
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: static_pv::claim_name(prefix),
-                    read_only: Some(access == Access::ReadOnly),
-                }),
-                ..Default::default()
-            },
-            pod_annotations: BTreeMap::new(),
-        })
+        Ok(static_pv::claim_volume(prefix, access))
     }
 
     fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
@@ -260,13 +250,9 @@ impl Cloud for AzureCloud {
     }
 
     fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
-        let uploads = prefix.url.join("uploads");
-        let volume = self.bucket_volume(&uploads, Access::ReadOnly)?.volume;
-        Ok(UploadContext {
-            context: "tar:///upload/latest.tar.gz".into(),
-            mount: Some((volume, "/upload".into())),
-            objects: self.claim_objects(&prefix.namespace, &uploads),
-        })
+        Ok(static_pv::mounted_upload_context(prefix, |ns, url| {
+            self.claim_objects(ns, url)
+        }))
     }
 
     fn gpu_placement(
