@@ -73,12 +73,7 @@ impl KindCloud {
         settings: KindSettings,
         gpus: GpuCatalog,
     ) -> Result<KindCloud, String> {
-        if config.artifact_bucket.scheme != "s3" {
-            return Err(format!(
-                "ARTIFACT_BUCKET_URL: the kind backend needs an s3:// bucket, got {}",
-                config.artifact_bucket
-            ));
-        }
+        config.require_scheme("kind", "s3")?;
         let store = s3(
             &settings,
             &config.artifact_bucket.bucket,

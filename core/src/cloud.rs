@@ -82,6 +82,20 @@ pub struct CloudConfig {
     pub principal: Option<String>,
 }
 
+impl CloudConfig {
+    /// Refuses an artifact bucket of another provider, naming the setting.
+    pub fn require_scheme(&self, backend: &str, scheme: &str) -> Result<(), String> {
+        if self.artifact_bucket.scheme == scheme {
+            Ok(())
+        } else {
+            Err(format!(
+                "ARTIFACT_BUCKET_URL: the {backend} backend needs a {scheme}://<bucket>/<path> URL, got {}",
+                self.artifact_bucket
+            ))
+        }
+    }
+}
+
 /// How a pod mounts a bucket prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {

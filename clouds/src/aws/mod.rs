@@ -140,12 +140,7 @@ impl AwsCloud {
         gpus: GpuCatalog,
         sdk: &aws_config::SdkConfig,
     ) -> Result<AwsCloud, String> {
-        if config.artifact_bucket.scheme != "s3" {
-            return Err(format!(
-                "ARTIFACT_BUCKET_URL: the aws backend needs an s3:// bucket, got {}",
-                config.artifact_bucket
-            ));
-        }
+        config.require_scheme("aws", "s3")?;
         let role_arn = config
             .principal
             .clone()

@@ -117,12 +117,7 @@ impl AzureCloud {
         settings: AzureSettings,
         gpus: GpuCatalog,
     ) -> Result<AzureCloud, String> {
-        if config.artifact_bucket.scheme != "az" {
-            return Err(format!(
-                "ARTIFACT_BUCKET_URL: the azure backend needs an az://<container>/<path> URL, got {}",
-                config.artifact_bucket
-            ));
-        }
+        config.require_scheme("azure", "az")?;
         let client_id = config.principal.clone().ok_or(
             "PRINCIPAL: the azure backend needs the client id of the managed identity workloads run as",
         )?;

@@ -94,12 +94,7 @@ impl GcpCloud {
         settings: GcpSettings,
         gpus: GpuCatalog,
     ) -> Result<GcpCloud, String> {
-        if config.artifact_bucket.scheme != "gs" {
-            return Err(format!(
-                "ARTIFACT_BUCKET_URL: the gcp backend needs a gs:// bucket, got {}",
-                config.artifact_bucket
-            ));
-        }
+        config.require_scheme("gcp", "gs")?;
         let principal = config.principal.clone().ok_or(
             "PRINCIPAL: the gcp backend needs the email of the Google service account workloads run as",
         )?;
