@@ -34,7 +34,15 @@ enum Command {
     Crd,
 }
 
+/// With `--features dhat-heap`, every allocation is counted and `dhat-heap.json` is written
+/// on a clean exit (SIGTERM): the heap at its peak, by allocation site.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> Result<()> {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", substratus_crds::crds_yaml()?);

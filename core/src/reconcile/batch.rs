@@ -26,10 +26,7 @@ struct Observed {
 async fn observe(ctx: &Context, parent: &Parent) -> Result<Observed, Error> {
     let job_name = parent.kind.workload_name(&parent.name);
     let job = match ctx.caches() {
-        Some(c) => c
-            .jobs
-            .get(&kube::runtime::reflector::ObjectRef::new(&job_name).within(&parent.namespace))
-            .map(|j| j.as_ref().clone()),
+        Some(c) => c.job(&parent.namespace, &job_name),
         None => Api::<Job>::namespaced(ctx.client.clone(), &parent.namespace)
             .get_opt(&job_name)
             .await
@@ -91,9 +88,8 @@ async fn apply_plan(ctx: &Context, parent: &Parent, plan: &BatchPlan) -> Result<
     for d in &plan.delete {
         ctx.delete_child(&parent.namespace, d).await?;
     }
-    for child in &plan.children {
-        ctx.apply_child(&parent.namespace, child).await?;
-    }
+    ctx.apply_children(&parent.namespace, &plan.children)
+        .await?;
     if let Some(job) = &plan.create_job {
         ctx.ensure_service_account(&parent.namespace, parent.kind.run_role())
             .await?;
@@ -210,7 +206,7 @@ where
     let new = new_status(status, &plan, built, parent.generation);
     if write_status(ctx, obj, status, &new).await? {
         let before = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-        ctx.event_on_transition(obj, before, &new.conditions).await;
+        ctx.event_on_transition(obj, before, &new.conditions);
     }
     Ok(Action::requeue(requeue))
 }

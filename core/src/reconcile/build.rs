@@ -6,7 +6,6 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use substratus_crds::{Build, BuildUpload, UploadStatus};
@@ -144,10 +143,7 @@ async fn handshake(
 async fn observe_job(ctx: &Context, parent: &Parent) -> Result<(Option<Job>, Vec<Pod>), Error> {
     let name = names::build_job(parent.kind, &parent.name);
     let job = match ctx.caches() {
-        Some(c) => c
-            .jobs
-            .get(&ObjectRef::new(&name).within(&parent.namespace))
-            .map(|j| j.as_ref().clone()),
+        Some(c) => c.job(&parent.namespace, &name),
         None => Api::<Job>::namespaced(ctx.client.clone(), &parent.namespace)
             .get_opt(&name)
             .await
@@ -247,9 +243,8 @@ where
     if let Some(d) = &plan.delete {
         ctx.delete_child(&parent.namespace, d).await?;
     }
-    for child in &plan.children {
-        ctx.apply_child(&parent.namespace, child).await?;
-    }
+    ctx.apply_children(&parent.namespace, &plan.children)
+        .await?;
     if let Some(job) = &plan.create_job {
         ctx.ensure_service_account(&parent.namespace, names::Role::ContainerBuilder)
             .await?;

@@ -8,31 +8,40 @@ use std::future::Future;
 use std::pin::Pin;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Service, ServiceAccount,
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, PodStatus, Service, ServiceAccount,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use substratus_crds::{Dataset, Model};
 
+use super::slim::{self, Labels, StatusOnly};
 use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
+
+/// A Job as cached: metadata and status.
+pub type CachedJob = StatusOnly<Job, JobStatus>;
+/// A Deployment as cached: metadata and status.
+pub type CachedDeployment = StatusOnly<Deployment, DeploymentStatus>;
+/// A Pod as cached: metadata and status.
+pub type CachedPod = StatusOnly<Pod, PodStatus>;
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Streams of cached objects, each delivered after the cache applied it, that trigger the
 /// controllers: a reconcile triggered by a change always reads that change from the cache.
 pub struct Triggers {
-    pub jobs_for_models: ReflectHandle<Job>,
-    pub jobs_for_datasets: ReflectHandle<Job>,
+    pub jobs_for_models: ReflectHandle<CachedJob>,
+    pub jobs_for_datasets: ReflectHandle<CachedJob>,
     /// Build Jobs of Servers and Notebooks.
-    pub jobs_for_servers: ReflectHandle<Job>,
-    pub jobs_for_notebooks: ReflectHandle<Job>,
-    pub deployments_for_servers: ReflectHandle<Deployment>,
-    pub pods_for_notebooks: ReflectHandle<Pod>,
+    pub jobs_for_servers: ReflectHandle<CachedJob>,
+    pub jobs_for_notebooks: ReflectHandle<CachedJob>,
+    pub deployments_for_servers: ReflectHandle<CachedDeployment>,
+    pub pods_for_notebooks: ReflectHandle<CachedPod>,
     pub models_for_models: ReflectHandle<Model>,
     pub models_for_servers: ReflectHandle<Model>,
     pub models_for_notebooks: ReflectHandle<Model>,
@@ -48,9 +57,9 @@ pub struct Triggers {
 /// The caches; [`Caches::new`] also returns the tasks that keep them fed.
 #[derive(Clone)]
 pub struct Caches {
-    pub jobs: Store<Job>,
-    pub deployments: Store<Deployment>,
-    pub pods: Store<Pod>,
+    jobs: Store<CachedJob>,
+    deployments: Store<CachedDeployment>,
+    pods: Store<CachedPod>,
     pub models: Store<Model>,
     pub datasets: Store<Dataset>,
     pub configmaps: Store<PartialObjectMeta<ConfigMap>>,
@@ -144,6 +153,7 @@ where
 fn meta<K>(
     api: Api<PartialObjectMeta<K>>,
     config: watcher::Config,
+    strip: fn(&mut ObjectMeta),
     tasks: &mut Vec<Task>,
 ) -> Store<PartialObjectMeta<K>>
 where
@@ -158,11 +168,19 @@ where
     let (store, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
-        .modify(|o: &mut PartialObjectMeta<K>| o.managed_fields_mut().clear());
+        .modify(move |o: &mut PartialObjectMeta<K>| strip(&mut o.metadata));
     tasks.push(Box::pin(
         reflector::reflector(writer, stream).for_each(|_| futures::future::ready(())),
     ));
     store
+}
+
+fn pod(p: &CachedPod) -> Pod {
+    Pod {
+        metadata: p.metadata.clone(),
+        status: p.status.clone(),
+        ..Default::default()
+    }
 }
 
 /// One subscriber of a shared cache; `subscribe` on a shared writer always yields one.
@@ -178,45 +196,36 @@ impl Caches {
     pub fn new(client: &Client, namespace: Option<&str>) -> (Caches, Triggers, Vec<Task>) {
         let mut tasks = Vec::new();
         let (jobs, mut job_subs) = shared(
-            namespaced::<Job>(client, namespace),
+            namespaced::<CachedJob>(client, namespace),
             managed(),
-            |j| {
-                j.managed_fields_mut().clear();
-                j.spec = None;
-            },
+            |j| slim::child_meta(&mut j.metadata, Labels::Drop),
             4,
             &mut tasks,
         );
         let (deployments, mut deployment_subs) = shared(
-            namespaced::<Deployment>(client, namespace),
+            namespaced::<CachedDeployment>(client, namespace),
             managed(),
-            |d| {
-                d.managed_fields_mut().clear();
-                d.spec = None;
-            },
+            |d| slim::child_meta(&mut d.metadata, Labels::Drop),
             1,
             &mut tasks,
         );
         let (pods, mut pod_subs) = shared(
-            namespaced::<Pod>(client, namespace),
+            namespaced::<CachedPod>(client, namespace),
             managed(),
-            |p| {
-                p.managed_fields_mut().clear();
-                p.spec = None;
-            },
+            |p| slim::child_meta(&mut p.metadata, Labels::Keep),
             1,
             &mut tasks,
         );
         let (models, mut model_subs, mut model_dels) = shared_with_deletions(
             namespaced::<Model>(client, namespace),
-            |m| m.managed_fields_mut().clear(),
+            |m| slim::primary_meta(m.meta_mut()),
             3,
             3,
             &mut tasks,
         );
         let (datasets, mut dataset_subs, mut dataset_dels) = shared_with_deletions(
             namespaced::<Dataset>(client, namespace),
-            |d| d.managed_fields_mut().clear(),
+            |d| slim::primary_meta(d.meta_mut()),
             2,
             2,
             &mut tasks,
@@ -230,26 +239,32 @@ impl Caches {
             configmaps: meta(
                 namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
                 managed(),
+                |m| slim::child_meta(m, Labels::Drop),
                 &mut tasks,
             ),
             services: meta(
                 namespaced::<PartialObjectMeta<Service>>(client, namespace),
                 managed(),
+                |m| slim::child_meta(m, Labels::Drop),
                 &mut tasks,
             ),
             claims: meta(
                 namespaced::<PartialObjectMeta<PersistentVolumeClaim>>(client, namespace),
                 managed(),
+                |m| slim::child_meta(m, Labels::Drop),
                 &mut tasks,
             ),
             volumes: meta(
                 Api::<PartialObjectMeta<PersistentVolume>>::all(client.clone()),
                 managed(),
+                |m| slim::child_meta(m, Labels::Keep),
                 &mut tasks,
             ),
             service_accounts: meta(
                 namespaced::<PartialObjectMeta<ServiceAccount>>(client, namespace),
                 managed(),
+                // Their annotations carry the cloud identity: kept.
+                slim::primary_meta,
                 &mut tasks,
             ),
         };
@@ -332,7 +347,36 @@ impl Caches {
                     .iter()
                     .all(|(k, v)| p.labels().get(*k).map(String::as_str) == Some(*v))
             })
-            .map(|p| p.as_ref().clone())
+            .map(|p| pod(p))
             .collect()
+    }
+
+    /// A cached Job, with its metadata and status (no spec).
+    pub fn job(&self, namespace: &str, name: &str) -> Option<Job> {
+        self.jobs
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|j| Job {
+                metadata: j.metadata.clone(),
+                status: j.status.clone(),
+                ..Default::default()
+            })
+    }
+
+    /// A cached Deployment, with its metadata and status (no spec).
+    pub fn deployment(&self, namespace: &str, name: &str) -> Option<Deployment> {
+        self.deployments
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|d| Deployment {
+                metadata: d.metadata.clone(),
+                status: d.status.clone(),
+                ..Default::default()
+            })
+    }
+
+    /// A cached Pod, with its metadata and status (no spec).
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Pod> {
+        self.pods
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|p| pod(&p))
     }
 }

@@ -7,9 +7,11 @@ mod batch;
 mod build;
 mod caches;
 mod controllers;
+mod events;
 pub mod janitor;
 mod notebook;
 mod server;
+mod slim;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::core::{DynamicObject, GroupVersionKind};
 use kube::discovery::ApiResource;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -90,7 +91,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The builder images and the upload URL lifetime.
     pub build: crate::plan::build::BuildSettings,
-    recorder: Recorder,
+    events: events::Events,
     /// (namespace, service account) pairs already ensured and bound.
     ensured_accounts: Mutex<HashSet<(String, &'static str)>>,
     /// Serialises the slow path of [`Context::ensure_service_account`], so that concurrent
@@ -101,17 +102,52 @@ pub struct Context {
     /// The status last written per object, with the resourceVersion it produced: a reconcile
     /// triggered by a child's event may see its parent from before that write, and must not
     /// take the older status for the current one (it would write it again).
-    written: Mutex<std::collections::HashMap<String, (u64, serde_json::Value)>>,
+    written: WrittenStatus,
+}
+
+/// The status last written per object with the resourceVersion it produced, kept only until
+/// the cache shows that version: then the object's own status is at least as new, and the
+/// entry is dropped (the write's own watch event triggers the reconcile that drops it).
+#[derive(Default)]
+struct WrittenStatus(Mutex<std::collections::HashMap<String, (u64, serde_json::Value)>>);
+
+impl WrittenStatus {
+    fn record(&self, key: String, rv: u64, status: serde_json::Value) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (rv, status));
+    }
+
+    /// The status written last for `key` when the object read (at `rv`) is older than that
+    /// write, else `None`, forgetting a write the object read has caught up with.
+    fn newer_than(&self, key: &str, rv: Option<u64>) -> Option<serde_json::Value> {
+        let mut written = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (written_rv, _) = written.get(key)?;
+        match rv {
+            Some(rv) if rv < *written_rv => written.get(key).map(|(_, v)| v.clone()),
+            Some(_) => {
+                written.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 impl Context {
     pub fn new(client: Client, cloud: Arc<dyn Cloud>, metrics: Arc<Metrics>) -> Context {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::Events::new(
+                client.clone(),
+                FIELD_MANAGER,
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             cloud,
             metrics,
@@ -119,7 +155,7 @@ impl Context {
             ensured_accounts: Mutex::new(HashSet::new()),
             ensuring: tokio::sync::Mutex::new(()),
             caches: std::sync::OnceLock::new(),
-            written: Mutex::new(std::collections::HashMap::new()),
+            written: WrittenStatus::default(),
         }
     }
 
@@ -141,12 +177,9 @@ impl Context {
             .resource_version
             .as_deref()
             .and_then(|r| r.parse::<u64>().ok());
-        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match (written.get(&status_key(obj)), rv) {
-            (Some((written_rv, value)), Some(rv)) if rv < *written_rv => {
-                serde_json::from_value(value.clone()).ok().or(status)
-            }
-            _ => status,
+        match self.written.newer_than(&status_key(obj), rv) {
+            Some(value) => serde_json::from_value(value).ok().or(status),
+            None => status,
         }
     }
 
@@ -268,6 +301,14 @@ impl Context {
     }
 
     /// Applies a child unless the observed one already carries the same spec hash.
+    /// Applies children that do not depend on each other's existence (a claim binds to its
+    /// volume whenever both exist) all at once: one round trip instead of one per child.
+    pub async fn apply_children(&self, namespace: &str, children: &[Child]) -> Result<(), Error> {
+        futures::future::try_join_all(children.iter().map(|c| self.apply_child(namespace, c)))
+            .await
+            .map(drop)
+    }
+
     pub async fn apply_child(&self, namespace: &str, child: &Child) -> Result<(), Error> {
         match child {
             Child::ConfigMap(o) => self.apply_typed::<ConfigMap>(namespace, o).await,
@@ -501,8 +542,10 @@ impl Context {
         })
     }
 
-    /// Publishes an Event when the `Ready` condition changes status or reason.
-    pub async fn event_on_transition<K>(&self, obj: &K, before: &[Condition], after: &[Condition])
+    /// Publishes an Event when the `Ready` condition changes status or reason. The Event is
+    /// sent in the background, so that a reconcile's slot is free as soon as its status is
+    /// written.
+    pub fn event_on_transition<K>(&self, obj: &K, before: &[Condition], after: &[Condition])
     where
         K: Resource<DynamicType = ()>,
     {
@@ -522,23 +565,16 @@ impl Context {
         if old.is_none() && waiting {
             return;
         }
-        let ev = Event {
-            type_: if new.status == "True"
-                || new.reason == crate::conditions::reasons::JOB_NOT_COMPLETE
-                || new.reason.ends_with("NotReady")
-            {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            },
-            reason: new.reason.clone(),
-            note: Some(new.message.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
+        let type_ = if new.status == "True"
+            || new.reason == crate::conditions::reasons::JOB_NOT_COMPLETE
+            || new.reason.ends_with("NotReady")
+        {
+            events::EventType::Normal
+        } else {
+            events::EventType::Warning
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, "publishing an event failed");
-        }
+        self.events
+            .publish(obj.object_ref(&()), type_, &new.reason, &new.message);
     }
 }
 
@@ -632,10 +668,7 @@ where
             .and_then(|r| r.parse::<u64>().ok()),
         serde_json::to_value(status),
     ) {
-        ctx.written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(status_key(obj), (rv, value));
+        ctx.written.record(status_key(obj), rv, value);
     }
     ctx.metrics
         .status_writes
@@ -654,4 +687,31 @@ pub const REQUEUE_DONE: Duration = Duration::from_secs(600);
 /// A Bucket URL from the recorded status, if it parses.
 pub fn recorded_url(url: Option<&str>) -> Option<BucketUrl> {
     url.and_then(|u| BucketUrl::parse(u).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WrittenStatus;
+    use serde_json::json;
+
+    #[test]
+    fn a_written_status_stands_in_for_older_reads_until_the_cache_catches_up() {
+        let w = WrittenStatus::default();
+        w.record("Model/ns/a".into(), 10, json!({"ready": true}));
+        // A read from before the write gets the written status, and keeps the entry.
+        assert_eq!(
+            w.newer_than("Model/ns/a", Some(9)),
+            Some(json!({"ready": true}))
+        );
+        assert_eq!(w.len(), 1);
+        // Another object is not affected.
+        assert_eq!(w.newer_than("Model/ns/b", Some(1)), None);
+        // A read without a version cannot be compared: its own status, entry kept.
+        assert_eq!(w.newer_than("Model/ns/a", None), None);
+        assert_eq!(w.len(), 1);
+        // The read that shows the write: its own status, and the entry is gone for good.
+        assert_eq!(w.newer_than("Model/ns/a", Some(10)), None);
+        assert_eq!(w.len(), 0);
+        assert_eq!(w.newer_than("Model/ns/a", Some(9)), None);
+    }
 }

@@ -37,7 +37,6 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
     };
     let secret_name = names::notebook_token_secret(&parent.name);
     let pod_name = Kind::Notebook.workload_name(&parent.name);
-    use kube::runtime::reflector::ObjectRef;
     let (secret_exists, pod) = match ctx.caches() {
         Some(c) => (
             Api::<Secret>::namespaced(ctx.client.clone(), &ns)
@@ -45,9 +44,7 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
                 .await
                 .map_err(kube_err("reading Secret", format!("{ns}/{secret_name}")))?
                 .is_some(),
-            c.pods
-                .get(&ObjectRef::new(&pod_name).within(&ns))
-                .map(|p| p.as_ref().clone()),
+            c.pod(&ns, &pod_name),
         ),
         None => (
             Api::<Secret>::namespaced(ctx.client.clone(), &ns)
@@ -99,9 +96,7 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
     for d in &plan.delete {
         ctx.delete_child(&ns, d).await?;
     }
-    for child in &plan.children {
-        ctx.apply_child(&ns, child).await?;
-    }
+    ctx.apply_children(&ns, &plan.children).await?;
     for child in &plan.create {
         if matches!(child, Child::Pod(_)) {
             ctx.ensure_service_account(&ns, Kind::Notebook.run_role())
@@ -124,8 +119,7 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
         observed_generation: parent.generation,
     };
     if write_status(&ctx, nb.as_ref(), status, &new).await? {
-        ctx.event_on_transition(nb.as_ref(), existing, &new.conditions)
-            .await;
+        ctx.event_on_transition(nb.as_ref(), existing, &new.conditions);
     }
     Ok(Action::requeue(built.requeue_within(if plan.requeue {
         std::time::Duration::from_secs(1)

@@ -24,10 +24,7 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
     };
     let name = Kind::Server.workload_name(&parent.name);
     let deployment = match ctx.caches() {
-        Some(c) => c
-            .deployments
-            .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&parent.namespace))
-            .map(|d| d.as_ref().clone()),
+        Some(c) => c.deployment(&parent.namespace, &name),
         None => Api::<Deployment>::namespaced(ctx.client.clone(), &parent.namespace)
             .get_opt(&name)
             .await
@@ -81,9 +78,8 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         ctx.ensure_service_account(&parent.namespace, Kind::Server.run_role())
             .await?;
     }
-    for child in &plan.children {
-        ctx.apply_child(&parent.namespace, child).await?;
-    }
+    ctx.apply_children(&parent.namespace, &plan.children)
+        .await?;
     let existing = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let mut desired = plan.conditions.clone();
     built.explain_ready(&mut desired);
@@ -96,8 +92,7 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         observed_generation: parent.generation,
     };
     if write_status(&ctx, srv.as_ref(), status, &new).await? {
-        ctx.event_on_transition(srv.as_ref(), existing, &new.conditions)
-            .await;
+        ctx.event_on_transition(srv.as_ref(), existing, &new.conditions);
     }
     Ok(Action::requeue(built.requeue_within(if plan.ready {
         REQUEUE_DONE
