@@ -198,7 +198,12 @@ impl Caches {
         let (jobs, mut job_subs) = shared(
             namespaced::<CachedJob>(client, namespace),
             managed(),
-            |j| slim::child_meta(&mut j.metadata, Labels::Drop),
+            |j| {
+                slim::child_meta(&mut j.metadata, Labels::Drop);
+                if let Some(s) = j.status.as_mut() {
+                    slim::job_status(s);
+                }
+            },
             4,
             &mut tasks,
         );
@@ -212,7 +217,12 @@ impl Caches {
         let (pods, mut pod_subs) = shared(
             namespaced::<CachedPod>(client, namespace),
             managed(),
-            |p| slim::child_meta(&mut p.metadata, Labels::Keep),
+            |p| {
+                slim::child_meta(&mut p.metadata, Labels::Keep);
+                if let Some(s) = p.status.as_mut() {
+                    slim::pod_status(s);
+                }
+            },
             1,
             &mut tasks,
         );
@@ -239,25 +249,25 @@ impl Caches {
             configmaps: meta(
                 namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
                 managed(),
-                |m| slim::child_meta(m, Labels::Drop),
+                |m| slim::unowned_child_meta(m, Labels::Drop),
                 &mut tasks,
             ),
             services: meta(
                 namespaced::<PartialObjectMeta<Service>>(client, namespace),
                 managed(),
-                |m| slim::child_meta(m, Labels::Drop),
+                |m| slim::unowned_child_meta(m, Labels::Drop),
                 &mut tasks,
             ),
             claims: meta(
                 namespaced::<PartialObjectMeta<PersistentVolumeClaim>>(client, namespace),
                 managed(),
-                |m| slim::child_meta(m, Labels::Drop),
+                |m| slim::unowned_child_meta(m, Labels::Drop),
                 &mut tasks,
             ),
             volumes: meta(
                 Api::<PartialObjectMeta<PersistentVolume>>::all(client.clone()),
                 managed(),
-                |m| slim::child_meta(m, Labels::Keep),
+                |m| slim::unowned_child_meta(m, Labels::Keep),
                 &mut tasks,
             ),
             service_accounts: meta(

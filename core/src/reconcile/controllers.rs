@@ -123,8 +123,9 @@ where
     }
 }
 
-/// A controller of `K` whose store keeps no `managedFields` (the reconcilers never read
-/// them; at scale they are a large part of each object). Otherwise as `Controller::new`:
+/// A controller of `K` whose store keeps no `managedFields` nor `kubectl apply`'s copy of
+/// the object (the reconcilers never read them; at scale they are a large part of each
+/// object). Otherwise as `Controller::new`:
 /// the same watcher, reflector and triggers.
 fn primary<K>(api: Api<K>) -> Controller<K>
 where
@@ -135,9 +136,8 @@ where
     let reader = writer.as_reader();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).modify(|o: &mut K| {
-            o.meta_mut().managed_fields = None;
-        }),
+        watcher(api, watcher::Config::default())
+            .modify(|o: &mut K| super::slim::primary_meta(o.meta_mut())),
     )
     .applied_objects();
     Controller::for_stream(stream, reader)

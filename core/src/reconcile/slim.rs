@@ -4,6 +4,8 @@
 
 use std::marker::PhantomData;
 
+use k8s_openapi::api::batch::v1::JobStatus;
+use k8s_openapi::api::core::v1::PodStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
@@ -67,11 +69,18 @@ pub enum Labels {
     Drop,
 }
 
-/// Clears what no reconcile reads on a child: managedFields, other tools' annotations, and
-/// the labels unless asked to keep them. Owner references stay (they route a child's event
-/// to its parent).
+/// Clears what no reconcile reads on a child: managedFields, other tools' annotations,
+/// identity and bookkeeping (uid, resourceVersion, creation time, generation, finalizers),
+/// and the labels unless asked to keep them. Owner references stay (they route a child's
+/// event to its parent); so does the deletion time (a child being deleted is waited for).
+/// The watch resumes from the versions of the events it read, not from the cached objects.
 pub fn child_meta(meta: &mut ObjectMeta, labels: Labels) {
     meta.managed_fields = None;
+    meta.uid = None;
+    meta.resource_version = None;
+    meta.creation_timestamp = None;
+    meta.generation = None;
+    meta.finalizers = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.retain(|k, _| k.starts_with(OWN_PREFIX));
     }
@@ -80,6 +89,67 @@ pub fn child_meta(meta: &mut ObjectMeta, labels: Labels) {
     }
     if labels == Labels::Drop {
         meta.labels = None;
+    }
+}
+
+/// As [`child_meta`], for a child no reconcile is triggered by (its owners are not read).
+pub fn unowned_child_meta(meta: &mut ObjectMeta, labels: Labels) {
+    child_meta(meta, labels);
+    meta.owner_references = None;
+}
+
+/// Clears what no reconcile reads in a Job's status: times and pod tracking. Counts and
+/// conditions (type, status, reason, message) stay.
+pub fn job_status(status: &mut JobStatus) {
+    status.start_time = None;
+    status.completion_time = None;
+    status.uncounted_terminated_pods = None;
+    for c in status.conditions.iter_mut().flatten() {
+        c.last_probe_time = None;
+        c.last_transition_time = None;
+    }
+}
+
+/// Clears what no reconcile reads in a Pod's status: addresses, times, container ids and
+/// resources. Phase, conditions and the containers' names, images and states stay (they
+/// explain a pod that waits or failed).
+pub fn pod_status(status: &mut PodStatus) {
+    status.host_ip = None;
+    status.host_ips = None;
+    status.pod_ip = None;
+    status.pod_ips = None;
+    status.start_time = None;
+    status.qos_class = None;
+    status.nominated_node_name = None;
+    status.resize = None;
+    status.resource_claim_statuses = None;
+    status.ephemeral_container_statuses = None;
+    for c in status.conditions.iter_mut().flatten() {
+        c.last_probe_time = None;
+        c.last_transition_time = None;
+    }
+    let containers = status
+        .container_statuses
+        .iter_mut()
+        .chain(status.init_container_statuses.iter_mut())
+        .flatten();
+    for c in containers {
+        c.container_id = None;
+        c.image_id = String::new();
+        c.last_state = None;
+        c.allocated_resources = None;
+        c.allocated_resources_status = None;
+        c.resources = None;
+        c.user = None;
+        c.volume_mounts = None;
+        if let Some(state) = c.state.as_mut() {
+            if let Some(t) = state.terminated.as_mut() {
+                t.container_id = None;
+                t.started_at = None;
+                t.finished_at = None;
+            }
+            state.running = None;
+        }
     }
 }
 
@@ -96,7 +166,8 @@ pub fn primary_meta(meta: &mut ObjectMeta) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::batch::v1::{Job, JobStatus};
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
     use kube::{Resource, ResourceExt};
     use serde_json::json;
 
@@ -154,7 +225,11 @@ mod tests {
             vec!["substratus.ai/spec-hash"]
         );
         assert_eq!(dropped.owner_references.as_ref().unwrap().len(), 1);
-        assert_eq!(dropped.uid.as_deref(), Some("u1"));
+        assert!(dropped.uid.is_none() && dropped.resource_version.is_none());
+
+        let mut unowned = j.metadata.clone();
+        unowned_child_meta(&mut unowned, Labels::Drop);
+        assert!(unowned.owner_references.is_none());
 
         let mut kept = j.metadata.clone();
         child_meta(&mut kept, Labels::Keep);
@@ -180,5 +255,61 @@ mod tests {
         assert!(!a.contains_key(LAST_APPLIED));
         assert_eq!(a["other.io/x"], "y");
         assert_eq!(meta.labels.unwrap()["role"], "run");
+    }
+
+    #[test]
+    fn statuses_keep_what_explains_a_job_or_pod() {
+        let mut job: StatusOnly<Job, JobStatus> = serde_json::from_value(json!({
+            "metadata": {"name": "j"},
+            "status": {"failed": 2, "startTime": "2026-11-27T00:00:00Z",
+                       "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                       "message": "Job has reached the specified backoff limit",
+                                       "lastTransitionTime": "2026-11-27T00:00:00Z"}]}
+        }))
+        .unwrap();
+        job_status(job.status.as_mut().unwrap());
+        let s = job.status.unwrap();
+        assert_eq!(s.failed, Some(2));
+        assert!(s.start_time.is_none());
+        let c = &s.conditions.unwrap()[0];
+        assert_eq!(c.reason.as_deref(), Some("BackoffLimitExceeded"));
+        assert!(c.message.is_some() && c.last_transition_time.is_none());
+
+        let mut pod: StatusOnly<Pod, PodStatus> = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Pending", "podIP": "10.0.0.1", "hostIP": "10.0.1.1",
+                       "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}],
+                       "containerStatuses": [{"name": "c", "image": "i:1", "imageID": "sha256:abc", "ready": false,
+                           "restartCount": 0, "containerID": "containerd://x",
+                           "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}],
+                       "initContainerStatuses": [{"name": "clone", "image": "git", "imageID": "sha256:def", "ready": false,
+                           "restartCount": 0, "state": {"terminated": {"exitCode": 128, "message": "no repo",
+                           "finishedAt": "2026-11-27T00:00:00Z"}}}]}
+        }))
+        .unwrap();
+        pod_status(pod.status.as_mut().unwrap());
+        let s = pod.status.unwrap();
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        assert!(s.pod_ip.is_none() && s.host_ip.is_none());
+        assert_eq!(
+            s.conditions.unwrap()[0].message.as_deref(),
+            Some("0/3 nodes")
+        );
+        let c = &s.container_statuses.unwrap()[0];
+        assert_eq!(
+            (c.name.as_str(), c.image.as_str(), c.image_id.as_str()),
+            ("c", "i:1", "")
+        );
+        assert!(c.container_id.is_none());
+        let w = c.state.as_ref().unwrap().waiting.as_ref().unwrap();
+        assert_eq!(w.reason.as_deref(), Some("ImagePullBackOff"));
+        let t = s.init_container_statuses.unwrap()[0]
+            .state
+            .clone()
+            .unwrap()
+            .terminated
+            .unwrap();
+        assert_eq!((t.exit_code, t.message.as_deref()), (128, Some("no repo")));
+        assert!(t.finished_at.is_none());
     }
 }
