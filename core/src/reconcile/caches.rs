@@ -35,6 +35,10 @@ type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Streams of cached objects, each delivered after the cache applied it, that trigger the
 /// controllers: a reconcile triggered by a change always reads that change from the cache.
 pub struct Triggers {
+    /// The Model and Dataset controllers' own triggers: their objects come from the shared
+    /// caches, which hold each Model and Dataset once.
+    pub models: ReflectHandle<Model>,
+    pub datasets: ReflectHandle<Dataset>,
     pub jobs_for_models: ReflectHandle<CachedJob>,
     pub jobs_for_datasets: ReflectHandle<CachedJob>,
     /// Build Jobs of Servers and Notebooks.
@@ -229,14 +233,14 @@ impl Caches {
         let (models, mut model_subs, mut model_dels) = shared_with_deletions(
             namespaced::<Model>(client, namespace),
             |m| slim::primary_meta(m.meta_mut()),
-            3,
+            4,
             3,
             &mut tasks,
         );
         let (datasets, mut dataset_subs, mut dataset_dels) = shared_with_deletions(
             namespaced::<Dataset>(client, namespace),
             |d| slim::primary_meta(d.meta_mut()),
-            2,
+            3,
             2,
             &mut tasks,
         );
@@ -279,6 +283,8 @@ impl Caches {
             ),
         };
         let triggers = Triggers {
+            models: take(&mut model_subs),
+            datasets: take(&mut dataset_subs),
             jobs_for_models: take(&mut job_subs),
             jobs_for_datasets: take(&mut job_subs),
             jobs_for_servers: take(&mut job_subs),

@@ -166,6 +166,7 @@ pub async fn run(
             }
         }
     }
+    let (model_store, dataset_store) = (caches.models.clone(), caches.datasets.clone());
     ctx.set_caches(caches);
     tokio::spawn(super::janitor::run(
         ctx.clone(),
@@ -176,8 +177,8 @@ pub async fn run(
     let cfg = ControllerConfig::default().concurrency(opts.concurrency);
     let t = triggers;
 
-    let models = primary(api::<Model>(&ctx, &opts)).with_config(cfg.clone());
-    let model_store = models.store();
+    let models =
+        Controller::for_shared_stream(t.models, model_store.clone()).with_config(cfg.clone());
     let model_store2 = model_store.clone();
     let model_store3 = model_store.clone();
     let model_store4 = model_store.clone();
@@ -217,7 +218,7 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let datasets = primary(api::<Dataset>(&ctx, &opts))
+    let datasets = Controller::for_shared_stream(t.datasets, dataset_store)
         .with_config(cfg.clone())
         .owns_shared_stream(t.jobs_for_datasets)
         .graceful_shutdown_on(shutdown.clone())
