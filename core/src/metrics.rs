@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,8 @@ pub struct Metrics {
     pub duration: Family<KindLabels, Histogram>,
     pub status_writes: Family<KindLabels, Counter>,
     pub child_writes: Family<KindLabels, Counter>,
+    /// Objects held in the watch caches, by kind (updated every sweep interval).
+    pub cached: Family<KindLabels, Gauge>,
 }
 
 impl Metrics {
@@ -37,6 +40,7 @@ impl Metrics {
             }),
             status_writes: Family::default(),
             child_writes: Family::default(),
+            cached: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("substratus");
         sub.register(
@@ -63,6 +67,11 @@ impl Metrics {
             "child_writes",
             "Child objects created, updated or deleted, by kind",
             m.child_writes.clone(),
+        );
+        sub.register(
+            "cached_objects",
+            "Objects held in the operator's watch caches, by kind",
+            m.cached.clone(),
         );
         m
     }

@@ -545,6 +545,29 @@ impl Cluster {
         }
     }
 
+    /// Stops one component for good (SIGTERM, then SIGKILL after 5 s): a benchmark that
+    /// measures the operator alone stops the parts that would run its Jobs.
+    pub fn stop_component(&mut self, name: &str) -> Result<()> {
+        let Some(i) = self.procs.iter().position(|(n, _)| n == name) else {
+            return Err(anyhow!("{name} is not running"));
+        };
+        let (_, mut child) = self.procs.remove(i);
+        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok(())
+    }
+
     /// Stops one component (SIGKILL) and starts it again with the same arguments; for fault
     /// tests. Returns once it answers again.
     pub fn restart(&mut self, name: &str) -> Result<()> {

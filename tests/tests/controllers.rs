@@ -632,6 +632,34 @@ async fn the_retained_static_volume_of_a_deleted_model_is_swept() {
     )
     .await;
     wait_ready(&c, &ns.name, "Model", "m").await;
+    // The caches hold the Model, its Job and its volume, but not its pod, which succeeded
+    // (only pods that can explain a wait or a failure are kept).
+    let pods = Api::<Pod>::namespaced(c.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(
+        pods.iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")),
+        "the Model's pod succeeded: {pods:?}"
+    );
+    let cached = |kind: &str| {
+        op.metrics
+            .cached
+            .get_or_create(&substratus_core::metrics::KindLabels { kind: kind.into() })
+            .get()
+    };
+    wait_for("the caches' sizes recorded", WAIT, || async {
+        // Volumes are cluster-scoped: other tests' volumes are cached too.
+        let seen = ["Model", "Job", "Pod", "PersistentVolume"].map(cached);
+        if seen[..3] == [1, 1, 0] && seen[3] >= 1 {
+            Ok(Some(()))
+        } else {
+            Err(format!("Model, Job, Pod, PersistentVolume: {seen:?}"))
+        }
+    })
+    .await;
     let pvs: Api<PersistentVolume> = Api::all(c.clone());
     let ours = ListParams::default().labels(&format!("substratus.ai/claim-namespace={}", ns.name));
     let names: Vec<String> = pvs

@@ -73,6 +73,9 @@ pub struct Caches {
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
 }
 
+/// The pods the caches keep.
+pub const PODS_NOT_SUCCEEDED: &str = "status.phase!=Succeeded";
+
 fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
 }
@@ -220,7 +223,10 @@ impl Caches {
         );
         let (pods, mut pod_subs) = shared(
             namespaced::<CachedPod>(client, namespace),
-            managed(),
+            // A pod that succeeded explains nothing (pods are read to say why a workload
+            // waits or failed, and notebook and server pods restart, never succeed): it
+            // leaves the cache, so finished Jobs cost no memory for their pods.
+            managed().fields(PODS_NOT_SUCCEEDED),
             |p| {
                 slim::child_meta(&mut p.metadata, Labels::Keep);
                 if let Some(s) = p.status.as_mut() {
@@ -303,6 +309,22 @@ impl Caches {
             deleted_datasets_for_notebooks: take(&mut dataset_dels),
         };
         (caches, triggers, tasks)
+    }
+
+    /// How many objects each cache holds, by kind.
+    pub fn sizes(&self) -> [(&'static str, usize); 10] {
+        [
+            ("Job", self.jobs.state().len()),
+            ("Deployment", self.deployments.state().len()),
+            ("Pod", self.pods.state().len()),
+            ("Model", self.models.state().len()),
+            ("Dataset", self.datasets.state().len()),
+            ("ConfigMap", self.configmaps.state().len()),
+            ("Service", self.services.state().len()),
+            ("PersistentVolumeClaim", self.claims.state().len()),
+            ("PersistentVolume", self.volumes.state().len()),
+            ("ServiceAccount", self.service_accounts.state().len()),
+        ]
     }
 
     /// Completes once every cache has its first full list.

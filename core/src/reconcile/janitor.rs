@@ -92,7 +92,7 @@ pub async fn sweep(
     Ok(deleted)
 }
 
-/// Sweeps every `every` until `shutdown` completes.
+/// Sweeps every `every` until `shutdown` completes; records the caches' sizes each time.
 pub async fn run(
     ctx: std::sync::Arc<super::Context>,
     namespace: Option<String>,
@@ -108,6 +108,12 @@ pub async fn run(
         let Some(caches) = ctx.caches() else {
             continue;
         };
+        for (kind, n) in caches.sizes() {
+            ctx.metrics
+                .cached
+                .get_or_create(&crate::metrics::KindLabels { kind: kind.into() })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
         match sweep(&ctx.client, caches, namespace.as_deref()).await {
             Ok(names) if !names.is_empty() => {
                 tracing::info!(volumes = ?names, "deleted released volumes (bucket data kept)")
