@@ -1,7 +1,8 @@
 //! Watch-fed caches of what the reconcilers read, so that a reconcile reads from memory
 //! instead of the API server. Only the operator's own children are watched (the managed-by
-//! label); objects compared only by their spec hash are cached as metadata; fields the
-//! reconcilers never read (pod specs, managedFields) are dropped to keep memory small.
+//! label); objects compared only by their spec hash are kept as key and hash
+//! ([`super::index`]); Jobs, Deployments and Pods as metadata and status, with what the
+//! reconcilers never read dropped ([`super::slim`]) to keep memory small.
 //! Secrets are not cached: watching them would need the right to list every Secret.
 
 use std::future::Future;
@@ -20,6 +21,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use substratus_crds::{Dataset, Model};
 
+use super::index::{self, Index};
+use super::janitor::Volume;
 use super::slim::{self, Labels, StatusOnly};
 use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
 
@@ -66,10 +69,12 @@ pub struct Caches {
     pods: Store<CachedPod>,
     pub models: Store<Model>,
     pub datasets: Store<Dataset>,
-    pub configmaps: Store<PartialObjectMeta<ConfigMap>>,
-    pub services: Store<PartialObjectMeta<Service>>,
-    pub claims: Store<PartialObjectMeta<PersistentVolumeClaim>>,
-    pub volumes: Store<PartialObjectMeta<PersistentVolume>>,
+    /// Children compared only by their spec hash: kept as key and hash.
+    pub configmaps: Index<Option<Box<str>>>,
+    pub services: Index<Option<Box<str>>>,
+    pub claims: Index<Option<Box<str>>>,
+    /// Static volumes: hash and claim (for the janitor).
+    pub volumes: Index<Volume>,
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
 }
 
@@ -190,6 +195,25 @@ fn pod(p: &CachedPod) -> Pod {
     }
 }
 
+/// An index of the operator's children listed by `api`.
+fn indexed<K, E>(
+    api: Api<PartialObjectMeta<K>>,
+    summarize: fn(&ObjectMeta) -> E,
+    tasks: &mut Vec<Task>,
+) -> Index<E>
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    E: Clone + Send + Sync + 'static,
+{
+    let (idx, task) = index::index(api, managed(), summarize);
+    tasks.push(task);
+    idx
+}
+
+fn into_string(hash: Option<Box<str>>) -> Option<String> {
+    hash.map(String::from)
+}
+
 /// One subscriber of a shared cache; `subscribe` on a shared writer always yields one.
 fn take<T>(subscribers: &mut Vec<T>) -> T {
     subscribers
@@ -256,28 +280,24 @@ impl Caches {
             pods,
             models,
             datasets,
-            configmaps: meta(
+            configmaps: indexed(
                 namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
-                managed(),
-                |m| slim::unowned_child_meta(m, Labels::Drop),
+                index::spec_hash,
                 &mut tasks,
             ),
-            services: meta(
+            services: indexed(
                 namespaced::<PartialObjectMeta<Service>>(client, namespace),
-                managed(),
-                |m| slim::unowned_child_meta(m, Labels::Drop),
+                index::spec_hash,
                 &mut tasks,
             ),
-            claims: meta(
+            claims: indexed(
                 namespaced::<PartialObjectMeta<PersistentVolumeClaim>>(client, namespace),
-                managed(),
-                |m| slim::unowned_child_meta(m, Labels::Drop),
+                index::spec_hash,
                 &mut tasks,
             ),
-            volumes: meta(
+            volumes: indexed(
                 Api::<PartialObjectMeta<PersistentVolume>>::all(client.clone()),
-                managed(),
-                |m| slim::unowned_child_meta(m, Labels::Keep),
+                Volume::of,
                 &mut tasks,
             ),
             service_accounts: meta(
@@ -319,10 +339,10 @@ impl Caches {
             ("Pod", self.pods.state().len()),
             ("Model", self.models.state().len()),
             ("Dataset", self.datasets.state().len()),
-            ("ConfigMap", self.configmaps.state().len()),
-            ("Service", self.services.state().len()),
-            ("PersistentVolumeClaim", self.claims.state().len()),
-            ("PersistentVolume", self.volumes.state().len()),
+            ("ConfigMap", self.configmaps.len()),
+            ("Service", self.services.len()),
+            ("PersistentVolumeClaim", self.claims.len()),
+            ("PersistentVolume", self.volumes.len()),
             ("ServiceAccount", self.service_accounts.state().len()),
         ]
     }
@@ -363,13 +383,13 @@ impl Caches {
             })
         }
         match kind {
-            "ConfigMap" => hash(&self.configmaps, Some(namespace), name),
-            "Service" => hash(&self.services, Some(namespace), name),
+            "ConfigMap" => self.configmaps.get(Some(namespace), name).map(into_string),
+            "Service" => self.services.get(Some(namespace), name).map(into_string),
             "Deployment" => hash(&self.deployments, Some(namespace), name),
             "Job" => hash(&self.jobs, Some(namespace), name),
             "Pod" => hash(&self.pods, Some(namespace), name),
-            "PersistentVolumeClaim" => hash(&self.claims, Some(namespace), name),
-            "PersistentVolume" => hash(&self.volumes, None, name),
+            "PersistentVolumeClaim" => self.claims.get(Some(namespace), name).map(into_string),
+            "PersistentVolume" => self.volumes.get(None, name).map(|v| into_string(v.hash)),
             _ => None,
         }
     }

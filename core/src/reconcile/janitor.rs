@@ -30,23 +30,42 @@ pub fn is_sweepable(pv: &PersistentVolume, namespace: Option<&str>) -> bool {
         && pv.metadata.deletion_timestamp.is_none()
 }
 
-/// Volumes (by name) whose claim is not among `claims` (namespace, name): candidates only —
-/// a volume made a moment before its claim is one too, so the caller checks the phase.
-pub fn orphans<'a>(
-    volumes: impl IntoIterator<Item = &'a ObjectMeta>,
-    claims: &HashSet<(String, String)>,
+/// What the caches keep of a static volume: its spec hash and the claim it was made for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Volume {
+    pub hash: Option<Box<str>>,
+    /// The claim's namespace and name, from the claim labels.
+    pub claim: Option<(Box<str>, Box<str>)>,
+}
+
+impl Volume {
+    pub fn of(m: &ObjectMeta) -> Volume {
+        let labels = m.labels.as_ref();
+        let label = |k: &str| labels.and_then(|l| l.get(k)).map(|v| v.as_str().into());
+        Volume {
+            hash: super::index::spec_hash(m),
+            claim: label(CLAIM_NAMESPACE_LABEL).zip(label(CLAIM_LABEL)),
+        }
+    }
+}
+
+/// Volumes (by name) whose claim is not among `claims` (`namespace/name` keys): candidates
+/// only — a volume made a moment before its claim is one too, so the caller checks the phase.
+pub fn orphans(
+    volumes: &[(Box<str>, Volume)],
+    claims: &HashSet<Box<str>>,
     namespace: Option<&str>,
 ) -> Vec<String> {
     volumes
-        .into_iter()
-        .filter_map(|m| {
-            let labels = m.labels.as_ref()?;
-            let claim = labels.get(CLAIM_LABEL)?;
-            let ns = labels.get(CLAIM_NAMESPACE_LABEL)?;
-            if namespace.is_some_and(|w| w != ns) || claims.contains(&(ns.clone(), claim.clone())) {
+        .iter()
+        .filter_map(|(name, v)| {
+            let (ns, claim) = v.claim.as_ref()?;
+            if namespace.is_some_and(|w| w != &**ns)
+                || claims.contains(&super::index::key(Some(ns), claim))
+            {
                 return None;
             }
-            m.name.clone()
+            Some(name.to_string())
         })
         .collect()
 }
@@ -58,14 +77,13 @@ pub async fn sweep(
     caches: &Caches,
     namespace: Option<&str>,
 ) -> Result<Vec<String>, kube::Error> {
-    let claims: HashSet<(String, String)> = caches
+    let claims: HashSet<Box<str>> = caches
         .claims
-        .state()
-        .iter()
-        .map(|c| (c.namespace().unwrap_or_default(), c.name_any()))
+        .entries()
+        .into_iter()
+        .map(|(k, _)| k)
         .collect();
-    let volumes = caches.volumes.state();
-    let candidates = orphans(volumes.iter().map(|v| &v.metadata), &claims, namespace);
+    let candidates = orphans(&caches.volumes.entries(), &claims, namespace);
     let api: Api<PersistentVolume> = Api::all(client.clone());
     let mut deleted = vec![];
     for name in candidates {
@@ -167,18 +185,22 @@ mod tests {
             ),
             ..Default::default()
         };
-        let vols = [
+        let vols: Vec<(Box<str>, Volume)> = [
             meta("v1", "a", "c1"),
             meta("v2", "a", "c2"),
             meta("v3", "b", "c1"),
-        ];
-        let claims: HashSet<_> = [("a".to_owned(), "c1".to_owned())].into();
-        assert_eq!(orphans(vols.iter(), &claims, None), ["v2", "v3"]);
-        assert_eq!(orphans(vols.iter(), &claims, Some("a")), ["v2"]);
+        ]
+        .iter()
+        .map(|m| (m.name.as_deref().unwrap().into(), Volume::of(m)))
+        .collect();
+        let claims: HashSet<Box<str>> = ["a/c1".into()].into();
+        assert_eq!(orphans(&vols, &claims, None), ["v2", "v3"]);
+        assert_eq!(orphans(&vols, &claims, Some("a")), ["v2"]);
         let unlabelled = ObjectMeta {
             name: Some("x".into()),
             ..Default::default()
         };
-        assert!(orphans([&unlabelled], &claims, None).is_empty());
+        assert_eq!(Volume::of(&unlabelled), Volume::default());
+        assert!(orphans(&[("x".into(), Volume::of(&unlabelled))], &claims, None).is_empty());
     }
 }

@@ -63,7 +63,7 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Which labels of a cached object are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Labels {
-    /// Read (pods are found by their run labels, volumes by their claim labels).
+    /// Read (pods are found by their run labels).
     Keep,
     /// Never read: the watch already selected on them.
     Drop,
@@ -90,12 +90,6 @@ pub fn child_meta(meta: &mut ObjectMeta, labels: Labels) {
     if labels == Labels::Drop {
         meta.labels = None;
     }
-}
-
-/// As [`child_meta`], for a child no reconcile is triggered by (its owners are not read).
-pub fn unowned_child_meta(meta: &mut ObjectMeta, labels: Labels) {
-    child_meta(meta, labels);
-    meta.owner_references = None;
 }
 
 /// Clears what no reconcile reads in a Job's status: times and pod tracking. Counts and
@@ -226,10 +220,6 @@ mod tests {
         );
         assert_eq!(dropped.owner_references.as_ref().unwrap().len(), 1);
         assert!(dropped.uid.is_none() && dropped.resource_version.is_none());
-
-        let mut unowned = j.metadata.clone();
-        unowned_child_meta(&mut unowned, Labels::Drop);
-        assert!(unowned.owner_references.is_none());
 
         let mut kept = j.metadata.clone();
         child_meta(&mut kept, Labels::Keep);
