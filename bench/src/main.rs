@@ -504,25 +504,8 @@ impl Drop for Operator {
     /// SIGTERM first, so that the operator stops as it would in a cluster (and a heap profile
     /// is written); SIGKILL after 30 s.
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child's pid; it has not been reaped yet.
-            unsafe { kill(pid, SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if matches!(self.child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        substratus_devcluster::terminate(&mut self.child, Duration::from_secs(30));
     }
-}
-
-const SIGTERM: i32 = 15;
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 fn start_operator(bin: &Path, ns: &str, log: &Path) -> Result<Operator> {

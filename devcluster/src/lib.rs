@@ -529,19 +529,7 @@ impl Cluster {
     /// Stops every process, newest first: SIGTERM, then SIGKILL after 5 s.
     pub fn stop(&mut self) {
         while let Some((_, mut child)) = self.procs.pop() {
-            // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            terminate(&mut child, Duration::from_secs(5));
         }
     }
 
@@ -552,19 +540,7 @@ impl Cluster {
             return Err(anyhow!("{name} is not running"));
         };
         let (_, mut child) = self.procs.remove(i);
-        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        terminate(&mut child, Duration::from_secs(5));
         Ok(())
     }
 
@@ -589,6 +565,26 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Stops a child process as an orchestrator would: SIGTERM, then SIGKILL once `grace` has
+/// passed; reaps it either way.
+pub fn terminate(child: &mut std::process::Child, grace: Duration) {
+    if matches!(child.try_wait(), Ok(None)) {
+        // SAFETY: kill(2) on a pid we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Audit policy: metadata of every request, once, when its response is complete.

@@ -366,28 +366,20 @@ impl Caches {
     /// The spec-hash annotation of a cached child, `Some(None)` when it exists without one,
     /// `None` when this kind is not cached or the object is not known.
     pub fn child_hash(&self, kind: &str, namespace: &str, name: &str) -> Option<Option<String>> {
-        fn hash<K>(store: &Store<K>, namespace: Option<&str>, name: &str) -> Option<Option<String>>
+        fn hash<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Option<String>>
         where
             K: Resource<DynamicType = ()> + Clone,
         {
-            let mut key = ObjectRef::new(name);
-            if let Some(ns) = namespace {
-                key = key.within(ns);
-            }
-            store.get(&key).map(|o| {
-                o.meta()
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(crate::plan::SPEC_HASH_ANNOTATION))
-                    .cloned()
-            })
+            store
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|o| super::hash_of(o.meta()).cloned())
         }
         match kind {
             "ConfigMap" => self.configmaps.get(Some(namespace), name).map(into_string),
             "Service" => self.services.get(Some(namespace), name).map(into_string),
-            "Deployment" => hash(&self.deployments, Some(namespace), name),
-            "Job" => hash(&self.jobs, Some(namespace), name),
-            "Pod" => hash(&self.pods, Some(namespace), name),
+            "Deployment" => hash(&self.deployments, namespace, name),
+            "Job" => hash(&self.jobs, namespace, name),
+            "Pod" => hash(&self.pods, namespace, name),
             "PersistentVolumeClaim" => self.claims.get(Some(namespace), name).map(into_string),
             "PersistentVolume" => self.volumes.get(None, name).map(|v| into_string(v.hash)),
             _ => None,

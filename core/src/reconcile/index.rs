@@ -155,10 +155,7 @@ fn metadata_of<K>(event: watcher::Event<PartialObjectMeta<K>>) -> watcher::Event
 
 /// The spec-hash annotation of an object, if any.
 pub fn spec_hash(m: &ObjectMeta) -> Option<Box<str>> {
-    m.annotations
-        .as_ref()
-        .and_then(|a| a.get(crate::plan::SPEC_HASH_ANNOTATION))
-        .map(|h| h.as_str().into())
+    super::hash_of(m).map(|h| h.as_str().into())
 }
 
 #[cfg(test)]
