@@ -210,6 +210,7 @@ impl RunningOperator {
             concurrency: 4,
             namespace: Some(namespace.to_owned()),
             sweep_every: std::time::Duration::from_secs(2),
+            ..Default::default()
         };
         let handle = tokio::spawn(reconcile::run(ctx, opts, shutdown));
         RunningOperator {

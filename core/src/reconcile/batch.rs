@@ -9,10 +9,7 @@ use kube::runtime::controller::Action;
 use substratus_crds::{ArtifactObjectStatus, ArtifactsStatus, Dataset, Model};
 
 use super::build::BuildOutcome;
-use super::{
-    Context, Error, REQUEUE_DONE, REQUEUE_PROGRESSING, kube_err, merged_conditions, parent_of,
-    write_status,
-};
+use super::{Context, Error, kube_err, merged_conditions, next_look, parent_of, write_status};
 use crate::names::Kind;
 use crate::plan::batch::{self, BatchInput, BatchPlan, BatchSpec, JobOutcome, ObservedJob};
 use crate::plan::{Parent, RefState};
@@ -99,19 +96,9 @@ async fn apply_plan(ctx: &Context, parent: &Parent, plan: &BatchPlan) -> Result<
     Ok(())
 }
 
-fn next(plan: &BatchPlan) -> Duration {
-    if plan.requeue {
-        Duration::from_secs(1)
-    } else if plan.ready
-        || plan
-            .conditions
-            .iter()
-            .any(|c| c.reason == crate::conditions::reasons::JOB_FAILED)
-    {
-        REQUEUE_DONE
-    } else {
-        REQUEUE_PROGRESSING
-    }
+/// A look again in a second when the plan waits for an old Job to go; otherwise on change.
+fn soon(plan: &BatchPlan) -> Option<Duration> {
+    plan.requeue.then_some(Duration::from_secs(1))
 }
 
 fn observed_job(o: &Observed) -> Option<ObservedJob> {
@@ -202,13 +189,13 @@ where
     };
     let plan = batch::plan(&input, ctx.cloud.as_ref());
     apply_plan(ctx, &parent, &plan).await?;
-    let requeue = built.requeue_within(next(&plan));
+    let requeue = built.sooner(soon(&plan));
     let new = new_status(status, &plan, built, parent.generation);
     if write_status(ctx, obj, status, &new).await? {
         let before = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
         ctx.event_on_transition(obj, before, &new.conditions);
     }
-    Ok(Action::requeue(requeue))
+    Ok(next_look(requeue))
 }
 
 /// Reconciles a Model.

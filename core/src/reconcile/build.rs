@@ -44,9 +44,12 @@ impl BuildOutcome {
         }
     }
 
-    /// The sooner of `action`'s requeue and the build's.
-    pub fn requeue_within(&self, d: Duration) -> Duration {
-        self.requeue.map_or(d, |r| r.min(d))
+    /// The sooner of `soon` and the build's own next look.
+    pub fn sooner(&self, soon: Option<Duration>) -> Option<Duration> {
+        match (self.requeue, soon) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -132,11 +135,17 @@ async fn handshake(
     };
     let condition = build::uploaded_condition(upload, &new_status, &next);
     let uploaded = matches!(next, UploadNext::Uploaded { .. });
-    // Renew the URL when it expires, so that a late client still finds a valid one.
-    let requeue = new_status.expiration.as_ref().map(|t| {
+    // Renew the URL when it expires, so that a late client still finds a valid one; until
+    // the upload arrives, look for it in storage.
+    let renew = new_status.expiration.as_ref().map(|t| {
         let secs = t.0.as_second() - now_unix() - ctx.build.renew_margin_secs() + 1;
         Duration::from_secs(secs.clamp(1, 3600) as u64)
     });
+    let requeue = if uploaded {
+        renew
+    } else {
+        Some(renew.map_or(super::UPLOAD_POLL, |r| r.min(super::UPLOAD_POLL)))
+    };
     (uploaded, Some(condition), Some(new_status), requeue)
 }
 

@@ -23,8 +23,8 @@ use substratus_crds::{Dataset, Model};
 
 use super::index::{self, Index};
 use super::janitor::Volume;
-use super::slim::{self, Labels, StatusOnly};
-use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
+use super::slim::{self, JobSummary, Labels, StatusOnly};
+use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// A Job as cached: metadata and status.
 pub type CachedJob = StatusOnly<Job, JobStatus>;
@@ -42,12 +42,18 @@ pub struct Triggers {
     /// caches, which hold each Model and Dataset once.
     pub models: ReflectHandle<Model>,
     pub datasets: ReflectHandle<Dataset>,
-    pub jobs_for_models: ReflectHandle<CachedJob>,
-    pub jobs_for_datasets: ReflectHandle<CachedJob>,
+    /// The objects whose Jobs changed (a Job is told to its controlling object only).
+    pub jobs_for_models: Owners,
+    pub jobs_for_datasets: Owners,
     /// Build Jobs of Servers and Notebooks.
-    pub jobs_for_servers: ReflectHandle<CachedJob>,
-    pub jobs_for_notebooks: ReflectHandle<CachedJob>,
+    pub jobs_for_servers: Owners,
+    pub jobs_for_notebooks: Owners,
     pub deployments_for_servers: ReflectHandle<CachedDeployment>,
+    /// Pods, routed by their workload label: a pod that waits or fails explains its
+    /// object's status (Jobs' and Deployments' pods are not owned by the object itself).
+    pub pods_for_models: ReflectHandle<CachedPod>,
+    pub pods_for_datasets: ReflectHandle<CachedPod>,
+    pub pods_for_servers: ReflectHandle<CachedPod>,
     pub pods_for_notebooks: ReflectHandle<CachedPod>,
     pub models_for_models: ReflectHandle<Model>,
     pub models_for_servers: ReflectHandle<Model>,
@@ -64,7 +70,8 @@ pub struct Triggers {
 /// The caches; [`Caches::new`] also returns the tasks that keep them fed.
 #[derive(Clone)]
 pub struct Caches {
-    jobs: Store<CachedJob>,
+    /// Jobs as the little a reconcile reads of them.
+    jobs: Index<JobSummary>,
     deployments: Store<CachedDeployment>,
     pods: Store<CachedPod>,
     pub models: Store<Model>,
@@ -93,6 +100,32 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// Namespace and name of objects whose children changed, told after the cache applied the
+/// change.
+pub type Owners = futures::channel::mpsc::UnboundedReceiver<(Box<str>, Box<str>)>;
+
+/// A notification per changed child, sent to the channel of its controlling object's kind.
+fn route_to_owners<E: 'static>(
+    owner: fn(&E) -> Option<&slim::Owner>,
+) -> (index::Notify<E>, [Owners; 4]) {
+    let (senders, receivers): (Vec<_>, Vec<_>) = Kind::ALL
+        .iter()
+        .map(|_| futures::channel::mpsc::unbounded())
+        .unzip();
+    let notify: index::Notify<E> = Box::new(move |key, e| {
+        if let Some((kind, name)) = owner(e) {
+            let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
+            let i = Kind::ALL.iter().position(|k| k == kind).unwrap_or(0);
+            let _ = senders[i].unbounded_send((namespace.into(), name.clone()));
+        }
+    });
+    let receivers: [Owners; 4] = match receivers.try_into() {
+        Ok(r) => r,
+        Err(_) => unreachable!("one channel per kind"),
+    };
+    (notify, receivers)
 }
 
 /// Deleted objects, delivered after the cache dropped them (the shared streams carry only
@@ -195,17 +228,17 @@ fn pod(p: &CachedPod) -> Pod {
     }
 }
 
-/// An index of the operator's children listed by `api`.
+/// An index of the operator's children listed by `api`, summarized from their metadata.
 fn indexed<K, E>(
     api: Api<PartialObjectMeta<K>>,
-    summarize: fn(&ObjectMeta) -> E,
+    summarize: fn(&PartialObjectMeta<K>) -> E,
     tasks: &mut Vec<Task>,
 ) -> Index<E>
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
     E: Clone + Send + Sync + 'static,
 {
-    let (idx, task) = index::index(api, managed(), summarize);
+    let (idx, task) = index::index(api, managed(), summarize, index::quiet());
     tasks.push(task);
     idx
 }
@@ -226,18 +259,15 @@ impl Caches {
     /// feed them.
     pub fn new(client: &Client, namespace: Option<&str>) -> (Caches, Triggers, Vec<Task>) {
         let mut tasks = Vec::new();
-        let (jobs, mut job_subs) = shared(
+        let (notify, [job_models, job_datasets, job_servers, job_notebooks]) =
+            route_to_owners(|j: &JobSummary| j.owner.as_ref());
+        let (jobs, task) = index::index(
             namespaced::<CachedJob>(client, namespace),
             managed(),
-            |j| {
-                slim::child_meta(&mut j.metadata, Labels::Drop);
-                if let Some(s) = j.status.as_mut() {
-                    slim::job_status(s);
-                }
-            },
-            4,
-            &mut tasks,
+            JobSummary::of,
+            notify,
         );
+        tasks.push(task);
         let (deployments, mut deployment_subs) = shared(
             namespaced::<CachedDeployment>(client, namespace),
             managed(),
@@ -257,7 +287,7 @@ impl Caches {
                     slim::pod_status(s);
                 }
             },
-            1,
+            4,
             &mut tasks,
         );
         let (models, mut model_subs, mut model_dels) = shared_with_deletions(
@@ -282,22 +312,22 @@ impl Caches {
             datasets,
             configmaps: indexed(
                 namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
-                index::spec_hash,
+                |o| index::spec_hash(&o.metadata),
                 &mut tasks,
             ),
             services: indexed(
                 namespaced::<PartialObjectMeta<Service>>(client, namespace),
-                index::spec_hash,
+                |o| index::spec_hash(&o.metadata),
                 &mut tasks,
             ),
             claims: indexed(
                 namespaced::<PartialObjectMeta<PersistentVolumeClaim>>(client, namespace),
-                index::spec_hash,
+                |o| index::spec_hash(&o.metadata),
                 &mut tasks,
             ),
             volumes: indexed(
                 Api::<PartialObjectMeta<PersistentVolume>>::all(client.clone()),
-                Volume::of,
+                |o| Volume::of(&o.metadata),
                 &mut tasks,
             ),
             service_accounts: meta(
@@ -311,11 +341,14 @@ impl Caches {
         let triggers = Triggers {
             models: take(&mut model_subs),
             datasets: take(&mut dataset_subs),
-            jobs_for_models: take(&mut job_subs),
-            jobs_for_datasets: take(&mut job_subs),
-            jobs_for_servers: take(&mut job_subs),
-            jobs_for_notebooks: take(&mut job_subs),
+            jobs_for_models: job_models,
+            jobs_for_datasets: job_datasets,
+            jobs_for_servers: job_servers,
+            jobs_for_notebooks: job_notebooks,
             deployments_for_servers: take(&mut deployment_subs),
+            pods_for_models: take(&mut pod_subs),
+            pods_for_datasets: take(&mut pod_subs),
+            pods_for_servers: take(&mut pod_subs),
             pods_for_notebooks: take(&mut pod_subs),
             models_for_models: take(&mut model_subs),
             models_for_servers: take(&mut model_subs),
@@ -334,7 +367,7 @@ impl Caches {
     /// How many objects each cache holds, by kind.
     pub fn sizes(&self) -> [(&'static str, usize); 10] {
         [
-            ("Job", self.jobs.state().len()),
+            ("Job", self.jobs.len()),
             ("Deployment", self.deployments.state().len()),
             ("Pod", self.pods.state().len()),
             ("Model", self.models.state().len()),
@@ -378,7 +411,10 @@ impl Caches {
             "ConfigMap" => self.configmaps.get(Some(namespace), name).map(into_string),
             "Service" => self.services.get(Some(namespace), name).map(into_string),
             "Deployment" => hash(&self.deployments, namespace, name),
-            "Job" => hash(&self.jobs, namespace, name),
+            "Job" => self.jobs.get(Some(namespace), name).map(|j| {
+                j.annotation(crate::plan::SPEC_HASH_ANNOTATION)
+                    .map(String::from)
+            }),
             "Pod" => hash(&self.pods, namespace, name),
             "PersistentVolumeClaim" => self.claims.get(Some(namespace), name).map(into_string),
             "PersistentVolume" => self.volumes.get(None, name).map(|v| into_string(v.hash)),
@@ -401,15 +437,11 @@ impl Caches {
             .collect()
     }
 
-    /// A cached Job, with its metadata and status (no spec).
+    /// A cached Job, as the reconcilers read it: our annotations, deletion, conditions.
     pub fn job(&self, namespace: &str, name: &str) -> Option<Job> {
         self.jobs
-            .get(&ObjectRef::new(name).within(namespace))
-            .map(|j| Job {
-                metadata: j.metadata.clone(),
-                status: j.status.clone(),
-                ..Default::default()
-            })
+            .get(Some(namespace), name)
+            .map(|j| j.to_job(namespace, name))
     }
 
     /// A cached Deployment, with its metadata and status (no spec).

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -15,9 +15,10 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use substratus_crds::{Dataset, Model, Notebook, Server};
 
+use super::caches::{CachedPod, Owners};
 use super::{Context, Error, batch, notebook, server};
 use crate::metrics::{ErrorLabels, KindLabels};
-use crate::names::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Tuning of the controllers.
 #[derive(Clone, Debug)]
@@ -28,6 +29,9 @@ pub struct ControllerOptions {
     pub namespace: Option<String>,
     /// How often Released static volumes of deleted objects are deleted.
     pub sweep_every: Duration,
+    /// Each object is reconciled again within this long even if nothing changed: a safety
+    /// net, spread evenly over the period.
+    pub resync_every: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -36,6 +40,7 @@ impl Default for ControllerOptions {
             concurrency: 8,
             namespace: None,
             sweep_every: Duration::from_secs(60),
+            resync_every: Duration::from_secs(600),
         }
     }
 }
@@ -72,6 +77,50 @@ where
         .filter(|o| o.namespace() == namespace && refers(o).contains(&name.as_str()))
         .map(|o| ObjectRef::from_obj(o.as_ref()))
         .collect()
+}
+
+/// References to the objects whose children changed.
+fn owners<K>(changed: Owners) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + 'static,
+{
+    changed.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace))
+}
+
+/// The object a pod works for, read from its workload label (`model: <name>`, ...).
+fn labelled<K>(kind: Kind) -> impl Fn(Arc<CachedPod>) -> Option<ObjectRef<K>>
+where
+    K: Resource<DynamicType = ()> + 'static,
+{
+    move |p| {
+        let name = p.labels().get(kind.lower())?;
+        Some(ObjectRef::new(name).within(p.metadata.namespace.as_deref()?))
+    }
+}
+
+/// Every object of `store`, one at a time spread evenly over `every`, round after round;
+/// the first round starts after `every` (a controller reconciles everything when it
+/// starts). Nothing per object is kept between rounds.
+fn resync<K>(store: Store<K>, every: Duration) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let round: std::vec::IntoIter<Arc<K>> = Vec::new().into_iter();
+    futures::stream::unfold(
+        (store, round, every),
+        move |(store, mut round, mut gap)| async move {
+            loop {
+                tokio::time::sleep(gap).await;
+                if let Some(o) = round.next() {
+                    let next = ObjectRef::new(&o.name_any()).within(&o.namespace()?);
+                    return Some((next, (store, round, gap)));
+                }
+                let all = store.state();
+                gap = every / u32::try_from(all.len().max(1)).unwrap_or(u32::MAX);
+                round = all.into_iter();
+            }
+        },
+    )
 }
 
 fn error_policy<K>(kind: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
@@ -183,7 +232,9 @@ pub async fn run(
     let model_store3 = model_store.clone();
     let model_store4 = model_store.clone();
     let models = models
-        .owns_shared_stream(t.jobs_for_models)
+        .reconcile_on(owners(t.jobs_for_models))
+        .watches_shared_stream(t.pods_for_models, labelled(Kind::Model))
+        .reconcile_on(resync(model_store.clone(), opts.resync_every))
         .watches_shared_stream(t.models_for_models, move |base: Arc<Model>| {
             dependants(
                 &model_store,
@@ -218,9 +269,11 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let datasets = Controller::for_shared_stream(t.datasets, dataset_store)
+    let datasets = Controller::for_shared_stream(t.datasets, dataset_store.clone())
         .with_config(cfg.clone())
-        .owns_shared_stream(t.jobs_for_datasets)
+        .reconcile_on(owners(t.jobs_for_datasets))
+        .watches_shared_stream(t.pods_for_datasets, labelled(Kind::Dataset))
+        .reconcile_on(resync(dataset_store, opts.resync_every))
         .graceful_shutdown_on(shutdown.clone())
         .run(
             instrumented("Dataset", batch::reconcile_dataset),
@@ -234,7 +287,9 @@ pub async fn run(
     let server_store2 = server_store.clone();
     let servers = servers
         .owns_shared_stream(t.deployments_for_servers)
-        .owns_shared_stream(t.jobs_for_servers)
+        .reconcile_on(owners(t.jobs_for_servers))
+        .watches_shared_stream(t.pods_for_servers, labelled(Kind::Server))
+        .reconcile_on(resync(server_store.clone(), opts.resync_every))
         .owns(api::<Service>(&ctx, &opts), managed())
         .watches_shared_stream(t.models_for_servers, move |m: Arc<Model>| {
             dependants(&server_store, m.namespace(), m.name_any(), |s: &Server| {
@@ -261,7 +316,8 @@ pub async fn run(
     let nb_store4 = nb_store.clone();
     let notebooks = notebooks
         .owns_shared_stream(t.pods_for_notebooks)
-        .owns_shared_stream(t.jobs_for_notebooks)
+        .reconcile_on(owners(t.jobs_for_notebooks))
+        .reconcile_on(resync(nb_store.clone(), opts.resync_every))
         .watches_shared_stream(t.models_for_notebooks, move |m: Arc<Model>| {
             dependants(&nb_store, m.namespace(), m.name_any(), |n: &Notebook| {
                 n.spec.model_name().into_iter().collect()

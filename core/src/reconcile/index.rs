@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 
 /// `namespace/name`, or `name` for cluster-scoped objects.
@@ -87,45 +87,69 @@ impl<E: Clone> Index<E> {
         self.inner.map.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies one watch event; a relist is collected aside and swapped in whole, as a
-    /// reflector does, so readers never see a half-filled index.
+    /// Applies one watch event, already summarized; a relist is collected aside and swapped
+    /// in whole, as a reflector does, so readers never see a half-filled index. `notify` is
+    /// told of every entry that changed, after the index shows the change.
     fn apply(
         &self,
         buffer: &mut HashMap<Box<str>, E>,
-        event: watcher::Event<ObjectMeta>,
-        summarize: fn(&ObjectMeta) -> E,
+        event: watcher::Event<(Box<str>, E)>,
+        notify: &Notify<E>,
     ) {
-        let k = |m: &ObjectMeta| key(m.namespace.as_deref(), m.name.as_deref().unwrap_or(""));
         match event {
-            watcher::Event::Apply(m) => {
-                self.write().insert(k(&m), summarize(&m));
+            watcher::Event::Apply((k, e)) => {
+                self.write().insert(k.clone(), e.clone());
+                notify(&k, &e);
             }
-            watcher::Event::Delete(m) => {
-                self.write().remove(&k(&m));
+            watcher::Event::Delete((k, e)) => {
+                let old = self.write().remove(&k);
+                notify(&k, old.as_ref().unwrap_or(&e));
             }
             watcher::Event::Init => buffer.clear(),
-            watcher::Event::InitApply(m) => {
-                buffer.insert(k(&m), summarize(&m));
+            watcher::Event::InitApply((k, e)) => {
+                buffer.insert(k, e);
             }
             watcher::Event::InitDone => {
-                *self.write() = std::mem::take(buffer);
+                let old = std::mem::replace(&mut *self.write(), std::mem::take(buffer));
                 self.inner.ready.send_replace(true);
+                // What the relist brought, and what it no longer has (deleted while the watch
+                // was down).
+                let now = self.read();
+                now.iter().for_each(|(k, e)| notify(k, e));
+                old.iter()
+                    .filter(|(k, _)| !now.contains_key(*k))
+                    .for_each(|(k, e)| notify(k, e));
             }
         }
     }
 }
 
+/// Told of each changed entry of an index: its key and summary.
+pub type Notify<E> = Box<dyn Fn(&str, &E) + Send + Sync>;
+
+/// A [`Notify`] that does nothing.
+pub fn quiet<E>() -> Notify<E> {
+    Box::new(|_, _| {})
+}
+
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// An index of the objects `api` lists under `config`, summarized by `summarize`, and the
-/// task that keeps it fed (the watch retries with backoff, like the other caches).
-pub fn index<K, E>(
-    api: Api<PartialObjectMeta<K>>,
+/// task that keeps it fed (the watch retries with backoff, like the other caches). Each
+/// object is dropped once summarized.
+pub fn index<T, E>(
+    api: Api<T>,
     config: watcher::Config,
-    summarize: fn(&ObjectMeta) -> E,
+    summarize: fn(&T) -> E,
+    notify: Notify<E>,
 ) -> (Index<E>, Task)
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    T: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
     E: Clone + Send + Sync + 'static,
 {
     let idx = Index::new();
@@ -136,19 +160,31 @@ where
         while let Some(event) = events.next().await {
             // Errors are retried by the backoff; the index keeps what it had meanwhile.
             if let Ok(event) = event {
-                feeder.apply(&mut buffer, metadata_of(event), summarize);
+                feeder.apply(&mut buffer, summarized(event, summarize), &notify);
             }
         }
     });
     (idx, task)
 }
 
-fn metadata_of<K>(event: watcher::Event<PartialObjectMeta<K>>) -> watcher::Event<ObjectMeta> {
+fn key_of(m: &ObjectMeta) -> Box<str> {
+    key(m.namespace.as_deref(), m.name.as_deref().unwrap_or(""))
+}
+
+/// A watch event as index entries: key and summary.
+fn summarized<T, E>(
+    event: watcher::Event<T>,
+    summarize: fn(&T) -> E,
+) -> watcher::Event<(Box<str>, E)>
+where
+    T: Resource,
+{
+    let entry = |o: T| (key_of(o.meta()), summarize(&o));
     match event {
-        watcher::Event::Apply(o) => watcher::Event::Apply(o.metadata),
-        watcher::Event::Delete(o) => watcher::Event::Delete(o.metadata),
+        watcher::Event::Apply(o) => watcher::Event::Apply(entry(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(entry(o)),
         watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(o) => watcher::Event::InitApply(o.metadata),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(entry(o)),
         watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
@@ -161,66 +197,81 @@ pub fn spec_hash(m: &ObjectMeta) -> Option<Box<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::PartialObjectMeta;
+    use std::sync::Mutex;
 
-    fn meta(ns: Option<&str>, name: &str, hash: Option<&str>) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.into()),
-            namespace: ns.map(Into::into),
-            annotations: hash
-                .map(|h| [(crate::plan::SPEC_HASH_ANNOTATION.to_owned(), h.to_owned())].into()),
+    type Entry = watcher::Event<(Box<str>, Option<Box<str>>)>;
+
+    fn meta(ns: Option<&str>, name: &str, hash: Option<&str>) -> PartialObjectMeta<ConfigMap> {
+        PartialObjectMeta {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: ns.map(Into::into),
+                annotations: hash
+                    .map(|h| [(crate::plan::SPEC_HASH_ANNOTATION.to_owned(), h.to_owned())].into()),
+                ..Default::default()
+            },
             ..Default::default()
         }
+    }
+
+    fn hash(o: &PartialObjectMeta<ConfigMap>) -> Option<Box<str>> {
+        spec_hash(&o.metadata)
+    }
+
+    fn apply(ns: Option<&str>, name: &str, h: Option<&str>) -> Entry {
+        summarized(watcher::Event::Apply(meta(ns, name, h)), hash)
+    }
+    fn delete(ns: Option<&str>, name: &str, h: Option<&str>) -> Entry {
+        summarized(watcher::Event::Delete(meta(ns, name, h)), hash)
+    }
+    fn listed(ns: Option<&str>, name: &str, h: Option<&str>) -> Entry {
+        summarized(watcher::Event::InitApply(meta(ns, name, h)), hash)
     }
 
     #[tokio::test]
     async fn an_index_follows_a_watch_and_swaps_in_relists_whole() {
         let idx: Index<Option<Box<str>>> = Index::new();
+        let told = Arc::new(Mutex::new(Vec::<String>::new()));
+        let t = told.clone();
+        let notify: Notify<Option<Box<str>>> = Box::new(move |k, e| {
+            t.lock()
+                .unwrap()
+                .push(format!("{k}={}", e.as_deref().unwrap_or("-")))
+        });
+        let taken = || std::mem::take(&mut *told.lock().unwrap());
         let mut buffer = HashMap::new();
-        idx.apply(&mut buffer, watcher::Event::Init, spec_hash);
-        idx.apply(
-            &mut buffer,
-            watcher::Event::InitApply(meta(Some("ns"), "a", Some("h1"))),
-            spec_hash,
-        );
-        // Not ready, and nothing visible, before the list is complete.
+        idx.apply(&mut buffer, watcher::Event::Init, &notify);
+        idx.apply(&mut buffer, listed(Some("ns"), "a", Some("h1")), &notify);
+        // Not ready, nothing visible and nobody told, before the list is complete.
         assert!(idx.is_empty());
         assert!(!*idx.inner.ready.borrow());
-        idx.apply(&mut buffer, watcher::Event::InitDone, spec_hash);
+        assert!(taken().is_empty());
+        idx.apply(&mut buffer, watcher::Event::InitDone, &notify);
         idx.wait_until_ready().await;
         assert_eq!(idx.get(Some("ns"), "a"), Some(Some("h1".into())));
         assert_eq!(idx.get(Some("other"), "a"), None);
+        assert_eq!(taken(), ["ns/a=h1"]);
 
-        idx.apply(
-            &mut buffer,
-            watcher::Event::Apply(meta(Some("ns"), "b", None)),
-            spec_hash,
-        );
+        idx.apply(&mut buffer, apply(Some("ns"), "b", None), &notify);
         assert_eq!(idx.get(Some("ns"), "b"), Some(None));
-        idx.apply(
-            &mut buffer,
-            watcher::Event::Delete(meta(Some("ns"), "a", Some("h1"))),
-            spec_hash,
-        );
+        idx.apply(&mut buffer, delete(Some("ns"), "a", Some("h1")), &notify);
         assert_eq!(idx.get(Some("ns"), "a"), None);
+        assert_eq!(taken(), ["ns/b=-", "ns/a=h1"]);
 
-        // A relist replaces everything at its end: "b" was deleted while the watch was down.
-        idx.apply(&mut buffer, watcher::Event::Init, spec_hash);
-        idx.apply(
-            &mut buffer,
-            watcher::Event::InitApply(meta(Some("ns"), "c", Some("h3"))),
-            spec_hash,
-        );
+        // A relist replaces everything at its end: "b" was deleted while the watch was down,
+        // and whoever follows "b" is told.
+        idx.apply(&mut buffer, watcher::Event::Init, &notify);
+        idx.apply(&mut buffer, listed(Some("ns"), "c", Some("h3")), &notify);
         assert_eq!(idx.get(Some("ns"), "b"), Some(None));
-        idx.apply(&mut buffer, watcher::Event::InitDone, spec_hash);
+        idx.apply(&mut buffer, watcher::Event::InitDone, &notify);
         assert_eq!(idx.get(Some("ns"), "b"), None);
         assert_eq!(idx.entries(), vec![("ns/c".into(), Some("h3".into()))]);
+        assert_eq!(taken(), ["ns/c=h3", "ns/b=-"]);
 
         // Cluster-scoped objects are keyed by name.
-        idx.apply(
-            &mut buffer,
-            watcher::Event::Apply(meta(None, "pv", Some("h"))),
-            spec_hash,
-        );
+        idx.apply(&mut buffer, apply(None, "pv", Some("h")), &notify);
         assert_eq!(idx.get(None, "pv"), Some(Some("h".into())));
         assert_eq!(idx.len(), 2);
     }

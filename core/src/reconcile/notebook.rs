@@ -7,10 +7,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use substratus_crds::{ArtifactsStatus, Notebook, NotebookStatus};
 
-use super::{
-    Context, Error, REQUEUE_DONE, REQUEUE_PROGRESSING, kube_err, merged_conditions, parent_of,
-    write_status,
-};
+use super::{Context, Error, kube_err, merged_conditions, next_look, parent_of, write_status};
 use crate::names::{self, Kind};
 use crate::plan::Child;
 use crate::plan::notebook::{self, NotebookInput, ObservedPod};
@@ -121,11 +118,7 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
     if write_status(&ctx, nb.as_ref(), status, &new).await? {
         ctx.event_on_transition(nb.as_ref(), existing, &new.conditions);
     }
-    Ok(Action::requeue(built.requeue_within(if plan.requeue {
-        std::time::Duration::from_secs(1)
-    } else if plan.ready || nb.spec.is_suspended() {
-        REQUEUE_DONE
-    } else {
-        REQUEUE_PROGRESSING
-    })))
+    Ok(next_look(built.sooner(
+        plan.requeue.then_some(std::time::Duration::from_secs(1)),
+    )))
 }

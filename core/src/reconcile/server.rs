@@ -7,10 +7,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use substratus_crds::{Server, ServerStatus};
 
-use super::{
-    Context, Error, REQUEUE_DONE, REQUEUE_PROGRESSING, kube_err, merged_conditions, parent_of,
-    write_status,
-};
+use super::{Context, Error, kube_err, merged_conditions, next_look, parent_of, write_status};
 use crate::names::Kind;
 use crate::plan::server::{self, ObservedDeployment, ServerInput};
 use crate::plan::{Child, RefState};
@@ -94,9 +91,5 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
     if write_status(&ctx, srv.as_ref(), status, &new).await? {
         ctx.event_on_transition(srv.as_ref(), existing, &new.conditions);
     }
-    Ok(Action::requeue(built.requeue_within(if plan.ready {
-        REQUEUE_DONE
-    } else {
-        REQUEUE_PROGRESSING
-    })))
+    Ok(next_look(built.sooner(None)))
 }

@@ -4,10 +4,12 @@
 
 use std::marker::PhantomData;
 
-use k8s_openapi::api::batch::v1::JobStatus;
+use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::PodStatus;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::Deserialize;
+
+use crate::names::Kind;
 
 /// An object of kind `K` with its metadata and status and no spec. It is deserialized
 /// straight from the API's JSON: the spec is skipped by the parser and never stored, and the
@@ -92,16 +94,115 @@ pub fn child_meta(meta: &mut ObjectMeta, labels: Labels) {
     }
 }
 
-/// Clears what no reconcile reads in a Job's status: times and pod tracking. Counts and
-/// conditions (type, status, reason, message) stay.
-pub fn job_status(status: &mut JobStatus) {
-    status.start_time = None;
-    status.completion_time = None;
-    status.uncounted_terminated_pods = None;
-    for c in status.conditions.iter_mut().flatten() {
-        c.last_probe_time = None;
-        c.last_transition_time = None;
+/// What a reconcile reads of a Job: the operator's own annotations, whether it is being
+/// deleted, the conditions that hold, and which Substratus object controls it. About a
+/// tenth of the Job's metadata and status (an `ObjectMeta` alone is 360 bytes inline, and
+/// one annotation costs a half-kilobyte map node).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSummary {
+    annotations: Box<[(Box<str>, Box<str>)]>,
+    deletion: Option<Time>,
+    /// Conditions whose status is True.
+    holds: Box<[Holding]>,
+    /// The controlling Substratus object.
+    pub owner: Option<Owner>,
+}
+
+/// A Substratus object by kind and name, in the namespace of the child that names it.
+pub type Owner = (Kind, Box<str>);
+
+/// A condition whose status is True: type, reason, message.
+#[derive(Clone, Debug, PartialEq)]
+struct Holding {
+    type_: Box<str>,
+    reason: Option<Box<str>>,
+    message: Option<Box<str>>,
+}
+
+impl JobSummary {
+    /// Summarizes a Job read as metadata and status.
+    pub fn of(job: &StatusOnly<Job, JobStatus>) -> JobSummary {
+        let m = &job.metadata;
+        let boxed = |s: &Option<String>| s.as_deref().map(Box::from);
+        JobSummary {
+            annotations: m
+                .annotations
+                .iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with(OWN_PREFIX))
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+            deletion: m.deletion_timestamp.clone(),
+            holds: job
+                .status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .filter(|c| c.status == "True")
+                .map(|c| Holding {
+                    type_: c.type_.as_str().into(),
+                    reason: boxed(&c.reason),
+                    message: boxed(&c.message),
+                })
+                .collect(),
+            owner: controller_of(m),
+        }
     }
+
+    /// One of the Job's (own) annotations.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations
+            .iter()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| &**v)
+    }
+
+    /// The Job as the reconcilers read it: metadata and status, without spec.
+    pub fn to_job(&self, namespace: &str, name: &str) -> Job {
+        let annotations: std::collections::BTreeMap<String, String> = self
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let conditions: Vec<JobCondition> = self
+            .holds
+            .iter()
+            .map(|h| JobCondition {
+                type_: h.type_.to_string(),
+                status: "True".into(),
+                reason: h.reason.as_deref().map(Into::into),
+                message: h.message.as_deref().map(Into::into),
+                ..Default::default()
+            })
+            .collect();
+        Job {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                annotations: (!annotations.is_empty()).then_some(annotations),
+                deletion_timestamp: self.deletion.clone(),
+                ..Default::default()
+            },
+            status: Some(JobStatus {
+                conditions: (!conditions.is_empty()).then_some(conditions),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// The Substratus object that controls a child (its controller owner reference).
+pub fn controller_of(m: &ObjectMeta) -> Option<Owner> {
+    m.owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.controller == Some(true) && o.api_version.starts_with(OWN_PREFIX))
+        .find_map(|o| {
+            Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == o.kind)
+                .map(|k| (k, o.name.as_str().into()))
+        })
 }
 
 /// Clears what no reconcile reads in a Pod's status: addresses, times, container ids and
@@ -248,23 +349,73 @@ mod tests {
     }
 
     #[test]
-    fn statuses_keep_what_explains_a_job_or_pod() {
-        let mut job: StatusOnly<Job, JobStatus> = serde_json::from_value(json!({
-            "metadata": {"name": "j"},
-            "status": {"failed": 2, "startTime": "2026-11-27T00:00:00Z",
-                       "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                       "message": "Job has reached the specified backoff limit",
-                                       "lastTransitionTime": "2026-11-27T00:00:00Z"}]}
-        }))
-        .unwrap();
-        job_status(job.status.as_mut().unwrap());
-        let s = job.status.unwrap();
-        assert_eq!(s.failed, Some(2));
-        assert!(s.start_time.is_none());
-        let c = &s.conditions.unwrap()[0];
-        assert_eq!(c.reason.as_deref(), Some("BackoffLimitExceeded"));
-        assert!(c.message.is_some() && c.last_transition_time.is_none());
+    fn a_job_summary_keeps_what_a_reconcile_reads_of_a_job() {
+        let mut v = job_json();
+        v["metadata"]["deletionTimestamp"] = json!("2026-11-27T00:00:00Z");
+        v["status"] = json!({"failed": 2, "startTime": "2026-11-27T00:00:00Z",
+            "conditions": [
+                {"type": "FailureTarget", "status": "False"},
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                 "message": "Job has reached the specified backoff limit",
+                 "lastTransitionTime": "2026-11-27T00:00:00Z"}]});
+        let job: StatusOnly<Job, JobStatus> = serde_json::from_value(v).unwrap();
+        let summary = JobSummary::of(&job);
+        assert_eq!(summary.owner, Some((Kind::Model, "m".into())));
 
+        let j = summary.to_job("ns", "m-modeller");
+        assert_eq!(
+            (j.metadata.namespace.as_deref(), j.metadata.name.as_deref()),
+            (Some("ns"), Some("m-modeller"))
+        );
+        // Only our annotations, and the deletion (a Job being deleted is waited for).
+        let a = j.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["substratus.ai/spec-hash"]);
+        assert!(j.metadata.deletion_timestamp.is_some());
+        // Only the conditions that hold, with why.
+        let c = j.status.unwrap().conditions.unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].type_.as_str(), c[0].status.as_str()),
+            ("Failed", "True")
+        );
+        assert_eq!(c[0].reason.as_deref(), Some("BackoffLimitExceeded"));
+        assert!(c[0].message.is_some() && c[0].last_transition_time.is_none());
+        // What plans read comes out the same from the summary as from the Job.
+        let full: Job = serde_json::from_value(job_json()).unwrap();
+        let from_summary =
+            JobSummary::of(&serde_json::from_value(job_json()).unwrap()).to_job("ns", "m-modeller");
+        assert_eq!(
+            crate::plan::batch::ObservedJob::from_job(&full),
+            crate::plan::batch::ObservedJob::from_job(&from_summary)
+        );
+    }
+
+    #[test]
+    fn a_child_is_routed_to_its_controlling_substratus_object_only() {
+        let mut m = ObjectMeta::default();
+        let owner = |api: &str, kind: &str, controller| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: api.into(),
+                kind: kind.into(),
+                name: "x".into(),
+                controller: Some(controller),
+                ..Default::default()
+            }
+        };
+        m.owner_references = Some(vec![
+            owner("substratus.ai/v1", "Server", false),
+            owner("apps/v1", "Deployment", true),
+        ]);
+        assert_eq!(controller_of(&m), None);
+        m.owner_references
+            .as_mut()
+            .unwrap()
+            .push(owner("substratus.ai/v1", "Notebook", true));
+        assert_eq!(controller_of(&m), Some((Kind::Notebook, "x".into())));
+    }
+
+    #[test]
+    fn a_pod_status_keeps_what_explains_a_pod() {
         let mut pod: StatusOnly<Pod, PodStatus> = serde_json::from_value(json!({
             "metadata": {"name": "p"},
             "status": {"phase": "Pending", "podIP": "10.0.0.1", "hostIP": "10.0.1.1",
