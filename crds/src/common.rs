@@ -189,8 +189,81 @@ impl Default for Resources {
     }
 }
 
-/// Parameters written as JSON to `/content/params.json`.
-pub type Params = BTreeMap<String, IntOrString>;
+/// Parameters written as JSON to `/content/params.json`: a map of names to strings or
+/// integers, kept as one sorted slice. The operator holds every object in memory, and a
+/// `BTreeMap` costs a 600-byte node for even one parameter; this costs its entries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Params(Box<[(String, IntOrString)]>);
+
+impl Params {
+    pub fn new() -> Params {
+        Params::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The value of a parameter.
+    pub fn get(&self, name: &str) -> Option<&IntOrString> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Parameters in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &IntOrString)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+impl From<BTreeMap<String, IntOrString>> for Params {
+    fn from(m: BTreeMap<String, IntOrString>) -> Params {
+        Params(m.into_iter().collect())
+    }
+}
+
+impl FromIterator<(String, IntOrString)> for Params {
+    /// A later value of the same name wins, as in a JSON object.
+    fn from_iter<I: IntoIterator<Item = (String, IntOrString)>>(iter: I) -> Params {
+        Params::from(iter.into_iter().collect::<BTreeMap<_, _>>())
+    }
+}
+
+impl Serialize for Params {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Params, D::Error> {
+        BTreeMap::<String, IntOrString>::deserialize(d).map(Params::from)
+    }
+}
+
+impl JsonSchema for Params {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        BTreeMap::<String, IntOrString>::schema_name()
+    }
+
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        BTreeMap::<String, IntOrString>::schema_id()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        BTreeMap::<String, IntOrString>::json_schema(generator)
+    }
+}
 
 /// Location of an object's artifacts in the bucket.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -288,4 +361,48 @@ pub struct NotebookStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_read_and_write_as_a_json_object_in_name_order() {
+        let p: Params = serde_json::from_value(json!({"b": 2, "a": "x", "c": "3"})).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.get("a"), Some(&IntOrString::String("x".into())));
+        assert_eq!(p.get("b"), Some(&IntOrString::Int(2)));
+        assert_eq!(p.get("z"), None);
+        assert_eq!(
+            p.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"a":"x","b":2,"c":"3"}"#
+        );
+        // A later value of the same name wins, as in a JSON object.
+        let dup: Params = [
+            ("k".to_owned(), IntOrString::Int(1)),
+            ("k".to_owned(), IntOrString::Int(2)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!((dup.len(), dup.get("k")), (1, Some(&IntOrString::Int(2))));
+        // Not an object, or a value neither string nor integer: an error.
+        assert!(serde_json::from_value::<Params>(json!(["a"])).is_err());
+        assert!(serde_json::from_value::<Params>(json!({"a": [1]})).is_err());
+        assert!(Params::new().is_empty());
+    }
+
+    #[test]
+    fn params_have_the_schema_of_a_map_of_int_or_string() {
+        let ours = schemars::SchemaGenerator::default().into_root_schema_for::<Params>();
+        let map = schemars::SchemaGenerator::default()
+            .into_root_schema_for::<BTreeMap<String, IntOrString>>();
+        assert_eq!(ours, map);
+        assert_eq!(ours.get("type"), Some(&json!("object")));
+    }
 }

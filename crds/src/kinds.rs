@@ -57,7 +57,7 @@ macro_rules! workload_spec {
             ))]
             pub env: BTreeMap<String, String>,
             /// Parameters written as JSON to `/content/params.json`.
-            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            #[serde(default, skip_serializing_if = "Params::is_empty")]
             #[schemars(extend("maxProperties" = 256))]
             pub params: Params,
             /// Compute requests and GPUs.

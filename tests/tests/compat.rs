@@ -117,8 +117,14 @@ fn compat_fields_keep_their_meaning() {
             assert_eq!(n.spec.command, vec!["notebook.sh"]);
             let git = n.spec.build.unwrap().git.unwrap();
             assert_eq!(git.path.as_deref(), Some("base"));
-            assert_eq!(serde_json::to_value(&n.spec.params["x"]).unwrap(), 123);
-            assert_eq!(serde_json::to_value(&n.spec.params["foo"]).unwrap(), "bar");
+            assert_eq!(
+                serde_json::to_value(n.spec.params.get("x").unwrap()).unwrap(),
+                123
+            );
+            assert_eq!(
+                serde_json::to_value(n.spec.params.get("foo").unwrap()).unwrap(),
+                "bar"
+            );
         }
         other => panic!("expected a Notebook, got {}", other.kind()),
     }

@@ -73,6 +73,11 @@ impl<E: Clone> Index<E> {
             .collect()
     }
 
+    /// `f` of the whole index, read in place (a write waits meanwhile).
+    pub fn with<R>(&self, f: impl FnOnce(&HashMap<Box<str>, E>) -> R) -> R {
+        f(&self.read())
+    }
+
     /// Completes once the index holds a first full list.
     pub async fn wait_until_ready(&self) {
         let mut rx = self.inner.ready.subscribe();
