@@ -310,7 +310,7 @@ pub struct ArtifactObjectStatus {
     pub artifacts: Option<ArtifactsStatus>,
     /// Signed URL and stored checksum for upload builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub build_upload: Option<UploadStatus>,
+    pub build_upload: Option<Box<UploadStatus>>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -329,7 +329,7 @@ pub struct ServerStatus {
     pub conditions: Vec<Condition>,
     /// Signed URL and stored checksum for upload builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub build_upload: Option<UploadStatus>,
+    pub build_upload: Option<Box<UploadStatus>>,
     /// Replicas that are ready (the scale subresource reads it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
@@ -354,7 +354,7 @@ pub struct NotebookStatus {
     pub artifacts: Option<ArtifactsStatus>,
     /// Signed URL and stored checksum for upload builds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub build_upload: Option<UploadStatus>,
+    pub build_upload: Option<Box<UploadStatus>>,
     /// Name of the Secret (key `token`) holding the Jupyter token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<String>,

@@ -40,9 +40,10 @@ macro_rules! workload_spec {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(length(min = 1, max = 1024), regex(pattern = r"^\S+$"))]
             pub image: Option<String>,
+            // Boxed: most objects have none, and the operator holds every object in memory.
             /// Build the image from git or from an upload.
             #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub build: Option<Build>,
+            pub build: Option<Box<Build>>,
             /// Container command.
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
             pub command: Vec<String>,
@@ -71,7 +72,7 @@ macro_rules! workload_spec {
                 self.image.as_deref()
             }
             fn build(&self) -> Option<&Build> {
-                self.build.as_ref()
+                self.build.as_deref()
             }
             fn command(&self) -> &[String] {
                 &self.command

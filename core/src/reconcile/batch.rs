@@ -129,7 +129,7 @@ fn new_status(
         artifacts: Some(ArtifactsStatus {
             url: Some(plan.artifacts_url.clone()),
         }),
-        build_upload: built.upload,
+        build_upload: built.upload.map(Box::new),
         observed_generation: generation,
     }
 }
@@ -164,7 +164,7 @@ where
         &mut parent,
         spec.image(),
         spec.build(),
-        status.and_then(|s| s.build_upload.as_ref()),
+        status.and_then(|s| s.build_upload.as_deref()),
         artifacts_url,
     )
     .await?;

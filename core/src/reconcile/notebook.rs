@@ -71,8 +71,8 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
         nb.as_ref(),
         &mut parent,
         nb.spec.image.as_deref(),
-        nb.spec.build.as_ref(),
-        status.and_then(|s| s.build_upload.as_ref()),
+        nb.spec.build.as_deref(),
+        status.and_then(|s| s.build_upload.as_deref()),
         artifacts_url,
     )
     .await?;
@@ -111,7 +111,7 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
         artifacts: Some(ArtifactsStatus {
             url: Some(plan.artifacts_url.clone()),
         }),
-        build_upload: built.upload.clone(),
+        build_upload: built.upload.clone().map(Box::new),
         token_secret: Some(plan.token_secret.clone()),
         observed_generation: parent.generation,
     };

@@ -52,8 +52,8 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         srv.as_ref(),
         &mut parent,
         srv.spec.image.as_deref(),
-        srv.spec.build.as_ref(),
-        status.and_then(|s| s.build_upload.as_ref()),
+        srv.spec.build.as_deref(),
+        status.and_then(|s| s.build_upload.as_deref()),
         None,
     )
     .await?;
@@ -84,7 +84,7 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
     let new = ServerStatus {
         ready: plan.ready,
         conditions: merged_conditions(existing, &desired, parent.generation),
-        build_upload: built.upload.clone(),
+        build_upload: built.upload.clone().map(Box::new),
         replicas: Some(plan.ready_replicas),
         observed_generation: parent.generation,
     };
