@@ -409,6 +409,27 @@ async fn a_gpu_type_the_cloud_lacks_is_a_readable_condition() {
     op.stop().await;
 }
 
+/// No timer looks at a waiting Model again (the resync is every 10 minutes): the pod's own
+/// change, routed by its `model` label, is what brings the scheduler's verdict into status.
+#[tokio::test]
+async fn a_pod_that_cannot_be_scheduled_explains_its_model() {
+    let ns = TestNamespace::new("unsched");
+    let c = client().await;
+    let op = RunningOperator::start(&ns.name, kind_cloud("gcp")).await;
+    create(
+        &c,
+        &ns.name,
+        model(
+            "too-big",
+            json!({"image": "loader", "resources": {"cpu": 4096, "memory": 1, "disk": 1}}),
+        ),
+    )
+    .await;
+    let msg = wait_reason(&c, &ns.name, "Model", "too-big", "Unschedulable").await;
+    assert!(msg.contains("Insufficient cpu"), "{msg}");
+    op.stop().await;
+}
+
 #[tokio::test]
 async fn killing_the_operator_mid_job_creates_no_duplicate_job() {
     let ns = TestNamespace::new("restart");
