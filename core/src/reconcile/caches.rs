@@ -110,10 +110,8 @@ pub type Owners = futures::channel::mpsc::UnboundedReceiver<(Box<str>, Box<str>)
 fn route_to_owners<E: 'static>(
     owner: fn(&E) -> Option<&slim::Owner>,
 ) -> (index::Notify<E>, [Owners; 4]) {
-    let (senders, receivers): (Vec<_>, Vec<_>) = Kind::ALL
-        .iter()
-        .map(|_| futures::channel::mpsc::unbounded())
-        .unzip();
+    let channels: [_; 4] = std::array::from_fn(|_| futures::channel::mpsc::unbounded());
+    let senders = channels.each_ref().map(|(tx, _)| tx.clone());
     let notify: index::Notify<E> = Box::new(move |key, e| {
         if let Some((kind, name)) = owner(e) {
             let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
@@ -121,11 +119,7 @@ fn route_to_owners<E: 'static>(
             let _ = senders[i].unbounded_send((namespace.into(), name.clone()));
         }
     });
-    let receivers: [Owners; 4] = match receivers.try_into() {
-        Ok(r) => r,
-        Err(_) => unreachable!("one channel per kind"),
-    };
-    (notify, receivers)
+    (notify, channels.map(|(_, rx)| rx))
 }
 
 /// Deleted objects, delivered after the cache dropped them (the shared streams carry only

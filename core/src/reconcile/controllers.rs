@@ -112,7 +112,12 @@ where
             loop {
                 tokio::time::sleep(gap).await;
                 if let Some(o) = round.next() {
-                    let next = ObjectRef::new(&o.name_any()).within(&o.namespace()?);
+                    // Every object here is namespaced; one without a namespace is skipped
+                    // rather than ending the resync.
+                    let Some(namespace) = o.namespace() else {
+                        continue;
+                    };
+                    let next = ObjectRef::new(&o.name_any()).within(&namespace);
                     return Some((next, (store, round, gap)));
                 }
                 let all = store.state();
