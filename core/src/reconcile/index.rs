@@ -65,14 +65,6 @@ impl<E: Clone> Index<E> {
         self.len() == 0
     }
 
-    /// Every key with its summary.
-    pub fn entries(&self) -> Vec<(Box<str>, E)> {
-        self.read()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
     /// `f` of the whole index, read in place (a write waits meanwhile).
     pub fn with<R>(&self, f: impl FnOnce(&HashMap<Box<str>, E>) -> R) -> R {
         f(&self.read())
@@ -272,7 +264,8 @@ mod tests {
         assert_eq!(idx.get(Some("ns"), "b"), Some(None));
         idx.apply(&mut buffer, watcher::Event::InitDone, &notify);
         assert_eq!(idx.get(Some("ns"), "b"), None);
-        assert_eq!(idx.entries(), vec![("ns/c".into(), Some("h3".into()))]);
+        let all = idx.with(|m| m.clone());
+        assert_eq!(all, HashMap::from([("ns/c".into(), Some("h3".into()))]));
         assert_eq!(taken(), ["ns/c=h3", "ns/b=-"]);
 
         // Cluster-scoped objects are keyed by name.
