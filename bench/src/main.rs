@@ -54,6 +54,14 @@ struct Args {
     /// every Model and Dataset has its Job, after the steady-state window.
     #[arg(long)]
     memory_only: bool,
+    /// Keep the apiserver's audit log and the operator's log in this directory (the
+    /// cluster's state is removed at the end otherwise).
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// The operator's log filter (RUST_LOG), e.g. `kube_runtime=debug` to see each
+    /// reconcile start.
+    #[arg(long, default_value = "warn")]
+    operator_log: String,
 }
 
 const WAIT: Duration = Duration::from_secs(3600);
@@ -508,7 +516,7 @@ impl Drop for Operator {
     }
 }
 
-fn start_operator(bin: &Path, ns: &str, log: &Path) -> Result<Operator> {
+fn start_operator(bin: &Path, ns: &str, log: &Path, filter: &str) -> Result<Operator> {
     let log = std::fs::File::create(log)?;
     let child = Command::new(bin)
         .arg("run")
@@ -524,7 +532,7 @@ fn start_operator(bin: &Path, ns: &str, log: &Path) -> Result<Operator> {
         .env("WATCH_NAMESPACE", ns)
         .env("METRICS_BIND_ADDRESS", "127.0.0.1:0")
         .env("HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", filter)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -677,7 +685,7 @@ async fn run(args: Args) -> Result<()> {
 
     create_namespace(&client, "bench-operator").await?;
     let op_log = state.join("operator.log");
-    let operator = start_operator(&bin, "bench-operator", &op_log)?;
+    let operator = start_operator(&bin, "bench-operator", &op_log, &args.operator_log)?;
     let pid = operator.child.id();
     let since = jiff::Timestamp::now();
     let started = Instant::now();
@@ -766,7 +774,25 @@ async fn run(args: Args) -> Result<()> {
     );
     drop(operator);
     drop(cluster);
+    keep(&args, &audit_log, &op_log)?;
     let _ = std::fs::remove_dir_all(&state);
+    Ok(())
+}
+
+/// Copies the audit log and the operator's log to `--keep`, if given.
+fn keep(args: &Args, audit_log: &Path, op_log: &Path) -> Result<()> {
+    let Some(dir) = &args.keep else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (from, name) in [(audit_log, "audit.log"), (op_log, "operator.log")] {
+        std::fs::copy(from, dir.join(name))
+            .with_context(|| format!("keeping {} in {}", from.display(), dir.display()))?;
+    }
+    println!(
+        "kept the audit log and the operator's log in {}",
+        dir.display()
+    );
     Ok(())
 }
 
@@ -796,7 +822,7 @@ async fn memory_only(
 ) -> Result<()> {
     let ns = "bench-operator";
     create_namespace(client, ns).await?;
-    let operator = start_operator(bin, ns, &state.join("operator.log"))?;
+    let operator = start_operator(bin, ns, &state.join("operator.log"), &args.operator_log)?;
     let pid = operator.child.id();
     let since = jiff::Timestamp::now();
     let started = Instant::now();

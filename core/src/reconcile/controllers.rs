@@ -87,15 +87,29 @@ where
     changed.map(|(namespace, name)| ObjectRef::new(&name).within(&namespace))
 }
 
-/// The object a pod works for, read from its workload label (`model: <name>`, ...).
+/// The object a pod works for, read from its workload label (`model: <name>`, ...), when
+/// the pod can explain that object's status: a pod that waits (unschedulable, image pull)
+/// or failed. A pod that runs or succeeded says nothing its Job or Deployment does not say
+/// in its own status, which triggers the object anyway; reconciling for it too only keeps
+/// the object busy when its Job completes.
 fn labelled<K>(kind: Kind) -> impl Fn(Arc<CachedPod>) -> Option<ObjectRef<K>>
 where
     K: Resource<DynamicType = ()> + 'static,
 {
     move |p| {
+        if !may_explain(&p) {
+            return None;
+        }
         let name = p.labels().get(kind.lower())?;
         Some(ObjectRef::new(name).within(p.metadata.namespace.as_deref()?))
     }
+}
+
+/// Whether a pod's state can show in its object's status: Pending or Failed (or not known
+/// yet), not Running or Succeeded.
+fn may_explain(p: &CachedPod) -> bool {
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Running" | "Succeeded"))
 }
 
 /// Every object of `store`, one at a time spread evenly over `every`, round after round;
@@ -356,4 +370,39 @@ pub async fn run(
 
     tokio::join!(models, datasets, servers, notebooks);
     feeders.iter().for_each(|f| f.abort());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(phase: Option<&str>, labels: serde_json::Value) -> Arc<CachedPod> {
+        let mut v = serde_json::json!({
+            "metadata": {"name": "m-modeller-x", "namespace": "ns", "labels": labels},
+            "spec": {"containers": [{"name": "main", "image": "img"}]},
+        });
+        if let Some(phase) = phase {
+            v["status"] = serde_json::json!({"phase": phase});
+        }
+        Arc::new(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn a_pod_triggers_its_object_only_while_it_waits_or_after_it_failed() {
+        let route = labelled::<Model>(Kind::Model);
+        let labels = serde_json::json!({"model": "m", "role": "run"});
+        for phase in [None, Some("Pending"), Some("Failed"), Some("Unknown")] {
+            assert_eq!(
+                route(pod(phase, labels.clone())),
+                Some(ObjectRef::new("m").within("ns")),
+                "phase {phase:?}"
+            );
+        }
+        for phase in ["Running", "Succeeded"] {
+            assert_eq!(route(pod(Some(phase), labels.clone())), None, "{phase}");
+        }
+        // A pod of another kind's workload, or without the label, triggers no Model.
+        let dataset = serde_json::json!({"dataset": "m"});
+        assert_eq!(route(pod(Some("Pending"), dataset)), None);
+    }
 }
