@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -423,6 +424,8 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
         .applied_objects()
         .map(|r| r.map(either::Right));
     let mut events = stream::select(job_events, dep_events).boxed();
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut writes = Vec::new();
     let deadline = Instant::now() + WAIT;
     while !pending.is_empty() {
         let ev = tokio::time::timeout_at(deadline.into(), events.next())
@@ -456,23 +459,33 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
         if !done || pending.remove(&parent).is_none() {
             continue;
         }
-        let status =
-            json!({"apiVersion": "substratus.ai/v1", "kind": kind, "status": {"ready": true}});
-        let pp = PatchParams::apply("bench-floor").force();
-        match kind {
-            "Model" => Api::<Model>::namespaced(client.clone(), ns)
-                .patch_status(&parent, &pp, &Patch::Apply(&status))
-                .await
-                .map(|_| ())?,
-            "Dataset" => Api::<Dataset>::namespaced(client.clone(), ns)
-                .patch_status(&parent, &pp, &Patch::Apply(&status))
-                .await
-                .map(|_| ())?,
-            _ => Api::<Server>::namespaced(client.clone(), ns)
-                .patch_status(&parent, &pp, &Patch::Apply(&status))
-                .await
-                .map(|_| ())?,
-        }
+        // Written apart from the watch loop, as many at once as the operator may: one
+        // slow write must not hold back the next event.
+        let (client, ns, permits) = (client.clone(), ns.to_owned(), permits.clone());
+        writes.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let status =
+                json!({"apiVersion": "substratus.ai/v1", "kind": kind, "status": {"ready": true}});
+            let pp = PatchParams::apply("bench-floor").force();
+            match kind {
+                "Model" => Api::<Model>::namespaced(client, &ns)
+                    .patch_status(&parent, &pp, &Patch::Apply(&status))
+                    .await
+                    .map(|_| ())?,
+                "Dataset" => Api::<Dataset>::namespaced(client, &ns)
+                    .patch_status(&parent, &pp, &Patch::Apply(&status))
+                    .await
+                    .map(|_| ())?,
+                _ => Api::<Server>::namespaced(client, &ns)
+                    .patch_status(&parent, &pp, &Patch::Apply(&status))
+                    .await
+                    .map(|_| ())?,
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in writes {
+        w.await.context("floor status write")??;
     }
     Ok(started.elapsed())
 }

@@ -16,6 +16,7 @@ use kube::{Resource, ResourceExt};
 use substratus_crds::{Dataset, Model, Notebook, Server};
 
 use super::caches::{CachedPod, Owners};
+use super::exclusive::Exclusive;
 use super::{Context, Error, batch, notebook, server};
 use crate::metrics::{ErrorLabels, KindLabels};
 use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL};
@@ -159,36 +160,66 @@ fn error_policy<K>(kind: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) 
 
 type ReconcileFuture = std::pin::Pin<Box<dyn Future<Output = Result<Action, Error>> + Send>>;
 
-/// Wraps a reconcile with metrics and a span.
+/// Wraps a reconcile with metrics and a span, and runs it only while no other lane
+/// reconciles the same object (`lock`), on the object as `store` holds it then: waiting
+/// for the other lane may have outdated the copy the runner handed over.
 fn instrumented<K, Fut>(
     kind: &'static str,
+    store: Store<K>,
+    lock: Arc<Exclusive>,
     f: fn(Arc<K>, Arc<Context>) -> Fut,
 ) -> impl FnMut(Arc<K>, Arc<Context>) -> ReconcileFuture
 where
-    K: ResourceExt + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |obj, ctx| {
-        let name = obj.name_any();
-        let namespace = obj.namespace().unwrap_or_default();
+        let (store, lock) = (store.clone(), lock.clone());
         Box::pin(async move {
-            // An object being deleted gets no new children: re-creating them would keep a
-            // foreground deletion waiting forever. The garbage collector removes the rest.
-            if obj.meta().deletion_timestamp.is_some() {
-                return Ok(Action::await_change());
-            }
-            let started = Instant::now();
-            let labels = KindLabels { kind: kind.into() };
-            ctx.metrics.reconciles.get_or_create(&labels).inc();
-            let res = f(obj, ctx.clone()).await;
-            ctx.metrics
-                .duration
-                .get_or_create(&labels)
-                .observe(started.elapsed().as_secs_f64());
-            tracing::debug!(kind, %namespace, %name, ok = res.is_ok(), "reconciled");
-            res
+            let name = obj.name_any();
+            let namespace = obj.namespace().unwrap_or_default();
+            let key = format!("{namespace}/{name}");
+            lock.run(&key, async move {
+                // Gone from the store: deleted meanwhile, nothing to do.
+                let Some(obj) = store.get(&ObjectRef::from_obj(obj.as_ref())) else {
+                    return Ok(Action::await_change());
+                };
+                // An object being deleted gets no new children: re-creating them would
+                // keep a foreground deletion waiting forever. The garbage collector removes
+                // the rest.
+                if obj.meta().deletion_timestamp.is_some() {
+                    return Ok(Action::await_change());
+                }
+                let started = Instant::now();
+                let labels = KindLabels { kind: kind.into() };
+                ctx.metrics.reconciles.get_or_create(&labels).inc();
+                let res = f(obj, ctx.clone()).await;
+                ctx.metrics
+                    .duration
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                tracing::debug!(kind, %namespace, %name, ok = res.is_ok(), "reconciled");
+                res
+            })
+            .await
         })
     }
+}
+
+/// The children lane of a kind: a second controller over the same store that reconciles
+/// an object when its children's state changes (a Job completes or fails, a pod cannot be
+/// scheduled, a Deployment becomes available). The main lane serves everything else: new
+/// and changed objects, references, the resync. Each lane queues in arrival order, so a
+/// burst of new objects (each a few writes to create its children) would otherwise hold
+/// back the status of work that already finished by as long as the burst takes; with two
+/// lanes, news of a child waits only for other news of children. The lanes share one
+/// `Exclusive`: an object is never reconciled by both at once.
+fn children_lane<K>(store: Store<K>, cfg: ControllerConfig) -> Controller<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+{
+    Controller::for_shared_stream(futures::stream::pending::<Arc<K>>(), store).with_config(cfg)
 }
 
 /// A controller of `K` whose store keeps no `managedFields` nor `kubectl apply`'s copy of
@@ -211,7 +242,32 @@ where
     Controller::for_stream(stream, reader)
 }
 
-/// Runs the four controllers until `shutdown` completes.
+/// Runs one lane of a kind until `shutdown` completes.
+fn drive<K, Fut>(
+    lane: Controller<K>,
+    kind: &'static str,
+    lock: &Arc<Exclusive>,
+    f: fn(Arc<K>, Arc<Context>) -> Fut,
+    ctx: &Arc<Context>,
+    shutdown: &(impl Future<Output = ()> + Send + Sync + Clone + 'static),
+) -> impl Future<Output = ()> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let store = lane.store();
+    lane.graceful_shutdown_on(shutdown.clone())
+        .run(
+            instrumented(kind, store, lock.clone(), f),
+            error_policy(kind),
+            ctx.clone(),
+        )
+        .for_each(|_| futures::future::ready(()))
+}
+
+/// Runs the four controllers, two lanes each (see `children_lane`), until `shutdown`
+/// completes.
 pub async fn run(
     ctx: Arc<Context>,
     opts: ControllerOptions,
@@ -244,23 +300,24 @@ pub async fn run(
     ));
     let cfg = ControllerConfig::default().concurrency(opts.concurrency);
     let t = triggers;
+    let stop = shutdown;
 
-    let models =
-        Controller::for_shared_stream(t.models, model_store.clone()).with_config(cfg.clone());
-    let model_store2 = model_store.clone();
-    let model_store3 = model_store.clone();
-    let model_store4 = model_store.clone();
-    let models = models
-        .reconcile_on(owners(t.jobs_for_models))
-        .watches_shared_stream(t.pods_for_models, labelled(Kind::Model))
+    let model_lock = Arc::new(Exclusive::default());
+    let (model_store2, model_store3, model_store4) = (
+        model_store.clone(),
+        model_store.clone(),
+        model_store.clone(),
+    );
+    let models = Controller::for_shared_stream(t.models, model_store.clone())
+        .with_config(cfg.clone())
         .reconcile_on(resync(model_store.clone(), opts.resync_every))
-        .watches_shared_stream(t.models_for_models, move |base: Arc<Model>| {
-            dependants(
-                &model_store,
-                base.namespace(),
-                base.name_any(),
-                |m: &Model| m.spec.model.iter().map(|r| r.name.as_str()).collect(),
-            )
+        .watches_shared_stream(t.models_for_models, {
+            let store = model_store.clone();
+            move |base: Arc<Model>| {
+                dependants(&store, base.namespace(), base.name_any(), |m: &Model| {
+                    m.spec.model.iter().map(|r| r.name.as_str()).collect()
+                })
+            }
         })
         .watches_shared_stream(t.datasets_for_models, move |d: Arc<Dataset>| {
             dependants(&model_store2, d.namespace(), d.name_any(), |m: &Model| {
@@ -279,35 +336,57 @@ pub async fn run(
             dependants(&model_store4, d.namespace(), d.name_any(), |m: &Model| {
                 m.spec.dataset.iter().map(|r| r.name.as_str()).collect()
             })
-        })
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            instrumented("Model", batch::reconcile_model),
-            error_policy("Model"),
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
+        });
+    let model_children = children_lane(model_store.clone(), cfg.clone())
+        .reconcile_on(owners(t.jobs_for_models))
+        .watches_shared_stream(t.pods_for_models, labelled(Kind::Model));
+    let models = drive(
+        models,
+        "Model",
+        &model_lock,
+        batch::reconcile_model,
+        &ctx,
+        &stop,
+    );
+    let model_children = drive(
+        model_children,
+        "Model",
+        &model_lock,
+        batch::reconcile_model,
+        &ctx,
+        &stop,
+    );
 
+    let dataset_lock = Arc::new(Exclusive::default());
     let datasets = Controller::for_shared_stream(t.datasets, dataset_store.clone())
         .with_config(cfg.clone())
+        .reconcile_on(resync(dataset_store.clone(), opts.resync_every));
+    let dataset_children = children_lane(dataset_store, cfg.clone())
         .reconcile_on(owners(t.jobs_for_datasets))
-        .watches_shared_stream(t.pods_for_datasets, labelled(Kind::Dataset))
-        .reconcile_on(resync(dataset_store, opts.resync_every))
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            instrumented("Dataset", batch::reconcile_dataset),
-            error_policy("Dataset"),
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
+        .watches_shared_stream(t.pods_for_datasets, labelled(Kind::Dataset));
+    let datasets = drive(
+        datasets,
+        "Dataset",
+        &dataset_lock,
+        batch::reconcile_dataset,
+        &ctx,
+        &stop,
+    );
+    let dataset_children = drive(
+        dataset_children,
+        "Dataset",
+        &dataset_lock,
+        batch::reconcile_dataset,
+        &ctx,
+        &stop,
+    );
 
+    let server_lock = Arc::new(Exclusive::default());
     let servers = primary(api::<Server>(&ctx, &opts)).with_config(cfg.clone());
     let server_store = servers.store();
     let server_store2 = server_store.clone();
+    let server_store3 = server_store.clone();
     let servers = servers
-        .owns_shared_stream(t.deployments_for_servers)
-        .reconcile_on(owners(t.jobs_for_servers))
-        .watches_shared_stream(t.pods_for_servers, labelled(Kind::Server))
         .reconcile_on(resync(server_store.clone(), opts.resync_every))
         .owns(api::<Service>(&ctx, &opts), managed())
         .watches_shared_stream(t.models_for_servers, move |m: Arc<Model>| {
@@ -319,23 +398,36 @@ pub async fn run(
             dependants(&server_store2, m.namespace(), m.name_any(), |s: &Server| {
                 s.spec.model_name().into_iter().collect()
             })
-        })
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            instrumented("Server", server::reconcile_server),
-            error_policy("Server"),
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
+        });
+    let server_children = children_lane(server_store3, cfg.clone())
+        .owns_shared_stream(t.deployments_for_servers)
+        .reconcile_on(owners(t.jobs_for_servers))
+        .watches_shared_stream(t.pods_for_servers, labelled(Kind::Server));
+    let servers = drive(
+        servers,
+        "Server",
+        &server_lock,
+        server::reconcile_server,
+        &ctx,
+        &stop,
+    );
+    let server_children = drive(
+        server_children,
+        "Server",
+        &server_lock,
+        server::reconcile_server,
+        &ctx,
+        &stop,
+    );
 
-    let notebooks = primary(api::<Notebook>(&ctx, &opts)).with_config(cfg);
+    let notebook_lock = Arc::new(Exclusive::default());
+    let notebooks = primary(api::<Notebook>(&ctx, &opts)).with_config(cfg.clone());
     let nb_store = notebooks.store();
     let nb_store2 = nb_store.clone();
     let nb_store3 = nb_store.clone();
     let nb_store4 = nb_store.clone();
+    let nb_store5 = nb_store.clone();
     let notebooks = notebooks
-        .owns_shared_stream(t.pods_for_notebooks)
-        .reconcile_on(owners(t.jobs_for_notebooks))
         .reconcile_on(resync(nb_store.clone(), opts.resync_every))
         .watches_shared_stream(t.models_for_notebooks, move |m: Arc<Model>| {
             dependants(&nb_store, m.namespace(), m.name_any(), |n: &Notebook| {
@@ -359,16 +451,37 @@ pub async fn run(
                     n.spec.dataset.iter().map(|r| r.name.as_str()).collect()
                 })
             },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(
-            instrumented("Notebook", notebook::reconcile_notebook),
-            error_policy("Notebook"),
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
+        );
+    let notebook_children = children_lane(nb_store5, cfg)
+        .owns_shared_stream(t.pods_for_notebooks)
+        .reconcile_on(owners(t.jobs_for_notebooks));
+    let notebooks = drive(
+        notebooks,
+        "Notebook",
+        &notebook_lock,
+        notebook::reconcile_notebook,
+        &ctx,
+        &stop,
+    );
+    let notebook_children = drive(
+        notebook_children,
+        "Notebook",
+        &notebook_lock,
+        notebook::reconcile_notebook,
+        &ctx,
+        &stop,
+    );
 
-    tokio::join!(models, datasets, servers, notebooks);
+    tokio::join!(
+        models,
+        model_children,
+        datasets,
+        dataset_children,
+        servers,
+        server_children,
+        notebooks,
+        notebook_children
+    );
     feeders.iter().for_each(|f| f.abort());
 }
 

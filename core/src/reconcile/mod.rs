@@ -8,6 +8,7 @@ mod build;
 mod caches;
 mod controllers;
 mod events;
+mod exclusive;
 mod index;
 pub mod janitor;
 mod notebook;
