@@ -106,20 +106,37 @@ where
 /// change.
 pub type Owners = futures::channel::mpsc::UnboundedReceiver<(Box<str>, Box<str>)>;
 
-/// A notification per changed child, sent to the channel of its controlling object's kind.
+/// A notification per child change that `worth` keeps, sent to the channel of the child's
+/// controlling object's kind.
 fn route_to_owners<E: 'static>(
     owner: fn(&E) -> Option<&slim::Owner>,
+    worth: fn(&index::Change<'_, E>) -> bool,
 ) -> (index::Notify<E>, [Owners; 4]) {
     let channels: [_; 4] = std::array::from_fn(|_| futures::channel::mpsc::unbounded());
     let senders = channels.each_ref().map(|(tx, _)| tx.clone());
-    let notify: index::Notify<E> = Box::new(move |key, e| {
-        if let Some((kind, name)) = owner(e) {
+    let notify: index::Notify<E> = Box::new(move |key, change| {
+        if !worth(&change) {
+            return;
+        }
+        if let Some((kind, name)) = owner(change.entry()) {
             let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
             let i = Kind::ALL.iter().position(|k| k == kind).unwrap_or(0);
             let _ = senders[i].unbounded_send((namespace.into(), name.clone()));
         }
     });
     (notify, channels.map(|(_, rx)| rx))
+}
+
+/// Whether a Job's change can change its owner's status: a new state (a condition, a
+/// deletion) or its removal. A Job that appears without a state is one a reconcile just
+/// created (or, after a relist, one whose owner is reconciled at start anyway), and most of
+/// a Job's status writes (active, ready, uncounted pods) leave its summary as it was.
+fn job_news(change: &index::Change<'_, JobSummary>) -> bool {
+    match change {
+        index::Change::Added(job) => !job.is_blank(),
+        index::Change::Updated { old, new } => old != new,
+        index::Change::Removed(_) => true,
+    }
 }
 
 /// Deleted objects, delivered after the cache dropped them (the shared streams carry only
@@ -254,7 +271,7 @@ impl Caches {
     pub fn new(client: &Client, namespace: Option<&str>) -> (Caches, Triggers, Vec<Task>) {
         let mut tasks = Vec::new();
         let (notify, [job_models, job_datasets, job_servers, job_notebooks]) =
-            route_to_owners(|j: &JobSummary| j.owner.as_ref());
+            route_to_owners(|j: &JobSummary| j.owner.as_ref(), job_news);
         let (jobs, task) = index::index(
             namespaced::<CachedJob>(client, namespace),
             managed(),
@@ -454,5 +471,73 @@ impl Caches {
         self.pods
             .get(&ObjectRef::new(name).within(namespace))
             .map(|p| pod(&p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use index::Change;
+
+    fn summary(status: serde_json::Value, deleting: bool) -> JobSummary {
+        let mut meta = serde_json::json!({
+            "name": "m-modeller", "namespace": "ns",
+            "ownerReferences": [{"apiVersion": "substratus.ai/v1", "kind": "Model", "name": "m",
+                "uid": "u", "controller": true}],
+        });
+        if deleting {
+            meta["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+        }
+        let job: CachedJob =
+            serde_json::from_value(serde_json::json!({"metadata": meta, "status": status}))
+                .unwrap();
+        JobSummary::of(&job)
+    }
+
+    #[test]
+    fn a_job_is_news_to_its_owner_when_its_state_changes_not_when_it_appears_blank() {
+        let created = summary(serde_json::json!({}), false);
+        let running = summary(serde_json::json!({"active": 1, "ready": 1}), false);
+        let complete = summary(
+            serde_json::json!({"succeeded": 1, "conditions": [
+                {"type": "Complete", "status": "True"}]}),
+            false,
+        );
+        let deleting = summary(serde_json::json!({"active": 1}), true);
+        assert!(!job_news(&Change::Added(&created)));
+        // Counts are not kept: a Job that starts running says nothing new.
+        assert!(!job_news(&Change::Updated {
+            old: &created,
+            new: &running
+        }));
+        assert!(job_news(&Change::Updated {
+            old: &running,
+            new: &complete
+        }));
+        assert!(job_news(&Change::Updated {
+            old: &running,
+            new: &deleting
+        }));
+        assert!(job_news(&Change::Removed(&running)));
+        // Found with a state (a relist after a restart, a watch that was down).
+        assert!(job_news(&Change::Added(&complete)));
+        assert!(job_news(&Change::Added(&deleting)));
+    }
+
+    #[tokio::test]
+    async fn job_news_reaches_the_owners_kind_only() {
+        let (notify, [mut models, mut datasets, _, _]) =
+            route_to_owners(|j: &JobSummary| j.owner.as_ref(), job_news);
+        let complete = summary(
+            serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}]}),
+            false,
+        );
+        let created = summary(serde_json::json!({}), false);
+        notify("ns/m-modeller", Change::Added(&created));
+        notify("ns/m-modeller", Change::Added(&complete));
+        let got = models.next().await;
+        assert_eq!(got, Some(("ns".into(), "m".into())));
+        assert!(models.try_recv().is_err(), "the blank Job was told");
+        assert!(datasets.try_recv().is_err());
     }
 }

@@ -86,7 +86,8 @@ impl<E: Clone> Index<E> {
 
     /// Applies one watch event, already summarized; a relist is collected aside and swapped
     /// in whole, as a reflector does, so readers never see a half-filled index. `notify` is
-    /// told of every entry that changed, after the index shows the change.
+    /// told of every entry written or removed, with what it was before, after the index
+    /// shows the change.
     fn apply(
         &self,
         buffer: &mut HashMap<Box<str>, E>,
@@ -95,12 +96,12 @@ impl<E: Clone> Index<E> {
     ) {
         match event {
             watcher::Event::Apply((k, e)) => {
-                self.write().insert(k.clone(), e.clone());
-                notify(&k, &e);
+                let old = self.write().insert(k.clone(), e.clone());
+                notify(&k, Change::of(old.as_ref(), &e));
             }
             watcher::Event::Delete((k, e)) => {
                 let old = self.write().remove(&k);
-                notify(&k, old.as_ref().unwrap_or(&e));
+                notify(&k, Change::Removed(old.as_ref().unwrap_or(&e)));
             }
             watcher::Event::Init => buffer.clear(),
             watcher::Event::InitApply((k, e)) => {
@@ -112,17 +113,47 @@ impl<E: Clone> Index<E> {
                 // What the relist brought, and what it no longer has (deleted while the watch
                 // was down).
                 let now = self.read();
-                now.iter().for_each(|(k, e)| notify(k, e));
+                now.iter()
+                    .for_each(|(k, e)| notify(k, Change::of(old.get(k), e)));
                 old.iter()
                     .filter(|(k, _)| !now.contains_key(*k))
-                    .for_each(|(k, e)| notify(k, e));
+                    .for_each(|(k, e)| notify(k, Change::Removed(e)));
             }
         }
     }
 }
 
-/// Told of each changed entry of an index: its key and summary.
-pub type Notify<E> = Box<dyn Fn(&str, &E) + Send + Sync>;
+/// What happened to an entry of an index.
+#[derive(Debug, PartialEq)]
+pub enum Change<'a, E> {
+    Added(&'a E),
+    /// Written again: `old` and `new` may be equal (the object changed outside the summary).
+    Updated {
+        old: &'a E,
+        new: &'a E,
+    },
+    Removed(&'a E),
+}
+
+impl<'a, E> Change<'a, E> {
+    fn of(old: Option<&'a E>, new: &'a E) -> Change<'a, E> {
+        match old {
+            None => Change::Added(new),
+            Some(old) => Change::Updated { old, new },
+        }
+    }
+
+    /// The entry as it is now, or as it was when removed.
+    pub fn entry(&self) -> &'a E {
+        match self {
+            Change::Added(e) | Change::Removed(e) => e,
+            Change::Updated { new, .. } => new,
+        }
+    }
+}
+
+/// Told of each change to an index: the key and the change.
+pub type Notify<E> = Box<dyn Fn(&str, Change<'_, E>) + Send + Sync>;
 
 /// A [`Notify`] that does nothing.
 pub fn quiet<E>() -> Notify<E> {
@@ -232,10 +263,15 @@ mod tests {
         let idx: Index<Option<Box<str>>> = Index::new();
         let told = Arc::new(Mutex::new(Vec::<String>::new()));
         let t = told.clone();
-        let notify: Notify<Option<Box<str>>> = Box::new(move |k, e| {
-            t.lock()
-                .unwrap()
-                .push(format!("{k}={}", e.as_deref().unwrap_or("-")))
+        let notify: Notify<Option<Box<str>>> = Box::new(move |k, c| {
+            let what = match c {
+                Change::Added(_) => "+",
+                Change::Updated { old, new } if old == new => "=",
+                Change::Updated { .. } => "~",
+                Change::Removed(_) => "-",
+            };
+            let e = c.entry().as_deref().unwrap_or("none");
+            t.lock().unwrap().push(format!("{what}{k}={e}"))
         });
         let taken = || std::mem::take(&mut *told.lock().unwrap());
         let mut buffer = HashMap::new();
@@ -249,16 +285,29 @@ mod tests {
         idx.wait_until_ready().await;
         assert_eq!(idx.get(Some("ns"), "a"), Some(Some("h1".into())));
         assert_eq!(idx.get(Some("other"), "a"), None);
-        assert_eq!(taken(), ["ns/a=h1"]);
+        assert_eq!(taken(), ["+ns/a=h1"]);
 
         idx.apply(&mut buffer, apply(Some("ns"), "b", None), &notify);
         assert_eq!(idx.get(Some("ns"), "b"), Some(None));
+        // Written again: the same summary, then another.
+        idx.apply(&mut buffer, apply(Some("ns"), "b", None), &notify);
+        idx.apply(&mut buffer, apply(Some("ns"), "b", Some("h2")), &notify);
+        idx.apply(&mut buffer, apply(Some("ns"), "b", None), &notify);
         idx.apply(&mut buffer, delete(Some("ns"), "a", Some("h1")), &notify);
         assert_eq!(idx.get(Some("ns"), "a"), None);
-        assert_eq!(taken(), ["ns/b=-", "ns/a=h1"]);
+        assert_eq!(
+            taken(),
+            [
+                "+ns/b=none",
+                "=ns/b=none",
+                "~ns/b=h2",
+                "~ns/b=none",
+                "-ns/a=h1"
+            ]
+        );
 
         // A relist replaces everything at its end: "b" was deleted while the watch was down,
-        // and whoever follows "b" is told.
+        // and whoever follows "b" is told; "c" is new.
         idx.apply(&mut buffer, watcher::Event::Init, &notify);
         idx.apply(&mut buffer, listed(Some("ns"), "c", Some("h3")), &notify);
         assert_eq!(idx.get(Some("ns"), "b"), Some(None));
@@ -266,7 +315,12 @@ mod tests {
         assert_eq!(idx.get(Some("ns"), "b"), None);
         let all = idx.with(|m| m.clone());
         assert_eq!(all, HashMap::from([("ns/c".into(), Some("h3".into()))]));
-        assert_eq!(taken(), ["ns/c=h3", "ns/b=-"]);
+        assert_eq!(taken(), ["+ns/c=h3", "-ns/b=none"]);
+        // A relist that finds "c" as it was tells it as unchanged.
+        idx.apply(&mut buffer, watcher::Event::Init, &notify);
+        idx.apply(&mut buffer, listed(Some("ns"), "c", Some("h3")), &notify);
+        idx.apply(&mut buffer, watcher::Event::InitDone, &notify);
+        assert_eq!(taken(), ["=ns/c=h3"]);
 
         // Cluster-scoped objects are keyed by name.
         idx.apply(&mut buffer, apply(None, "pv", Some("h")), &notify);

@@ -120,6 +120,11 @@ struct Holding {
 }
 
 impl JobSummary {
+    /// No state yet: no condition holds and no deletion is under way.
+    pub fn is_blank(&self) -> bool {
+        self.holds.is_empty() && self.deletion.is_none()
+    }
+
     /// Summarizes a Job read as metadata and status.
     pub fn of(job: &StatusOnly<Job, JobStatus>) -> JobSummary {
         let m = &job.metadata;
