@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -242,11 +242,33 @@ where
     Controller::for_stream(stream, reader)
 }
 
+/// Runs the main and children lanes of a kind, sharing one lock, until `shutdown` completes.
+fn lanes<K, Fut>(
+    main: Controller<K>,
+    children: Controller<K>,
+    kind: &'static str,
+    f: fn(Arc<K>, Arc<Context>) -> Fut,
+    ctx: &Arc<Context>,
+    shutdown: &(impl Future<Output = ()> + Send + Sync + Clone + 'static),
+) -> impl Future<Output = ()> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let lock = Arc::new(Exclusive::default());
+    futures::future::join(
+        drive(main, kind, lock.clone(), f, ctx, shutdown),
+        drive(children, kind, lock, f, ctx, shutdown),
+    )
+    .map(drop)
+}
+
 /// Runs one lane of a kind until `shutdown` completes.
 fn drive<K, Fut>(
     lane: Controller<K>,
     kind: &'static str,
-    lock: &Arc<Exclusive>,
+    lock: Arc<Exclusive>,
     f: fn(Arc<K>, Arc<Context>) -> Fut,
     ctx: &Arc<Context>,
     shutdown: &(impl Future<Output = ()> + Send + Sync + Clone + 'static),
@@ -259,7 +281,7 @@ where
     let store = lane.store();
     lane.graceful_shutdown_on(shutdown.clone())
         .run(
-            instrumented(kind, store, lock.clone(), f),
+            instrumented(kind, store, lock, f),
             error_policy(kind),
             ctx.clone(),
         )
@@ -302,7 +324,6 @@ pub async fn run(
     let t = triggers;
     let stop = shutdown;
 
-    let model_lock = Arc::new(Exclusive::default());
     let (model_store2, model_store3, model_store4) = (
         model_store.clone(),
         model_store.clone(),
@@ -340,48 +361,30 @@ pub async fn run(
     let model_children = children_lane(model_store.clone(), cfg.clone())
         .reconcile_on(owners(t.jobs_for_models))
         .watches_shared_stream(t.pods_for_models, labelled(Kind::Model));
-    let models = drive(
+    let models = lanes(
         models,
-        "Model",
-        &model_lock,
-        batch::reconcile_model,
-        &ctx,
-        &stop,
-    );
-    let model_children = drive(
         model_children,
         "Model",
-        &model_lock,
         batch::reconcile_model,
         &ctx,
         &stop,
     );
 
-    let dataset_lock = Arc::new(Exclusive::default());
     let datasets = Controller::for_shared_stream(t.datasets, dataset_store.clone())
         .with_config(cfg.clone())
         .reconcile_on(resync(dataset_store.clone(), opts.resync_every));
     let dataset_children = children_lane(dataset_store, cfg.clone())
         .reconcile_on(owners(t.jobs_for_datasets))
         .watches_shared_stream(t.pods_for_datasets, labelled(Kind::Dataset));
-    let datasets = drive(
+    let datasets = lanes(
         datasets,
-        "Dataset",
-        &dataset_lock,
-        batch::reconcile_dataset,
-        &ctx,
-        &stop,
-    );
-    let dataset_children = drive(
         dataset_children,
         "Dataset",
-        &dataset_lock,
         batch::reconcile_dataset,
         &ctx,
         &stop,
     );
 
-    let server_lock = Arc::new(Exclusive::default());
     let servers = primary(api::<Server>(&ctx, &opts)).with_config(cfg.clone());
     let server_store = servers.store();
     let server_store2 = server_store.clone();
@@ -403,24 +406,15 @@ pub async fn run(
         .owns_shared_stream(t.deployments_for_servers)
         .reconcile_on(owners(t.jobs_for_servers))
         .watches_shared_stream(t.pods_for_servers, labelled(Kind::Server));
-    let servers = drive(
+    let servers = lanes(
         servers,
-        "Server",
-        &server_lock,
-        server::reconcile_server,
-        &ctx,
-        &stop,
-    );
-    let server_children = drive(
         server_children,
         "Server",
-        &server_lock,
         server::reconcile_server,
         &ctx,
         &stop,
     );
 
-    let notebook_lock = Arc::new(Exclusive::default());
     let notebooks = primary(api::<Notebook>(&ctx, &opts)).with_config(cfg.clone());
     let nb_store = notebooks.store();
     let nb_store2 = nb_store.clone();
@@ -455,33 +449,16 @@ pub async fn run(
     let notebook_children = children_lane(nb_store5, cfg)
         .owns_shared_stream(t.pods_for_notebooks)
         .reconcile_on(owners(t.jobs_for_notebooks));
-    let notebooks = drive(
+    let notebooks = lanes(
         notebooks,
-        "Notebook",
-        &notebook_lock,
-        notebook::reconcile_notebook,
-        &ctx,
-        &stop,
-    );
-    let notebook_children = drive(
         notebook_children,
         "Notebook",
-        &notebook_lock,
         notebook::reconcile_notebook,
         &ctx,
         &stop,
     );
 
-    tokio::join!(
-        models,
-        model_children,
-        datasets,
-        dataset_children,
-        servers,
-        server_children,
-        notebooks,
-        notebook_children
-    );
+    tokio::join!(models, datasets, servers, notebooks);
     feeders.iter().for_each(|f| f.abort());
 }
 
