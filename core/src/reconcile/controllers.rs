@@ -257,35 +257,17 @@ where
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     let lock = Arc::new(Exclusive::default());
-    futures::future::join(
-        drive(main, kind, lock.clone(), f, ctx, shutdown),
-        drive(children, kind, lock, f, ctx, shutdown),
-    )
-    .map(drop)
-}
-
-/// Runs one lane of a kind until `shutdown` completes.
-fn drive<K, Fut>(
-    lane: Controller<K>,
-    kind: &'static str,
-    lock: Arc<Exclusive>,
-    f: fn(Arc<K>, Arc<Context>) -> Fut,
-    ctx: &Arc<Context>,
-    shutdown: &(impl Future<Output = ()> + Send + Sync + Clone + 'static),
-) -> impl Future<Output = ()> + Send
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K: Send + Sync + 'static,
-    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
-{
-    let store = lane.store();
-    lane.graceful_shutdown_on(shutdown.clone())
-        .run(
-            instrumented(kind, store, lock, f),
-            error_policy(kind),
-            ctx.clone(),
-        )
-        .for_each(|_| futures::future::ready(()))
+    let drive = |lane: Controller<K>| {
+        let store = lane.store();
+        lane.graceful_shutdown_on(shutdown.clone())
+            .run(
+                instrumented(kind, store, lock.clone(), f),
+                error_policy(kind),
+                ctx.clone(),
+            )
+            .for_each(|_| futures::future::ready(()))
+    };
+    futures::future::join(drive(main), drive(children)).map(drop)
 }
 
 /// Runs the four controllers, two lanes each (see `children_lane`), until `shutdown`
