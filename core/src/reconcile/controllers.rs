@@ -1,6 +1,6 @@
-//! Wiring: one kube-runtime Controller per kind, with watches on owned children (selected by
-//! the managed-by label) and on referenced Models and Datasets, so that a reference becoming
-//! Ready re-triggers its dependants.
+//! Wiring: two kube-runtime Controllers per kind over one store (see `children_lane`), with
+//! watches on owned children (selected by the managed-by label) and on referenced Models and
+//! Datasets, so that a reference becoming Ready re-triggers its dependants.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -306,21 +306,20 @@ pub async fn run(
     let t = triggers;
     let stop = shutdown;
 
-    let (model_store2, model_store3, model_store4) = (
-        model_store.clone(),
-        model_store.clone(),
-        model_store.clone(),
-    );
+    let model_store2 = model_store.clone();
+    let model_store3 = model_store.clone();
+    let model_store4 = model_store.clone();
+    let model_store5 = model_store.clone();
     let models = Controller::for_shared_stream(t.models, model_store.clone())
         .with_config(cfg.clone())
         .reconcile_on(resync(model_store.clone(), opts.resync_every))
-        .watches_shared_stream(t.models_for_models, {
-            let store = model_store.clone();
-            move |base: Arc<Model>| {
-                dependants(&store, base.namespace(), base.name_any(), |m: &Model| {
-                    m.spec.model.iter().map(|r| r.name.as_str()).collect()
-                })
-            }
+        .watches_shared_stream(t.models_for_models, move |base: Arc<Model>| {
+            dependants(
+                &model_store5,
+                base.namespace(),
+                base.name_any(),
+                |m: &Model| m.spec.model.iter().map(|r| r.name.as_str()).collect(),
+            )
         })
         .watches_shared_stream(t.datasets_for_models, move |d: Arc<Dataset>| {
             dependants(&model_store2, d.namespace(), d.name_any(), |m: &Model| {
