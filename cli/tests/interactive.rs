@@ -49,11 +49,7 @@ async fn stand_in(body: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    substratus_devcluster::ports::free_loopback_port().unwrap()
 }
 
 async fn get(url: &str) -> Result<String, String> {

@@ -2,7 +2,6 @@
 //! and Azurite (Azure Blob), installed by `hack/install-emulators.sh` (which prints their
 //! paths; the tests read `FAKE_GCS_SERVER` / `AZURITE_BLOB`, else the script is run).
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,10 +34,6 @@ fn binary(var: &str) -> Result<PathBuf> {
         .with_context(|| format!("{} printed no {var}", script.display()))
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn wait_listening(name: &str, port: u16, child: &mut Child) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -69,7 +64,7 @@ impl Emulator {
     /// fake-gcs-server over plain HTTP with `bucket` created.
     pub fn fake_gcs(bucket: &str) -> Result<Emulator> {
         let bin = binary("FAKE_GCS_SERVER")?;
-        let port = free_port()?;
+        let port = crate::ports::free_loopback_port()?;
         let root =
             std::env::temp_dir().join(format!("substratus-gcs-{}-{port}", std::process::id()));
         std::fs::create_dir_all(root.join("data").join(bucket))?;
@@ -104,7 +99,7 @@ impl Emulator {
     /// signatures and `Content-MD5`.
     pub fn azurite() -> Result<Emulator> {
         let bin = binary("AZURITE_BLOB")?;
-        let port = free_port()?;
+        let port = crate::ports::free_loopback_port()?;
         let root =
             std::env::temp_dir().join(format!("substratus-azurite-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&root)?;

@@ -9,11 +9,12 @@
 
 pub mod certs;
 pub mod emulators;
+pub mod ports;
 pub mod profiles;
 pub mod s3;
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,9 +83,9 @@ pub fn locate_binaries() -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
-    Ok(l.local_addr()?.port())
+/// Whether a start failed because a component could not bind its port.
+fn lost_a_port(e: &anyhow::Error) -> bool {
+    format!("{e:#}").contains("address already in use")
 }
 
 /// Waits until `check` returns true, at most `timeout`, polling every `every`.
@@ -109,7 +110,26 @@ fn wait_until(
 impl Cluster {
     /// Starts etcd → kube-apiserver → kube-controller-manager → kube-scheduler → kwok, creates
     /// the profiles' nodes and waits until they are Ready and schedulable.
+    ///
+    /// A component that finds its port taken (another program bound it after it was chosen)
+    /// makes the whole start begin again on fresh ports, up to three times.
     pub fn start(opts: &Options) -> Result<Cluster> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match Cluster::start_once(opts) {
+                Err(e) if attempt < ATTEMPTS && lost_a_port(&e) => {
+                    eprintln!(
+                        "devcluster: a port was taken; starting again on fresh ports ({e:#})"
+                    );
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(opts: &Options) -> Result<Cluster> {
         for b in [
             "etcd",
             "kube-apiserver",
@@ -137,10 +157,10 @@ impl Cluster {
             bin_dir: opts.bin_dir.clone(),
             state_dir: opts.state_dir.clone(),
             kubeconfig: opts.state_dir.join("kubeconfig"),
-            api_port: free_port()?,
-            etcd_port: free_port()?,
-            etcd_peer_port: free_port()?,
-            kubelet_port: free_port()?,
+            api_port: ports::free_loopback_port()?,
+            etcd_port: ports::free_loopback_port()?,
+            etcd_peer_port: ports::free_loopback_port()?,
+            kubelet_port: ports::free_loopback_port()?,
             certs,
         };
         cluster.write_kubeconfigs()?;
@@ -656,4 +676,23 @@ fn http_get_ok(port: u16, path: &str) -> bool {
     let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.0 200")
         || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bind_conflict_starts_the_cluster_again() {
+        let kwok = anyhow!(
+            "kwok exited (exit status: 1); last lines:\n\"err\":\"listen tcp 127.0.0.1:42297: bind: address already in use\""
+        );
+        assert!(lost_a_port(&kwok.context("starting the cluster")));
+        assert!(!lost_a_port(&anyhow!(
+            "timed out after 30s waiting for etcd health"
+        )));
+        assert!(!lost_a_port(&anyhow!(
+            "kube-apiserver exited (exit status: 1)"
+        )));
+    }
 }

@@ -1,7 +1,6 @@
 //! A local S3 server (versitygw, built with the control plane) on a loopback port, with one
 //! bucket: the storage the kind backend talks to in tests and in `hack/up.sh`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ pub struct S3Server {
 impl S3Server {
     /// Starts versitygw from `bin_dir` serving `bucket` on a free loopback port.
     pub fn start(bin_dir: &std::path::Path, bucket: &str) -> Result<S3Server> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::ports::free_loopback_port()?;
         let root =
             std::env::temp_dir().join(format!("substratus-s3-{}-{port}", std::process::id()));
         std::fs::create_dir_all(root.join(bucket))?;

@@ -1,7 +1,6 @@
 //! Two replicas of the operator binary on the real control plane: one leads and reconciles,
 //! the other waits; when the leader is killed, the other takes over within the lease time.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,11 +25,7 @@ impl Drop for Replica {
 }
 
 fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    substratus_devcluster::ports::free_loopback_port().unwrap()
 }
 
 fn start(name: &'static str, namespace: &str) -> Replica {

@@ -3,7 +3,6 @@
 //! notebook token, the storage secret key, the operator's own bearer token or a signed URL's
 //! signature.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,11 +16,7 @@ use substratus_tests::cluster::{TestNamespace, client, shared, wait_for};
 use substratus_tests::operator::operator_kubeconfig;
 
 fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    substratus_devcluster::ports::free_loopback_port().unwrap()
 }
 
 fn resource(kind: &str) -> ApiResource {
