@@ -43,6 +43,10 @@ struct Args {
     /// Seconds of steady state to observe after convergence.
     #[arg(long, default_value_t = 300)]
     steady_seconds: u64,
+    /// The operator's RESYNC_SECONDS: every object is reconciled again within this period,
+    /// so the steady-state window holds several resync rounds (default 600 in production).
+    #[arg(long, default_value_t = 60)]
+    resync_seconds: u64,
     /// The operator binary (build it with --release for representative numbers).
     #[arg(long)]
     operator_bin: Option<PathBuf>,
@@ -534,6 +538,31 @@ unsafe fn libc_sysconf_clk_tck() -> f64 {
 
 struct Operator {
     child: Child,
+    metrics_port: u16,
+}
+
+impl Operator {
+    /// Reconciles the operator has run, all kinds together, from its /metrics.
+    async fn reconciles(&self) -> Result<u64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let text = reqwest::get(&url)
+            .await
+            .with_context(|| format!("reading {url}"))?
+            .text()
+            .await?;
+        Ok(counter_sum(&text, "substratus_reconciles_total"))
+    }
+}
+
+/// The sum of a counter over all its label sets, in Prometheus text.
+fn counter_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 impl Drop for Operator {
     /// SIGTERM first, so that the operator stops as it would in a cluster (and a heap profile
@@ -543,8 +572,9 @@ impl Drop for Operator {
     }
 }
 
-fn start_operator(bin: &Path, ns: &str, log: &Path, filter: &str) -> Result<Operator> {
+fn start_operator(args: &Args, bin: &Path, ns: &str, log: &Path) -> Result<Operator> {
     let log = std::fs::File::create(log)?;
+    let metrics_port = substratus_devcluster::ports::free_loopback_port()?;
     let child = Command::new(bin)
         .arg("run")
         .env(
@@ -557,15 +587,19 @@ fn start_operator(bin: &Path, ns: &str, log: &Path, filter: &str) -> Result<Oper
         .env("AWS_ACCESS_KEY_ID", "bench")
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("WATCH_NAMESPACE", ns)
-        .env("METRICS_BIND_ADDRESS", "127.0.0.1:0")
+        .env("METRICS_BIND_ADDRESS", format!("127.0.0.1:{metrics_port}"))
         .env("HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
-        .env("RUST_LOG", filter)
+        .env("RESYNC_SECONDS", args.resync_seconds.to_string())
+        .env("RUST_LOG", &args.operator_log)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    Ok(Operator { child })
+    Ok(Operator {
+        child,
+        metrics_port,
+    })
 }
 
 fn in_namespace(entries: &[AuditEntry], ns: &str) -> Vec<AuditEntry> {
@@ -712,7 +746,7 @@ async fn run(args: Args) -> Result<()> {
 
     create_namespace(&client, "bench-operator").await?;
     let op_log = state.join("operator.log");
-    let operator = start_operator(&bin, "bench-operator", &op_log, &args.operator_log)?;
+    let operator = start_operator(&args, &bin, "bench-operator", &op_log)?;
     let pid = operator.child.id();
     let since = jiff::Timestamp::now();
     let started = Instant::now();
@@ -724,6 +758,7 @@ async fn run(args: Args) -> Result<()> {
     tokio::time::sleep(SETTLE).await;
     let converged_at = jiff::Timestamp::now();
     let usage_converged = process_usage(pid);
+    let reconciles_converged = operator.reconciles().await?;
     println!(
         "operator: all {} Ready in {:.2}s",
         w.total(),
@@ -733,6 +768,7 @@ async fn run(args: Args) -> Result<()> {
     println!("steady state: watching for {}s", args.steady_seconds);
     tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
     let usage = process_usage(pid);
+    let steady_reconciles = operator.reconciles().await? - reconciles_converged;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mine = audit::entries(&audit_log, OPERATOR_USER, since);
     let mine = in_namespace(&mine, "bench-operator");
@@ -779,11 +815,7 @@ async fn run(args: Args) -> Result<()> {
         ),
         &steady,
     );
-    let steady_writes = steady.iter().filter(|e| e.is_write()).count();
-    println!(
-        "      steady-state writes per object: {:.3} (goal 0)",
-        steady_writes as f64 / w.total() as f64
-    );
+    print_resyncs(args.resync_seconds, steady_reconciles, w.total(), &steady);
     if let (Some((hwm, cpu)), Some((_, cpu_conv))) = (usage, usage_converged) {
         println!(
             "  (e) operator peak RSS            {:>10.1} MiB   (goal <= 64 MiB at 10,000)",
@@ -811,6 +843,22 @@ async fn run(args: Args) -> Result<()> {
     keep(&args, &audit_log, &op_log)?;
     let _ = std::fs::remove_dir_all(&state);
     Ok(())
+}
+
+/// What the resyncs of the steady-state window cost: reconciles run (counted by the
+/// operator) and writes, per object and per resync round.
+fn print_resyncs(resync_seconds: u64, reconciles: u64, objects: usize, steady: &[AuditEntry]) {
+    let writes = steady.iter().filter(|e| e.is_write()).count();
+    let rounds = reconciles as f64 / objects.max(1) as f64;
+    println!(
+        "      reconciles in the window: {reconciles} ({rounds:.2} per object; RESYNC_SECONDS={resync_seconds})"
+    );
+    let per_resync = if reconciles == 0 {
+        "n/a: no reconcile ran".to_owned()
+    } else {
+        format!("{:.3}", writes as f64 / reconciles as f64)
+    };
+    println!("      writes per object per resync: {per_resync} ({writes} writes; goal 0)");
 }
 
 /// Copies the audit log and the operator's log to `--keep`, if given.
@@ -856,7 +904,7 @@ async fn memory_only(
 ) -> Result<()> {
     let ns = "bench-operator";
     create_namespace(client, ns).await?;
-    let operator = start_operator(bin, ns, &state.join("operator.log"), &args.operator_log)?;
+    let operator = start_operator(args, bin, ns, &state.join("operator.log"))?;
     let pid = operator.child.id();
     let since = jiff::Timestamp::now();
     let started = Instant::now();
@@ -880,6 +928,7 @@ async fn memory_only(
     }
     let done = started.elapsed();
     let done_at = jiff::Timestamp::now();
+    let reconciles_done = operator.reconciles().await?;
     println!(
         "operator: a Job for each of {want} Models and Datasets in {:.2}s",
         done.as_secs_f64()
@@ -887,6 +936,7 @@ async fn memory_only(
     println!("steady state: watching for {}s", args.steady_seconds);
     tokio::time::sleep(Duration::from_secs(args.steady_seconds)).await;
     let usage = process_usage(pid);
+    let steady_reconciles = operator.reconciles().await? - reconciles_done;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mine = in_namespace(&audit::entries(audit_log, OPERATOR_USER, since), ns);
     let (work, steady): (Vec<_>, Vec<_>) = mine.into_iter().partition(|e| {
@@ -907,6 +957,7 @@ async fn memory_only(
     );
     print_requests("  requests until then", &work);
     print_requests(&format!("  during {}s after", args.steady_seconds), &steady);
+    print_resyncs(args.resync_seconds, steady_reconciles, w.total(), &steady);
     if let Some((hwm, cpu)) = usage {
         println!(
             "  (e) operator peak RSS            {:>10.1} MiB   (goal <= 64 MiB at 10,000)",
@@ -925,4 +976,24 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?
         .block_on(run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counter_sum;
+
+    #[test]
+    fn a_counter_is_summed_over_its_labels_and_nothing_else() {
+        let text = "\
+# HELP substratus_reconciles Reconciles run, by kind.
+# TYPE substratus_reconciles counter
+substratus_reconciles_total{kind=\"Model\"} 1200
+substratus_reconciles_total{kind=\"Server\"} 34
+substratus_reconciles_total_extra{kind=\"Model\"} 99
+substratus_reconcile_errors_total{kind=\"Model\",reason=\"x\"} 7
+";
+        assert_eq!(counter_sum(text, "substratus_reconciles_total"), 1234);
+        assert_eq!(counter_sum(text, "substratus_reconcile_errors_total"), 7);
+        assert_eq!(counter_sum("", "substratus_reconciles_total"), 0);
+    }
 }

@@ -149,6 +149,11 @@ pub struct RunArgs {
     /// Reconciles at once, per kind.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
+    /// Seconds within which every object is reconciled again even if nothing changed (a
+    /// safety net; each round is spread evenly over the period).
+    #[arg(long, env = "RESYNC_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub resync_seconds: u64,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -344,6 +349,18 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("unknown cloud"), "{err}");
+    }
+
+    #[test]
+    fn the_resync_period_defaults_to_ten_minutes_and_refuses_a_hot_loop() {
+        assert_eq!(args(&[]).resync_seconds, 600);
+        assert_eq!(args(&["--resync-seconds", "60"]).resync_seconds, 60);
+        let err = T::try_parse_from(["t", "--resync-seconds", "1"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--resync-seconds"), "{err}");
+        assert!(err.contains("not in 10..=86400"), "{err}");
     }
 
     #[tokio::test]

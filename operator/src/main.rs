@@ -166,6 +166,7 @@ async fn run(args: config::RunArgs) -> Result<()> {
     let opts = ControllerOptions {
         concurrency: args.concurrency,
         namespace: args.watch_namespace.clone(),
+        resync_every: std::time::Duration::from_secs(args.resync_seconds),
         ..Default::default()
     };
     let controllers = reconcile::run(ctx, opts, stopped.clone());

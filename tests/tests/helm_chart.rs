@@ -77,6 +77,7 @@ fn the_chart_renders_for_every_cloud() {
     let config = &find(&kind, "ConfigMap")["data"];
     assert_eq!(config["CLOUD"], "kind");
     assert!(config["S3_ENDPOINT"].as_str().unwrap().starts_with("http"));
+    assert_eq!(config["RESYNC_SECONDS"], "600");
 
     let gcp = render(GCP).unwrap();
     let config = &find(&gcp, "ConfigMap")["data"];
@@ -174,6 +175,7 @@ fn bad_values_are_refused_naming_them() {
             "leaderElection.enabled must be true",
         ),
         (vec!["logFormat=xml"], "logFormat"),
+        (vec!["resyncSeconds=5"], "resyncSeconds"),
         (
             vec!["gpuCatalogOverrides.nvidia-v100.nodeSelector.a=b"],
             "nvidia-v100",
