@@ -82,3 +82,29 @@ impl Default for Metrics {
         Metrics::new(&mut Registry::default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_exposed_under_their_prometheus_names() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry);
+        let model = KindLabels {
+            kind: "Model".into(),
+        };
+        m.reconciles.get_or_create(&model).inc_by(3);
+        m.status_writes.get_or_create(&model).inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("substratus_reconciles_total{kind=\"Model\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("substratus_status_writes_total{kind=\"Model\"} 1\n"),
+            "{text}"
+        );
+    }
+}
