@@ -62,12 +62,71 @@ async fn wait_models_ready(c: &kube::Client, ns: &str, n: usize) {
                 })
                 .collect();
             Err(format!(
-                "{ready} of {n} ready; waiting: {}",
-                waiting.join("; ")
+                "{ready} of {n} ready; waiting: {}; their Jobs: {}",
+                waiting.join("; "),
+                jobs_of_stragglers(c, ns, &list.items).await
             ))
         }
     })
     .await;
+}
+
+/// The Jobs of the Models not Ready yet, with their status and their pods' phases: tells an
+/// operator that missed a finished Job from a Job that never finished.
+async fn jobs_of_stragglers(c: &kube::Client, ns: &str, models: &[Model]) -> String {
+    let waiting: Vec<&str> = models
+        .iter()
+        .filter(|m| !m.status.as_ref().is_some_and(|s| s.ready))
+        .filter_map(|m| m.metadata.name.as_deref())
+        .collect();
+    let jobs: Api<Job> = Api::namespaced(c.clone(), ns);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.clone(), ns);
+    let Ok(list) = jobs.list(&ListParams::default()).await else {
+        return "(Jobs not listed)".into();
+    };
+    let mut out = Vec::new();
+    for job in &list.items {
+        let owned = job
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| waiting.contains(&o.name.as_str()));
+        if !owned {
+            continue;
+        }
+        let name = job.metadata.name.as_deref().unwrap_or("");
+        let st = job.status.clone().unwrap_or_default();
+        let conditions: Vec<String> = st
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| c.status == "True")
+            .map(|c| c.type_.clone())
+            .collect();
+        let phases: Vec<String> = pods
+            .list(&ListParams::default().labels(&format!("job-name={name}")))
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .map(|p| {
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.phase.clone())
+                            .unwrap_or_else(|| "no phase".into())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(format!(
+            "{name} active={} succeeded={} failed={} conditions={conditions:?} pods={phases:?}",
+            st.active.unwrap_or(0),
+            st.succeeded.unwrap_or(0),
+            st.failed.unwrap_or(0),
+        ));
+    }
+    out.join("; ")
 }
 
 /// One Job per Model, each created by the operator and by nobody else.
