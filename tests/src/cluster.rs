@@ -221,7 +221,18 @@ impl Drop for TestNamespace {
 
 /// Polls `check` every 200 ms until it returns `Some`, for at most `timeout`; panics naming
 /// `what` (and the last observation) when time runs out.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    poll_until(what, timeout, check)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`wait_for`], but returns the timeout as an error, for a caller that explains it.
+pub async fn poll_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, String>>,
@@ -230,12 +241,14 @@ where
     let mut last = String::new();
     loop {
         match check().await {
-            Ok(Some(v)) => return v,
+            Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
             Err(e) => last = e,
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+            return Err(format!(
+                "timed out after {timeout:?} waiting for {what}; last seen: {last}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

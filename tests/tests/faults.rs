@@ -10,7 +10,7 @@ use serde_json::json;
 use substratus_core::reconcile::FIELD_MANAGER;
 use substratus_crds::{Model, Server};
 use substratus_tests::audit;
-use substratus_tests::cluster::{TestNamespace, client, restart_component, wait_for};
+use substratus_tests::cluster::{TestNamespace, client, poll_until, restart_component, wait_for};
 use substratus_tests::operator::{OPERATOR_USER, RunningOperator, audit_log, kind_cloud};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -33,7 +33,7 @@ async fn create_models(c: &kube::Client, ns: &str, n: usize, env: serde_json::Va
 /// Waits until `n` Models are Ready, retrying reads across API server restarts.
 async fn wait_models_ready(c: &kube::Client, ns: &str, n: usize) {
     let models: Api<Model> = Api::namespaced(c.clone(), ns);
-    wait_for(&format!("{n} Models to be Ready"), WAIT, || async {
+    let waited = poll_until(&format!("{n} Models to be Ready"), WAIT, || async {
         let list = models
             .list(&ListParams::default())
             .await
@@ -62,13 +62,24 @@ async fn wait_models_ready(c: &kube::Client, ns: &str, n: usize) {
                 })
                 .collect();
             Err(format!(
-                "{ready} of {n} ready; waiting: {}; their Jobs: {}",
-                waiting.join("; "),
-                jobs_of_stragglers(c, ns, &list.items).await
+                "{ready} of {n} ready; waiting: {}",
+                waiting.join("; ")
             ))
         }
     })
     .await;
+    if let Err(e) = waited {
+        // Only on timeout: what the stragglers' Jobs and pods say.
+        let items = models
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        panic!(
+            "{e}; their Jobs: {}",
+            jobs_of_stragglers(c, ns, &items).await
+        );
+    }
 }
 
 /// The Jobs of the Models not Ready yet, with their status and their pods' phases: tells an
