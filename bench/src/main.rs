@@ -708,6 +708,8 @@ async fn run(args: Args) -> Result<()> {
         state_dir: state.clone(),
         profiles: vec![Profile::Gcp],
         scale,
+        real_node: false,
+        node_images: vec![],
     })?;
     println!("  ready in {:.1}s", t.elapsed().as_secs_f64());
     let mut cluster = cluster;

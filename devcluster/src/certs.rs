@@ -21,6 +21,16 @@ pub struct CertPaths {
     pub service_account_pub: PathBuf,
     /// Client identities: (user, cert, key).
     pub clients: Vec<ClientCert>,
+    /// The real node's kubelet serving certificate (SAN: its name and address).
+    pub kubelet_serving_cert: PathBuf,
+    pub kubelet_serving_key: PathBuf,
+}
+
+impl CertPaths {
+    /// The certificate of a client identity in [`CLIENTS`].
+    pub fn client(&self, user: &str) -> Option<&ClientCert> {
+        self.clients.iter().find(|c| c.user == user)
+    }
 }
 
 /// One client certificate.
@@ -31,13 +41,22 @@ pub struct ClientCert {
     pub key: PathBuf,
 }
 
-/// Client identities the control plane needs: the admin (group `system:masters`), and the
-/// built-in identities that bootstrap RBAC grants to the controller manager and scheduler.
-pub const CLIENTS: [(&str, Option<&str>); 3] = [
+/// Client identities the control plane needs: the admin (group `system:masters`), the
+/// built-in identities that bootstrap RBAC grants to the controller manager, the scheduler
+/// and kube-proxy, the real node's kubelet (authorized by the Node authorizer), the API
+/// server's identity towards kubelets, and the DNS server's (bound to a read-only role).
+pub const CLIENTS: [(&str, Option<&str>); 7] = [
     ("admin", Some("system:masters")),
     ("system:kube-controller-manager", None),
     ("system:kube-scheduler", None),
+    ("system:kube-proxy", None),
+    (crate::node::NODE_USER, Some("system:nodes")),
+    (APISERVER_KUBELET_CLIENT, Some("system:masters")),
+    (crate::node::DNS_USER, None),
 ];
+
+/// The identity the API server presents to kubelets.
+pub const APISERVER_KUBELET_CLIENT: &str = "kube-apiserver-kubelet-client";
 
 fn dn(common_name: &str, organization: Option<&str>) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
@@ -83,6 +102,10 @@ pub fn generate(dir: &Path) -> Result<CertPaths> {
     serving
         .subject_alt_names
         .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    // The `kubernetes` Service's cluster IP: in-cluster clients dial it.
+    serving
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(crate::node::KUBERNETES_SERVICE_IP)));
     serving.distinguished_name = dn("kube-apiserver", None);
     serving.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -118,6 +141,23 @@ pub fn generate(dir: &Path) -> Result<CertPaths> {
         });
     }
 
+    let kubelet_key = KeyPair::generate()?;
+    let mut kubelet = CertificateParams::new(vec![crate::node::NODE_NAME.to_owned()])?;
+    kubelet
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(crate::node::NODE_IP)));
+    kubelet.distinguished_name = dn(crate::node::NODE_NAME, None);
+    kubelet.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    kubelet.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let kubelet_cert = kubelet.signed_by(&kubelet_key, &issuer)?;
+    let kubelet_serving_cert = dir.join("kubelet.crt");
+    let kubelet_serving_key = dir.join("kubelet.key");
+    write(&kubelet_serving_cert, &kubelet_cert.pem())?;
+    write(&kubelet_serving_key, &kubelet_key.serialize_pem())?;
+
     let sa_key = KeyPair::generate()?;
     let sa_path = dir.join("service-account.key");
     write(&sa_path, &sa_key.serialize_pem())?;
@@ -131,6 +171,8 @@ pub fn generate(dir: &Path) -> Result<CertPaths> {
         service_account_key: sa_path,
         service_account_pub: sa_pub,
         clients,
+        kubelet_serving_cert,
+        kubelet_serving_key,
     })
 }
 

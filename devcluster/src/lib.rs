@@ -9,8 +9,12 @@
 
 pub mod certs;
 pub mod emulators;
+pub mod image;
+pub mod netns;
+pub mod node;
 pub mod ports;
 pub mod profiles;
+pub mod recipes;
 pub mod s3;
 
 use std::io::Write;
@@ -43,6 +47,22 @@ pub struct Options {
     pub profiles: Vec<Profile>,
     /// Multiplies the node count of every pool.
     pub scale: usize,
+    /// Adds a real node ([`node`]) that runs the pods no simulated GPU node takes: the
+    /// profiles' CPU-only pools are left out, so CPU work lands on real containers.
+    pub real_node: bool,
+    /// Image archives loaded into the real node at start (the pause image is always).
+    pub node_images: Vec<PathBuf>,
+}
+
+impl Options {
+    /// The nodes of the profiles this cluster simulates.
+    fn simulated_nodes(&self) -> Vec<serde_json::Value> {
+        self.profiles
+            .iter()
+            .flat_map(|p| profiles::nodes(*p, self.scale))
+            .filter(|n| !self.real_node || profiles::has_gpus(n))
+            .collect()
+    }
 }
 
 /// A running cluster. Dropping it stops every process.
@@ -57,6 +77,9 @@ pub struct Cluster {
     /// kwok's kubelet API (logs, exec, port-forward of simulated pods), on loopback.
     kubelet_port: u16,
     certs: certs::CertPaths,
+    /// The real node's namespace and egress proxy (made before the API server starts).
+    network: Option<node::Network>,
+    node: Option<node::RealNode>,
 }
 
 /// Finds the binaries: `$SUBSTRATUS_CONTROLPLANE_BIN`, else the output of
@@ -162,7 +185,15 @@ impl Cluster {
             etcd_peer_port: ports::free_loopback_port()?,
             kubelet_port: ports::free_loopback_port()?,
             certs,
+            network: None,
+            node: None,
         };
+        if opts.real_node {
+            if let Some(why) = node::unavailable(&opts.bin_dir) {
+                bail!("no real node: {why}");
+            }
+            cluster.network = Some(node::Network::create()?);
+        }
         cluster.write_kubeconfigs()?;
         std::fs::write(cluster.state_dir.join("kwok-stages.yaml"), STAGES_YAML)?;
         std::fs::write(cluster.state_dir.join("audit-policy.yaml"), AUDIT_POLICY)?;
@@ -173,17 +204,34 @@ impl Cluster {
         for c in ["kube-controller-manager", "kube-scheduler", "kwok"] {
             cluster.start_component(c)?;
         }
-        for p in &opts.profiles {
-            cluster.add_nodes(*p, opts.scale)?;
+        let nodes = opts.simulated_nodes();
+        if !nodes.is_empty() {
+            apply_node_list(&cluster.bin_dir, &cluster.kubeconfig, &nodes)?;
+            cluster.wait_for_nodes(nodes.len())?;
         }
-        let nodes: usize = opts
-            .profiles
-            .iter()
-            .map(|p| profiles::nodes(*p, opts.scale).len())
-            .sum();
-        cluster.wait_for_nodes(nodes)?;
         cluster.wait_for_default_service_account()?;
+        if let Some(network) = cluster.network.take() {
+            let mut images = vec![recipes::pause()?.archive];
+            images.extend(opts.node_images.iter().cloned());
+            let (bin, kc) = (cluster.bin_dir.clone(), cluster.kubeconfig.clone());
+            cluster.node = Some(node::RealNode::start(
+                network,
+                node::NodeOptions {
+                    bin_dir: &opts.bin_dir,
+                    state_dir: &opts.state_dir,
+                    certs: &cluster.certs,
+                    api_port: cluster.api_port,
+                    images,
+                },
+                Box::new(move || kubectl(&bin, &kc)),
+            )?);
+        }
         Ok(cluster)
+    }
+
+    /// The real node, when the cluster has one.
+    pub fn real_node(&self) -> Option<&node::RealNode> {
+        self.node.as_ref()
     }
 
     /// The admin kubeconfig.
@@ -317,9 +365,14 @@ impl Cluster {
         let c = self.certs.clone();
         let cert_dir = self.state_dir.join("apiserver");
         std::fs::create_dir_all(&cert_dir)?;
+        let node_flags = if self.network.is_some() || self.node.is_some() {
+            node::apiserver_flags(&self.state_dir, &c)?
+        } else {
+            vec!["--authorization-mode=RBAC".into()]
+        };
         self.spawn(
             "kube-apiserver",
-            vec![
+            node_flags.into_iter().chain([
                 format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -337,12 +390,12 @@ impl Cluster {
                     c.service_account_key.display()
                 ),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                "--authorization-mode=RBAC".into(),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
                 "--endpoint-reconciler-type=none".into(),
                 "--allow-privileged=true".into(),
-                // GKE and EKS add the nvidia.com/gpu toleration to pods that request GPUs.
-                "--enable-admission-plugins=ExtendedResourceToleration".into(),
+                // GKE and EKS add the nvidia.com/gpu toleration to pods that request GPUs;
+                // NodeRestriction keeps a kubelet to its own node and pods.
+                "--enable-admission-plugins=ExtendedResourceToleration,NodeRestriction".into(),
                 // Simulated nodes' kubelet API is kwok's, at their InternalIP (127.0.0.1).
                 "--kubelet-preferred-address-types=InternalIP".into(),
                 "--profiling=false".into(),
@@ -356,7 +409,7 @@ impl Cluster {
                 "--audit-log-format=json".into(),
                 "--audit-log-maxsize=1024".into(),
                 "--audit-log-mode=blocking".into(),
-            ],
+            ]).collect(),
         )?;
         let mut alive = Ok(());
         let (bin, kc) = (self.bin_dir.clone(), self.kubeconfig.clone());
@@ -546,8 +599,11 @@ impl Cluster {
         )
     }
 
-    /// Stops every process, newest first: SIGTERM, then SIGKILL after 5 s.
+    /// Stops every process, newest first: SIGTERM, then SIGKILL after 5 s. The real node
+    /// goes first, while the API server can still delete its pods.
     pub fn stop(&mut self) {
+        self.node.take();
+        self.network.take();
         while let Some((_, mut child)) = self.procs.pop() {
             terminate(&mut child, Duration::from_secs(5));
         }
@@ -638,8 +694,12 @@ pub fn apply_nodes(
     profile: Profile,
     scale: usize,
 ) -> Result<()> {
-    let list =
-        json!({"apiVersion": "v1", "kind": "List", "items": profiles::nodes(profile, scale)});
+    apply_node_list(bin_dir, kubeconfig, &profiles::nodes(profile, scale))
+        .with_context(|| format!("creating the {} nodes", profile.name()))
+}
+
+fn apply_node_list(bin_dir: &Path, kubeconfig: &Path, nodes: &[serde_json::Value]) -> Result<()> {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": nodes});
     let mut child = kubectl(bin_dir, kubeconfig)
         .args(["apply", "-f", "-"])
         .stdin(Stdio::piped())
@@ -655,8 +715,7 @@ pub fn apply_nodes(
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
-            "creating the {} nodes failed: {}",
-            profile.name(),
+            "kubectl apply of the nodes failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -37,7 +37,30 @@ enum Cmd {
         /// Multiply the node count of every pool.
         #[arg(long, default_value_t = 1)]
         scale: usize,
+        /// Add a real node (kubelet, containerd, CNI, kube-proxy, DNS) in its own network
+        /// namespace; CPU work runs there, GPU pools stay simulated. Needs root.
+        #[arg(long)]
+        real_node: bool,
+        /// Image archives to load into the real node at start.
+        #[arg(long = "node-image")]
+        node_images: Vec<PathBuf>,
     },
+    /// Say whether a real node can run on this machine, and why not.
+    NodeCheck,
+    /// Build an image of the local cluster (pause, busybox, operator) as a docker-archive,
+    /// cached by content; prints the archive's path.
+    ImageBuild {
+        /// pause, busybox or operator.
+        name: String,
+        /// The operator binary (for `operator`).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The image tag (for `operator`).
+        #[arg(long, default_value = "dev")]
+        tag: String,
+    },
+    /// Load image archives into the running real node.
+    ImageLoad { archives: Vec<PathBuf> },
     /// Stop a cluster started with `up` in the same state directory.
     Down,
     /// Add the nodes of a profile to the running cluster.
@@ -71,7 +94,12 @@ fn main() -> Result<()> {
     let state_dir = std::path::absolute(&cli.state_dir)?;
     let pid_file = state_dir.with_extension("pid");
     match cli.command {
-        Cmd::Up { profile, scale } => {
+        Cmd::Up {
+            profile,
+            scale,
+            real_node,
+            node_images,
+        } => {
             let profiles = parse_profiles(&profile)?;
             let bin_dir = locate_binaries()?;
             // SAFETY: the handler only stores to an atomic.
@@ -85,7 +113,16 @@ fn main() -> Result<()> {
                 state_dir: state_dir.clone(),
                 profiles,
                 scale,
+                real_node,
+                node_images,
             })?;
+            if let Some(node) = cluster.real_node() {
+                eprintln!(
+                    "real node {} Ready {:.1}s after its first process started",
+                    substratus_devcluster::node::NODE_NAME,
+                    node.started_in.as_secs_f64()
+                );
+            }
             std::fs::write(&pid_file, std::process::id().to_string())?;
             eprintln!(
                 "cluster ready in {:.1}s at {}\n  export KUBECONFIG={}",
@@ -123,6 +160,47 @@ fn main() -> Result<()> {
             }
             let _ = std::fs::remove_file(&pid_file);
             eprintln!("cluster stopped");
+            Ok(())
+        }
+        Cmd::NodeCheck => match substratus_devcluster::node::unavailable(&locate_binaries()?) {
+            None => {
+                println!("ok");
+                Ok(())
+            }
+            Some(why) => {
+                println!("{why}");
+                std::process::exit(3)
+            }
+        },
+        Cmd::ImageBuild { name, binary, tag } => {
+            use substratus_devcluster::recipes;
+            let t0 = Instant::now();
+            let built = match name.as_str() {
+                "pause" => recipes::pause()?,
+                "busybox" => recipes::busybox()?,
+                "operator" => {
+                    let binary = binary.context("--binary: the operator binary is required")?;
+                    recipes::operator(&binary, &tag)?
+                }
+                other => bail!("unknown image {other:?}; expected pause, busybox or operator"),
+            };
+            eprintln!(
+                "{} {} ({} bytes{}) in {:.1}s",
+                if built.cached { "cached" } else { "built" },
+                built.reference,
+                built.size,
+                if built.cached { ", unchanged" } else { "" },
+                t0.elapsed().as_secs_f64()
+            );
+            println!("{}", built.archive.display());
+            Ok(())
+        }
+        Cmd::ImageLoad { archives } => {
+            for a in archives {
+                substratus_devcluster::node::ctr(&["images", "import", &a.to_string_lossy()])
+                    .with_context(|| format!("loading {}", a.display()))?;
+                eprintln!("loaded {}", a.display());
+            }
             Ok(())
         }
         Cmd::Nodes { profile, scale } => {

@@ -270,6 +270,13 @@ pub fn nodes(profile: Profile, scale: usize) -> Vec<Value> {
     out
 }
 
+/// Whether a simulated node (as [`nodes`] makes it) has `nvidia.com/gpu` capacity.
+pub fn has_gpus(node: &Value) -> bool {
+    node["status"]["capacity"]["nvidia.com/gpu"]
+        .as_str()
+        .is_some_and(|n| n != "0")
+}
+
 fn node(profile: Profile, pool: &Pool, index: usize) -> Value {
     let name = format!("{}-{index}", pool.prefix);
     let mut labels = Map::new();

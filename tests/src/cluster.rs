@@ -58,6 +58,8 @@ fn start_in_background(bin_dir: &Path) -> Result<PathBuf> {
         state_dir,
         profiles: Profile::ALL.to_vec(),
         scale: 1,
+        real_node: false,
+        node_images: vec![],
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let (control_tx, control_rx) = std::sync::mpsc::channel::<Restart>();

@@ -1,0 +1,852 @@
+//! A real node beside the simulated ones: kubelet, containerd with runc, the CNI bridge,
+//! kube-proxy and a DNS server, running real containers from images built on this machine.
+//!
+//! Everything the node runs is confined to four things that the node's stop (and the sweep
+//! at every start, after a crash) removes completely:
+//! - the network namespace [`NETNS`] (see [`crate::netns`]); its iptables chains, bridge and
+//!   sysctls go with it;
+//! - the cgroup `/substratus-node` in every cgroup v1 hierarchy: the node's daemons run in
+//!   `system/` below it (and so do containerd's shims, its children), pods in the kubelet's
+//!   `kubepods/`; a stop kills every process left in the subtree;
+//! - the directories [`ROOT`] and [`RUN`] (the kubelet's root, containerd's root and state,
+//!   the CNI state, pod logs, sockets), with every mount below them;
+//! - the per-sandbox network namespaces containerd binds under `/run/netns/cni-*`.
+//!
+//! There is one real node per machine: the kubelet's device-plugin directory and
+//! `/var/log/containers` are fixed paths.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use crate::certs::CertPaths;
+use crate::netns::{EgressProxy, EgressRules, NetNs, Relay};
+
+/// The node's name.
+pub const NODE_NAME: &str = "substratus-node";
+/// The kubelet's identity (the Node authorizer limits it to its own node and pods).
+pub const NODE_USER: &str = "system:node:substratus-node";
+/// The DNS server's identity, bound to [`DNS_ROLE`].
+pub const DNS_USER: &str = "system:substratus-dns";
+/// The node's address, inside its namespace only.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 2);
+/// The node's network (inside the namespace).
+pub const NODE_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 254, 0, 0), 24);
+/// The pods' network (inside the namespace).
+pub const POD_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 244, 0, 0), 24);
+/// The `kubernetes` Service's cluster IP (first of `--service-cluster-ip-range`).
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// The cluster DNS Service's IP.
+pub const DNS_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The network namespace the node lives in.
+pub const NETNS: &str = "substratus-node";
+/// Persistent state of the node (removed on stop).
+pub const ROOT: &str = "/var/lib/substratus-node";
+/// Sockets and runtime state of the node (removed on stop).
+pub const RUN: &str = "/run/substratus-node";
+/// The node's cgroup, under every v1 hierarchy.
+pub const CGROUP: &str = "substratus-node";
+/// The image containerd runs every pod sandbox from.
+pub const PAUSE_IMAGE: &str = "localhost/substratus/pause:3.10";
+
+const CGROUP_FS: &str = "/sys/fs/cgroup";
+
+/// Debian's CNI plugins.
+const CNI_BIN: &str = "/usr/lib/cni";
+
+/// Programs the node needs besides the control plane's: Debian's packages (installed by
+/// `hack/install-node-deps.sh`).
+pub const HOST_PROGRAMS: [&str; 7] = [
+    "/usr/bin/containerd",
+    "/usr/bin/containerd-shim-runc-v2",
+    "/usr/sbin/runc",
+    "/usr/bin/ctr",
+    "/usr/sbin/iptables",
+    "/usr/bin/nsenter",
+    "/usr/lib/cni/bridge",
+];
+
+/// Why a real node cannot run here, if it cannot.
+pub fn unavailable(bin_dir: &Path) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("a real node needs root (network namespace, mounts, cgroups)".into());
+    }
+    if !Path::new(CGROUP_FS).join("memory").is_dir() {
+        return Some(format!(
+            "a real node needs cgroup v1 hierarchies under {CGROUP_FS}"
+        ));
+    }
+    for p in HOST_PROGRAMS {
+        if !Path::new(p).exists() {
+            return Some(format!("{p} is missing; run hack/install-node-deps.sh"));
+        }
+    }
+    for b in ["kubelet", "kube-proxy"] {
+        if !bin_dir.join(b).is_file() {
+            return Some(format!(
+                "{} is missing; build it with hack/build-controlplane.sh",
+                bin_dir.join(b).display()
+            ));
+        }
+    }
+    None
+}
+
+/// Flags the API server needs to reach a real node: cluster traffic through the egress
+/// proxy, kubelets authenticated by the cluster CA, and node credentials limited by the Node
+/// authorizer.
+pub fn apiserver_flags(state_dir: &Path, certs: &CertPaths) -> Result<Vec<String>> {
+    let egress = state_dir.join("egress-selector.yaml");
+    std::fs::write(
+        &egress,
+        format!(
+            "apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: {}
+",
+            egress_socket().display()
+        ),
+    )?;
+    let client = certs
+        .client(crate::certs::APISERVER_KUBELET_CLIENT)
+        .context("the API server's kubelet client certificate")?;
+    Ok(vec![
+        format!("--egress-selector-config-file={}", egress.display()),
+        format!("--kubelet-client-certificate={}", client.cert.display()),
+        format!("--kubelet-client-key={}", client.key.display()),
+        format!("--kubelet-certificate-authority={}", certs.ca_cert.display()),
+        "--authorization-mode=Node,RBAC".into(),
+    ])
+}
+
+/// The unix socket of the API server's egress proxy.
+pub fn egress_socket() -> PathBuf {
+    Path::new(RUN).join("egress.sock")
+}
+
+/// The parts that exist before the API server starts: the namespace and the egress proxy.
+pub struct Network {
+    pub ns: NetNs,
+    egress: Option<EgressProxy>,
+}
+
+impl Network {
+    /// Sweeps what an earlier node left, then creates the namespace and the egress proxy.
+    pub fn create() -> Result<Network> {
+        sweep()?;
+        std::fs::create_dir_all(RUN)?;
+        std::fs::create_dir_all(ROOT)?;
+        let ns = NetNs::create(NETNS, NODE_IP, NODE_NET.1)?;
+        let egress = EgressProxy::start(
+            &egress_socket(),
+            &ns,
+            EgressRules {
+                inside: vec![NODE_NET, POD_NET],
+            },
+        )?;
+        Ok(Network {
+            ns,
+            egress: Some(egress),
+        })
+    }
+}
+
+/// A running real node.
+pub struct RealNode {
+    network: Network,
+    procs: Vec<(String, Child)>,
+    relays: Vec<Relay>,
+    kubectl: Box<dyn Fn() -> Command + Send>,
+    logs: PathBuf,
+    /// Seconds from the first node process to the node being Ready.
+    pub started_in: Duration,
+}
+
+/// What the node is started with.
+pub struct NodeOptions<'a> {
+    pub bin_dir: &'a Path,
+    pub state_dir: &'a Path,
+    pub certs: &'a CertPaths,
+    pub api_port: u16,
+    /// Image archives to import before the kubelet starts (the pause image among them).
+    pub images: Vec<PathBuf>,
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn kubeconfig_of(state_dir: &Path, user: &str) -> PathBuf {
+    state_dir.join(format!("{}.kubeconfig", user.replace(':', "-")))
+}
+
+impl RealNode {
+    /// Starts containerd, imports the images, starts the kubelet, kube-proxy and the DNS
+    /// server (when built) inside `network`, and waits until the node is Ready.
+    pub fn start(
+        network: Network,
+        opts: NodeOptions<'_>,
+        kubectl: Box<dyn Fn() -> Command + Send>,
+    ) -> Result<RealNode> {
+        let logs = opts.state_dir.join("logs");
+        let mut node = RealNode {
+            network,
+            procs: Vec::new(),
+            relays: Vec::new(),
+            kubectl,
+            logs,
+            started_in: Duration::ZERO,
+        };
+        let t0 = Instant::now();
+        node.relays
+            .push(crate::netns::forward_into(&node.network.ns, opts.api_port)?);
+        node.cluster_objects(opts.api_port)?;
+        make_cgroups()?;
+        node.start_containerd()?;
+        for archive in &opts.images {
+            node.import(archive)?;
+        }
+        node.start_kubelet(&opts)?;
+        node.start_kube_proxy(&opts)?;
+        if opts.bin_dir.join("coredns").is_file() {
+            node.start_dns(&opts)?;
+        }
+        node.wait_ready()?;
+        node.started_in = t0.elapsed();
+        Ok(node)
+    }
+
+    /// The `kubernetes` Service's endpoint (the namespace's door to the API server) and the
+    /// DNS Service, its endpoint and the DNS server's read-only role.
+    fn cluster_objects(&self, api_port: u16) -> Result<()> {
+        let slice = |name: &str, service: &str, ports: serde_json::Value| {
+            json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "namespace": if service == "kubernetes" {"default"} else {"kube-system"},
+                    "labels": {"kubernetes.io/service-name": service,
+                               "endpointslice.kubernetes.io/managed-by": "devcluster.substratus.ai"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [NODE_IP.to_string()], "conditions": {"ready": true}}],
+                "ports": ports,
+            })
+        };
+        let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+            slice("kubernetes", "kubernetes", json!([{"name": "https", "port": api_port, "protocol": "TCP"}])),
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+             "spec": {"clusterIP": DNS_SERVICE_IP.to_string(), "ports": [
+                 {"name": "dns", "port": 53, "protocol": "UDP"},
+                 {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}},
+            slice("kube-dns", "kube-dns", json!([
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"}])),
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": "substratus-dns"},
+             "rules": [
+                 {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": ["list", "watch"]},
+                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "substratus-dns"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "substratus-dns"},
+             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": DNS_USER}]},
+        ]});
+        let mut child = (self.kubectl)()
+            .args(["apply", "--server-side", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(&serde_json::to_vec(&objects)?)?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "creating the node's Services: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts `program` inside the namespace and the node's `system` cgroup; it dies with
+    /// this process.
+    fn spawn(&mut self, name: &str, program: &Path, args: Vec<String>) -> Result<()> {
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log")))?;
+        let mut cmd = Command::new("/usr/bin/nsenter");
+        cmd.arg(format!("--net={}", self.network.ns.path().display()))
+            .arg("--")
+            .arg(program)
+            .args(&args)
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let procs_files: Vec<std::ffi::CString> = hierarchies()?
+            .iter()
+            .map(|h| {
+                std::ffi::CString::new(
+                    h.join(CGROUP)
+                        .join("system/cgroup.procs")
+                        .to_string_lossy()
+                        .into_owned(),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, open, write,
+        // close) on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for f in &procs_files {
+                    let fd = libc::open(f.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0" moves the writing process.
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        self.procs.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        for (name, child) in &mut self.procs {
+            if let Some(status) = child.try_wait()? {
+                let log = self.logs.join(format!("{name}.log"));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                bail!(
+                    "{name} exited ({status}); last lines of {}:\n{}",
+                    log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn start_containerd(&mut self) -> Result<()> {
+        let root = Path::new(ROOT);
+        let run = Path::new(RUN);
+        let cni_conf = root.join("cni/net.d");
+        std::fs::create_dir_all(&cni_conf)?;
+        write_json(
+            &cni_conf.join("10-substratus.conflist"),
+            &json!({
+                "cniVersion": "0.4.0",
+                "name": "substratus",
+                "plugins": [
+                    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+                     "hairpinMode": true,
+                     "ipam": {"type": "host-local",
+                              "ranges": [[{"subnet": format!("{}/{}", POD_NET.0, POD_NET.1)}]],
+                              "routes": [{"dst": "0.0.0.0/0"}],
+                              "dataDir": root.join("cni/ipam")}},
+                    {"type": "portmap", "capabilities": {"portMappings": true}},
+                ],
+            }),
+        )?;
+        let config = format!(
+            r#"version = 2
+root = "{root}/containerd"
+state = "{run}/containerd"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{run}/containerd.sock"
+
+[ttrpc]
+  address = "{run}/containerd-ttrpc.sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  # Root here may not lower oom_score_adj (no CAP_SYS_RESOURCE).
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{run}/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin}"
+    conf_dir = "{cni_conf}"
+"#,
+            root = root.display(),
+            run = run.display(),
+            pause = PAUSE_IMAGE,
+            cni_bin = CNI_BIN,
+            cni_conf = cni_conf.display(),
+        );
+        let path = root.join("containerd.toml");
+        std::fs::write(&path, config)?;
+        self.spawn(
+            "containerd",
+            Path::new("/usr/bin/containerd"),
+            vec![format!("--config={}", path.display())],
+        )?;
+        let sock = run.join("containerd.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ctr(&["version"]).map(|_| ()).is_ok() {
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("containerd did not answer on {} within 30s", sock.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Runs `ctr` against the node's containerd, in the Kubernetes namespace.
+    pub fn ctr(&self, args: &[&str]) -> Result<String> {
+        ctr(args)
+    }
+
+    /// Imports a docker-archive into the node's containerd, where pods find it.
+    pub fn import(&self, archive: &Path) -> Result<()> {
+        let path = archive.to_string_lossy();
+        self.ctr(&["images", "import", &path])
+            .with_context(|| format!("importing {}", archive.display()))?;
+        Ok(())
+    }
+
+    fn start_kubelet(&mut self, opts: &NodeOptions<'_>) -> Result<()> {
+        let root = Path::new(ROOT);
+        let resolv = root.join("resolv.conf");
+        // Pods with dnsPolicy Default get no nameserver from the host: nothing outside the
+        // namespace is reachable anyway.
+        std::fs::write(&resolv, "options ndots:1\n")?;
+        let config = root.join("kubelet.json");
+        write_json(
+            &config,
+            &json!({
+                "apiVersion": "kubelet.config.k8s.io/v1beta1",
+                "kind": "KubeletConfiguration",
+                "port": 10250,
+                "readOnlyPort": 0,
+                "healthzBindAddress": "127.0.0.1",
+                "healthzPort": 10248,
+                "failCgroupV1": false,
+                "cgroupDriver": "cgroupfs",
+                "cgroupRoot": format!("/{CGROUP}"),
+                "failSwapOn": false,
+                "oomScoreAdj": 0,
+                "containerRuntimeEndpoint": format!("unix://{RUN}/containerd.sock"),
+                "authentication": {
+                    "anonymous": {"enabled": false},
+                    "webhook": {"enabled": true},
+                    "x509": {"clientCAFile": opts.certs.ca_cert},
+                },
+                "authorization": {"mode": "Webhook"},
+                "tlsCertFile": opts.certs.kubelet_serving_cert,
+                "tlsPrivateKeyFile": opts.certs.kubelet_serving_key,
+                "clusterDNS": [DNS_SERVICE_IP.to_string()],
+                "clusterDomain": "cluster.local",
+                "resolvConf": resolv,
+                "podLogsDir": root.join("pod-logs"),
+                "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
+                                 "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+                "imageGCHighThresholdPercent": 100,
+                "imageGCLowThresholdPercent": 99,
+                "serializeImagePulls": false,
+                "maxPods": 110,
+                "enforceNodeAllocatable": ["pods"],
+            }),
+        )?;
+        let kubeconfig = kubeconfig_of(opts.state_dir, NODE_USER);
+        self.spawn(
+            "kubelet",
+            &opts.bin_dir.join("kubelet"),
+            vec![
+                format!("--config={}", config.display()),
+                format!("--kubeconfig={}", kubeconfig.display()),
+                format!("--root-dir={}", root.join("kubelet").display()),
+                format!("--node-ip={NODE_IP}"),
+                format!("--hostname-override={NODE_NAME}"),
+                format!("--node-labels=devcluster.substratus.ai/real=true"),
+            ],
+        )
+    }
+
+    fn start_kube_proxy(&mut self, opts: &NodeOptions<'_>) -> Result<()> {
+        let config = Path::new(ROOT).join("kube-proxy.json");
+        write_json(
+            &config,
+            &json!({
+                "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                "kind": "KubeProxyConfiguration",
+                "mode": "iptables",
+                "clientConnection": {"kubeconfig": kubeconfig_of(opts.state_dir, "system:kube-proxy")},
+                "hostnameOverride": NODE_NAME,
+                "clusterCIDR": format!("{}/{}", POD_NET.0, POD_NET.1),
+                "metricsBindAddress": "127.0.0.1:10249",
+                "healthzBindAddress": "127.0.0.1:10256",
+                // Replies of a pod reached through a Service on the same bridge come back
+                // through the node, where the translation is undone.
+                "iptables": {"masqueradeAll": true},
+                // The namespace's conntrack table is the host's: leave its sizes alone.
+                "conntrack": {"maxPerCore": 0, "min": 0,
+                              "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+            }),
+        )?;
+        self.spawn(
+            "kube-proxy",
+            &opts.bin_dir.join("kube-proxy"),
+            vec![format!("--config={}", config.display())],
+        )
+    }
+
+    fn start_dns(&mut self, opts: &NodeOptions<'_>) -> Result<()> {
+        let corefile = Path::new(ROOT).join("Corefile");
+        std::fs::write(
+            &corefile,
+            format!(
+                "{NODE_IP}:53 {{
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 5
+}}
+",
+                kubeconfig = kubeconfig_of(opts.state_dir, DNS_USER).display()
+            ),
+        )?;
+        self.spawn(
+            "coredns",
+            &opts.bin_dir.join("coredns"),
+            vec!["-conf".into(), corefile.to_string_lossy().into_owned()],
+        )
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            self.check_alive()?;
+            let out = (self.kubectl)()
+                .args([
+                    "get",
+                    "node",
+                    NODE_NAME,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ])
+                .output()?;
+            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the real node was not Ready within 120s; see {}", self.logs.display());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops the node: cordons it, deletes its pods (so that their network teardown runs),
+    /// stops its processes and removes everything it made.
+    pub fn stop(&mut self) {
+        let _ = (self.kubectl)()
+            .args(["cordon", NODE_NAME])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = (self.kubectl)()
+            .args([
+                "delete",
+                "pods",
+                "-A",
+                "--field-selector",
+                &format!("spec.nodeName={NODE_NAME}"),
+                "--grace-period=1",
+                "--timeout=30s",
+                "--wait=true",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        while let Some((_, mut child)) = self.procs.pop() {
+            crate::terminate(&mut child, Duration::from_secs(5));
+        }
+        self.relays.clear();
+        self.network.egress.take();
+        let _ = (self.kubectl)()
+            .args(["delete", "node", NODE_NAME, "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Err(e) = sweep() {
+            eprintln!("devcluster: cleaning up the real node: {e:#}");
+        }
+    }
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        self.egress.take();
+        let _ = self.ns.delete();
+    }
+}
+
+/// Runs `ctr` against the node's containerd (namespace `k8s.io`).
+pub fn ctr(args: &[&str]) -> Result<String> {
+    let out = Command::new("/usr/bin/ctr")
+        .arg(format!("--address={RUN}/containerd.sock"))
+        .args(["--namespace", "k8s.io"])
+        .args(args)
+        .output()
+        .context("running ctr")?;
+    if !out.status.success() {
+        bail!(
+            "ctr {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The cgroup v1 hierarchies mounted under `/sys/fs/cgroup` (cpu, memory, …, name=systemd).
+fn hierarchies() -> Result<Vec<PathBuf>> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mounts
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup" && mount_point.starts_with(CGROUP_FS))
+                .then(|| PathBuf::from(mount_point))
+        })
+        .collect())
+}
+
+/// Creates `/substratus-node/system` in every hierarchy; cpusets get their parent's CPUs and
+/// memory nodes, which a new cpuset lacks.
+fn make_cgroups() -> Result<()> {
+    for h in hierarchies()? {
+        let mut dir = h.clone();
+        for part in [CGROUP, "system"] {
+            let parent = dir.clone();
+            dir = dir.join(part);
+            if !dir.is_dir() {
+                std::fs::create_dir(&dir)
+                    .with_context(|| format!("creating cgroup {}", dir.display()))?;
+            }
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                if parent.join(f).is_file() {
+                    let v = std::fs::read_to_string(parent.join(f))?;
+                    std::fs::write(dir.join(f), v.trim())
+                        .with_context(|| format!("writing {}", dir.join(f).display()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mount points (from `/proc/self/mountinfo`, octal escapes decoded) that the node made:
+/// below [`ROOT`] or [`RUN`], or a sandbox namespace under `/run/netns/cni-`.
+pub fn node_mounts() -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(unescape_mount_point)
+        .filter(|p| {
+            let path = Path::new(p);
+            path.starts_with(ROOT)
+                || path.starts_with(RUN)
+                || path.starts_with("/run/containerd")
+                || p.starts_with("/run/netns/cni-")
+                || p.starts_with("/var/run/netns/cni-")
+        })
+        .map(PathBuf::from)
+        .collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+}
+
+fn unescape_mount_point(s: &str) -> String {
+    let mut out = String::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+    out
+}
+
+/// The node's cgroups, deepest first.
+pub fn node_cgroups() -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    for h in hierarchies().unwrap_or_default() {
+        collect_dirs(&h.join(CGROUP), &mut all);
+    }
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    all
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_owned());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+/// Processes in the node's cgroups.
+pub fn node_processes() -> Vec<libc::pid_t> {
+    let mut pids: Vec<libc::pid_t> = node_cgroups()
+        .iter()
+        .filter_map(|c| std::fs::read_to_string(c.join("cgroup.procs")).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// Removes everything a real node makes (see the module doc), whatever state it was left in.
+pub fn sweep() -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids = node_processes();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in &pids {
+            // SAFETY: kill(2) of processes in the node's own cgroups.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("processes {pids:?} in the node's cgroups did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for m in node_mounts() {
+        let c = std::ffi::CString::new(m.to_string_lossy().into_owned())?;
+        // SAFETY: umount2 on a path string we own.
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
+    }
+    let left = node_mounts();
+    if !left.is_empty() {
+        bail!("mounts left after unmounting: {left:?}");
+    }
+    for c in node_cgroups() {
+        // Control files vanish with the directory; rmdir is the only way to remove one.
+        let _ = std::fs::remove_dir(&c);
+    }
+    let left = node_cgroups();
+    if !left.is_empty() {
+        bail!("cgroups left: {left:?}");
+    }
+    for dir in [ROOT, RUN] {
+        if Path::new(dir).exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {dir}"))?;
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("cni-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    // Symbolic links the kubelet made to its pods' logs.
+    if let Ok(entries) = std::fs::read_dir("/var/log/containers") {
+        for e in entries.flatten() {
+            if std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(ROOT)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    // The shims' socket directory (fixed by containerd); nothing else runs containerd here.
+    let _ = std::fs::remove_dir_all("/run/containerd/s");
+    let _ = std::fs::remove_dir("/run/containerd");
+    let ns = NetNs {
+        name: NETNS.into(),
+    };
+    ns.delete()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(
+            unescape_mount_point("/var/lib/a\\040b\\011c"),
+            "/var/lib/a b\tc"
+        );
+        assert_eq!(unescape_mount_point("/plain"), "/plain");
+    }
+}
