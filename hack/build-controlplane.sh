@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds, from Go modules, the simulated cluster's control plane (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, etcd, kwok) and the tools the tests use
-# (versitygw as the S3 server, helm). Binaries are cached outside the checkout, keyed by
+# Builds, from Go modules, the local cluster's control plane (kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, etcd, kwok), the real node's kubelet,
+# kube-proxy and CoreDNS, and the tools the tests use (versitygw as the S3 server, helm). Binaries are cached outside the checkout, keyed by
 # version, and built only when missing. Prints the directory holding them on its last line.
 set -euo pipefail
 
@@ -13,6 +13,7 @@ KWOK_VERSION="v0.8.0"
 TOOLS=(
   "versitygw v1.8.0 versitygw github.com/versity/versitygw/cmd/versitygw"
   "helm v3.22.0 helm helm.sh/helm/v3/cmd/helm"
+  "coredns v1.15.0 coredns github.com/coredns/coredns"
 )
 CACHE_ROOT="${SUBSTRATUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/substratus}"
 BIN_DIR="$CACHE_ROOT/controlplane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/bin"
@@ -40,7 +41,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
   [[ -x "$BIN_DIR/$b" ]] || build kubernetes "k8s.io/kubernetes/cmd/$b" "$BIN_DIR/$b" "$ldflags"
 done
 [[ -x "$BIN_DIR/etcd" ]] || build etcd . "$BIN_DIR/etcd"

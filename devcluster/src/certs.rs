@@ -105,7 +105,9 @@ pub fn generate(dir: &Path) -> Result<CertPaths> {
     // The `kubernetes` Service's cluster IP: in-cluster clients dial it.
     serving
         .subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(crate::node::KUBERNETES_SERVICE_IP)));
+        .push(SanType::IpAddress(IpAddr::V4(
+            crate::node::KUBERNETES_SERVICE_IP,
+        )));
     serving.distinguished_name = dn("kube-apiserver", None);
     serving.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,

@@ -68,7 +68,9 @@ impl Recipe {
             } else {
                 format!("{parent}/{p}")
             };
-            self.files.entry(parent.clone()).or_insert(Source::Dir(0o755));
+            self.files
+                .entry(parent.clone())
+                .or_insert(Source::Dir(0o755));
         }
         self.files.insert(clean.to_owned(), source);
         self
@@ -180,7 +182,13 @@ pub fn build(recipe: &Recipe, cache_dir: &Path) -> Result<Built> {
     let safe: String = recipe
         .reference
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let archive = cache_dir.join(format!("{safe}-{}.tar", &config_id[..16]));
     let built = Built {
@@ -232,7 +240,11 @@ pub fn add_with_libraries(recipe: &mut Recipe, path: &str, binary: &Path) -> Res
         .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() && !text.contains("not a dynamic executable") {
-        bail!("ldd {}: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ldd {}: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for lib in libraries_of(&text) {
         let real = std::fs::canonicalize(&lib)?;
@@ -274,8 +286,11 @@ mod tests {
 
     fn recipe() -> Recipe {
         let mut r = Recipe::new("localhost/test/hello:1");
-        r.add("bin/hello", Source::Bytes(b"#!/bin/sh\necho hi\n".to_vec(), 0o755))
-            .add("bin/sh", Source::Symlink("busybox".into()));
+        r.add(
+            "bin/hello",
+            Source::Bytes(b"#!/bin/sh\necho hi\n".to_vec(), 0o755),
+        )
+        .add("bin/sh", Source::Symlink("busybox".into()));
         r.config.cmd = vec!["/bin/hello".into()];
         r.config.working_dir = "/content".into();
         r
@@ -287,8 +302,7 @@ mod tests {
         let built = build(&recipe(), dir.path()).unwrap();
         assert!(!built.cached);
         let files = entries(&built.archive);
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&files["manifest.json"]).unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
         let config_name = manifest[0]["Config"].as_str().unwrap();
         let layer_name = manifest[0]["Layers"][0].as_str().unwrap();
         assert_eq!(manifest[0]["RepoTags"][0], "localhost/test/hello:1");
@@ -296,7 +310,10 @@ mod tests {
             format!("{}.json", sha256_hex(&files[config_name])),
             config_name
         );
-        assert_eq!(built.id, format!("sha256:{}", sha256_hex(&files[config_name])));
+        assert_eq!(
+            built.id,
+            format!("sha256:{}", sha256_hex(&files[config_name]))
+        );
         let config: serde_json::Value = serde_json::from_slice(&files[config_name]).unwrap();
         let diff_id = sha256_hex(&files[layer_name]);
         assert_eq!(config["rootfs"]["diff_ids"][0], format!("sha256:{diff_id}"));

@@ -372,44 +372,47 @@ impl Cluster {
         };
         self.spawn(
             "kube-apiserver",
-            node_flags.into_iter().chain([
-                format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={}", self.api_port),
-                format!("--cert-dir={}", cert_dir.display()),
-                format!("--tls-cert-file={}", c.serving_cert.display()),
-                format!("--tls-private-key-file={}", c.serving_key.display()),
-                format!("--client-ca-file={}", c.ca_cert.display()),
-                format!(
-                    "--service-account-key-file={}",
-                    c.service_account_pub.display()
-                ),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    c.service_account_key.display()
-                ),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--endpoint-reconciler-type=none".into(),
-                "--allow-privileged=true".into(),
-                // GKE and EKS add the nvidia.com/gpu toleration to pods that request GPUs;
-                // NodeRestriction keeps a kubelet to its own node and pods.
-                "--enable-admission-plugins=ExtendedResourceToleration,NodeRestriction".into(),
-                // Simulated nodes' kubelet API is kwok's, at their InternalIP (127.0.0.1).
-                "--kubelet-preferred-address-types=InternalIP".into(),
-                "--profiling=false".into(),
-                // Every request is logged (metadata only), so tests and benchmarks can count
-                // what a client sent, by user, verb and resource.
-                format!(
-                    "--audit-policy-file={}",
-                    self.state_dir.join("audit-policy.yaml").display()
-                ),
-                format!("--audit-log-path={}", self.audit_log().display()),
-                "--audit-log-format=json".into(),
-                "--audit-log-maxsize=1024".into(),
-                "--audit-log-mode=blocking".into(),
-            ]).collect(),
+            node_flags
+                .into_iter()
+                .chain([
+                    format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
+                    "--bind-address=127.0.0.1".into(),
+                    "--advertise-address=127.0.0.1".into(),
+                    format!("--secure-port={}", self.api_port),
+                    format!("--cert-dir={}", cert_dir.display()),
+                    format!("--tls-cert-file={}", c.serving_cert.display()),
+                    format!("--tls-private-key-file={}", c.serving_key.display()),
+                    format!("--client-ca-file={}", c.ca_cert.display()),
+                    format!(
+                        "--service-account-key-file={}",
+                        c.service_account_pub.display()
+                    ),
+                    format!(
+                        "--service-account-signing-key-file={}",
+                        c.service_account_key.display()
+                    ),
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                    "--service-cluster-ip-range=10.96.0.0/16".into(),
+                    "--endpoint-reconciler-type=none".into(),
+                    "--allow-privileged=true".into(),
+                    // GKE and EKS add the nvidia.com/gpu toleration to pods that request GPUs;
+                    // NodeRestriction keeps a kubelet to its own node and pods.
+                    "--enable-admission-plugins=ExtendedResourceToleration,NodeRestriction".into(),
+                    // Simulated nodes' kubelet API is kwok's, at their InternalIP (127.0.0.1).
+                    "--kubelet-preferred-address-types=InternalIP".into(),
+                    "--profiling=false".into(),
+                    // Every request is logged (metadata only), so tests and benchmarks can count
+                    // what a client sent, by user, verb and resource.
+                    format!(
+                        "--audit-policy-file={}",
+                        self.state_dir.join("audit-policy.yaml").display()
+                    ),
+                    format!("--audit-log-path={}", self.audit_log().display()),
+                    "--audit-log-format=json".into(),
+                    "--audit-log-maxsize=1024".into(),
+                    "--audit-log-mode=blocking".into(),
+                ])
+                .collect(),
         )?;
         let mut alive = Ok(());
         let (bin, kc) = (self.bin_dir.clone(), self.kubeconfig.clone());

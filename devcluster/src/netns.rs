@@ -73,7 +73,16 @@ impl NetNs {
         let steps: [&[&str]; 6] = [
             &["-n", name, "link", "set", "lo", "up"],
             &[
-                "-n", name, "link", "add", "node0", "type", "veth", "peer", "name", "node0-end",
+                "-n",
+                name,
+                "link",
+                "add",
+                "node0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "node0-end",
             ],
             &["-n", name, "link", "set", "node0", "up"],
             &["-n", name, "link", "set", "node0-end", "up"],

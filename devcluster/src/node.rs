@@ -127,7 +127,10 @@ egressSelections:
         format!("--egress-selector-config-file={}", egress.display()),
         format!("--kubelet-client-certificate={}", client.cert.display()),
         format!("--kubelet-client-key={}", client.key.display()),
-        format!("--kubelet-certificate-authority={}", certs.ca_cert.display()),
+        format!(
+            "--kubelet-certificate-authority={}",
+            certs.ca_cert.display()
+        ),
         "--authorization-mode=Node,RBAC".into(),
     ])
 }
@@ -294,7 +297,10 @@ impl RealNode {
             .arg("--")
             .arg(program)
             .args(&args)
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -571,7 +577,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the real node was not Ready within 120s; see {}", self.logs.display());
+                bail!(
+                    "the real node was not Ready within 120s; see {}",
+                    self.logs.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -830,9 +839,7 @@ pub fn sweep() -> Result<()> {
     // The shims' socket directory (fixed by containerd); nothing else runs containerd here.
     let _ = std::fs::remove_dir_all("/run/containerd/s");
     let _ = std::fs::remove_dir("/run/containerd");
-    let ns = NetNs {
-        name: NETNS.into(),
-    };
+    let ns = NetNs { name: NETNS.into() };
     ns.delete()?;
     Ok(())
 }

@@ -47,9 +47,13 @@ fn run(cmd: &mut Command) -> Result<String> {
 /// The Kubernetes module's source directory in the Go module cache.
 fn kubernetes_source() -> Result<PathBuf> {
     let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/gotools/kubernetes");
-    let out = run(Command::new("go")
-        .current_dir(&module)
-        .args(["list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes"]))?;
+    let out = run(Command::new("go").current_dir(&module).args([
+        "list",
+        "-m",
+        "-f",
+        "{{.Dir}}",
+        "k8s.io/kubernetes",
+    ]))?;
     let dir = PathBuf::from(out.trim());
     if !dir.is_dir() {
         bail!(

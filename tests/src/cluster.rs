@@ -23,6 +23,16 @@ pub struct SharedCluster {
 
 static SHARED: OnceLock<Result<SharedCluster, String>> = OnceLock::new();
 
+/// Whether the cluster this process starts has a real node ([`with_real_node`]).
+static REAL_NODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the cluster this process starts have a real node beside the simulated kind GPU node
+/// (the CPU-only pools are left out, so CPU pods run in real containers). Call before the
+/// first [`shared`]; stop it with [`stop`] so that the node is cleaned up.
+pub fn with_real_node() {
+    REAL_NODE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The shared cluster, started on first use (with every profile's node pools) unless
 /// `SUBSTRATUS_TEST_KUBECONFIG` names a running one. Our CRDs are installed and Established.
 pub fn shared() -> &'static SharedCluster {
@@ -53,13 +63,22 @@ fn start_in_background(bin_dir: &Path) -> Result<PathBuf> {
     remove_stale_state_dirs();
     let state_dir =
         std::env::temp_dir().join(format!("substratus-test-cluster-{}", std::process::id()));
+    let real_node = REAL_NODE.load(std::sync::atomic::Ordering::SeqCst);
     let opts = Options {
         bin_dir: bin_dir.to_path_buf(),
         state_dir,
-        profiles: Profile::ALL.to_vec(),
+        profiles: if real_node {
+            vec![Profile::Kind]
+        } else {
+            Profile::ALL.to_vec()
+        },
         scale: 1,
-        real_node: false,
-        node_images: vec![],
+        real_node,
+        node_images: if real_node {
+            vec![substratus_devcluster::recipes::busybox()?.archive]
+        } else {
+            vec![]
+        },
     };
     let (tx, rx) = std::sync::mpsc::channel();
     let (control_tx, control_rx) = std::sync::mpsc::channel::<Restart>();
@@ -71,6 +90,11 @@ fn start_in_background(bin_dir: &Path) -> Result<PathBuf> {
                 // This thread owns every process of the cluster (they die with it), so
                 // restarts for fault tests happen here too.
                 for (component, reply) in control_rx {
+                    if component == STOP {
+                        cluster.stop();
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    }
                     let _ = reply.send(cluster.restart(&component).map_err(|e| format!("{e:#}")));
                 }
                 loop {
@@ -87,6 +111,14 @@ fn start_in_background(bin_dir: &Path) -> Result<PathBuf> {
 }
 
 type Restart = (String, std::sync::mpsc::Sender<Result<(), String>>);
+/// The control message that stops the whole cluster.
+const STOP: &str = "<stop>";
+
+/// Stops the cluster this process started (its real node first, which removes everything
+/// the node made); returns once it is stopped.
+pub fn stop() -> Result<(), String> {
+    restart_component(STOP)
+}
 static CONTROL: OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Restart>>> = OnceLock::new();
 
 /// Kills a component of the cluster this process started (etcd, kube-apiserver,
