@@ -63,6 +63,19 @@ for tool in "${TOOLS[@]}"; do
   ln -sfn "$cached" "$BIN_DIR/$name"
 done
 
+# The local clusters' S3 CSI node plugin (our own module, csi/s3), keyed by its sources.
+csi_src="$HERE/../csi/s3"
+csi_key=$(cat "$csi_src"/go.mod "$csi_src"/go.sum "$csi_src"/*.go | sha256sum | cut -c1-16)
+csi_bin="$CACHE_ROOT/tools/substratus-csi-s3-$csi_key/substratus-csi-s3"
+if [[ ! -x "$csi_bin" ]]; then
+  echo "building substratus-csi-s3 ..." >&2
+  mkdir -p "$(dirname "$csi_bin")"
+  (cd "$csi_src" && go build -trimpath -ldflags "-s -w -X main.version=$csi_key" -o "$csi_bin.partial" .)
+  mv "$csi_bin.partial" "$csi_bin"
+  built+=(substratus-csi-s3)
+fi
+ln -sfn "$csi_bin" "$BIN_DIR/substratus-csi-s3"
+
 if [[ ${#built[@]} -eq 0 ]]; then
   echo "control plane and tools: cached in $BIN_DIR" >&2
 else

@@ -52,6 +52,8 @@ pub const ROOT: &str = "/var/lib/substratus-node";
 pub const RUN: &str = "/run/substratus-node";
 /// The node's cgroup, under every v1 hierarchy.
 pub const CGROUP: &str = "substratus-node";
+/// The CSI driver of the node's S3 plugin (`csi/s3`), which mounts bucket prefixes.
+pub const CSI_DRIVER: &str = "s3.csi.substratus.ai";
 /// The image containerd runs every pod sandbox from.
 pub const PAUSE_IMAGE: &str = "localhost/substratus/pause:3.10";
 
@@ -62,7 +64,7 @@ const CNI_BIN: &str = "/usr/lib/cni";
 
 /// Programs the node needs besides the control plane's: Debian's packages (installed by
 /// `hack/install-node-deps.sh`).
-pub const HOST_PROGRAMS: [&str; 7] = [
+pub const HOST_PROGRAMS: [&str; 8] = [
     "/usr/bin/containerd",
     "/usr/bin/containerd-shim-runc-v2",
     "/usr/sbin/runc",
@@ -70,6 +72,7 @@ pub const HOST_PROGRAMS: [&str; 7] = [
     "/usr/sbin/iptables",
     "/usr/bin/nsenter",
     "/usr/lib/cni/bridge",
+    "/usr/bin/rclone",
 ];
 
 /// Why a real node cannot run here, if it cannot.
@@ -88,7 +91,7 @@ pub fn unavailable(bin_dir: &Path) -> Option<String> {
             return Some(format!("{p} is missing; run hack/install-node-deps.sh"));
         }
     }
-    for b in ["kubelet", "kube-proxy"] {
+    for b in ["kubelet", "kube-proxy", "substratus-csi-s3"] {
         if !bin_dir.join(b).is_file() {
             return Some(format!(
                 "{} is missing; build it with hack/build-controlplane.sh",
@@ -225,6 +228,17 @@ impl RealNode {
         }
         node.start_kubelet(&opts)?;
         node.start_kube_proxy(&opts)?;
+        node.spawn(
+            "csi-s3",
+            &opts.bin_dir.join("substratus-csi-s3"),
+            vec![
+                format!("--driver-name={CSI_DRIVER}"),
+                format!("--kubelet-root={ROOT}/kubelet"),
+                format!("--node-id={NODE_NAME}"),
+                format!("--state-dir={ROOT}/csi-s3"),
+                "--rclone=/usr/bin/rclone".into(),
+            ],
+        )?;
         if opts.bin_dir.join("coredns").is_file() {
             node.start_dns(&opts)?;
         }
@@ -257,6 +271,11 @@ impl RealNode {
             slice("kube-dns", "kube-dns", json!([
                 {"name": "dns", "port": 53, "protocol": "UDP"},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP"}])),
+            // Static volumes only, nothing to attach: the kubelet publishes them directly.
+            {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+             "metadata": {"name": CSI_DRIVER},
+             "spec": {"attachRequired": false, "podInfoOnMount": false, "fsGroupPolicy": "None",
+                      "volumeLifecycleModes": ["Persistent"]}},
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
              "metadata": {"name": "substratus-dns"},
              "rules": [

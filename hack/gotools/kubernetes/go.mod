@@ -6,6 +6,10 @@ module substratus.ai/hack/gotools/kubernetes
 go 1.26.0
 
 require (
+	github.com/vishvananda/netlink v1.3.1 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
+	github.com/moby/ipvs v1.1.0 // indirect
+	sigs.k8s.io/knftables v0.0.21 // indirect
 	go.opentelemetry.io/contrib/instrumentation/github.com/emicklei/go-restful/otelrestful v0.65.0 // indirect
 	cel.dev/expr v0.25.1 // indirect
 	cyphar.com/go-pathrs v0.2.2 // indirect
