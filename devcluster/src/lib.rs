@@ -61,6 +61,14 @@ impl Options {
             .iter()
             .flat_map(|p| profiles::nodes(*p, self.scale))
             .filter(|n| !self.real_node || profiles::has_gpus(n))
+            .map(|mut n| {
+                // Only pods that ask for a GPU may land on a simulated node; the
+                // ExtendedResourceToleration admission adds this toleration to them.
+                if self.real_node {
+                    profiles::taint_for_gpu_pods_only(&mut n);
+                }
+                n
+            })
             .collect()
     }
 }

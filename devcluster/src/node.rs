@@ -559,7 +559,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         std::fs::write(
             &corefile,
             format!(
-                "{NODE_IP}:53 {{
+                ".:53 {{
+    bind {NODE_IP}
     errors
     kubernetes cluster.local in-addr.arpa ip6.arpa {{
         kubeconfig {kubeconfig}
@@ -860,6 +861,23 @@ pub fn sweep() -> Result<()> {
     let _ = std::fs::remove_dir("/run/containerd");
     let ns = NetNs { name: NETNS.into() };
     ns.delete()?;
+    // Fixed paths of the kubelet and `ip netns`, removed when nothing else uses them.
+    let _ = std::fs::remove_file("/var/lib/kubelet/device-plugins/kubelet.sock");
+    for dir in [
+        "/var/lib/kubelet/device-plugins",
+        "/var/lib/kubelet",
+        "/var/log/containers",
+    ] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    if std::fs::read_dir("/run/netns").is_ok_and(|mut d| d.next().is_none()) {
+        let c = std::ffi::CString::new("/run/netns")?;
+        // SAFETY: umount2 on a constant path; it fails harmlessly when not a mount point.
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir("/run/netns");
+    }
     Ok(())
 }
 

@@ -277,6 +277,19 @@ pub fn has_gpus(node: &Value) -> bool {
         .is_some_and(|n| n != "0")
 }
 
+/// Adds the `nvidia.com/gpu` NoSchedule taint to a node that has no such taint yet.
+pub fn taint_for_gpu_pods_only(node: &mut Value) {
+    let taints = node["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !taints.iter().any(|t| t["key"] == "nvidia.com/gpu") {
+        let mut taints = taints;
+        taints.push(json!({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}));
+        node["spec"]["taints"] = json!(taints);
+    }
+}
+
 fn node(profile: Profile, pool: &Pool, index: usize) -> Value {
     let name = format!("{}-{index}", pool.prefix);
     let mut labels = Map::new();
@@ -341,6 +354,28 @@ fn resources(milli_cpu: u32, memory_mib: u32, gpus: u32, disk_gib: u32) -> Value
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beside_a_real_node_only_gpu_pods_fit_a_simulated_node() {
+        let kind = nodes(Profile::Kind, 1);
+        let gpu: Vec<Value> = kind.iter().filter(|n| has_gpus(n)).cloned().collect();
+        assert_eq!(gpu.len(), 1, "the kind profile has one GPU node");
+        assert!(kind.iter().any(|n| !has_gpus(n)), "and a CPU node");
+        let mut n = gpu[0].clone();
+        taint_for_gpu_pods_only(&mut n);
+        taint_for_gpu_pods_only(&mut n);
+        let taints = n["spec"]["taints"].as_array().unwrap();
+        assert_eq!(taints.len(), 1, "{taints:?}");
+        assert_eq!(taints[0]["key"], "nvidia.com/gpu");
+        // A GKE GPU node keeps the taint it has.
+        let mut l4 = nodes(Profile::Gcp, 1)
+            .into_iter()
+            .find(|n| has_gpus(n))
+            .unwrap();
+        let before = l4["spec"]["taints"].clone();
+        taint_for_gpu_pods_only(&mut l4);
+        assert_eq!(l4["spec"]["taints"], before);
+    }
 
     fn label<'a>(node: &'a Value, key: &str) -> Option<&'a str> {
         node["metadata"]["labels"][key].as_str()
