@@ -2,7 +2,7 @@
 # Installs what the local cluster's real node needs from Debian's packages: containerd and
 # runc (the container runtime), the CNI plugins (bridge, host-local, portmap, loopback),
 # iptables (kube-proxy and the bridge's masquerade), a static busybox (the test workloads'
-# image), rclone and FUSE (the S3 CSI plugin's mounter), gcc (the pause image). Idempotent;
+# image), s3fs and FUSE (the S3 CSI plugin's mounter), gcc (the pause image). Idempotent;
 # needs root. Prints nothing when everything is there.
 set -euo pipefail
 
@@ -12,7 +12,7 @@ declare -A want=(
   [/usr/lib/cni/bridge]=containernetworking-plugins
   [/usr/sbin/iptables]=iptables
   [/bin/busybox]=busybox-static
-  [/usr/bin/rclone]=rclone
+  [/usr/bin/s3fs]=s3fs
   [/usr/bin/fusermount3]=fuse3
   [/usr/bin/gcc]=gcc
   [/usr/bin/nsenter]=util-linux

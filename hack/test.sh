@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository: formatting, clippy, unit, compatibility and
 # cluster tests (the cluster tests start a real control plane on 127.0.0.1, built from
-# source once and cached; see hack/build-controlplane.sh).
+# source once and cached; see hack/build-controlplane.sh), and, as root, the tests on a real
+# node (real containers in a network namespace of their own).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -9,6 +10,14 @@ step() { echo; echo "==> $*"; }
 
 step "installing what the tests need"
 hack/install-deps.sh
+# The real node's packages (containerd, runc, CNI, iptables, busybox, rclone, FUSE): root
+# only. Without them the real-node tests are skipped, saying why.
+if [[ $(id -u) -eq 0 ]]; then
+  hack/install-node-deps.sh
+else
+  export SUBSTRATUS_SKIP_REAL_NODE="not root: a real node needs root (network namespace, mounts, cgroups)"
+  echo "$SUBSTRATUS_SKIP_REAL_NODE" >&2
+fi
 
 step "control plane binaries"
 SUBSTRATUS_CONTROLPLANE_BIN="$(hack/build-controlplane.sh)"
@@ -22,6 +31,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "go vet and go test of the S3 CSI plugin (csi/s3)"
+(cd csi/s3 && GOFLAGS=-mod=readonly go vet ./... && GOFLAGS=-mod=readonly go test ./...)
 
 step "terraform checks"
 hack/check-terraform.sh

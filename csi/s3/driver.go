@@ -27,7 +27,7 @@ type Driver struct {
 	locks sync.Map
 }
 
-// Mounter mounts and unmounts prefixes; RcloneMounter is the real one.
+// Mounter mounts and unmounts prefixes; S3fsMounter is the real one.
 type Mounter interface {
 	Mount(m MountSpec) error
 	Unmount(target string) error
@@ -150,8 +150,9 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	attrs := req.GetVolumeContext()
-	if m := attrs["mounter"]; m != "" && m != "rclone" && m != "geesefs" && m != "s3fs" {
-		return nil, status.Errorf(codes.InvalidArgument, "mounter %q is not served (rclone, geesefs, s3fs)", m)
+	// The kind backend names geesefs (k8s-csi-s3's mounter); s3fs serves the same mounts.
+	if m := attrs["mounter"]; m != "" && m != "geesefs" && m != "s3fs" {
+		return nil, status.Errorf(codes.InvalidArgument, "volume attribute mounter: %q is not served (geesefs, s3fs)", m)
 	}
 	dirMode, fileMode, uid, gid, err := ParseOptions(attrs["options"])
 	if err != nil {

@@ -91,9 +91,10 @@ func TestReadOnlyComesFromTheFlagOrTheAccessMode(t *testing.T) {
 		if got := f.mounted[req.TargetPath].ReadOnly; got != c.want {
 			t.Errorf("mode %v readonly %v: read-only %v, want %v", c.mode, c.readonly, got, c.want)
 		}
-		args := (&RcloneMounter{}).Args(f.mounted[req.TargetPath])
-		if slices.Contains(args, "--read-only") != c.want {
-			t.Errorf("rclone args %v", args)
+		args := (&S3fsMounter{}).Args(f.mounted[req.TargetPath])
+		opts := strings.Split(args[len(args)-1], ",")
+		if slices.Contains(opts, "ro") != c.want {
+			t.Errorf("s3fs args %v", args)
 		}
 	}
 }
@@ -118,16 +119,30 @@ func TestBadHandlesOptionsAndSecretsAreRefusedNamingTheField(t *testing.T) {
 	}
 }
 
-func TestCredentialsStayOffTheCommandLine(t *testing.T) {
-	r := &RcloneMounter{}
-	m := MountSpec{Bucket: "b", Prefix: "p", Target: "/t", AccessKey: "AKIDSECRET", SecretKey: "verysecret", UID: -1, GID: -1}
-	args := strings.Join(r.Args(m), " ")
-	if strings.Contains(args, "AKIDSECRET") || strings.Contains(args, "verysecret") {
-		t.Fatalf("credentials in argv: %s", args)
+func TestS3fsGetsThePrefixTheModesAndNoCredentialsOnItsCommandLine(t *testing.T) {
+	r := &S3fsMounter{}
+	m := MountSpec{Bucket: "b", Prefix: "p/artifacts", Target: "/t", Endpoint: "http://127.0.0.1:9000", Region: "us-east-1",
+		AccessKey: "AKIDSECRET", SecretKey: "verysecret", DirMode: 0o777, FileMode: 0o666, UID: -1, GID: 1000, CacheDir: "/c"}
+	args := r.Args(m)
+	joined := strings.Join(args, " ")
+	if strings.Contains(joined, "AKIDSECRET") || strings.Contains(joined, "verysecret") {
+		t.Fatalf("credentials in argv: %s", joined)
 	}
-	env := strings.Join(r.Env(m), "\n")
-	if !strings.Contains(env, "RCLONE_S3_SECRET_ACCESS_KEY=verysecret") {
-		t.Fatal("credentials missing from the environment")
+	if args[0] != "b:/p/artifacts" || args[1] != "/t" {
+		t.Fatalf("source and target: %v", args)
+	}
+	opts := strings.Split(args[3], ",")
+	for _, want := range []string{"url=http://127.0.0.1:9000", "umask=0000", "gid=1000", "passwd_file=/c/passwd", "use_path_request_style"} {
+		if !slices.Contains(opts, want) {
+			t.Errorf("option %s missing from %v", want, opts)
+		}
+	}
+	if slices.ContainsFunc(opts, func(o string) bool { return strings.HasPrefix(o, "uid=") }) {
+		t.Errorf("no --uid asked, yet %v", opts)
+	}
+	m.DirMode, m.FileMode = 0o755, 0o644
+	if got := strings.Split(r.Args(m)[3], ","); !slices.Contains(got, "umask=0022") {
+		t.Errorf("modes 0755/0644 give %v", got)
 	}
 }
 

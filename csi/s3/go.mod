@@ -1,5 +1,5 @@
 // The local clusters' S3 CSI node plugin: mounts a bucket prefix into pods through rclone's
-// FUSE mount. See README.md.
+// s3fs FUSE mount. See README.md.
 module substratus.ai/csi/s3
 
 go 1.26.0

@@ -29,7 +29,7 @@ func main() {
 	kubeletRoot := flag.String("kubelet-root", "/var/lib/kubelet", "the kubelet's --root-dir")
 	nodeID := flag.String("node-id", "", "the node's name (default: the host name)")
 	stateDir := flag.String("state-dir", "/var/lib/substratus-csi-s3", "where mount caches live")
-	rclone := flag.String("rclone", "rclone", "the rclone binary that mounts prefixes")
+	s3fs := flag.String("s3fs", "s3fs", "the s3fs binary that mounts prefixes")
 	flag.Parse()
 	if *nodeID == "" {
 		h, err := os.Hostname()
@@ -43,7 +43,7 @@ func main() {
 		Version:  version,
 		NodeID:   *nodeID,
 		StateDir: *stateDir,
-		Mounter:  &RcloneMounter{Binary: *rclone},
+		Mounter:  &S3fsMounter{Binary: *s3fs},
 	}
 	pluginDir := filepath.Join(*kubeletRoot, "plugins", *driverName)
 	csiSocket := filepath.Join(pluginDir, "csi.sock")

@@ -5,67 +5,68 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 )
 
-// RcloneMounter mounts prefixes with `rclone mount` (FUSE), one daemon per mount; the
-// daemon ends when its mount is unmounted.
-type RcloneMounter struct {
+// S3fsMounter mounts prefixes with s3fs (FUSE). s3fs keeps a file being written in a local
+// temporary file and uploads it when the file is closed, before close returns: once a
+// container has closed what it wrote, the bytes are in the bucket. That is what lets a Job's
+// completion mean its artifacts are stored. Random writes work (the temporary file is seeked,
+// not the object), and a prefix that does not exist yet mounts as an empty directory.
+type S3fsMounter struct {
 	Binary string
 }
 
-// Args are rclone's arguments for a spec; the credentials go in its environment (Env), not
-// on a command line every user of the node can read.
-func (r *RcloneMounter) Args(m MountSpec) []string {
-	args := []string{
-		"mount", ":s3:" + m.Bucket + "/" + m.Prefix, m.Target,
-		"--config", "/dev/null",
-		"--daemon", "--daemon-wait", "20s",
-		"--allow-other",
-		"--dir-perms", fmt.Sprintf("%04o", m.DirMode),
-		"--file-perms", fmt.Sprintf("%04o", m.FileMode),
-		"--vfs-cache-mode", "writes",
-		"--cache-dir", m.CacheDir,
-		"--s3-provider", "Other",
-		"--s3-endpoint", m.Endpoint,
-		"--s3-region", m.Region,
-		"--s3-force-path-style=true",
-		"--s3-env-auth=false",
+// passwdFile is where the credentials of a mount live (mode 0600, never on a command line).
+func passwdFile(m MountSpec) string {
+	return filepath.Join(m.CacheDir, "passwd")
+}
+
+// Args are s3fs's arguments for a spec.
+func (r *S3fsMounter) Args(m MountSpec) []string {
+	// s3fs has one umask for files and directories: grant what either mode grants.
+	umask := 0o777 &^ (m.DirMode | m.FileMode)
+	opts := []string{
+		"url=" + m.Endpoint,
+		"endpoint=" + m.Region,
+		"use_path_request_style",
+		"passwd_file=" + passwdFile(m),
+		"allow_other",
+		fmt.Sprintf("umask=%04o", umask),
+		"use_cache=" + filepath.Join(m.CacheDir, "cache"),
+		"del_cache",
 	}
 	if m.UID >= 0 {
-		args = append(args, "--uid", strconv.Itoa(m.UID))
+		opts = append(opts, "uid="+strconv.Itoa(m.UID))
 	}
 	if m.GID >= 0 {
-		args = append(args, "--gid", strconv.Itoa(m.GID))
+		opts = append(opts, "gid="+strconv.Itoa(m.GID))
 	}
 	if m.ReadOnly {
-		args = append(args, "--read-only")
+		opts = append(opts, "ro")
 	}
-	return args
+	return []string{m.Bucket + ":/" + m.Prefix, m.Target, "-o", strings.Join(opts, ",")}
 }
 
-// Env is rclone's environment for a spec.
-func (r *RcloneMounter) Env(m MountSpec) []string {
-	return append(os.Environ(),
-		"RCLONE_S3_ACCESS_KEY_ID="+m.AccessKey,
-		"RCLONE_S3_SECRET_ACCESS_KEY="+m.SecretKey,
-	)
-}
-
-func (r *RcloneMounter) Mount(m MountSpec) error {
-	if err := os.MkdirAll(m.CacheDir, 0o700); err != nil {
+func (r *S3fsMounter) Mount(m MountSpec) error {
+	if err := os.MkdirAll(filepath.Join(m.CacheDir, "cache"), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(passwdFile(m), []byte(m.AccessKey+":"+m.SecretKey+"\n"), 0o600); err != nil {
 		return err
 	}
 	cmd := exec.Command(r.Binary, r.Args(m)...)
-	cmd.Env = r.Env(m)
+	// Only what s3fs needs: no AWS_* or proxy setting of the plugin's environment applies.
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + m.CacheDir}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("rclone mount: %v: %s", err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("s3fs: %v: %s", err, strings.TrimSpace(string(out)))
 	}
-	// --daemon returns once the mount is up; make sure.
+	// s3fs returns once it has forked its daemon; wait for the mount to be there.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ok, err := r.IsMounted(m.Target)
@@ -76,13 +77,13 @@ func (r *RcloneMounter) Mount(m MountSpec) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("rclone mount: %s is not mounted after 10s: %s", m.Target, strings.TrimSpace(string(out)))
+			return fmt.Errorf("s3fs: %s is not mounted after 10s: %s", m.Target, strings.TrimSpace(string(out)))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-func (r *RcloneMounter) Unmount(target string) error {
+func (r *S3fsMounter) Unmount(target string) error {
 	if err := syscall.Unmount(target, 0); err != nil {
 		// A mount still in use is detached now and goes once unused.
 		return syscall.Unmount(target, syscall.MNT_DETACH)
@@ -90,7 +91,7 @@ func (r *RcloneMounter) Unmount(target string) error {
 	return nil
 }
 
-func (r *RcloneMounter) IsMounted(target string) (bool, error) {
+func (r *S3fsMounter) IsMounted(target string) (bool, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return false, err

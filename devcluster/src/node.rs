@@ -72,7 +72,7 @@ pub const HOST_PROGRAMS: [&str; 8] = [
     "/usr/sbin/iptables",
     "/usr/bin/nsenter",
     "/usr/lib/cni/bridge",
-    "/usr/bin/rclone",
+    "/usr/bin/s3fs",
 ];
 
 /// Why a real node cannot run here, if it cannot.
@@ -236,7 +236,7 @@ impl RealNode {
                 format!("--kubelet-root={ROOT}/kubelet"),
                 format!("--node-id={NODE_NAME}"),
                 format!("--state-dir={ROOT}/csi-s3"),
-                "--rclone=/usr/bin/rclone".into(),
+                "--s3fs=/usr/bin/s3fs".into(),
             ],
         )?;
         if opts.bin_dir.join("coredns").is_file() {

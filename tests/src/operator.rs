@@ -155,7 +155,44 @@ pub fn kind_cloud_on(catalog: &str, s3: &substratus_devcluster::s3::S3Server) ->
     )
 }
 
+/// The kind backend as the local cluster with a real node runs it: prefixes mounted by the
+/// node's own S3 CSI plugin, which reads `kube-system/csi-s3-secret` ([`csi_secret`]).
+pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<dyn Cloud> {
+    kind_cloud_with(
+        "kind",
+        &s3.endpoint(),
+        substratus_devcluster::s3::ACCESS_KEY,
+        substratus_devcluster::s3::SECRET_KEY,
+        substratus_devcluster::node::CSI_DRIVER,
+    )
+}
+
+/// The Secret the S3 CSI plugin mounts with: the S3 server's endpoint (a loopback port the
+/// real node's namespace relays to the host) and its credentials.
+pub fn csi_secret(s3: &substratus_devcluster::s3::S3Server) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "csi-s3-secret", "namespace": "kube-system"},
+        "stringData": {
+            "endpoint": s3.endpoint(),
+            "region": "us-east-1",
+            "accessKeyID": substratus_devcluster::s3::ACCESS_KEY,
+            "secretAccessKey": substratus_devcluster::s3::SECRET_KEY,
+        },
+    })
+}
+
 fn kind_cloud_at(catalog: &str, endpoint: &str, access: &str, secret: &str) -> Arc<dyn Cloud> {
+    kind_cloud_with(catalog, endpoint, access, secret, "ru.yandex.s3.csi")
+}
+
+fn kind_cloud_with(
+    catalog: &str,
+    endpoint: &str,
+    access: &str,
+    secret: &str,
+    csi_driver: &str,
+) -> Arc<dyn Cloud> {
     crate::cluster::install_crypto_provider();
     let config = CloudConfig {
         cluster_name: "test".into(),
@@ -169,7 +206,7 @@ fn kind_cloud_at(catalog: &str, endpoint: &str, access: &str, secret: &str) -> A
         region: "us-east-1".into(),
         access_key_id: access.into(),
         secret_access_key: secret.into(),
-        csi_driver: "ru.yandex.s3.csi".into(),
+        csi_driver: csi_driver.into(),
         csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
     };
     let gpus = GpuCatalog::builtin(catalog).expect("a built-in GPU catalogue");

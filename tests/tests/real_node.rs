@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use substratus_devcluster::node;
+use substratus_devcluster::s3::S3Server;
 use substratus_tests::cluster::{self, TestNamespace, wait_for};
+use substratus_tests::operator::{RunningOperator, csi_secret, kind_cloud_on_real_node};
 
 /// What the machine holds that a real node could leave behind.
 #[derive(Debug, PartialEq, Eq)]
@@ -305,6 +307,277 @@ async fn a_ready_http_server_is_reached_by_port_forward_and_exec(ns: &str) {
     assert_eq!(body.expect("port-forward").trim(), token);
 }
 
+/// Small requests: two of these fit the real node's cores at once.
+fn small() -> Value {
+    json!({"cpu": 1, "memory": 1, "disk": 1})
+}
+
+fn object(kind: &str, name: &str, ns: &str, spec: Value) -> Value {
+    json!({"apiVersion": "substratus.ai/v1", "kind": kind,
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// Waits until the object's Ready condition has `status`; returns the object.
+async fn until_ready(
+    ns: &str,
+    kind: &str,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Value {
+    let what = format!("{kind} {name} to be Ready={status} {reason:?}");
+    let (kind, name, status) = (kind.to_owned(), name.to_owned(), status.to_owned());
+    let reason = reason.map(str::to_owned);
+    wait_for(&what, Duration::from_secs(150), || {
+        let (kind, name, status, reason) =
+            (kind.clone(), name.clone(), status.clone(), reason.clone());
+        async move {
+            let o = kubectl_json(&["get", &kind.to_lowercase(), &name, "-n", ns])?;
+            let ready = o["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let seen = format!("{ready}");
+            let matches = ready["status"] == status.as_str()
+                && reason.as_deref().is_none_or(|r| ready["reason"] == r);
+            if matches { Ok(Some(o)) } else { Err(seen) }
+        }
+    })
+    .await
+}
+
+/// The bucket key prefix of an object (`status.artifacts.url` = `s3://bucket/<prefix>`).
+fn prefix_of(o: &Value) -> String {
+    let url = o["status"]["artifacts"]["url"]
+        .as_str()
+        .expect("status.artifacts.url");
+    url.splitn(4, '/')
+        .nth(3)
+        .expect("a prefix in the URL")
+        .to_owned()
+}
+
+fn stored(s3: &S3Server, key: &str) -> String {
+    std::fs::read_to_string(s3.object_path(key))
+        .unwrap_or_else(|e| panic!("{key} is not in the bucket: {e}"))
+}
+
+async fn a_model_job_sees_the_container_contract_and_its_artifacts_reach_the_bucket(
+    ns: &str,
+    s3: &S3Server,
+) -> Value {
+    apply(&json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "hub", "namespace": ns},
+        "stringData": {"token": "hub-token-from-a-secret"}}));
+    apply(&object(
+        "Model",
+        "base",
+        ns,
+        json!({
+            "image": busybox(),
+            "command": ["sh", "-c", "set -e; pwd > /content/artifacts/workdir; cd /content/artifacts; \
+                cp /content/params.json params.json; printf %s \"$TOKEN\" > token; \
+                echo '<html>base model</html>' > index.html; echo '{\"jupyter\":\"busybox\"}' > api; \
+                echo done"],
+            "env": {"TOKEN": "${{ secrets.hub.token }}"},
+            "params": {"epochs": 3, "prompt": "line one\nline two"},
+            "resources": small(),
+        }),
+    ));
+    let base = until_ready(ns, "Model", "base", "True", None).await;
+    let p = prefix_of(&base);
+    assert_eq!(
+        stored(s3, &format!("{p}/artifacts/workdir")).trim(),
+        "/content"
+    );
+    let params: Value =
+        serde_json::from_str(&stored(s3, &format!("{p}/artifacts/params.json"))).unwrap();
+    assert_eq!(params, json!({"epochs": 3, "prompt": "line one\nline two"}));
+    assert_eq!(
+        stored(s3, &format!("{p}/artifacts/token")),
+        "hub-token-from-a-secret"
+    );
+    base
+}
+
+async fn a_fine_tune_reads_its_base_model_read_only(ns: &str, s3: &S3Server, base: &Value) {
+    apply(&object(
+        "Model",
+        "tuned",
+        ns,
+        json!({
+            "image": busybox(),
+            "model": {"name": "base"},
+            "command": ["sh", "-c", "cat /content/model/token > /content/artifacts/base-token; \
+                if touch /content/model/intruder 2>/dev/null; then echo writable; else echo read-only; fi \
+                > /content/artifacts/model-access"],
+            "resources": small(),
+        }),
+    ));
+    let tuned = until_ready(ns, "Model", "tuned", "True", None).await;
+    let p = prefix_of(&tuned);
+    assert_eq!(
+        stored(s3, &format!("{p}/artifacts/base-token")),
+        "hub-token-from-a-secret"
+    );
+    assert_eq!(
+        stored(s3, &format!("{p}/artifacts/model-access")).trim(),
+        "read-only"
+    );
+    let base_prefix = prefix_of(base);
+    assert!(
+        !s3.object_path(&format!("{base_prefix}/artifacts/intruder"))
+            .exists(),
+        "the fine-tune wrote into its base model"
+    );
+}
+
+/// `kubectl port-forward` to `target` and a GET of `path` through it.
+async fn get_through_port_forward(ns: &str, target: &str, remote: u16, path: &str) -> String {
+    let port = substratus_devcluster::ports::free_loopback_port().unwrap();
+    let mut forward = cluster::kubectl()
+        .args([
+            "port-forward",
+            "-n",
+            ns,
+            target,
+            &format!("{port}:{remote}"),
+            "--address=127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let body = cluster::poll_until(
+        &format!("an answer from {target} through kubectl port-forward"),
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                match reqwest::get(&url).await {
+                    Ok(r) if r.status().is_success() => {
+                        Ok(Some(r.text().await.map_err(|e| e.to_string())?))
+                    }
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+    let _ = forward.kill();
+    let _ = forward.wait();
+    body.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn a_server_is_ready_once_its_http_server_answers(ns: &str) {
+    apply(&object(
+        "Server",
+        "srv",
+        ns,
+        json!({
+            "image": busybox(),
+            "model": {"name": "base"},
+            "command": ["httpd", "-f", "-p", "8080", "-h", "/content/model"],
+            "resources": small(),
+        }),
+    ));
+    until_ready(ns, "Server", "srv", "True", None).await;
+    let body = get_through_port_forward(ns, "service/srv-server", 8080, "/").await;
+    assert_eq!(body.trim(), "<html>base model</html>");
+    kubectl(&["delete", "server", "srv", "-n", ns, "--wait=true"]).unwrap();
+}
+
+async fn a_notebook_serves_on_8888_with_its_token(ns: &str) {
+    apply(&object(
+        "Notebook",
+        "nb",
+        ns,
+        json!({
+            "image": busybox(),
+            "model": {"name": "base"},
+            "command": ["httpd", "-f", "-p", "8888", "-h", "/content/model"],
+            "resources": small(),
+        }),
+    ));
+    until_ready(ns, "Notebook", "nb", "True", None).await;
+    let body = get_through_port_forward(ns, "pod/nb-notebook", 8888, "/api").await;
+    assert_eq!(body.trim(), "{\"jupyter\":\"busybox\"}");
+    let token = kubectl(&[
+        "exec",
+        "nb-notebook",
+        "-n",
+        ns,
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$NOTEBOOK_TOKEN\"",
+    ])
+    .expect("kubectl exec into the notebook");
+    assert!(token.len() >= 32, "NOTEBOOK_TOKEN is {token:?}");
+    kubectl(&["delete", "notebook", "nb", "-n", ns, "--wait=true"]).unwrap();
+}
+
+async fn a_failing_model_job_reports_job_failed(ns: &str) {
+    apply(&object(
+        "Model",
+        "broken",
+        ns,
+        json!({
+            "image": busybox(),
+            "command": ["sh", "-c", "echo 'no weights at the URL' > /dev/termination-log; exit 2"],
+            "resources": small(),
+        }),
+    ));
+    let o = until_ready(ns, "Model", "broken", "False", Some("JobFailed")).await;
+    let complete = o["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Complete")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(complete["reason"], "JobFailed", "{o:#}");
+    assert_eq!(o["status"]["ready"], false);
+}
+
+async fn the_operator_runs_models_servers_and_notebooks_on_the_real_node() {
+    let bin = substratus_devcluster::locate_binaries().unwrap();
+    let s3 = S3Server::start(&bin, "substratus-artifacts").expect("the S3 server");
+    // The node's CSI plugin reaches the S3 server at the same loopback port in its namespace.
+    let _relay = substratus_devcluster::netns::forward_into(
+        &substratus_devcluster::netns::NetNs {
+            name: node::NETNS.into(),
+        },
+        s3.port,
+    )
+    .expect("relaying the S3 port into the node's namespace");
+    apply(&csi_secret(&s3));
+    let ns = TestNamespace::new("real-op");
+    let op = RunningOperator::start(&ns.name, kind_cloud_on_real_node(&s3)).await;
+    let base =
+        a_model_job_sees_the_container_contract_and_its_artifacts_reach_the_bucket(&ns.name, &s3)
+            .await;
+    a_fine_tune_reads_its_base_model_read_only(&ns.name, &s3, &base).await;
+    a_server_is_ready_once_its_http_server_answers(&ns.name).await;
+    a_notebook_serves_on_8888_with_its_token(&ns.name).await;
+    a_failing_model_job_reports_job_failed(&ns.name).await;
+    op.stop().await;
+    // Pods go before the cluster does, so that their volumes are unpublished by the plugin.
+    kubectl(&[
+        "delete",
+        "namespace",
+        &ns.name,
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .ok();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_node_runs_containers_and_leaves_nothing_behind() {
     if let Ok(why) = std::env::var("SUBSTRATUS_SKIP_REAL_NODE") {
@@ -321,6 +594,7 @@ async fn a_real_node_runs_containers_and_leaves_nothing_behind() {
         a_failing_container_fails_its_pod_with_its_message(&ns.name).await;
         pods_reach_the_api_server_through_its_service_and_cluster_dns(&ns.name).await;
         a_ready_http_server_is_reached_by_port_forward_and_exec(&ns.name).await;
+        the_operator_runs_models_servers_and_notebooks_on_the_real_node().await;
     }
     let after = MachineState::now();
     assert_eq!(after, before, "the real node left something behind");

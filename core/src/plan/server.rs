@@ -111,20 +111,17 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
         port: Some(SERVE_PORT),
         restart_policy: "Always",
     };
-    let mut template = match pod_template(&workload, cloud) {
+    // The image pull policy is Kubernetes' default (pull `:latest` and untagged images, else
+    // when missing), not the original's `Always`: a fixed tag pulled on every start fails for
+    // images loaded into the node (kind's `kind load`, the local cluster) and costs a
+    // registry round trip per replica.
+    let template = match pod_template(&workload, cloud) {
         Ok(t) => t,
         Err(b) => {
             plan.conditions = serving(false, b.reason, b.message);
             return plan;
         }
     };
-    if let Some(c) = template
-        .spec
-        .as_mut()
-        .and_then(|s| s.containers.first_mut())
-    {
-        c.image_pull_policy = Some("Always".into());
-    }
     let selector = names::run_labels(Kind::Server, &parent.name);
     let deployment = Deployment {
         metadata: parent.child_meta(name.clone()),
@@ -283,6 +280,8 @@ mod tests {
             Some("/")
         );
         assert_eq!(pod.service_account_name.as_deref(), Some("model-server"));
+        // Kubernetes' default policy: an image loaded into the node runs without a registry.
+        assert_eq!(c.image_pull_policy, None);
         assert!(
             c.volume_mounts
                 .as_ref()
