@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the simulated cluster in the background (state in .cluster/, log in .cluster.log)
-# and waits until it is ready. Profiles: SUBSTRATUS_PROFILE (default gcp,kind).
+# and waits until it is ready. Profiles: SUBSTRATUS_PROFILE (default gcp,kind); further
+# arguments go to `substratus-devcluster up` (e.g. --real-node).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export SUBSTRATUS_CONTROLPLANE_BIN="${SUBSTRATUS_CONTROLPLANE_BIN:-$(hack/build-controlplane.sh)}"
@@ -11,7 +12,7 @@ if [[ -f .cluster.pid ]] && kill -0 "$(cat .cluster.pid)" 2>/dev/null; then
   exit 0
 fi
 rm -f .cluster/ready
-nohup "$bin" up --profile "${SUBSTRATUS_PROFILE:-gcp,kind}" >.cluster.log 2>&1 &
+nohup "$bin" up --profile "${SUBSTRATUS_PROFILE:-gcp,kind}" "$@" >.cluster.log 2>&1 &
 for _ in $(seq 1 600); do
   [[ -f .cluster/ready ]] && break
   kill -0 $! 2>/dev/null || { cat .cluster.log >&2; exit 1; }

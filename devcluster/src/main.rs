@@ -44,6 +44,10 @@ enum Cmd {
         /// Image archives to load into the real node at start.
         #[arg(long = "node-image")]
         node_images: Vec<PathBuf>,
+        /// Host loopback ports the real node and its pods reach at the same port on the
+        /// node's address (e.g. the local S3 server's).
+        #[arg(long = "node-forward")]
+        node_forwards: Vec<u16>,
     },
     /// Say whether a real node can run on this machine, and why not.
     NodeCheck,
@@ -99,6 +103,7 @@ fn main() -> Result<()> {
             scale,
             real_node,
             node_images,
+            node_forwards,
         } => {
             let profiles = parse_profiles(&profile)?;
             let bin_dir = locate_binaries()?;
@@ -116,12 +121,23 @@ fn main() -> Result<()> {
                 real_node,
                 node_images,
             })?;
+            let mut relays = Vec::new();
             if let Some(node) = cluster.real_node() {
                 eprintln!(
                     "real node {} Ready {:.1}s after its first process started",
                     substratus_devcluster::node::NODE_NAME,
                     node.started_in.as_secs_f64()
                 );
+                let ns = substratus_devcluster::netns::NetNs {
+                    name: substratus_devcluster::node::NETNS.into(),
+                };
+                for port in node_forwards {
+                    relays.push(substratus_devcluster::netns::forward_into(&ns, port)?);
+                    eprintln!(
+                        "  127.0.0.1:{port} reached from the node at {}:{port}",
+                        substratus_devcluster::node::NODE_IP
+                    );
+                }
             }
             std::fs::write(&pid_file, std::process::id().to_string())?;
             eprintln!(
@@ -135,6 +151,7 @@ fn main() -> Result<()> {
                 std::thread::sleep(Duration::from_millis(200));
             }
             eprintln!("stopping the cluster");
+            drop(relays);
             drop(cluster);
             let _ = std::fs::remove_file(&pid_file);
             let _ = std::fs::remove_file(state_dir.join("ready"));

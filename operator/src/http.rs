@@ -58,7 +58,8 @@ pub async fn serve_metrics(
     serve(addr, app, stop).await;
 }
 
-/// `/healthz` answers while the process runs; `/readyz` once the controllers run.
+/// `/healthz` answers while the process runs; `/readyz` once the process is set up (client and
+/// cloud backend), whether or not it holds the leader Lease.
 pub async fn serve_health(
     addr: SocketAddr,
     ready: Arc<AtomicBool>,
@@ -74,7 +75,7 @@ pub async fn serve_health(
                     if ready.load(Ordering::SeqCst) {
                         (StatusCode::OK, "ok")
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not leading yet")
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
                     }
                 }
             }),

@@ -130,6 +130,11 @@ async fn run(args: config::RunArgs) -> Result<()> {
         }
     });
 
+    // Ready once the API client and the cloud backend are set up, leader or not: a standby
+    // replica is ready to take over, and `helm install --wait` or a rolling update must not
+    // wait for a Lease only one replica can hold.
+    ready.store(true, Ordering::SeqCst);
+
     // With leader election, reconcile only while holding the Lease; losing it stops the
     // process so that two replicas never both write.
     let mut leader_lost = None;
@@ -161,7 +166,6 @@ async fn run(args: config::RunArgs) -> Result<()> {
     }
 
     let ctx = Arc::new(Context::new(client, cloud, metrics).with_build(args.build_settings()));
-    ready.store(true, Ordering::SeqCst);
     tracing::info!(cloud = ctx.cloud.name(), cluster = %ctx.cloud.config().cluster_name, "controllers starting");
     let opts = ControllerOptions {
         concurrency: args.concurrency,

@@ -1,5 +1,6 @@
 //! Two replicas of the operator binary on the real control plane: one leads and reconciles,
-//! the other waits; when the leader is killed, the other takes over within the lease time.
+//! the other waits, ready to take over (readiness does not depend on the Lease); when the
+//! leader is killed, the other takes over within the lease time.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ struct Replica {
     name: &'static str,
     child: Child,
     health: u16,
+    metrics: u16,
 }
 
 impl Drop for Replica {
@@ -30,6 +32,7 @@ fn port() -> u16 {
 
 fn start(name: &'static str, namespace: &str) -> Replica {
     let health = port();
+    let metrics = port();
     let log = std::fs::File::create(
         std::env::temp_dir().join(format!("operator-{name}-{namespace}.log")),
     )
@@ -50,7 +53,7 @@ fn start(name: &'static str, namespace: &str) -> Replica {
         .env("POD_NAME", name)
         .env("LEASE_DURATION_SECONDS", "4")
         .env("WATCH_NAMESPACE", namespace)
-        .env("METRICS_BIND_ADDRESS", format!("127.0.0.1:{}", port()))
+        .env("METRICS_BIND_ADDRESS", format!("127.0.0.1:{metrics}"))
         .env("HEALTH_PROBE_BIND_ADDRESS", format!("127.0.0.1:{health}"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -61,7 +64,23 @@ fn start(name: &'static str, namespace: &str) -> Replica {
         name,
         child,
         health,
+        metrics,
     }
+}
+
+/// The reconciles a replica has run, from its `/metrics`.
+fn reconciles(r: &Replica) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", r.metrics)).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("substratus_reconciles_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
 }
 
 /// GET /readyz on loopback: Some(true) for 200, Some(false) for another answer.
@@ -124,13 +143,20 @@ async fn one_replica_leads_and_the_other_takes_over_when_it_dies() {
         || async { Ok(ready(&leader).filter(|r| *r).map(|_| ())) },
     )
     .await;
-    // The follower stays unready (it does not reconcile) for as long as the leader lives.
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        assert_eq!(ready(&follower), Some(false), "both replicas ready at once");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The follower is ready (a standby that can take over: `helm install --wait` and rolling
+    // updates need every replica ready), yet reconciles nothing while the leader lives.
+    wait_for(
+        "the follower to be ready",
+        Duration::from_secs(30),
+        || async { Ok(ready(&follower).filter(|r| *r).map(|_| ())) },
+    )
+    .await;
     dataset_ready(&c, &ns.name, "before").await;
+    assert!(
+        reconciles(&leader).is_some_and(|n| n > 0.0),
+        "the leader reconciled nothing"
+    );
+    assert_eq!(reconciles(&follower), Some(0.0), "the follower reconciled");
 
     let killed_at = Instant::now();
     let mut leader = leader;

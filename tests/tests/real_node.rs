@@ -545,24 +545,13 @@ async fn a_failing_model_job_reports_job_failed(ns: &str) {
     assert_eq!(o["status"]["ready"], false);
 }
 
-async fn the_operator_runs_models_servers_and_notebooks_on_the_real_node() {
-    let bin = substratus_devcluster::locate_binaries().unwrap();
-    let s3 = S3Server::start(&bin, "substratus-artifacts").expect("the S3 server");
-    // The node's CSI plugin reaches the S3 server at the same loopback port in its namespace.
-    let _relay = substratus_devcluster::netns::forward_into(
-        &substratus_devcluster::netns::NetNs {
-            name: node::NETNS.into(),
-        },
-        s3.port,
-    )
-    .expect("relaying the S3 port into the node's namespace");
-    apply(&csi_secret(&s3));
+async fn the_operator_runs_models_servers_and_notebooks_on_the_real_node(s3: &S3Server) {
     let ns = TestNamespace::new("real-op");
-    let op = RunningOperator::start(&ns.name, kind_cloud_on_real_node(&s3)).await;
+    let op = RunningOperator::start(&ns.name, kind_cloud_on_real_node(s3)).await;
     let base =
-        a_model_job_sees_the_container_contract_and_its_artifacts_reach_the_bucket(&ns.name, &s3)
+        a_model_job_sees_the_container_contract_and_its_artifacts_reach_the_bucket(&ns.name, s3)
             .await;
-    a_fine_tune_reads_its_base_model_read_only(&ns.name, &s3, &base).await;
+    a_fine_tune_reads_its_base_model_read_only(&ns.name, s3, &base).await;
     a_server_is_ready_once_its_http_server_answers(&ns.name).await;
     a_notebook_serves_on_8888_with_its_token(&ns.name).await;
     a_failing_model_job_reports_job_failed(&ns.name).await;
@@ -572,6 +561,175 @@ async fn the_operator_runs_models_servers_and_notebooks_on_the_real_node() {
         "delete",
         "namespace",
         &ns.name,
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .ok();
+}
+
+fn helm(args: &[&str]) -> Result<String, String> {
+    let c = cluster::shared();
+    let out = std::process::Command::new(c.bin_dir.join("helm"))
+        .arg(format!("--kubeconfig={}", c.kubeconfig.display()))
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "helm {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The image and node of each of the operator's pods.
+fn operator_pods(ns: &str) -> Vec<(String, String)> {
+    let pods = kubectl_json(&["get", "pods", "-n", ns]).unwrap();
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Whether `user` wrote the status of Model `ns/name` (the API server's audit log).
+fn status_written_by(user: &str, ns: &str, name: &str) -> bool {
+    let log = substratus_devcluster::audit_log_of(&cluster::shared().kubeconfig);
+    substratus_tests::audit::entries(&log, user, jiff::Timestamp::UNIX_EPOCH)
+        .iter()
+        .any(|e| {
+            e.is_write()
+                && e.object_ref.as_ref().is_some_and(|o| {
+                    o.resource == "models"
+                        && o.subresource.as_deref() == Some("status")
+                        && o.namespace.as_deref() == Some(ns)
+                        && o.name.as_deref() == Some(name)
+                })
+        })
+}
+
+async fn the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(s3: &S3Server) {
+    let Ok(binary) = std::env::var("SUBSTRATUS_OPERATOR_BIN") else {
+        panic!(
+            "SUBSTRATUS_OPERATOR_BIN must name a release build of substratus-operator \
+             (hack/test.sh builds one): the chart is installed from its image"
+        );
+    };
+    for tag in ["t1", "t2"] {
+        let image = substratus_devcluster::recipes::operator(Path::new(&binary), tag)
+            .expect("the operator image");
+        node::ctr(&["images", "import", &image.archive.to_string_lossy()])
+            .expect("loading the operator image into the node");
+    }
+    let release_ns = "substratus-pod";
+    let watched = TestNamespace::new("chart");
+    kubectl(&["create", "namespace", release_ns]).unwrap();
+    apply(&json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s3-credentials", "namespace": release_ns},
+        "stringData": {"AWS_ACCESS_KEY_ID": substratus_devcluster::s3::ACCESS_KEY,
+                       "AWS_SECRET_ACCESS_KEY": substratus_devcluster::s3::SECRET_KEY}}));
+    let chart = substratus_tests::manifests::repo_root()
+        .join("deploy/helm/substratus")
+        .to_string_lossy()
+        .into_owned();
+    let helm_with = |verb: &str, tag: &str| {
+        let mut args: Vec<String> = [
+            verb,
+            "sub-pod",
+            &chart,
+            "-n",
+            release_ns,
+            "--wait",
+            "--timeout=180s",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        for v in [
+            "image.repository=localhost/substratus/substratus-operator".to_owned(),
+            format!("image.tag={tag}"),
+            "cloud=kind".into(),
+            "clusterName=local".into(),
+            "artifactBucketURL=s3://substratus-artifacts".into(),
+            "registryURL=registry.local:5000".into(),
+            // Pods reach the S3 server at the node's address, relayed to the host.
+            format!("kind.s3Endpoint=http://{}:{}", node::NODE_IP, s3.port),
+            format!("kind.s3PublicEndpoint={}", s3.endpoint()),
+            "kind.credentialsSecret=s3-credentials".into(),
+            format!("kind.csiDriver={}", node::CSI_DRIVER),
+            format!("watchNamespace={}", watched.name),
+        ] {
+            args.push("--set".into());
+            args.push(v);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        helm(&refs)
+    };
+    helm_with("install", "t1").expect("helm install --wait of the chart");
+    let running = operator_pods(release_ns);
+    assert_eq!(running.len(), 2, "two replicas: {running:?}");
+    for (image, node_name) in &running {
+        assert_eq!(image, "localhost/substratus/substratus-operator:t1");
+        assert_eq!(node_name, node::NODE_NAME);
+    }
+    let user = format!("system:serviceaccount:{release_ns}:substratus-operator");
+    let model = |name: &str| {
+        object(
+            "Model",
+            name,
+            &watched.name,
+            json!({
+                "image": busybox(),
+                "command": ["sh", "-c", "echo weights > /content/artifacts/weights"],
+                "resources": small(),
+            }),
+        )
+    };
+    apply(&model("by-pod"));
+    until_ready(&watched.name, "Model", "by-pod", "True", None).await;
+    assert!(
+        status_written_by(&user, &watched.name, "by-pod"),
+        "the Model's status was not written by the operator's pod ({user})"
+    );
+
+    helm_with("upgrade", "t2").expect("helm upgrade --wait to a new image");
+    let running = operator_pods(release_ns);
+    assert!(
+        !running.is_empty() && running.iter().all(|(i, _)| i.ends_with(":t2")),
+        "after the upgrade: {running:?}"
+    );
+    apply(&model("after-upgrade"));
+    until_ready(&watched.name, "Model", "after-upgrade", "True", None).await;
+    assert!(status_written_by(&user, &watched.name, "after-upgrade"));
+
+    helm(&[
+        "uninstall",
+        "sub-pod",
+        "-n",
+        release_ns,
+        "--wait",
+        "--timeout=60s",
+    ])
+    .unwrap();
+    kubectl(&[
+        "delete",
+        "namespace",
+        release_ns,
         "--wait=true",
         "--timeout=60s",
     ])
@@ -594,7 +752,20 @@ async fn a_real_node_runs_containers_and_leaves_nothing_behind() {
         a_failing_container_fails_its_pod_with_its_message(&ns.name).await;
         pods_reach_the_api_server_through_its_service_and_cluster_dns(&ns.name).await;
         a_ready_http_server_is_reached_by_port_forward_and_exec(&ns.name).await;
-        the_operator_runs_models_servers_and_notebooks_on_the_real_node().await;
+        let bin = substratus_devcluster::locate_binaries().unwrap();
+        let s3 = S3Server::start(&bin, "substratus-artifacts").expect("the S3 server");
+        // The node's CSI plugin and pods reach the S3 server at the same port in the node's
+        // namespace.
+        let _relay = substratus_devcluster::netns::forward_into(
+            &substratus_devcluster::netns::NetNs {
+                name: node::NETNS.into(),
+            },
+            s3.port,
+        )
+        .expect("relaying the S3 port into the node's namespace");
+        apply(&csi_secret(&s3));
+        the_operator_runs_models_servers_and_notebooks_on_the_real_node(&s3).await;
+        the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(&s3).await;
     }
     let after = MachineState::now();
     assert_eq!(after, before, "the real node left something behind");
