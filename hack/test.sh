@@ -38,5 +38,11 @@ step "go vet and go test of the S3 CSI plugin (csi/s3)"
 step "terraform checks"
 hack/check-terraform.sh
 
+if [[ -z "${SUBSTRATUS_SKIP_REAL_NODE:-}" ]]; then
+  step "release build of the operator (its image runs on the real node)"
+  cargo build --release --locked -p substratus-operator
+  export SUBSTRATUS_OPERATOR_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/release/substratus-operator"
+fi
+
 step "cargo test"
 cargo test --workspace --locked

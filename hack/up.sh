@@ -48,7 +48,7 @@ s3_port="${s3_endpoint##*:}"
 if [[ $real_node == 1 ]]; then
   echo "==> building the operator image (release build) and the workload image"
   t0=$(date +%s)
-  CARGO_PROFILE_RELEASE_OPT_LEVEL=s cargo build -q --release -p substratus-operator
+  cargo build -q --release -p substratus-operator
   operator_image="$("$devcluster" image-build operator --binary "$target/release/substratus-operator" --tag dev)"
   busybox_image="$("$devcluster" image-build busybox)"
   echo "    images ready in $(( $(date +%s) - t0 ))s"
