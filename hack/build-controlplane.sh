@@ -14,6 +14,8 @@ TOOLS=(
   "versitygw v1.8.0 versitygw github.com/versity/versitygw/cmd/versitygw"
   "helm v3.22.0 helm helm.sh/helm/v3/cmd/helm"
   "coredns v1.15.0 coredns github.com/coredns/coredns"
+  "registry v3.1.2 registry github.com/distribution/distribution/v3/cmd/registry"
+  "kaniko v1.23.2 kaniko github.com/GoogleContainerTools/kaniko/cmd/executor"
 )
 CACHE_ROOT="${SUBSTRATUS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/substratus}"
 BIN_DIR="$CACHE_ROOT/controlplane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION/bin"

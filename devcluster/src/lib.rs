@@ -15,6 +15,7 @@ pub mod node;
 pub mod ports;
 pub mod profiles;
 pub mod recipes;
+pub mod registry;
 pub mod s3;
 
 use std::io::Write;

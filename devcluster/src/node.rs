@@ -54,6 +54,10 @@ pub const RUN: &str = "/run/substratus-node";
 pub const CGROUP: &str = "substratus-node";
 /// The CSI driver of the node's S3 plugin (`csi/s3`), which mounts bucket prefixes.
 pub const CSI_DRIVER: &str = "s3.csi.substratus.ai";
+/// The in-cluster registry: its Service name and port (the kind backend's registry URL).
+pub const REGISTRY_HOST: &str = "registry.substratus.svc.cluster.local:5000";
+/// The registry's port on the node's address.
+pub const REGISTRY_PORT: u16 = 5000;
 /// The image containerd runs every pod sandbox from.
 pub const PAUSE_IMAGE: &str = "localhost/substratus/pause:3.10";
 
@@ -91,7 +95,7 @@ pub fn unavailable(bin_dir: &Path) -> Option<String> {
             return Some(format!("{p} is missing; run hack/install-node-deps.sh"));
         }
     }
-    for b in ["kubelet", "kube-proxy", "substratus-csi-s3"] {
+    for b in ["kubelet", "kube-proxy", "substratus-csi-s3", "registry"] {
         if !bin_dir.join(b).is_file() {
             return Some(format!(
                 "{} is missing; build it with hack/build-controlplane.sh",
@@ -239,6 +243,7 @@ impl RealNode {
                 "--s3fs=/usr/bin/s3fs".into(),
             ],
         )?;
+        node.start_registry(&opts)?;
         if opts.bin_dir.join("coredns").is_file() {
             node.start_dns(&opts)?;
         }
@@ -271,6 +276,17 @@ impl RealNode {
             slice("kube-dns", "kube-dns", json!([
                 {"name": "dns", "port": 53, "protocol": "UDP"},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP"}])),
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "substratus"}},
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "registry", "namespace": "substratus"},
+             "spec": {"ports": [{"name": "http", "port": REGISTRY_PORT, "protocol": "TCP"}]}},
+            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+             "metadata": {"name": "registry", "namespace": "substratus",
+                 "labels": {"kubernetes.io/service-name": "registry",
+                            "endpointslice.kubernetes.io/managed-by": "devcluster.substratus.ai"}},
+             "addressType": "IPv4",
+             "endpoints": [{"addresses": [NODE_IP.to_string()], "conditions": {"ready": true}}],
+             "ports": [{"name": "http", "port": REGISTRY_PORT, "protocol": "TCP"}]},
             // Static volumes only, nothing to attach: the kubelet publishes them directly.
             {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
              "metadata": {"name": CSI_DRIVER},
@@ -429,6 +445,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
     conf_dir = "{cni_conf}"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{root}/certs.d"
 "#,
             root = root.display(),
             run = run.display(),
@@ -436,6 +454,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             cni_bin = CNI_BIN,
             cni_conf = cni_conf.display(),
         );
+        // The registry's Service name resolves only inside the cluster: containerd (on the
+        // node, with no cluster DNS) reaches it at the node's address, over plain HTTP.
+        let hosts = root.join("certs.d").join(REGISTRY_HOST);
+        std::fs::create_dir_all(&hosts)?;
+        std::fs::write(
+            hosts.join("hosts.toml"),
+            format!(
+                "server = \"http://{REGISTRY_HOST}\"\n\n[host.\"http://{NODE_IP}:{REGISTRY_PORT}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )?;
         let path = root.join("containerd.toml");
         std::fs::write(&path, config)?;
         self.spawn(
@@ -554,6 +582,42 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )
     }
 
+    /// The CNCF distribution registry on the node's address, storing under [`ROOT`]: where
+    /// builds push and the node pulls built images from.
+    fn start_registry(&mut self, opts: &NodeOptions<'_>) -> Result<()> {
+        let config = Path::new(ROOT).join("registry.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {ROOT}/registry
+  delete:
+    enabled: true
+http:
+  addr: 0.0.0.0:{REGISTRY_PORT}
+"
+            ),
+        )?;
+        self.spawn(
+            "registry",
+            &opts.bin_dir.join("registry"),
+            vec!["serve".into(), config.to_string_lossy().into_owned()],
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while push_dial().is_err() {
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("the registry did not listen within 20s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     fn start_dns(&mut self, opts: &NodeOptions<'_>) -> Result<()> {
         let corefile = Path::new(ROOT).join("Corefile");
         std::fs::write(
@@ -655,6 +719,30 @@ impl Drop for Network {
         self.egress.take();
         let _ = self.ns.delete();
     }
+}
+
+/// A connection to the node's registry, opened from inside the node's namespace.
+pub fn push_dial() -> std::io::Result<std::net::TcpStream> {
+    NetNs {
+        name: NETNS.into(),
+    }
+    .run(|| {
+        Ok(std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from((NODE_IP, REGISTRY_PORT)),
+            Duration::from_secs(5),
+        )?)
+    })
+    .map_err(std::io::Error::other)
+}
+
+/// Pushes an image archive to the node's registry as `<name>:<tag>` (pulled in the cluster
+/// as `REGISTRY_HOST/<name>:<tag>`).
+pub fn push_to_registry(archive: &Path, name: &str, tag: &str) -> Result<String> {
+    crate::registry::Registry {
+        host: REGISTRY_HOST.into(),
+        dial: push_dial,
+    }
+    .push_archive(archive, name, tag)
 }
 
 /// Runs `ctr` against the node's containerd (namespace `k8s.io`).

@@ -134,6 +134,45 @@ pub fn busybox() -> Result<Built> {
     image::build(&r, &cache_dir())
 }
 
+/// The kaniko image's repository.
+pub const KANIKO_REPOSITORY: &str = "localhost/substratus/kaniko";
+
+/// The kaniko executor (built with the control plane) laid out as kaniko's own image is:
+/// `/kaniko/executor`, CA certificates in `/kaniko/ssl/certs`, `DOCKER_CONFIG` in
+/// `/kaniko/.docker`, workdir `/workspace`. It runs as root, as kaniko must: it unpacks the
+/// base image over its own filesystem.
+pub fn kaniko(bin_dir: &Path, version: &str) -> Result<Built> {
+    let executor = bin_dir.join("kaniko");
+    if !executor.is_file() {
+        bail!(
+            "{} is missing; build it with hack/build-controlplane.sh",
+            executor.display()
+        );
+    }
+    let mut r = Recipe::new(format!("{KANIKO_REPOSITORY}:{version}"));
+    r.add("kaniko/executor", Source::File(executor, 0o755))
+        .add("kaniko/.docker", Source::Dir(0o755))
+        .add("workspace", Source::Dir(0o755))
+        .add("etc/nsswitch.conf", Source::Bytes(b"hosts: files dns\n".to_vec(), 0o644));
+    let certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if certs.is_file() {
+        r.add(
+            "kaniko/ssl/certs/ca-certificates.crt",
+            Source::File(certs.to_owned(), 0o644),
+        );
+    }
+    r.config.entrypoint = vec!["/kaniko/executor".into()];
+    r.config.env = vec![
+        "PATH=/usr/local/bin:/kaniko".into(),
+        "HOME=/root".into(),
+        "USER=root".into(),
+        "SSL_CERT_DIR=/kaniko/ssl/certs".into(),
+        "DOCKER_CONFIG=/kaniko/.docker/".into(),
+    ];
+    r.config.working_dir = "/workspace".into();
+    image::build(&r, &cache_dir())
+}
+
 /// The operator image around `binary` (a release build of `substratus-operator`).
 pub fn operator(binary: &Path, tag: &str) -> Result<Built> {
     let mut r = Recipe::new(format!("{OPERATOR_REPOSITORY}:{tag}"));
