@@ -51,10 +51,14 @@ if [[ $real_node == 1 ]]; then
   cargo build -q --release -p substratus-operator
   operator_image="$("$devcluster" image-build operator --binary "$target/release/substratus-operator" --tag dev)"
   busybox_image="$("$devcluster" image-build busybox)"
+  kaniko_image="$("$devcluster" image-build kaniko)"
   echo "    images ready in $(( $(date +%s) - t0 ))s"
   echo "==> starting the cluster: a real node, GKE and kind GPU pools simulated"
   SUBSTRATUS_PROFILE="${SUBSTRATUS_PROFILE:-gcp,kind}" hack/cluster-up.sh --real-node \
-    --node-image "$operator_image" --node-image "$busybox_image" --node-forward "$s3_port"
+    --node-image "$operator_image" --node-image "$busybox_image" --node-image "$kaniko_image" \
+    --node-forward "$s3_port"
+  # The base image of examples/local/custom-model, in the registry kaniko pulls from.
+  "$devcluster" image-push "$busybox_image" busybox 1.35.0
 else
   echo "==> starting the cluster (simulated nodes)"
   SUBSTRATUS_PROFILE="${SUBSTRATUS_PROFILE:-gcp,kind}" hack/cluster-up.sh
@@ -91,7 +95,8 @@ if [[ $real_node == 1 ]]; then
     --set artifactBucketURL=s3://substratus-artifacts \
     --set registryURL=registry.substratus.svc.cluster.local:5000 \
     --set kind.s3Endpoint="http://$node_ip:$s3_port" --set kind.s3PublicEndpoint="$s3_endpoint" \
-    --set kind.credentialsSecret=s3-credentials --set kind.csiDriver=s3.csi.substratus.ai >/dev/null
+    --set kind.credentialsSecret=s3-credentials --set kind.csiDriver=s3.csi.substratus.ai \
+    --set build.builderImage=localhost/substratus/kaniko:v1.23.2 >/dev/null
   $kubectl -n substratus get pods -o wide
 
   echo "==> applying examples/local/ (real containers on the real node)"
@@ -113,8 +118,10 @@ if [[ $real_node == 1 ]]; then
   echo "Objects in the bucket (.s3/substratus-artifacts):"
   (cd .s3/substratus-artifacts && find . -type f -path '*artifacts*' | sort | head -20)
   echo
-  echo "Image builds (sub run) need the local registry and kaniko, which the real node does"
-  echo "not run yet: SUBSTRATUS_REAL_NODE=0 hack/up.sh shows one on simulated nodes."
+  echo "==> sub run examples/local/custom-model (pack, upload, kaniko build, push, run)"
+  t0=$(date +%s)
+  "$target/debug/sub" --kubeconfig "$PWD/.cluster/kubeconfig" -n default run examples/local/custom-model --timeout 5m || ready=0
+  echo "    upload → build → Ready in $(( $(date +%s) - t0 ))s"
 else
   if ! { [[ -f .operator.pid ]] && kill -0 "$(cat .operator.pid)" 2>/dev/null; }; then
     echo "==> starting the operator (CLOUD=kind, GPU catalogue of GKE)"

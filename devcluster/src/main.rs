@@ -54,7 +54,7 @@ enum Cmd {
     /// Build an image of the local cluster (pause, busybox, operator) as a docker-archive,
     /// cached by content; prints the archive's path.
     ImageBuild {
-        /// pause, busybox or operator.
+        /// pause, busybox, kaniko or operator.
         name: String,
         /// The operator binary (for `operator`).
         #[arg(long)]
@@ -65,6 +65,13 @@ enum Cmd {
     },
     /// Load image archives into the running real node.
     ImageLoad { archives: Vec<PathBuf> },
+    /// Push an image archive to the real node's registry as NAME:TAG (pulled in the cluster
+    /// as registry.substratus.svc.cluster.local:5000/NAME:TAG).
+    ImagePush {
+        archive: PathBuf,
+        name: String,
+        tag: String,
+    },
     /// Stop a cluster started with `up` in the same state directory.
     Down,
     /// Add the nodes of a profile to the running cluster.
@@ -195,11 +202,14 @@ fn main() -> Result<()> {
             let built = match name.as_str() {
                 "pause" => recipes::pause()?,
                 "busybox" => recipes::busybox()?,
+                "kaniko" => recipes::kaniko(&locate_binaries()?)?,
                 "operator" => {
                     let binary = binary.context("--binary: the operator binary is required")?;
                     recipes::operator(&binary, &tag)?
                 }
-                other => bail!("unknown image {other:?}; expected pause, busybox or operator"),
+                other => {
+                    bail!("unknown image {other:?}; expected pause, busybox, kaniko or operator")
+                }
             };
             eprintln!(
                 "{} {} ({} bytes{}) in {:.1}s",
@@ -218,6 +228,14 @@ fn main() -> Result<()> {
                     .with_context(|| format!("loading {}", a.display()))?;
                 eprintln!("loaded {}", a.display());
             }
+            Ok(())
+        }
+        Cmd::ImagePush { archive, name, tag } => {
+            let digest = substratus_devcluster::node::push_to_registry(&archive, &name, &tag)?;
+            eprintln!(
+                "pushed {}/{name}:{tag} ({digest})",
+                substratus_devcluster::node::REGISTRY_HOST
+            );
             Ok(())
         }
         Cmd::Nodes { profile, scale } => {

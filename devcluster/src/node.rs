@@ -723,16 +723,14 @@ impl Drop for Network {
 
 /// A connection to the node's registry, opened from inside the node's namespace.
 pub fn push_dial() -> std::io::Result<std::net::TcpStream> {
-    NetNs {
-        name: NETNS.into(),
-    }
-    .run(|| {
-        Ok(std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::from((NODE_IP, REGISTRY_PORT)),
-            Duration::from_secs(5),
-        )?)
-    })
-    .map_err(std::io::Error::other)
+    NetNs { name: NETNS.into() }
+        .run(|| {
+            Ok(std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from((NODE_IP, REGISTRY_PORT)),
+                Duration::from_secs(5),
+            )?)
+        })
+        .map_err(std::io::Error::other)
 }
 
 /// Pushes an image archive to the node's registry as `<name>:<tag>` (pulled in the cluster

@@ -136,12 +136,14 @@ pub fn busybox() -> Result<Built> {
 
 /// The kaniko image's repository.
 pub const KANIKO_REPOSITORY: &str = "localhost/substratus/kaniko";
+/// The kaniko release built (`hack/build-controlplane.sh`): the original project's last.
+pub const KANIKO_VERSION: &str = "v1.23.2";
 
 /// The kaniko executor (built with the control plane) laid out as kaniko's own image is:
 /// `/kaniko/executor`, CA certificates in `/kaniko/ssl/certs`, `DOCKER_CONFIG` in
 /// `/kaniko/.docker`, workdir `/workspace`. It runs as root, as kaniko must: it unpacks the
 /// base image over its own filesystem.
-pub fn kaniko(bin_dir: &Path, version: &str) -> Result<Built> {
+pub fn kaniko(bin_dir: &Path) -> Result<Built> {
     let executor = bin_dir.join("kaniko");
     if !executor.is_file() {
         bail!(
@@ -149,11 +151,14 @@ pub fn kaniko(bin_dir: &Path, version: &str) -> Result<Built> {
             executor.display()
         );
     }
-    let mut r = Recipe::new(format!("{KANIKO_REPOSITORY}:{version}"));
+    let mut r = Recipe::new(format!("{KANIKO_REPOSITORY}:{KANIKO_VERSION}"));
     r.add("kaniko/executor", Source::File(executor, 0o755))
         .add("kaniko/.docker", Source::Dir(0o755))
         .add("workspace", Source::Dir(0o755))
-        .add("etc/nsswitch.conf", Source::Bytes(b"hosts: files dns\n".to_vec(), 0o644));
+        .add(
+            "etc/nsswitch.conf",
+            Source::Bytes(b"hosts: files dns\n".to_vec(), 0o644),
+        );
     let certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
     if certs.is_file() {
         r.add(

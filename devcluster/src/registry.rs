@@ -165,7 +165,9 @@ impl<D: Fn() -> std::io::Result<TcpStream>> Registry<D> {
         let mut layers = Vec::new();
         for l in manifest[0]["Layers"].as_array().into_iter().flatten() {
             let l = l.as_str().context("a layer name")?;
-            let data = files.get(l).with_context(|| format!("layer {l} is missing"))?;
+            let data = files
+                .get(l)
+                .with_context(|| format!("layer {l} is missing"))?;
             let digest = self.push_blob(name, data)?;
             layers.push(json!({
                 "mediaType": "application/vnd.oci.image.layer.v1.tar",

@@ -157,6 +157,7 @@ pub fn kind_cloud_on(catalog: &str, s3: &substratus_devcluster::s3::S3Server) ->
 
 /// The kind backend as the local cluster with a real node runs it: prefixes mounted by the
 /// node's own S3 CSI plugin, which reads `kube-system/csi-s3-secret` ([`csi_secret`]).
+/// Built images go to the node's registry.
 pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<dyn Cloud> {
     kind_cloud_with(
         "kind",
@@ -164,6 +165,7 @@ pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<
         substratus_devcluster::s3::ACCESS_KEY,
         substratus_devcluster::s3::SECRET_KEY,
         substratus_devcluster::node::CSI_DRIVER,
+        substratus_devcluster::node::REGISTRY_HOST,
     )
 }
 
@@ -183,7 +185,14 @@ pub fn csi_secret(s3: &substratus_devcluster::s3::S3Server) -> serde_json::Value
 }
 
 fn kind_cloud_at(catalog: &str, endpoint: &str, access: &str, secret: &str) -> Arc<dyn Cloud> {
-    kind_cloud_with(catalog, endpoint, access, secret, "ru.yandex.s3.csi")
+    kind_cloud_with(
+        catalog,
+        endpoint,
+        access,
+        secret,
+        "ru.yandex.s3.csi",
+        "registry.test:5000",
+    )
 }
 
 fn kind_cloud_with(
@@ -192,12 +201,13 @@ fn kind_cloud_with(
     access: &str,
     secret: &str,
     csi_driver: &str,
+    registry: &str,
 ) -> Arc<dyn Cloud> {
     crate::cluster::install_crypto_provider();
     let config = CloudConfig {
         cluster_name: "test".into(),
         artifact_bucket: BucketUrl::parse("s3://substratus-artifacts").expect("bucket URL"),
-        registry: "registry.test:5000".into(),
+        registry: registry.into(),
         principal: None,
     };
     let settings = KindSettings {

@@ -736,6 +736,108 @@ async fn the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(s3: &S
     .ok();
 }
 
+/// `dir` packed as `sub` packs it: a gzipped tar of its files in sorted order, owner 0.
+fn pack(dir: &Path) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for n in names {
+        tar.append_path_with_name(dir.join(&n), &n).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+async fn an_uploaded_directory_is_built_by_kaniko_pushed_to_the_registry_and_run(s3: &S3Server) {
+    use md5::Digest as _;
+    let bin = substratus_devcluster::locate_binaries().unwrap();
+    let kaniko = substratus_devcluster::recipes::kaniko(&bin).expect("the kaniko image");
+    node::ctr(&["images", "import", &kaniko.archive.to_string_lossy()]).unwrap();
+    // The Dockerfile's base image, in the registry the build pulls from.
+    let busybox = substratus_devcluster::recipes::busybox().unwrap();
+    let (name, tag) = busybox
+        .reference
+        .trim_start_matches("localhost/substratus/")
+        .split_once(':')
+        .unwrap();
+    node::push_to_registry(&busybox.archive, name, tag).expect("pushing the base image");
+
+    let ns = TestNamespace::new("real-build");
+    let build = substratus_core::plan::build::BuildSettings {
+        builder_image: kaniko.reference.clone(),
+        ..Default::default()
+    };
+    let op = RunningOperator::start_with(&ns.name, kind_cloud_on_real_node(s3), build).await;
+    let dir = substratus_tests::manifests::repo_root().join("examples/local/custom-model");
+    let context = pack(&dir);
+    let md5 = substratus_core::names::hex(&md5::Md5::digest(&context));
+    let mut manifest: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("model.yaml")).unwrap()).unwrap();
+    manifest["metadata"]["namespace"] = json!(ns.name);
+    manifest["spec"]["build"] = json!({"upload": {"md5Checksum": md5, "requestID": "first"}});
+    let started = std::time::Instant::now();
+    apply(&manifest);
+    let url = wait_for("a signed upload URL", Duration::from_secs(60), || async {
+        let o = kubectl_json(&["get", "model", "local-custom-model", "-n", &ns.name])?;
+        Ok(o["status"]["buildUpload"]["signedURL"]
+            .as_str()
+            .map(str::to_owned))
+    })
+    .await;
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&context))
+    };
+    let put = reqwest::Client::new()
+        .put(&url)
+        .header("Content-MD5", b64)
+        .body(context)
+        .send()
+        .await
+        .expect("the PUT to the signed URL");
+    assert!(put.status().is_success(), "PUT: {}", put.status());
+    kubectl(&[
+        "annotate",
+        "model",
+        "local-custom-model",
+        "-n",
+        &ns.name,
+        "--overwrite",
+        &format!("substratus.ai/upload-timestamp={}", jiff::Timestamp::now()),
+    ])
+    .unwrap();
+    let done = until_ready(&ns.name, "Model", "local-custom-model", "True", None).await;
+    eprintln!(
+        "upload → kaniko build → push → run → Ready: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let image = done["spec"]["image"].as_str().unwrap_or_default();
+    assert!(
+        image.starts_with(&format!("{}/", node::REGISTRY_HOST)) && image.ends_with(&md5),
+        "the Model runs {image}, not the image built from the upload"
+    );
+    // The Job ran the built image: the script baked into it wrote the artifacts.
+    let p = prefix_of(&done);
+    assert_eq!(
+        stored(s3, &format!("{p}/artifacts/result.txt")).trim(),
+        "trained for 3 epochs by the image built from this directory"
+    );
+    op.stop().await;
+    kubectl(&[
+        "delete",
+        "namespace",
+        &ns.name,
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .ok();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_node_runs_containers_and_leaves_nothing_behind() {
     if let Ok(why) = std::env::var("SUBSTRATUS_SKIP_REAL_NODE") {
@@ -765,6 +867,7 @@ async fn a_real_node_runs_containers_and_leaves_nothing_behind() {
         .expect("relaying the S3 port into the node's namespace");
         apply(&csi_secret(&s3));
         the_operator_runs_models_servers_and_notebooks_on_the_real_node(&s3).await;
+        an_uploaded_directory_is_built_by_kaniko_pushed_to_the_registry_and_run(&s3).await;
         the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(&s3).await;
     }
     let after = MachineState::now();
