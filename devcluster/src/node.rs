@@ -473,7 +473,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )?;
         let sock = run.join("containerd.sock");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.ctr(&["version"]).map(|_| ()).is_ok() {
+        while self.ctr(&["version"]).is_err() {
             self.check_alive()?;
             if Instant::now() > deadline {
                 bail!("containerd did not answer on {} within 30s", sock.display());
@@ -831,12 +831,13 @@ fn unescape_mount_point(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v as char);
+            i += 4;
+            continue;
         }
         out.push(bytes[i] as char);
         i += 1;

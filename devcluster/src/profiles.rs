@@ -368,10 +368,7 @@ mod tests {
         assert_eq!(taints.len(), 1, "{taints:?}");
         assert_eq!(taints[0]["key"], "nvidia.com/gpu");
         // A GKE GPU node keeps the taint it has.
-        let mut l4 = nodes(Profile::Gcp, 1)
-            .into_iter()
-            .find(|n| has_gpus(n))
-            .unwrap();
+        let mut l4 = nodes(Profile::Gcp, 1).into_iter().find(has_gpus).unwrap();
         let before = l4["spec"]["taints"].clone();
         taint_for_gpu_pods_only(&mut l4);
         assert_eq!(l4["spec"]["taints"], before);
