@@ -81,7 +81,7 @@ wait_ready() { # seconds, then kubectl-get arguments
 if [[ $real_node == 1 ]]; then
   echo "==> installing the operator with its chart (helm install --wait)"
   node_ip=10.254.0.2
-  $kubectl create namespace substratus --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+  $kubectl get namespace substratus >/dev/null 2>&1 || $kubectl create namespace substratus >/dev/null
   $kubectl -n substratus create secret generic s3-credentials \
     --from-literal=AWS_ACCESS_KEY_ID=substratus --from-literal=AWS_SECRET_ACCESS_KEY=substratus-local \
     --dry-run=client -o yaml | $kubectl apply -f - >/dev/null

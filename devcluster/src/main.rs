@@ -158,8 +158,13 @@ fn main() -> Result<()> {
                 std::thread::sleep(Duration::from_millis(200));
             }
             eprintln!("stopping the cluster");
+            let stopping = Instant::now();
             drop(relays);
             drop(cluster);
+            eprintln!(
+                "cluster stopped in {:.1}s",
+                stopping.elapsed().as_secs_f64()
+            );
             let _ = std::fs::remove_file(&pid_file);
             let _ = std::fs::remove_file(state_dir.join("ready"));
             Ok(())
@@ -174,11 +179,12 @@ fn main() -> Result<()> {
             unsafe {
                 libc::kill(pid, libc::SIGTERM);
             }
-            let deadline = Instant::now() + Duration::from_secs(30);
+            // A real node first deletes its pods (their volumes and networks torn down).
+            let deadline = Instant::now() + Duration::from_secs(120);
             // SAFETY: signal 0 only checks that the process exists.
             while unsafe { libc::kill(pid, 0) } == 0 {
                 if Instant::now() > deadline {
-                    bail!("the cluster (pid {pid}) did not stop within 30s");
+                    bail!("the cluster (pid {pid}) did not stop within 120s");
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
