@@ -542,6 +542,12 @@ async fn a_failing_model_job_reports_job_failed(ns: &str) {
         .cloned()
         .unwrap_or(Value::Null);
     assert_eq!(complete["reason"], "JobFailed", "{o:#}");
+    // The container's own words, from the real kubelet's termination message.
+    let message = complete["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("exited with code 2") && message.contains("no weights at the URL"),
+        "{message}"
+    );
     assert_eq!(o["status"]["ready"], false);
 }
 
