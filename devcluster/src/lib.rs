@@ -322,19 +322,7 @@ impl Cluster {
 
     /// Fails with the tail of a component's log if it has exited.
     fn check_alive(&mut self) -> Result<()> {
-        for (name, child) in &mut self.procs {
-            if let Some(status) = child.try_wait()? {
-                let log = self.state_dir.join("logs").join(format!("{name}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                bail!(
-                    "{name} exited ({status}); last lines of {}:\n{}",
-                    log.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        Ok(())
+        check_alive(&mut self.procs, &self.state_dir.join("logs"))
     }
 
     fn start_etcd(&mut self) -> Result<()> {
@@ -653,6 +641,23 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Fails with the last lines of its log (`<logs>/<name>.log`) if a process has exited.
+pub(crate) fn check_alive(procs: &mut [(String, Child)], logs: &Path) -> Result<()> {
+    for (name, child) in procs {
+        if let Some(status) = child.try_wait()? {
+            let log = logs.join(format!("{name}.log"));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
+            bail!(
+                "{name} exited ({status}); last lines of {}:\n{}",
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Stops a child process as an orchestrator would: SIGTERM, then SIGKILL once `grace` has

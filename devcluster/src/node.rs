@@ -378,19 +378,7 @@ impl RealNode {
     }
 
     fn check_alive(&mut self) -> Result<()> {
-        for (name, child) in &mut self.procs {
-            if let Some(status) = child.try_wait()? {
-                let log = self.logs.join(format!("{name}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                bail!(
-                    "{name} exited ({status}); last lines of {}:\n{}",
-                    log.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        Ok(())
+        crate::check_alive(&mut self.procs, &self.logs)
     }
 
     fn start_containerd(&mut self) -> Result<()> {
