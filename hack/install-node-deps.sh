@@ -2,7 +2,8 @@
 # Installs what the local cluster's real node needs from Debian's packages: containerd and
 # runc (the container runtime), the CNI plugins (bridge, host-local, portmap, loopback),
 # iptables (kube-proxy and the bridge's masquerade), a static busybox (the test workloads'
-# image), s3fs and FUSE (the S3 CSI plugin's mounter), gcc (the pause image). Idempotent;
+# image), s3fs and FUSE (the S3 CSI plugin's mounter), gcc (the pause image), debootstrap
+# (the Python base image). Idempotent;
 # needs root. Prints nothing when everything is there.
 set -euo pipefail
 
@@ -15,6 +16,7 @@ declare -A want=(
   [/usr/bin/s3fs]=s3fs
   [/usr/bin/fusermount3]=fuse3
   [/usr/bin/gcc]=gcc
+  [/usr/sbin/debootstrap]=debootstrap
   [/usr/bin/nsenter]=util-linux
 )
 need=()

@@ -248,6 +248,7 @@ fn floor_cloud() -> Result<substratus_clouds::kind::KindCloud> {
         secret_access_key: "bench".into(),
         csi_driver: "ru.yandex.s3.csi".into(),
         csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
+        registry_mirror: None,
     };
     substratus_clouds::kind::KindCloud::new(
         config,

@@ -39,6 +39,9 @@ pub struct KindSettings {
     pub csi_driver: String,
     /// Secret (namespace/name) with the CSI driver's S3 credentials.
     pub csi_secret: (String, String),
+    /// Registry the builder pulls Docker Hub images from instead of Docker Hub (a pull-through
+    /// cache, or a registry holding copies: an offline cluster's).
+    pub registry_mirror: Option<String>,
 }
 
 /// The kind backend.
@@ -176,9 +179,13 @@ impl Cloud for KindCloud {
         }))
     }
 
-    /// The in-cluster registry speaks plain HTTP.
+    /// The in-cluster registry (and a mirror) speak plain HTTP.
     fn builder_args(&self) -> Vec<String> {
-        vec!["--insecure".into(), "--insecure-pull".into()]
+        let mut args = vec!["--insecure".into(), "--insecure-pull".into()];
+        if let Some(mirror) = &self.settings.registry_mirror {
+            args.push(format!("--registry-mirror={mirror}"));
+        }
+        args
     }
 
     fn builder_resources(&self) -> DefaultResources {
@@ -260,10 +267,27 @@ mod tests {
                 secret_access_key: "s".into(),
                 csi_driver: "ru.yandex.s3.csi".into(),
                 csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
+                registry_mirror: None,
             },
             GpuCatalog::kind(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_builder_pulls_docker_hub_images_from_the_mirror_when_one_is_set() {
+        let plain = cloud();
+        assert_eq!(plain.builder_args(), vec!["--insecure", "--insecure-pull"]);
+        let mut mirrored = cloud();
+        mirrored.settings.registry_mirror = Some("registry.local:5000".into());
+        assert_eq!(
+            mirrored.builder_args(),
+            vec![
+                "--insecure",
+                "--insecure-pull",
+                "--registry-mirror=registry.local:5000"
+            ]
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ enum Cmd {
     /// Build an image of the local cluster (pause, busybox, operator) as a docker-archive,
     /// cached by content; prints the archive's path.
     ImageBuild {
-        /// pause, busybox, kaniko or operator.
+        /// pause, busybox, kaniko, python or operator.
         name: String,
         /// The operator binary (for `operator`).
         #[arg(long)]
@@ -209,6 +209,7 @@ fn main() -> Result<()> {
                 "pause" => recipes::pause()?,
                 "busybox" => recipes::busybox()?,
                 "kaniko" => recipes::kaniko(&locate_binaries()?)?,
+                "python" => recipes::python()?,
                 "operator" => {
                     let binary = binary.context("--binary: the operator binary is required")?;
                     recipes::operator(&binary, &tag)?

@@ -195,3 +195,165 @@ pub fn operator(binary: &Path, tag: &str) -> Result<Built> {
     r.config.user = "65532:65532".into();
     image::build(&r, &cache_dir())
 }
+
+/// The Debian release the Python image is made from, and its packages.
+const PYTHON_SUITE: &str = "bookworm";
+const PYTHON_PACKAGES: &str = "python3,python-is-python3,ca-certificates";
+/// The Python image: the tag says what runs in it (Debian bookworm's Python is 3.11).
+pub const PYTHON_REFERENCE: &str = "localhost/substratus/python:3.11-slim";
+
+/// The Debian mirror apt uses on this machine (`URIs:` of a deb822 source, or the URL of a
+/// one-line `deb` source, ending in `/debian`).
+fn debian_mirror() -> Result<String> {
+    let mut texts = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".sources") || name.ends_with(".list") {
+                texts.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    mirror_in(&texts).context("no Debian mirror in apt's sources (/etc/apt/sources.list*)")
+}
+
+fn mirror_in(texts: &[String]) -> Option<String> {
+    texts.iter().flat_map(|t| t.lines()).find_map(|l| {
+        let l = l.trim();
+        let url = if let Some(rest) = l.strip_prefix("URIs:") {
+            rest.split_whitespace().next()?
+        } else if l.starts_with("deb ") {
+            l.split_whitespace().find(|w| w.contains("://"))?
+        } else {
+            return None;
+        };
+        url.trim_end_matches('/')
+            .ends_with("/debian")
+            .then(|| url.to_owned())
+    })
+}
+
+/// Mount points below `dir` (debootstrap mounts /proc and /sys in its target while it runs).
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points
+}
+
+/// Removes a root filesystem left by an interrupted debootstrap, unmounting what it mounted
+/// first (so nothing of the host's /proc or /sys is ever removed through it).
+fn remove_rootfs(dir: &Path) -> Result<()> {
+    for m in mounts_below(dir) {
+        run(Command::new("umount").arg("-l").arg(&m))?;
+    }
+    if !mounts_below(dir).is_empty() {
+        bail!("{} still has mounts; not removing it", dir.display());
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    Ok(())
+}
+
+/// Adds every file, directory and link below `root` to the image, at the same path.
+fn add_tree(r: &mut Recipe, root: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let path = e.path();
+        let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+        let meta = std::fs::symlink_metadata(&path)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let t = meta.file_type();
+        if t.is_symlink() {
+            let target = std::fs::read_link(&path)?;
+            r.add(&rel, Source::Symlink(target.to_string_lossy().into_owned()));
+        } else if t.is_dir() {
+            r.add(&rel, Source::Dir(mode));
+            add_tree(r, root, &path)?;
+        } else if t.is_file() {
+            r.add(&rel, Source::File(path.clone(), mode));
+        }
+        // Devices, sockets and pipes: the runtime makes /dev; nothing else needs them.
+    }
+    Ok(())
+}
+
+/// Debian's Python 3.11 on a minimal Debian root filesystem made by debootstrap from the
+/// mirror apt uses here: the base image of `examples/custom-model` (`python:3.11-slim`),
+/// pushed to the local registry as `library/python:3.11-slim`, which the builder's registry
+/// mirror setting reads instead of Docker Hub. The root filesystem is made once (about a
+/// minute) and kept in the cache.
+pub fn python() -> Result<Built> {
+    let cache = cache_dir();
+    let key = format!("{PYTHON_SUITE}-minbase-{}", PYTHON_PACKAGES.replace(',', "-"));
+    let rootfs = cache.join("rootfs").join(&key);
+    if !rootfs.join(".complete").is_file() {
+        let partial = cache.join("rootfs").join(format!("{key}.partial"));
+        remove_rootfs(&partial)?;
+        remove_rootfs(&rootfs)?;
+        std::fs::create_dir_all(&partial)?;
+        let mirror = debian_mirror()?;
+        let made = run(Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={PYTHON_PACKAGES}")])
+            .arg(PYTHON_SUITE)
+            .arg(&partial)
+            .arg(&mirror));
+        if let Err(e) = made {
+            remove_rootfs(&partial)?;
+            return Err(e.context("debootstrap (hack/install-node-deps.sh installs it)"));
+        }
+        if !mounts_below(&partial).is_empty() {
+            remove_rootfs(&partial)?;
+            bail!("debootstrap left mounts in its target");
+        }
+        for junk in ["var/cache/apt/archives", "var/lib/apt/lists", "var/log"] {
+            let d = partial.join(junk);
+            if d.is_dir() {
+                std::fs::remove_dir_all(&d)?;
+                std::fs::create_dir_all(&d)?;
+            }
+        }
+        std::fs::rename(&partial, &rootfs)?;
+        std::fs::write(rootfs.join(".complete"), "")?;
+    }
+    let mut r = Recipe::new(PYTHON_REFERENCE);
+    add_tree(&mut r, &rootfs, &rootfs)?;
+    r.files.remove(".complete");
+    r.config.env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "LANG=C.UTF-8".into(),
+    ];
+    r.config.cmd = vec!["python3".into()];
+    image::build(&r, &cache)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debian_mirror_is_read_from_either_source_format() {
+        let deb822 = "Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.example/debian-security\n".to_owned();
+        assert_eq!(
+            mirror_in(&[deb822]).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let one_line = "deb [arch=amd64] http://mirror.example/debian/ bookworm main\n".to_owned();
+        assert_eq!(
+            mirror_in(&[one_line]).as_deref(),
+            Some("http://mirror.example/debian/")
+        );
+        let security_only = "URIs: http://mirror.example/debian-security\n".to_owned();
+        assert_eq!(mirror_in(&[security_only]), None);
+    }
+}

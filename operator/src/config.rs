@@ -59,6 +59,10 @@ pub struct RunArgs {
         default_value = "kube-system/csi-s3-secret"
     )]
     pub s3_csi_secret: String,
+    /// kind: registry the builder pulls Docker Hub images from (a pull-through cache, or an
+    /// offline cluster's registry holding copies, e.g. `library/python:3.11-slim`).
+    #[arg(long, env = "REGISTRY_MIRROR")]
+    pub registry_mirror: Option<String>,
 
     /// gcp: project of the cluster (default: from the metadata server).
     #[arg(long, env = "PROJECT_ID")]
@@ -229,6 +233,7 @@ impl RunArgs {
                         .split_once('/')
                         .map(|(a, b)| (a.to_owned(), b.to_owned()))
                         .context("S3_CSI_SECRET must be namespace/name")?,
+                    registry_mirror: self.registry_mirror.clone().filter(|m| !m.is_empty()),
                 };
                 Ok(Arc::new(
                     KindCloud::new(config, settings, gpus).map_err(anyhow::Error::msg)?,

@@ -218,6 +218,7 @@ fn kind_cloud_with(
         secret_access_key: secret.into(),
         csi_driver: csi_driver.into(),
         csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
+        registry_mirror: None,
     };
     let gpus = GpuCatalog::builtin(catalog).expect("a built-in GPU catalogue");
     Arc::new(KindCloud::new(config, settings, gpus).expect("kind backend"))

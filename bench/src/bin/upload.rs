@@ -56,6 +56,7 @@ fn cloud(endpoint: &str) -> Result<KindCloud> {
             secret_access_key: SECRET_KEY.into(),
             csi_driver: "unused".into(),
             csi_secret: ("unused".into(), "unused".into()),
+            registry_mirror: None,
         },
         GpuCatalog::kind(),
     )
