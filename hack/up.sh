@@ -52,13 +52,16 @@ if [[ $real_node == 1 ]]; then
   operator_image="$("$devcluster" image-build operator --binary "$target/release/substratus-operator" --tag dev)"
   busybox_image="$("$devcluster" image-build busybox)"
   kaniko_image="$("$devcluster" image-build kaniko)"
+  python_image="$("$devcluster" image-build python)"
   echo "    images ready in $(( $(date +%s) - t0 ))s"
   echo "==> starting the cluster: a real node, GKE and kind GPU pools simulated"
   SUBSTRATUS_PROFILE="${SUBSTRATUS_PROFILE:-gcp,kind}" hack/cluster-up.sh --real-node \
     --node-image "$operator_image" --node-image "$busybox_image" --node-image "$kaniko_image" \
     --node-forward "$s3_port"
-  # The base image of examples/local/custom-model, in the registry kaniko pulls from.
+  # The base images of examples/local/custom-model and examples/custom-model, in the registry
+  # kaniko pulls from (python:3.11-slim through the builder's registry mirror).
   "$devcluster" image-push "$busybox_image" busybox 1.35.0
+  "$devcluster" image-push "$python_image" library/python 3.11-slim
 else
   echo "==> starting the cluster (simulated nodes)"
   SUBSTRATUS_PROFILE="${SUBSTRATUS_PROFILE:-gcp,kind}" hack/cluster-up.sh
@@ -96,7 +99,8 @@ if [[ $real_node == 1 ]]; then
     --set registryURL=registry.substratus.svc.cluster.local:5000 \
     --set kind.s3Endpoint="http://$node_ip:$s3_port" --set kind.s3PublicEndpoint="$s3_endpoint" \
     --set kind.credentialsSecret=s3-credentials --set kind.csiDriver=s3.csi.substratus.ai \
-    --set build.builderImage=localhost/substratus/kaniko:v1.23.2 >/dev/null
+    --set build.builderImage=localhost/substratus/kaniko:v1.23.2 \
+    --set kind.registryMirror=registry.substratus.svc.cluster.local:5000 >/dev/null
   $kubectl -n substratus get pods -o wide
 
   echo "==> applying examples/local/ (real containers on the real node)"
@@ -122,6 +126,8 @@ if [[ $real_node == 1 ]]; then
   t0=$(date +%s)
   "$target/debug/sub" --kubeconfig "$PWD/.cluster/kubeconfig" -n default run examples/local/custom-model --timeout 5m || ready=0
   echo "    upload → build → Ready in $(( $(date +%s) - t0 ))s"
+  echo "    (examples/custom-model, FROM python:3.11-slim, builds the same way; it asks for 2 CPUs,"
+  echo "    more than this node has free on a 2-core machine)"
 else
   if ! { [[ -f .operator.pid ]] && kill -0 "$(cat .operator.pid)" 2>/dev/null; }; then
     echo "==> starting the operator (CLOUD=kind, GPU catalogue of GKE)"

@@ -31,7 +31,7 @@ fn cloud(s3: &S3Server) -> KindCloud {
             secret_access_key: SECRET.into(),
             csi_driver: "ru.yandex.s3.csi".into(),
             csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
-        registry_mirror: None,
+            registry_mirror: None,
         },
         GpuCatalog::kind(),
     )

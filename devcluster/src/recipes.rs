@@ -295,7 +295,10 @@ fn add_tree(r: &mut Recipe, root: &Path, dir: &Path) -> Result<()> {
 /// minute) and kept in the cache.
 pub fn python() -> Result<Built> {
     let cache = cache_dir();
-    let key = format!("{PYTHON_SUITE}-minbase-{}", PYTHON_PACKAGES.replace(',', "-"));
+    let key = format!(
+        "{PYTHON_SUITE}-minbase-{}",
+        PYTHON_PACKAGES.replace(',', "-")
+    );
     let rootfs = cache.join("rootfs").join(&key);
     if !rootfs.join(".complete").is_file() {
         let partial = cache.join("rootfs").join(format!("{key}.partial"));

@@ -157,7 +157,8 @@ pub fn kind_cloud_on(catalog: &str, s3: &substratus_devcluster::s3::S3Server) ->
 
 /// The kind backend as the local cluster with a real node runs it: prefixes mounted by the
 /// node's own S3 CSI plugin, which reads `kube-system/csi-s3-secret` ([`csi_secret`]).
-/// Built images go to the node's registry.
+/// Built images go to the node's registry, which also serves Docker Hub images to the
+/// builder (its registry mirror).
 pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<dyn Cloud> {
     kind_cloud_with(
         "kind",
@@ -166,6 +167,7 @@ pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<
         substratus_devcluster::s3::SECRET_KEY,
         substratus_devcluster::node::CSI_DRIVER,
         substratus_devcluster::node::REGISTRY_HOST,
+        Some(substratus_devcluster::node::REGISTRY_HOST),
     )
 }
 
@@ -192,6 +194,7 @@ fn kind_cloud_at(catalog: &str, endpoint: &str, access: &str, secret: &str) -> A
         secret,
         "ru.yandex.s3.csi",
         "registry.test:5000",
+        None,
     )
 }
 
@@ -202,6 +205,7 @@ fn kind_cloud_with(
     secret: &str,
     csi_driver: &str,
     registry: &str,
+    registry_mirror: Option<&str>,
 ) -> Arc<dyn Cloud> {
     crate::cluster::install_crypto_provider();
     let config = CloudConfig {
@@ -218,7 +222,7 @@ fn kind_cloud_with(
         secret_access_key: secret.into(),
         csi_driver: csi_driver.into(),
         csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
-        registry_mirror: None,
+        registry_mirror: registry_mirror.map(str::to_owned),
     };
     let gpus = GpuCatalog::builtin(catalog).expect("a built-in GPU catalogue");
     Arc::new(KindCloud::new(config, settings, gpus).expect("kind backend"))

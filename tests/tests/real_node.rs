@@ -754,42 +754,35 @@ fn pack(dir: &Path) -> Vec<u8> {
         .collect();
     names.sort();
     for n in names {
-        tar.append_path_with_name(dir.join(&n), &n).unwrap();
+        let path = dir.join(&n);
+        if path.is_dir() {
+            tar.append_dir_all(&n, &path).unwrap();
+        } else {
+            tar.append_path_with_name(&path, &n).unwrap();
+        }
     }
     tar.into_inner().unwrap().finish().unwrap()
 }
 
-async fn an_uploaded_directory_is_built_by_kaniko_pushed_to_the_registry_and_run(s3: &S3Server) {
+/// Applies the Model of `dir/model.yaml` (with `changes` merged into its spec) as an upload
+/// build of `dir`, PUTs the packed directory to the signed URL as `sub` does, and waits until
+/// the Model is Ready; returns it.
+async fn upload_build(ns: &str, dir: &Path, changes: Value) -> Value {
     use md5::Digest as _;
-    let bin = substratus_devcluster::locate_binaries().unwrap();
-    let kaniko = substratus_devcluster::recipes::kaniko(&bin).expect("the kaniko image");
-    node::ctr(&["images", "import", &kaniko.archive.to_string_lossy()]).unwrap();
-    // The Dockerfile's base image, in the registry the build pulls from.
-    let busybox = substratus_devcluster::recipes::busybox().unwrap();
-    let (name, tag) = busybox
-        .reference
-        .trim_start_matches("localhost/substratus/")
-        .split_once(':')
-        .unwrap();
-    node::push_to_registry(&busybox.archive, name, tag).expect("pushing the base image");
-
-    let ns = TestNamespace::new("real-build");
-    let build = substratus_core::plan::build::BuildSettings {
-        builder_image: kaniko.reference.clone(),
-        ..Default::default()
-    };
-    let op = RunningOperator::start_with(&ns.name, kind_cloud_on_real_node(s3), build).await;
-    let dir = substratus_tests::manifests::repo_root().join("examples/local/custom-model");
-    let context = pack(&dir);
+    let context = pack(dir);
     let md5 = substratus_core::names::hex(&md5::Md5::digest(&context));
     let mut manifest: Value =
         serde_yaml::from_str(&std::fs::read_to_string(dir.join("model.yaml")).unwrap()).unwrap();
-    manifest["metadata"]["namespace"] = json!(ns.name);
+    let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
+    manifest["metadata"]["namespace"] = json!(ns);
+    for (k, v) in changes.as_object().into_iter().flatten() {
+        manifest["spec"][k] = v.clone();
+    }
     manifest["spec"]["build"] = json!({"upload": {"md5Checksum": md5, "requestID": "first"}});
     let started = std::time::Instant::now();
     apply(&manifest);
     let url = wait_for("a signed upload URL", Duration::from_secs(60), || async {
-        let o = kubectl_json(&["get", "model", "local-custom-model", "-n", &ns.name])?;
+        let o = kubectl_json(&["get", "model", &name, "-n", ns])?;
         Ok(o["status"]["buildUpload"]["signedURL"]
             .as_str()
             .map(str::to_owned))
@@ -807,19 +800,21 @@ async fn an_uploaded_directory_is_built_by_kaniko_pushed_to_the_registry_and_run
         .await
         .expect("the PUT to the signed URL");
     assert!(put.status().is_success(), "PUT: {}", put.status());
+    let touched = format!("substratus.ai/upload-timestamp={}", jiff::Timestamp::now());
     kubectl(&[
         "annotate",
         "model",
-        "local-custom-model",
+        &name,
         "-n",
-        &ns.name,
+        ns,
         "--overwrite",
-        &format!("substratus.ai/upload-timestamp={}", jiff::Timestamp::now()),
+        &touched,
     ])
     .unwrap();
-    let done = until_ready(&ns.name, "Model", "local-custom-model", "True", None).await;
+    let done = until_ready(ns, "Model", &name, "True", None).await;
     eprintln!(
-        "upload → kaniko build → push → run → Ready: {:.1}s",
+        "{}: upload → kaniko build → push → run → Ready in {:.1}s",
+        dir.display(),
         started.elapsed().as_secs_f64()
     );
     let image = done["spec"]["image"].as_str().unwrap_or_default();
@@ -827,11 +822,66 @@ async fn an_uploaded_directory_is_built_by_kaniko_pushed_to_the_registry_and_run
         image.starts_with(&format!("{}/", node::REGISTRY_HOST)) && image.ends_with(&md5),
         "the Model runs {image}, not the image built from the upload"
     );
+    done
+}
+
+/// Pushes an image archive `localhost/substratus/<name>:<tag>` to the node's registry as
+/// `<repository>:<tag>`.
+fn seed_registry(image: &substratus_devcluster::image::Built, repository: &str) {
+    let tag = image.reference.rsplit_once(':').unwrap().1;
+    node::push_to_registry(&image.archive, repository, tag).expect("pushing a base image");
+}
+
+async fn uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run(s3: &S3Server) {
+    let bin = substratus_devcluster::locate_binaries().unwrap();
+    let kaniko = substratus_devcluster::recipes::kaniko(&bin).expect("the kaniko image");
+    node::ctr(&["images", "import", &kaniko.archive.to_string_lossy()]).unwrap();
+    // The Dockerfiles' base images, in the registry the builds pull from: busybox by its
+    // name there, Python as the Docker Hub image `python:3.11-slim` that the builder's
+    // registry mirror serves.
+    seed_registry(
+        &substratus_devcluster::recipes::busybox().unwrap(),
+        "busybox",
+    );
+    seed_registry(
+        &substratus_devcluster::recipes::python().expect("the Python image"),
+        "library/python",
+    );
+
+    let ns = TestNamespace::new("real-build");
+    let build = substratus_core::plan::build::BuildSettings {
+        builder_image: kaniko.reference.clone(),
+        ..Default::default()
+    };
+    let op = RunningOperator::start_with(&ns.name, kind_cloud_on_real_node(s3), build).await;
+    let examples = substratus_tests::manifests::repo_root().join("examples");
+
+    let local = upload_build(&ns.name, &examples.join("local/custom-model"), json!({})).await;
     // The Job ran the built image: the script baked into it wrote the artifacts.
-    let p = prefix_of(&done);
     assert_eq!(
-        stored(s3, &format!("{p}/artifacts/result.txt")).trim(),
+        stored(s3, &format!("{}/artifacts/result.txt", prefix_of(&local))).trim(),
         "trained for 3 epochs by the image built from this directory"
+    );
+
+    // The cloud example itself, `FROM python:3.11-slim`, with small requests.
+    let cloud = upload_build(
+        &ns.name,
+        &examples.join("custom-model"),
+        json!({"resources": small()}),
+    )
+    .await;
+    let model: Value = serde_json::from_str(&stored(
+        s3,
+        &format!("{}/artifacts/model.json", prefix_of(&cloud)),
+    ))
+    .unwrap();
+    let weights = model["weights"].as_array().expect("weights");
+    assert_eq!(weights.len(), 8, "width 8 from params: {model}");
+    assert!(
+        weights
+            .iter()
+            .all(|w| (w.as_f64().unwrap() - 0.3).abs() < 1e-9),
+        "3 epochs of +0.1: {model}"
     );
     op.stop().await;
     kubectl(&[
@@ -873,7 +923,7 @@ async fn a_real_node_runs_containers_and_leaves_nothing_behind() {
         .expect("relaying the S3 port into the node's namespace");
         apply(&csi_secret(&s3));
         the_operator_runs_models_servers_and_notebooks_on_the_real_node(&s3).await;
-        an_uploaded_directory_is_built_by_kaniko_pushed_to_the_registry_and_run(&s3).await;
+        uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run(&s3).await;
         the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(&s3).await;
     }
     let after = MachineState::now();
