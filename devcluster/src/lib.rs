@@ -8,6 +8,7 @@
 //! Every process gets `PR_SET_PDEATHSIG`, so none outlives the launcher, whatever way it ends.
 
 pub mod certs;
+pub mod confine;
 pub mod emulators;
 pub mod image;
 pub mod netns;

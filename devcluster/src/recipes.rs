@@ -238,11 +238,8 @@ fn mirror_in(texts: &[String]) -> Option<String> {
 
 /// Mount points below `dir` (debootstrap mounts /proc and /sys in its target while it runs).
 fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(PathBuf::from)
+    let mut points: Vec<PathBuf> = crate::confine::mount_points()
+        .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
