@@ -2,8 +2,7 @@
 //! kube-proxy and a DNS server, running real containers from images built on this machine.
 //!
 //! Everything the node runs is confined to four things that the node's stop (and the sweep of
-//! [`crate::confine`],
-//! at every start, after a crash) removes completely:
+//! [`crate::confine`], at every start, after a crash) removes completely:
 //! - the network namespace [`NETNS`] (see [`crate::netns`]); its iptables chains, bridge and
 //!   sysctls go with it;
 //! - the cgroup `/substratus-node` in every cgroup v1 hierarchy: the node's daemons run in
@@ -35,7 +34,7 @@ use crate::netns::{EgressProxy, EgressRules, NetNs, Relay};
 pub const NODE_NAME: &str = "substratus-node";
 /// The kubelet's identity (the Node authorizer limits it to its own node and pods).
 pub const NODE_USER: &str = "system:node:substratus-node";
-/// The DNS server's identity, bound to [`DNS_ROLE`].
+/// The DNS server's identity, bound to the read-only ClusterRole `substratus-dns`.
 pub const DNS_USER: &str = "system:substratus-dns";
 /// The node's address, inside its namespace only.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 254, 0, 2);
