@@ -353,13 +353,11 @@ impl RealNode {
                 )
             })
             .collect::<Result<_, _>>()?;
-        // SAFETY: between fork and exec only async-signal-safe calls (prctl, open, write,
-        // close) on memory prepared before the fork.
+        crate::dies_with_parent(&mut cmd);
+        // SAFETY: between fork and exec only async-signal-safe calls (open, write, close) on
+        // memory prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
                 for f in &procs_files {
                     let fd = libc::open(f.as_ptr(), libc::O_WRONLY);
                     if fd < 0 {
