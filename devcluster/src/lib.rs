@@ -723,24 +723,28 @@ pub fn apply_nodes(
 
 fn apply_node_list(bin_dir: &Path, kubeconfig: &Path, nodes: &[serde_json::Value]) -> Result<()> {
     let list = json!({"apiVersion": "v1", "kind": "List", "items": nodes});
-    let mut child = kubectl(bin_dir, kubeconfig)
-        .args(["apply", "-f", "-"])
+    let mut apply = kubectl(bin_dir, kubeconfig);
+    apply.args(["apply", "-f", "-"]);
+    pipe_json(apply, &list).context("kubectl apply of the nodes")
+}
+
+/// Runs `cmd` (a `kubectl … -f -`) with `value` as JSON on its standard input; fails with
+/// what it wrote to standard error.
+pub(crate) fn pipe_json(mut cmd: Command, value: &serde_json::Value) -> Result<()> {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running kubectl apply")?;
+        .context("running kubectl")?;
     child
         .stdin
         .take()
         .ok_or_else(|| anyhow!("kubectl stdin"))?
-        .write_all(&serde_json::to_vec(&list)?)?;
+        .write_all(&serde_json::to_vec(value)?)?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "kubectl apply of the nodes failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }

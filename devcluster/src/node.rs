@@ -15,7 +15,6 @@
 //! There is one real node per machine: the kubelet's device-plugin directory and
 //! `/var/log/containers` are fixed paths.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -305,24 +304,9 @@ impl RealNode {
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "substratus-dns"},
              "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": DNS_USER}]},
         ]});
-        let mut child = (self.kubectl)()
-            .args(["apply", "--server-side", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("kubectl stdin")?
-            .write_all(&serde_json::to_vec(&objects)?)?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "creating the node's Services: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let mut apply = (self.kubectl)();
+        apply.args(["apply", "--server-side", "-f", "-"]);
+        crate::pipe_json(apply, &objects).context("creating the node's Services")?;
         Ok(())
     }
 

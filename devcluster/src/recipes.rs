@@ -108,6 +108,14 @@ fn accounts(r: &mut Recipe) {
     .add("home/nonroot", Source::Dir(0o755));
 }
 
+/// This machine's CA bundle at `path` in the image, when the machine has one.
+fn add_ca_certificates(r: &mut Recipe, path: &str) {
+    let certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if certs.is_file() {
+        r.add(path, Source::File(certs.to_owned(), 0o644));
+    }
+}
+
 /// Debian's static busybox and every applet it has, as `/bin/<applet>` links.
 pub fn busybox() -> Result<Built> {
     let bin = Path::new("/bin/busybox");
@@ -159,13 +167,7 @@ pub fn kaniko(bin_dir: &Path) -> Result<Built> {
             "etc/nsswitch.conf",
             Source::Bytes(b"hosts: files dns\n".to_vec(), 0o644),
         );
-    let certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    if certs.is_file() {
-        r.add(
-            "kaniko/ssl/certs/ca-certificates.crt",
-            Source::File(certs.to_owned(), 0o644),
-        );
-    }
+    add_ca_certificates(&mut r, "kaniko/ssl/certs/ca-certificates.crt");
     r.config.entrypoint = vec!["/kaniko/executor".into()];
     r.config.env = vec![
         "PATH=/usr/local/bin:/kaniko".into(),
@@ -183,13 +185,7 @@ pub fn operator(binary: &Path, tag: &str) -> Result<Built> {
     let mut r = Recipe::new(format!("{OPERATOR_REPOSITORY}:{tag}"));
     image::add_with_libraries(&mut r, "usr/local/bin/substratus-operator", binary)?;
     accounts(&mut r);
-    let certs = Path::new("/etc/ssl/certs/ca-certificates.crt");
-    if certs.is_file() {
-        r.add(
-            "etc/ssl/certs/ca-certificates.crt",
-            Source::File(certs.to_owned(), 0o644),
-        );
-    }
+    add_ca_certificates(&mut r, "etc/ssl/certs/ca-certificates.crt");
     r.config.entrypoint = vec!["/usr/local/bin/substratus-operator".into()];
     r.config.cmd = vec!["run".into()];
     r.config.user = "65532:65532".into();
