@@ -5,4 +5,5 @@ pub mod cluster;
 pub mod fake_api;
 pub mod kubelet;
 pub mod manifests;
+pub mod objects;
 pub mod operator;

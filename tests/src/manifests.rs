@@ -12,12 +12,9 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The original project's manifests: `$SUBSTRATUS_COMPAT_DIR`, else `../shared/compat`
-/// beside the checkout.
-pub fn compat_dir() -> PathBuf {
-    std::env::var_os("SUBSTRATUS_COMPAT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/compat"))
+/// The test corpus: manifests in the shapes users write (`tests/corpus/`).
+pub fn corpus_dir() -> PathBuf {
+    repo_root().join("tests/corpus")
 }
 
 /// Every `*.yaml`/`*.yml` file below `dir`, sorted.

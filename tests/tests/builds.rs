@@ -6,31 +6,16 @@ use std::time::Duration;
 
 use base64::Engine;
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::core::DynamicObject;
-use kube::discovery::ApiResource;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::plan::build::BuildSettings;
 use substratus_devcluster::s3::S3Server;
 use substratus_tests::cluster::{TestNamespace, client, shared, wait_for};
+use substratus_tests::objects::{api, condition, create, status};
 use substratus_tests::operator::{RunningOperator, kind_cloud_on};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn resource(kind: &str) -> ApiResource {
-    ApiResource {
-        group: "substratus.ai".into(),
-        version: "v1".into(),
-        api_version: "substratus.ai/v1".into(),
-        kind: kind.into(),
-        plural: format!("{}s", kind.to_lowercase()),
-    }
-}
-
-fn api(c: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(c.clone(), ns, &resource(kind))
-}
 
 fn md5_hex(data: &[u8]) -> String {
     substratus_core::names::hex(&Md5::digest(data))
@@ -52,15 +37,6 @@ fn s3() -> S3Server {
     S3Server::start(&shared().bin_dir, "substratus-artifacts").expect("an S3 server")
 }
 
-async fn create(c: &kube::Client, ns: &str, obj: Value) {
-    let kind = obj["kind"].as_str().unwrap().to_owned();
-    let o: DynamicObject = serde_json::from_value(obj).unwrap();
-    api(c, ns, &kind)
-        .create(&PostParams::default(), &o)
-        .await
-        .unwrap_or_else(|e| panic!("creating {kind}: {e}"));
-}
-
 /// Creates Model `name` as an upload build of `md5`, request `request`.
 async fn create_upload_model(c: &kube::Client, ns: &str, name: &str, md5: &str, request: &str) {
     let build = json!({"upload": {"md5Checksum": md5, "requestID": request}});
@@ -73,26 +49,6 @@ fn model(name: &str, build: Value) -> Value {
         "metadata": {"name": name},
         "spec": {"build": build, "params": {"x": 1}},
     })
-}
-
-async fn status(c: &kube::Client, ns: &str, kind: &str, name: &str) -> Value {
-    api(c, ns, kind)
-        .get(name)
-        .await
-        .map(|o| o.data["status"].clone())
-        .unwrap_or(Value::Null)
-}
-
-fn condition(status: &Value, type_: &str) -> (String, String, String) {
-    let c = status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
-        .unwrap_or(Value::Null);
-    (
-        c["status"].as_str().unwrap_or("").into(),
-        c["reason"].as_str().unwrap_or("").into(),
-        c["message"].as_str().unwrap_or("").into(),
-    )
 }
 
 /// Waits until `type_` has `reason`; returns the status.

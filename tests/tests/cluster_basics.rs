@@ -8,29 +8,17 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, PostParams};
 use kube::core::DynamicObject;
-use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 use substratus_tests::cluster::{TestNamespace, client, wait_for};
-use substratus_tests::manifests::{compat_dir, documents, yaml_files};
+use substratus_tests::manifests::{corpus_dir, documents, yaml_files};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn substratus_api(client: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
-    let ar = ApiResource {
-        group: "substratus.ai".into(),
-        version: "v1".into(),
-        api_version: "substratus.ai/v1".into(),
-        kind: kind.into(),
-        plural: format!("{}s", kind.to_lowercase()),
-    };
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
 
 /// Creates `obj` and returns the API server's refusal message (panics if it was accepted).
 async fn rejection(client: &kube::Client, ns: &str, obj: Value) -> String {
     let kind = obj["kind"].as_str().unwrap().to_owned();
     let obj: DynamicObject = serde_json::from_value(obj).unwrap();
-    match substratus_api(client, ns, &kind)
+    match substratus_tests::objects::api(client, ns, &kind)
         .create(&PostParams::default(), &obj)
         .await
     {
@@ -131,10 +119,10 @@ async fn invalid_objects_are_rejected_with_the_field_named() {
 }
 
 #[tokio::test]
-async fn every_compat_manifest_and_example_is_accepted_by_the_api_server() {
+async fn every_corpus_manifest_and_example_is_accepted_by_the_api_server() {
     let ns = TestNamespace::new("compat");
     let c = client().await;
-    let mut files = yaml_files(&compat_dir());
+    let mut files = yaml_files(&corpus_dir());
     files.extend(yaml_files(
         &substratus_tests::manifests::repo_root().join("examples"),
     ));
@@ -148,7 +136,7 @@ async fn every_compat_manifest_and_example_is_accepted_by_the_api_server() {
                 dry_run: true,
                 ..Default::default()
             };
-            substratus_api(&c, &ns.name, &kind)
+            substratus_tests::objects::api(&c, &ns.name, &kind)
                 .create(&pp, &obj)
                 .await
                 .unwrap_or_else(|e| panic!("{} was refused: {e}", file.display()));

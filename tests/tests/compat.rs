@@ -1,16 +1,16 @@
-//! Every manifest of the original project, and every example of ours, reads into the Rust
-//! types without losing a field.
+//! Every manifest of the test corpus (the shapes of the original project's examples), and
+//! every example of ours, reads into the Rust types without losing a field.
 
 use std::path::Path;
 
 use serde_json::Value;
 use substratus_crds::{AnyObject, GpuType};
-use substratus_tests::manifests::{compat_dir, documents, lost_fields, repo_root, yaml_files};
+use substratus_tests::manifests::{corpus_dir, documents, lost_fields, repo_root, yaml_files};
 
-/// Files of `../shared/compat` that use the legacy `modelName` field.
+/// Files of the corpus that use the legacy `modelName` field.
 const LEGACY_MODEL_NAME: [&str; 2] = [
-    "facebook-opt-125m/finetuned-notebook.yaml",
-    "facebook-opt-125m/finetuned-server.yaml",
+    "notebooks/legacy-model-name.yaml",
+    "servers/legacy-model-name.yaml",
 ];
 
 fn read_all(dir: &Path) -> Vec<(String, Value, AnyObject)> {
@@ -44,14 +44,14 @@ fn assert_round_trip_keeps_every_field(objects: &[(String, Value, AnyObject)]) {
 }
 
 #[test]
-fn every_compat_manifest_reads_into_the_types_without_loss() {
-    let dir = compat_dir();
+fn every_corpus_manifest_reads_into_the_types_without_loss() {
+    let dir = corpus_dir();
     let objects = read_all(&dir);
-    // 18 manifests ship with the original's examples; each is one object.
+    // Each of the corpus's 18 files holds one object.
     assert_eq!(
         objects.len(),
         18,
-        "unexpected number of compat manifests in {}",
+        "unexpected number of corpus manifests in {}",
         dir.display()
     );
     assert_round_trip_keeps_every_field(&objects);
@@ -59,7 +59,7 @@ fn every_compat_manifest_reads_into_the_types_without_loss() {
 
 #[test]
 fn legacy_model_name_is_an_alias_of_model_name() {
-    let dir = compat_dir();
+    let dir = corpus_dir();
     for rel in LEGACY_MODEL_NAME {
         let docs = documents(&dir.join(rel)).unwrap();
         assert!(
@@ -71,13 +71,13 @@ fn legacy_model_name_is_an_alias_of_model_name() {
             AnyObject::Notebook(n) => n.spec.model_name().map(str::to_owned),
             other => panic!("{rel}: unexpected kind {}", other.kind()),
         };
-        assert_eq!(model.as_deref(), Some("fb-opt-125m-squad"), "{rel}");
+        assert_eq!(model.as_deref(), Some("tiny-lm-howtos"), "{rel}");
     }
 }
 
 #[test]
-fn compat_fields_keep_their_meaning() {
-    let dir = compat_dir();
+fn corpus_fields_keep_their_meaning() {
+    let dir = corpus_dir();
     let objects = read_all(&dir);
     let find = |rel: &str| {
         objects
@@ -86,56 +86,80 @@ fn compat_fields_keep_their_meaning() {
             .map(|(_, _, o)| o.clone())
             .unwrap_or_else(|| panic!("{rel} missing"))
     };
-    match find("falcon-40b/finetuned-model.yaml") {
+    let param = |params: &substratus_crds::Params, key: &str| {
+        serde_json::to_value(params.get(key).unwrap_or_else(|| panic!("no param {key}"))).unwrap()
+    };
+    match find("fine-tunes/four-gpus.yaml") {
         AnyObject::Model(m) => {
-            let gpu = m
-                .spec
-                .resources
-                .as_ref()
-                .and_then(|r| r.gpu.clone())
-                .unwrap();
+            let r = m.spec.resources.clone().unwrap();
+            let gpu = r.gpu.clone().unwrap();
             assert_eq!(gpu.gpu_type, Some(GpuType::NvidiaL4));
-            assert_eq!(gpu.count(), 8);
-            assert_eq!(m.spec.model.unwrap().name, "falcon-40b");
-            assert_eq!(m.spec.dataset.unwrap().name, "k8s-instructions");
-            // Defaults of the original's CRD apply when `resources` is present.
-            let r = m.spec.resources.unwrap();
-            assert_eq!((r.cpu, r.memory, r.disk), (2, 10, 10));
+            assert_eq!(gpu.count(), 4);
+            assert_eq!((r.cpu, r.memory, r.disk), (4, 32, 50));
+            assert_eq!(m.spec.model.unwrap().name, "gated-lm");
+            assert_eq!(m.spec.dataset.unwrap().name, "trivia");
         }
         other => panic!("expected a Model, got {}", other.kind()),
     }
-    match find("llama2-7b/base-model.yaml") {
+    match find("servers/any-gpu.yaml") {
+        AnyObject::Server(s) => {
+            let r = s.spec.resources.unwrap();
+            let gpu = r.gpu.unwrap();
+            // A count without a type asks for any GPU.
+            assert_eq!((gpu.gpu_type, gpu.count()), (None, 1));
+            // Defaults of the original's CRD apply when `resources` is present.
+            assert_eq!((r.cpu, r.memory, r.disk), (2, 10, 10));
+        }
+        other => panic!("expected a Server, got {}", other.kind()),
+    }
+    match find("imports/gated.yaml") {
         AnyObject::Model(m) => assert_eq!(
             m.spec.env.get("HUGGING_FACE_HUB_TOKEN").map(String::as_str),
-            Some("${{ secrets.ai.HUGGING_FACE_HUB_TOKEN }}")
+            Some("${{ secrets.hub-credentials.HUB_TOKEN }}")
         ),
         other => panic!("expected a Model, got {}", other.kind()),
     }
-    match find("facebook-opt-125m/base-notebook.yaml") {
+    match find("fine-tunes/custom-prompt.yaml") {
+        AnyObject::Model(m) => {
+            let p = &m.spec.params;
+            assert_eq!(param(p, "num_train_epochs"), 3);
+            assert_eq!(param(p, "learning_rate"), "2e-4");
+            // The block scalar keeps its lines and its blank line.
+            assert_eq!(
+                param(p, "prompt_template"),
+                "### Instruction:\n{prompt}\n\n### Response:\n{completion}\n"
+            );
+        }
+        other => panic!("expected a Model, got {}", other.kind()),
+    }
+    match find("notebooks/gitops-suspended.yaml") {
         AnyObject::Notebook(n) => {
             assert!(n.spec.is_suspended());
             assert_eq!(n.spec.command, vec!["notebook.sh"]);
             let git = n.spec.build.unwrap().git.unwrap();
-            assert_eq!(git.path.as_deref(), Some("base"));
-            assert_eq!(
-                serde_json::to_value(n.spec.params.get("x").unwrap()).unwrap(),
-                123
-            );
-            assert_eq!(
-                serde_json::to_value(n.spec.params.get("foo").unwrap()).unwrap(),
-                "bar"
-            );
+            assert_eq!(git.path.as_deref(), Some("explore"));
+            assert_eq!(param(&n.spec.params, "max_new_tokens"), 256);
+            assert_eq!(param(&n.spec.params, "topic"), "kubernetes");
         }
         other => panic!("expected a Notebook, got {}", other.kind()),
     }
-    match find("datasets/squad-gitops.yaml") {
+    match find("datasets/gitops.yaml") {
         AnyObject::Dataset(d) => {
             assert_eq!(
                 d.spec.build.unwrap().git.unwrap().branch.as_deref(),
-                Some("main")
+                Some("nightly")
             )
         }
         other => panic!("expected a Dataset, got {}", other.kind()),
+    }
+    match find("fine-tunes/gitops.yaml") {
+        AnyObject::Model(m) => {
+            assert_eq!(
+                m.spec.build.unwrap().git.unwrap().tag.as_deref(),
+                Some("v1.2.0")
+            )
+        }
+        other => panic!("expected a Model, got {}", other.kind()),
     }
 }
 

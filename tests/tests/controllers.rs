@@ -6,94 +6,19 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::core::DynamicObject;
-use kube::discovery::ApiResource;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use substratus_crds::{Model, Notebook};
 use substratus_tests::audit;
 use substratus_tests::cluster::{TestNamespace, client, wait_for};
 use substratus_tests::manifests::{documents, repo_root};
+use substratus_tests::objects::{WAIT, create, wait_ready, wait_reason};
 use substratus_tests::operator::{OPERATOR_USER, RunningOperator, audit_log, kind_cloud};
-
-const WAIT: Duration = Duration::from_secs(90);
-
-fn api_resource(kind: &str) -> ApiResource {
-    ApiResource {
-        group: "substratus.ai".into(),
-        version: "v1".into(),
-        api_version: "substratus.ai/v1".into(),
-        kind: kind.into(),
-        plural: format!("{}s", kind.to_lowercase()),
-    }
-}
-
-async fn create(c: &kube::Client, ns: &str, mut obj: Value) {
-    obj["metadata"]["namespace"] = json!(ns);
-    let kind = obj["kind"].as_str().unwrap().to_owned();
-    let dynamic: DynamicObject = serde_json::from_value(obj).unwrap();
-    Api::<DynamicObject>::namespaced_with(c.clone(), ns, &api_resource(&kind))
-        .create(&PostParams::default(), &dynamic)
-        .await
-        .unwrap_or_else(|e| panic!("creating {kind}: {e}"));
-}
 
 async fn create_example(c: &kube::Client, ns: &str, rel: &str) {
     for doc in documents(&repo_root().join("examples").join(rel)).unwrap() {
         create(c, ns, doc).await;
     }
-}
-
-/// `(ready, reason of Ready, message of Ready)` of an object.
-async fn readiness(
-    c: &kube::Client,
-    ns: &str,
-    kind: &str,
-    name: &str,
-) -> Result<(bool, String, String), String> {
-    let o = Api::<DynamicObject>::namespaced_with(c.clone(), ns, &api_resource(kind))
-        .get(name)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = o.data.get("status").cloned().unwrap_or(Value::Null);
-    let ready = status["ready"].as_bool().unwrap_or(false);
-    let cond = status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
-        .unwrap_or(Value::Null);
-    Ok((
-        ready,
-        cond["reason"].as_str().unwrap_or("").into(),
-        cond["message"].as_str().unwrap_or("").into(),
-    ))
-}
-
-async fn wait_reason(c: &kube::Client, ns: &str, kind: &str, name: &str, reason: &str) -> String {
-    wait_for(
-        &format!("{kind} {name} to show reason {reason}"),
-        WAIT,
-        || async {
-            let (_, r, m) = readiness(c, ns, kind, name).await?;
-            if r == reason {
-                Ok(Some(m))
-            } else {
-                Err(format!("reason {r:?}: {m}"))
-            }
-        },
-    )
-    .await
-}
-
-async fn wait_ready(c: &kube::Client, ns: &str, kind: &str, name: &str) {
-    wait_for(&format!("{kind} {name} to be ready"), WAIT, || async {
-        let (ready, r, m) = readiness(c, ns, kind, name).await?;
-        if ready {
-            Ok(Some(()))
-        } else {
-            Err(format!("{r}: {m}"))
-        }
-    })
-    .await
 }
 
 fn model(name: &str, spec: Value) -> Value {
