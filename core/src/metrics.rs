@@ -13,6 +13,13 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub kind: String,
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
     pub reason: String,
@@ -20,7 +27,7 @@ pub struct ErrorLabels {
 
 /// Counters and histograms every controller updates.
 pub struct Metrics {
-    pub reconciles: Family<KindLabels, Counter>,
+    pub reconciles: Family<ResultLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
     pub status_writes: Family<KindLabels, Counter>,
@@ -45,7 +52,7 @@ impl Metrics {
         let sub = registry.sub_registry_with_prefix("substratus");
         sub.register(
             "reconciles",
-            "Reconciles run, by kind",
+            "Reconciles run, by kind and result",
             m.reconciles.clone(),
         );
         sub.register(
@@ -94,12 +101,17 @@ mod tests {
         let model = KindLabels {
             kind: "Model".into(),
         };
-        m.reconciles.get_or_create(&model).inc_by(3);
+        m.reconciles
+            .get_or_create(&ResultLabels {
+                kind: "Model".into(),
+                result: "ok".into(),
+            })
+            .inc_by(3);
         m.status_writes.get_or_create(&model).inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
-            text.contains("substratus_reconciles_total{kind=\"Model\"} 3\n"),
+            text.contains("substratus_reconciles_total{kind=\"Model\",result=\"ok\"} 3\n"),
             "{text}"
         );
         assert!(

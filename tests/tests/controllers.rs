@@ -444,7 +444,10 @@ async fn a_reconcile_of_unchanged_objects_writes_nothing() {
     let reconciled = |kind: &str| {
         op.metrics
             .reconciles
-            .get_or_create(&substratus_core::metrics::KindLabels { kind: kind.into() })
+            .get_or_create(&substratus_core::metrics::ResultLabels {
+                kind: kind.into(),
+                result: "ok".into(),
+            })
             .get()
     };
     let counts = || ["Model", "Dataset", "Server", "Notebook"].map(reconciled);

@@ -353,3 +353,110 @@ async fn deleting_a_served_model_is_reported_and_keeps_the_operator_healthy() {
     wait_models_ready(&c, &ns.name, 1).await;
     op.stop().await;
 }
+
+/// The Ready condition's `(reason, message)` of an object of `api`.
+async fn ready_reason<K>(api: &Api<K>, name: &str) -> Result<(String, String), String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let o = api.get(name).await.map_err(|e| e.to_string())?;
+    let status = serde_json::to_value(&o).map_err(|e| e.to_string())?["status"].clone();
+    let (_, reason, message) = substratus_tests::objects::condition(&status, "Ready");
+    Ok((reason, message))
+}
+
+#[tokio::test]
+async fn a_child_the_api_server_refuses_shows_in_status_and_is_not_retried_until_a_change() {
+    let _serial = SERIAL.lock().await;
+    let ns = TestNamespace::new("refused");
+    let c = client().await;
+    let op = RunningOperator::start(&ns.name, kind_cloud("kind")).await;
+    create_models(&c, &ns.name, 1, json!({})).await;
+    wait_models_ready(&c, &ns.name, 1).await;
+    // A Service may not have a dot in its name; the Server's name gives it one.
+    let servers: Api<Server> = Api::namespaced(c.clone(), &ns.name);
+    let server: Server = serde_json::from_value(json!({
+        "apiVersion": "substratus.ai/v1", "kind": "Server", "metadata": {"name": "a.b"},
+        "spec": {"image": "srv", "model": {"name": "m0"},
+                 "resources": {"cpu": 0, "memory": 0, "disk": 0}}
+    }))
+    .unwrap();
+    servers
+        .create(&PostParams::default(), &server)
+        .await
+        .unwrap();
+    // A secret reference whose Secret name Kubernetes refuses: the Job is refused.
+    let models: Api<Model> = Api::namespaced(c.clone(), &ns.name);
+    let bad: Model = serde_json::from_value(json!({
+        "apiVersion": "substratus.ai/v1", "kind": "Model", "metadata": {"name": "bad-env"},
+        "spec": {"image": "loader", "env": {"TOKEN": "${{ secrets.Bad_Name.k }}"},
+                 "resources": {"cpu": 0, "memory": 0, "disk": 0}}
+    }))
+    .unwrap();
+    models.create(&PostParams::default(), &bad).await.unwrap();
+
+    let (_, message) = wait_for("Server a.b to show ApplyFailed", WAIT, || async {
+        match ready_reason(&servers, "a.b").await? {
+            (r, m) if r == "ApplyFailed" => Ok(Some((r, m))),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        message.contains("a.b-server") && message.contains("Invalid value"),
+        "the API server's words are in the message: {message}"
+    );
+    let (_, message) = wait_for("Model bad-env to show ApplyFailed", WAIT, || async {
+        match ready_reason(&models, "bad-env").await? {
+            (r, m) if r == "ApplyFailed" => Ok(Some((r, m))),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(message.contains("Bad_Name"), "{message}");
+    let server = servers.get("a.b").await.unwrap();
+    assert!(
+        !server.status.unwrap().ready,
+        "a Server whose Service was refused is not ready"
+    );
+
+    // Nothing is retried while nothing changes: at most the writes in flight when the
+    // status was written, where a flat 5 s retry made a dozen in this window.
+    let quiet_from = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let writes: Vec<_> = audit::entries(&audit_log(), OPERATOR_USER, quiet_from)
+        .into_iter()
+        .filter(|e| {
+            e.is_write()
+                && e.object_ref.as_ref().and_then(|o| o.namespace.as_deref())
+                    == Some(ns.name.as_str())
+        })
+        .collect();
+    eprintln!(
+        "writes in the 30 s after two refused children showed: {:?}",
+        audit::count_by_verb_and_resource(&writes)
+    );
+    assert!(
+        writes.len() <= 2,
+        "refused children retried without a change: {:?}",
+        audit::count_by_verb_and_resource(&writes)
+    );
+
+    // Mending the spec mends the object, and its condition follows.
+    models
+        .patch(
+            "bad-env",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"env": {"TOKEN": "literal"}}})),
+        )
+        .await
+        .unwrap();
+    wait_for("Model bad-env to become Ready", WAIT, || async {
+        match ready_reason(&models, "bad-env").await? {
+            (r, _) if r == "JobComplete" => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    op.stop().await;
+}

@@ -17,8 +17,8 @@ use substratus_crds::{Dataset, Model, Notebook, Server};
 
 use super::caches::{CachedPod, Owners};
 use super::exclusive::Exclusive;
-use super::{Context, Error, batch, notebook, server};
-use crate::metrics::{ErrorLabels, KindLabels};
+use super::{Context, Error, batch, failure, notebook, server};
+use crate::metrics::{ErrorLabels, KindLabels, ResultLabels};
 use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Tuning of the controllers.
@@ -33,6 +33,9 @@ pub struct ControllerOptions {
     /// Each object is reconciled again within this long even if nothing changed: a safety
     /// net, spread evenly over the period.
     pub resync_every: Duration,
+    /// A reconcile still running after this long fails (and releases its object): a hung
+    /// call to the API server or a cloud never holds an object forever.
+    pub deadline: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -42,6 +45,7 @@ impl Default for ControllerOptions {
             namespace: None,
             sweep_every: Duration::from_secs(60),
             resync_every: Duration::from_secs(600),
+            deadline: Duration::from_secs(300),
         }
     }
 }
@@ -143,10 +147,15 @@ where
     )
 }
 
-fn error_policy<K>(kind: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+/// What follows a failed reconcile: the failure was counted and, if it must show, written
+/// to status by [`instrumented`]; here only the next attempt is chosen — backoff for what a
+/// retry can mend, nothing but a change (or the resync) for what it cannot.
+fn error_policy<K>(kind: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
     move |obj, err, ctx| {
-        let _ = obj;
-        tracing::warn!(kind, error = %err, "reconcile failed");
+        let failure = failure::classify(err);
         ctx.metrics
             .errors
             .get_or_create(&ErrorLabels {
@@ -154,23 +163,42 @@ fn error_policy<K>(kind: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) 
                 reason: err.reason().into(),
             })
             .inc();
-        Action::requeue(Duration::from_secs(5))
+        match failure.retry {
+            failure::Retry::Backoff => {
+                let delay = ctx.backoff.delay(&super::status_key(obj.as_ref()));
+                tracing::warn!(kind, error = %err, retry_in = ?delay, "reconcile failed");
+                Action::requeue(delay)
+            }
+            failure::Retry::OnChange => {
+                tracing::warn!(kind, error = %err, reason = failure.reason, "reconcile failed; waiting for a change");
+                Action::await_change()
+            }
+        }
     }
 }
 
 type ReconcileFuture = std::pin::Pin<Box<dyn Future<Output = Result<Action, Error>> + Send>>;
 
-/// Wraps a reconcile with metrics and a span, and runs it only while no other lane
-/// reconciles the same object (`lock`), on the object as `store` holds it then: waiting
-/// for the other lane may have outdated the copy the runner handed over.
+/// Wraps a reconcile with metrics, a span and a deadline, and runs it only while no other
+/// lane reconciles the same object (`lock`), on the object as `store` holds it then: waiting
+/// for the other lane may have outdated the copy the runner handed over. A failure is
+/// counted and, once it must show, written to the object's status (see `failure`).
 fn instrumented<K, Fut>(
     kind: &'static str,
     store: Store<K>,
     lock: Arc<Exclusive>,
+    deadline: Duration,
     f: fn(Arc<K>, Arc<Context>) -> Fut,
 ) -> impl FnMut(Arc<K>, Arc<Context>) -> ReconcileFuture
 where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |obj, ctx| {
@@ -191,14 +219,28 @@ where
                     return Ok(Action::await_change());
                 }
                 let started = Instant::now();
+                let res = match tokio::time::timeout(deadline, f(obj.clone(), ctx.clone())).await {
+                    Ok(res) => res,
+                    Err(_) => Err(Error::Timeout(deadline)),
+                };
                 let labels = KindLabels { kind: kind.into() };
-                ctx.metrics.reconciles.get_or_create(&labels).inc();
-                let res = f(obj, ctx.clone()).await;
                 ctx.metrics
                     .duration
                     .get_or_create(&labels)
                     .observe(started.elapsed().as_secs_f64());
-                tracing::debug!(kind, %namespace, %name, ok = res.is_ok(), "reconciled");
+                let result = if res.is_ok() { "ok" } else { "error" };
+                ctx.metrics
+                    .reconciles
+                    .get_or_create(&ResultLabels {
+                        kind: kind.into(),
+                        result: result.into(),
+                    })
+                    .inc();
+                tracing::debug!(kind, %namespace, %name, result, "reconciled");
+                match &res {
+                    Ok(_) => ctx.backoff.succeeded(&super::status_key(obj.as_ref())),
+                    Err(e) => failure::record(&ctx, obj.as_ref(), e).await,
+                }
                 res
             })
             .await
@@ -249,10 +291,15 @@ fn lanes<K, Fut>(
     kind: &'static str,
     f: fn(Arc<K>, Arc<Context>) -> Fut,
     ctx: &Arc<Context>,
+    opts: &ControllerOptions,
     shutdown: &(impl Future<Output = ()> + Send + Sync + Clone + 'static),
 ) -> impl Future<Output = ()> + Send
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
     K: Send + Sync + 'static,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
@@ -261,7 +308,7 @@ where
         let store = lane.store();
         lane.graceful_shutdown_on(shutdown.clone())
             .run(
-                instrumented(kind, store, lock.clone(), f),
+                instrumented(kind, store, lock.clone(), opts.deadline, f),
                 error_policy(kind),
                 ctx.clone(),
             )
@@ -348,6 +395,7 @@ pub async fn run(
         "Model",
         batch::reconcile_model,
         &ctx,
+        &opts,
         &stop,
     );
 
@@ -363,6 +411,7 @@ pub async fn run(
         "Dataset",
         batch::reconcile_dataset,
         &ctx,
+        &opts,
         &stop,
     );
 
@@ -393,6 +442,7 @@ pub async fn run(
         "Server",
         server::reconcile_server,
         &ctx,
+        &opts,
         &stop,
     );
 
@@ -436,6 +486,7 @@ pub async fn run(
         "Notebook",
         notebook::reconcile_notebook,
         &ctx,
+        &opts,
         &stop,
     );
 

@@ -9,6 +9,7 @@ mod caches;
 mod controllers;
 mod events;
 mod exclusive;
+pub mod failure;
 mod index;
 pub mod janitor;
 mod notebook;
@@ -65,6 +66,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("the reconcile did not finish within {0:?}")]
+    Timeout(Duration),
 }
 
 impl Error {
@@ -73,6 +76,7 @@ impl Error {
         match self {
             Error::Kube { step, .. } | Error::Cloud { step, .. } => step,
             Error::Invalid(_) => "invalid",
+            Error::Timeout(_) => "timeout",
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct Context {
     /// triggered by a child's event may see its parent from before that write, and must not
     /// take the older status for the current one (it would write it again).
     written: WrittenStatus,
+    /// Consecutive failures of the objects failing now.
+    backoff: failure::Backoff,
 }
 
 /// The status last written per object with the resourceVersion it produced, kept only until
@@ -158,6 +164,7 @@ impl Context {
             ensuring: tokio::sync::Mutex::new(()),
             caches: std::sync::OnceLock::new(),
             written: WrittenStatus::default(),
+            backoff: failure::Backoff::default(),
         }
     }
 
@@ -580,7 +587,7 @@ impl Context {
     }
 }
 
-fn status_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+pub(crate) fn status_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     let m = obj.meta();
     format!(
         "{}/{}/{}",
