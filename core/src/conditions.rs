@@ -37,6 +37,19 @@ pub mod reasons {
     pub const GPU_TYPE_UNAVAILABLE: &str = "GPUTypeUnavailable";
     pub const UNSCHEDULABLE: &str = "Unschedulable";
     pub const IMAGE_PULL_FAILED: &str = "ImagePullFailed";
+    pub const CRASH_LOOP_BACK_OFF: &str = "CrashLoopBackOff";
+    pub const OOM_KILLED: &str = "OOMKilled";
+    pub const CONTAINER_CONFIG_ERROR: &str = "ContainerConfigError";
+
+    /// Reasons read from a workload's pods (`plan::pod_problem`): they hold only while the
+    /// pods stay in that state, so a pod that recovers must be looked at again.
+    pub const FROM_PODS: [&str; 5] = [
+        UNSCHEDULABLE,
+        IMAGE_PULL_FAILED,
+        CRASH_LOOP_BACK_OFF,
+        OOM_KILLED,
+        CONTAINER_CONFIG_ERROR,
+    ];
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const CLOUD_ERROR: &str = "CloudError";
 }

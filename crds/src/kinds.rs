@@ -109,6 +109,8 @@ workload_spec! {
         selectable = ".spec.dataset.name",
         validation = kube::core::Rule::new("self.metadata.name.size() <= 50")
             .message("metadata.name of a Model must be at most 50 characters so that its children's names fit in 63"),
+        validation = kube::core::Rule::new("!has(self.spec.model) || self.spec.model.name != self.metadata.name")
+            .message("spec.model.name must name another Model: a Model cannot start from itself"),
     )]
     #[x_kube(validation = kube::core::Rule::new("has(self.image) || has(self.build)")
         .message("spec.image or spec.build must be set"))]
@@ -166,8 +168,8 @@ workload_spec! {
         selectable = ".spec.model.name",
         validation = kube::core::Rule::new("self.metadata.name.size() <= 49")
             .message("metadata.name of a Server must be at most 49 characters so that its children's names fit in 63"),
-        validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]')")
-            .message("metadata.name of a Server must start with a letter: its Service is named after it"),
+        validation = kube::core::Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+            .message("metadata.name of a Server must be lower-case letters, digits and '-', start with a letter and end with a letter or digit (no '.'): its Service is named after it"),
     )]
     #[x_kube(validation = kube::core::Rule::new("has(self.image) || has(self.build)")
         .message("spec.image or spec.build must be set"))]

@@ -373,11 +373,13 @@ async fn a_child_the_api_server_refuses_shows_in_status_and_is_not_retried_until
     let op = RunningOperator::start(&ns.name, kind_cloud("kind")).await;
     create_models(&c, &ns.name, 1, json!({})).await;
     wait_models_ready(&c, &ns.name, 1).await;
-    // A Service may not have a dot in its name; the Server's name gives it one.
+    // Secret references whose Secret name Kubernetes refuses: the Deployment and the Job
+    // are refused.
     let servers: Api<Server> = Api::namespaced(c.clone(), &ns.name);
     let server: Server = serde_json::from_value(json!({
-        "apiVersion": "substratus.ai/v1", "kind": "Server", "metadata": {"name": "a.b"},
+        "apiVersion": "substratus.ai/v1", "kind": "Server", "metadata": {"name": "srv"},
         "spec": {"image": "srv", "model": {"name": "m0"},
+                 "env": {"TOKEN": "${{ secrets.Bad.Name.k }}"},
                  "resources": {"cpu": 0, "memory": 0, "disk": 0}}
     }))
     .unwrap();
@@ -385,7 +387,6 @@ async fn a_child_the_api_server_refuses_shows_in_status_and_is_not_retried_until
         .create(&PostParams::default(), &server)
         .await
         .unwrap();
-    // A secret reference whose Secret name Kubernetes refuses: the Job is refused.
     let models: Api<Model> = Api::namespaced(c.clone(), &ns.name);
     let bad: Model = serde_json::from_value(json!({
         "apiVersion": "substratus.ai/v1", "kind": "Model", "metadata": {"name": "bad-env"},
@@ -395,15 +396,15 @@ async fn a_child_the_api_server_refuses_shows_in_status_and_is_not_retried_until
     .unwrap();
     models.create(&PostParams::default(), &bad).await.unwrap();
 
-    let (_, message) = wait_for("Server a.b to show ApplyFailed", WAIT, || async {
-        match ready_reason(&servers, "a.b").await? {
+    let (_, message) = wait_for("Server srv to show ApplyFailed", WAIT, || async {
+        match ready_reason(&servers, "srv").await? {
             (r, m) if r == "ApplyFailed" => Ok(Some((r, m))),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
     assert!(
-        message.contains("a.b-server") && message.contains("Invalid value"),
+        message.contains("srv-server") && message.contains("Bad.Name"),
         "the API server's words are in the message: {message}"
     );
     let (_, message) = wait_for("Model bad-env to show ApplyFailed", WAIT, || async {
@@ -414,10 +415,10 @@ async fn a_child_the_api_server_refuses_shows_in_status_and_is_not_retried_until
     })
     .await;
     assert!(message.contains("Bad_Name"), "{message}");
-    let server = servers.get("a.b").await.unwrap();
+    let server = servers.get("srv").await.unwrap();
     assert!(
         !server.status.unwrap().ready,
-        "a Server whose Service was refused is not ready"
+        "a Server whose Deployment was refused is not ready"
     );
 
     // Nothing is retried while nothing changes: at most the writes in flight when the

@@ -346,11 +346,33 @@ pub enum RefState {
     },
 }
 
-/// Why a workload's pods do not run, read from the pods: unschedulable, or an image that
-/// cannot be pulled.
+/// The chain of base Models that leads from Model `start` back to itself, if any
+/// (`[start, b, …, start]`), following `base_of` (a Model's `spec.model.name`). Bounded:
+/// a chain longer than 64 that has not come back is not a cycle through `start`.
+pub fn base_cycle(start: &str, base_of: impl Fn(&str) -> Option<String>) -> Option<Vec<String>> {
+    let mut chain = vec![start.to_owned()];
+    let mut at = start.to_owned();
+    for _ in 0..64 {
+        at = base_of(&at)?;
+        chain.push(at.clone());
+        if at == start {
+            return Some(chain);
+        }
+        if chain[..chain.len() - 1].contains(&at) {
+            // A cycle that does not pass through `start`: its own Models report it.
+            return None;
+        }
+    }
+    None
+}
+
+/// Why a workload's pods do not run, read from the pods: unschedulable, an image that
+/// cannot be pulled, a container that cannot be created (a missing Secret or ConfigMap), or
+/// one that keeps failing (out of memory, or another exit).
 pub fn pod_problem(pods: &[Pod]) -> Option<Blocked> {
     for pod in pods {
         let Some(status) = &pod.status else { continue };
+        let pod_name = pod.metadata.name.as_deref().unwrap_or("");
         for c in status.conditions.iter().flatten() {
             // A claim the PV controller has not bound yet is a moment's wait, not a problem.
             let transient = c
@@ -365,33 +387,82 @@ pub fn pod_problem(pods: &[Pod]) -> Option<Blocked> {
                 return Some(Blocked {
                     reason: reasons::UNSCHEDULABLE,
                     message: format!(
-                        "pod {} cannot be scheduled: {}",
-                        pod.metadata.name.as_deref().unwrap_or(""),
+                        "pod {pod_name} cannot be scheduled: {}",
                         c.message.as_deref().unwrap_or("")
                     ),
                 });
             }
         }
-        for cs in status.container_statuses.iter().flatten() {
-            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
-            if let Some(w) = waiting
-                && matches!(
-                    w.reason.as_deref(),
-                    Some("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")
-                )
-            {
-                return Some(Blocked {
-                    reason: reasons::IMAGE_PULL_FAILED,
-                    message: format!(
-                        "image {} cannot be pulled: {}",
-                        cs.image,
-                        w.message.as_deref().unwrap_or("")
-                    ),
-                });
+        let containers = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        for cs in containers {
+            if let Some(b) = container_problem(pod_name, cs) {
+                return Some(b);
             }
         }
     }
     None
+}
+
+/// Why one container does not run, if its state says.
+fn container_problem(
+    pod_name: &str,
+    cs: &k8s_openapi::api::core::v1::ContainerStatus,
+) -> Option<Blocked> {
+    let waiting = cs.state.as_ref()?.waiting.as_ref()?;
+    let said = waiting.message.as_deref().unwrap_or("");
+    match waiting.reason.as_deref()? {
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => Some(Blocked {
+            reason: reasons::IMAGE_PULL_FAILED,
+            message: format!("image {} cannot be pulled: {said}", cs.image),
+        }),
+        "CreateContainerConfigError" | "CreateContainerError" => Some(Blocked {
+            reason: reasons::CONTAINER_CONFIG_ERROR,
+            message: format!(
+                "container {} of pod {pod_name} cannot be created: {said}",
+                cs.name
+            ),
+        }),
+        "CrashLoopBackOff" => {
+            let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+            let oom = last.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
+            let exit = last.map_or_else(String::new, |t| {
+                format!(
+                    ": last exit code {}{}{}",
+                    t.exit_code,
+                    t.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
+                    t.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                )
+            });
+            Some(Blocked {
+                reason: if oom {
+                    reasons::OOM_KILLED
+                } else {
+                    reasons::CRASH_LOOP_BACK_OFF
+                },
+                message: format!(
+                    "container {} of pod {pod_name} keeps failing after {} restarts{exit}{}",
+                    cs.name,
+                    cs.restart_count,
+                    if oom {
+                        "; give it more spec.resources.memory"
+                    } else {
+                        ""
+                    }
+                ),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// The aggregate `Ready` condition mirrors the kind's main condition.
@@ -407,6 +478,7 @@ pub fn ready_condition(main: &Desired) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn pending(message: &str) -> Pod {
         serde_json::from_value(serde_json::json!({
@@ -416,6 +488,73 @@ mod tests {
             ]}
         }))
         .unwrap()
+    }
+
+    fn waiting(reason: &str, message: &str, last: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "serve", "image": "img", "imageID": "", "ready": false,
+                "restartCount": 4,
+                "state": {"waiting": {"reason": reason, "message": message}},
+                "lastState": last,
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn containers_that_cannot_start_or_keep_failing_are_named_with_why() {
+        let oom = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+        let p = pod_problem(&[waiting("CrashLoopBackOff", "back-off 40s", oom)]).unwrap();
+        assert_eq!(p.reason, reasons::OOM_KILLED);
+        assert!(
+            p.message.contains("exit code 137 (OOMKilled)"),
+            "{}",
+            p.message
+        );
+        assert!(p.message.contains("spec.resources.memory"), "{}", p.message);
+        let exit =
+            json!({"terminated": {"exitCode": 3, "reason": "Error", "message": "no weights"}});
+        let p = pod_problem(&[waiting("CrashLoopBackOff", "back-off", exit)]).unwrap();
+        assert_eq!(p.reason, reasons::CRASH_LOOP_BACK_OFF);
+        assert!(
+            p.message
+                .contains("4 restarts: last exit code 3 (Error): no weights"),
+            "{}",
+            p.message
+        );
+        let p = pod_problem(&[waiting(
+            "CreateContainerConfigError",
+            "secret \"hub\" not found",
+            json!({}),
+        )])
+        .unwrap();
+        assert_eq!(p.reason, reasons::CONTAINER_CONFIG_ERROR);
+        assert!(
+            p.message.contains("secret \"hub\" not found"),
+            "{}",
+            p.message
+        );
+        let p = pod_problem(&[waiting("ImagePullBackOff", "not found", json!({}))]).unwrap();
+        assert_eq!(p.reason, reasons::IMAGE_PULL_FAILED);
+        // Starting up is no problem.
+        assert!(pod_problem(&[waiting("ContainerCreating", "", json!({}))]).is_none());
+    }
+
+    #[test]
+    fn a_cycle_of_base_models_is_found_from_any_of_its_models() {
+        let bases: BTreeMap<&str, &str> =
+            [("a", "b"), ("b", "c"), ("c", "a"), ("x", "a"), ("y", "z")]
+                .into_iter()
+                .collect();
+        let base_of = |m: &str| bases.get(m).map(|b| b.to_string());
+        assert_eq!(base_cycle("a", base_of).unwrap(), ["a", "b", "c", "a"]);
+        assert_eq!(base_cycle("c", base_of).unwrap(), ["c", "a", "b", "c"]);
+        // Leading into a cycle is not being in one; a chain that ends is none.
+        assert_eq!(base_cycle("x", base_of), None);
+        assert_eq!(base_cycle("y", base_of), None);
+        assert_eq!(base_cycle("unknown", base_of), None);
     }
 
     #[test]

@@ -205,6 +205,18 @@ pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Act
     // References only matter until the Job exists.
     let mut references = (None, None);
     if observed.job.is_none() {
+        if model.spec.model.is_some()
+            && let Some(c) = ctx.caches()
+        {
+            let base_of = |name: &str| {
+                c.models
+                    .get(&kube::runtime::reflector::ObjectRef::new(name).within(&parent.namespace))
+                    .and_then(|m| m.spec.model.as_ref().map(|r| r.name.clone()))
+            };
+            if let Some(cycle) = crate::plan::base_cycle(&parent.name, base_of) {
+                return Err(Error::ReferenceCycle(cycle));
+            }
+        }
         if let Some(r) = &model.spec.model {
             references.0 = Some(
                 ctx.reference(&parent.namespace, Kind::Model, &r.name)

@@ -93,28 +93,55 @@ where
 }
 
 /// The object a pod works for, read from its workload label (`model: <name>`, ...), when
-/// the pod can explain that object's status: a pod that waits (unschedulable, image pull)
-/// or failed. A pod that runs or succeeded says nothing its Job or Deployment does not say
-/// in its own status, which triggers the object anyway; reconciling for it too only keeps
-/// the object busy when its Job completes.
-fn labelled<K>(kind: Kind) -> impl Fn(Arc<CachedPod>) -> Option<ObjectRef<K>>
+/// the pod can explain that object's status: a pod that waits (unschedulable, image pull,
+/// a container that cannot start or keeps failing) or failed. A pod that runs or succeeded
+/// says nothing its Job or Deployment does not say in its own status, which triggers the
+/// object anyway; reconciling for it too only keeps the object busy when its Job completes.
+/// The exception is an object whose status shows a problem read from its pods
+/// (`shows_pod_problem`): a pod that runs now ends that problem, and nothing else would
+/// tell (a Job's ready count is not news).
+fn labelled<K>(
+    kind: Kind,
+    store: Store<K>,
+    shows_pod_problem: fn(&K) -> bool,
+) -> impl Fn(Arc<CachedPod>) -> Option<ObjectRef<K>>
 where
-    K: Resource<DynamicType = ()> + 'static,
+    K: Resource<DynamicType = ()> + Clone + 'static,
 {
     move |p| {
-        if !may_explain(&p) {
-            return None;
-        }
         let name = p.labels().get(kind.lower())?;
-        Some(ObjectRef::new(name).within(p.metadata.namespace.as_deref()?))
+        let object = ObjectRef::new(name).within(p.metadata.namespace.as_deref()?);
+        if may_explain(&p) || store.get(&object).is_some_and(|o| shows_pod_problem(&o)) {
+            Some(object)
+        } else {
+            None
+        }
     }
 }
 
 /// Whether a pod's state can show in its object's status: Pending or Failed (or not known
-/// yet), not Running or Succeeded.
+/// yet), or a container waiting for a reason other than starting up.
 fn may_explain(p: &CachedPod) -> bool {
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Running" | "Succeeded"))
+    let Some(status) = p.status.as_ref() else {
+        return true;
+    };
+    if !matches!(status.phase.as_deref(), Some("Running" | "Succeeded")) {
+        return true;
+    }
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|cs| cs.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
+        .any(|r| !matches!(r, "ContainerCreating" | "PodInitializing"))
+}
+
+/// Whether the Ready condition of `conditions` was read from pods.
+fn pod_problem_shown(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> bool {
+    crate::conditions::find(conditions, crate::conditions::types::READY)
+        .is_some_and(|c| crate::conditions::reasons::FROM_PODS.contains(&c.reason.as_str()))
 }
 
 /// Every object of `store`, one at a time spread evenly over `every`, round after round;
@@ -388,7 +415,14 @@ pub async fn run(
         });
     let model_children = children_lane(model_store.clone(), cfg.clone())
         .reconcile_on(owners(t.jobs_for_models))
-        .watches_shared_stream(t.pods_for_models, labelled(Kind::Model));
+        .watches_shared_stream(
+            t.pods_for_models,
+            labelled(Kind::Model, model_store.clone(), |m: &Model| {
+                m.status
+                    .as_ref()
+                    .is_some_and(|s| pod_problem_shown(&s.conditions))
+            }),
+        );
     let models = lanes(
         models,
         model_children,
@@ -402,9 +436,16 @@ pub async fn run(
     let datasets = Controller::for_shared_stream(t.datasets, dataset_store.clone())
         .with_config(cfg.clone())
         .reconcile_on(resync(dataset_store.clone(), opts.resync_every));
-    let dataset_children = children_lane(dataset_store, cfg.clone())
+    let dataset_children = children_lane(dataset_store.clone(), cfg.clone())
         .reconcile_on(owners(t.jobs_for_datasets))
-        .watches_shared_stream(t.pods_for_datasets, labelled(Kind::Dataset));
+        .watches_shared_stream(
+            t.pods_for_datasets,
+            labelled(Kind::Dataset, dataset_store, |d: &Dataset| {
+                d.status
+                    .as_ref()
+                    .is_some_and(|s| pod_problem_shown(&s.conditions))
+            }),
+        );
     let datasets = lanes(
         datasets,
         dataset_children,
@@ -432,10 +473,17 @@ pub async fn run(
                 s.spec.model_name().into_iter().collect()
             })
         });
-    let server_children = children_lane(server_store3, cfg.clone())
+    let server_children = children_lane(server_store3.clone(), cfg.clone())
         .owns_shared_stream(t.deployments_for_servers)
         .reconcile_on(owners(t.jobs_for_servers))
-        .watches_shared_stream(t.pods_for_servers, labelled(Kind::Server));
+        .watches_shared_stream(
+            t.pods_for_servers,
+            labelled(Kind::Server, server_store3, |s: &Server| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|s| pod_problem_shown(&s.conditions))
+            }),
+        );
     let servers = lanes(
         servers,
         server_children,
@@ -511,7 +559,8 @@ mod tests {
 
     #[test]
     fn a_pod_triggers_its_object_only_while_it_waits_or_after_it_failed() {
-        let route = labelled::<Model>(Kind::Model);
+        let store = reflector::store::Writer::<Model>::default().as_reader();
+        let route = labelled::<Model>(Kind::Model, store, |_| false);
         let labels = serde_json::json!({"model": "m", "role": "run"});
         for phase in [None, Some("Pending"), Some("Failed"), Some("Unknown")] {
             assert_eq!(
@@ -526,5 +575,43 @@ mod tests {
         // A pod of another kind's workload, or without the label, triggers no Model.
         let dataset = serde_json::json!({"dataset": "m"});
         assert_eq!(route(pod(Some("Pending"), dataset)), None);
+        // A running pod whose container keeps failing explains its object.
+        let mut crashing = (*pod(Some("Running"), labels.clone())).clone();
+        crashing.status.as_mut().unwrap().container_statuses = Some(vec![
+            serde_json::from_value(serde_json::json!({
+                "name": "main", "image": "img", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}
+            }))
+            .unwrap(),
+        ]);
+        assert!(route(Arc::new(crashing)).is_some());
+    }
+
+    #[test]
+    fn a_running_pod_triggers_an_object_that_shows_a_problem_read_from_pods() {
+        let mut writer = reflector::store::Writer::<Model>::default();
+        let model = |name: &str, reason: &str| -> Model {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "substratus.ai/v1", "kind": "Model",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"image": "img"},
+                "status": {"ready": false, "conditions": [{"type": "Ready", "status": "False",
+                    "reason": reason, "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .unwrap()
+        };
+        writer.apply_watcher_event(&watcher::Event::Apply(model("stuck", "Unschedulable")));
+        writer.apply_watcher_event(&watcher::Event::Apply(model("fine", "JobNotComplete")));
+        let route = labelled::<Model>(Kind::Model, writer.as_reader(), |m: &Model| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| pod_problem_shown(&s.conditions))
+        });
+        let running = |name: &str| pod(Some("Running"), serde_json::json!({"model": name}));
+        assert_eq!(
+            route(running("stuck")),
+            Some(ObjectRef::new("stuck").within("ns"))
+        );
+        assert_eq!(route(running("fine")), None);
     }
 }

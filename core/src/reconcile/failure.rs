@@ -28,6 +28,8 @@ pub mod reasons {
     pub const API_UNAVAILABLE: &str = "APIUnavailable";
     /// A reconcile took longer than its deadline (a hung call).
     pub const RECONCILE_TIMEOUT: &str = "ReconcileTimeout";
+    /// Models name each other as their base.
+    pub const REFERENCE_CYCLE: &str = "ReferenceCycle";
     pub use crate::conditions::reasons::{CLOUD_ERROR, INVALID_SPEC};
 }
 
@@ -81,6 +83,7 @@ pub fn classify(err: &Error) -> Failure {
         } => (*reason, Retry::OnChange, true),
         Error::Cloud { .. } => (reasons::CLOUD_ERROR, Retry::Backoff, false),
         Error::Timeout(_) => (reasons::RECONCILE_TIMEOUT, Retry::Backoff, false),
+        Error::ReferenceCycle(_) => (reasons::REFERENCE_CYCLE, Retry::OnChange, true),
     };
     Failure {
         reason,

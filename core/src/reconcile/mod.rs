@@ -68,6 +68,9 @@ pub enum Error {
     Invalid(String),
     #[error("the reconcile did not finish within {0:?}")]
     Timeout(Duration),
+    /// Models that name each other as their base: none can ever start.
+    #[error("spec.model makes a cycle of base Models: {}; none of them can start until one names another base", .0.join(" -> "))]
+    ReferenceCycle(Vec<String>),
 }
 
 impl Error {
@@ -77,6 +80,7 @@ impl Error {
             Error::Kube { step, .. } | Error::Cloud { step, .. } => step,
             Error::Invalid(_) => "invalid",
             Error::Timeout(_) => "timeout",
+            Error::ReferenceCycle(_) => "reference cycle",
         }
     }
 }

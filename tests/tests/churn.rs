@@ -1,0 +1,163 @@
+//! Status that follows the pods: each kind waits on a full GPU pool and shows it, then says
+//! so within seconds once capacity frees; a container that cannot start or keeps failing is
+//! named with why. On the GKE profile, with the operator in-process.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+use substratus_tests::cluster::{TestNamespace, client, wait_for};
+use substratus_tests::objects::{create, readiness, wait_ready, wait_reason};
+use substratus_tests::operator::{RunningOperator, kind_cloud};
+
+/// How long a status may lag behind its pods.
+const FOLLOW: Duration = Duration::from_secs(30);
+
+/// A pod holding every L4 of one node of the GKE L4 pool (4 GPUs a node).
+fn blocker(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "main", "image": "blocker",
+                "resources": {"limits": {"nvidia.com/gpu": "4"}, "requests": {"nvidia.com/gpu": "4"}}}]
+        }
+    }))
+    .unwrap()
+}
+
+fn object(kind: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "substratus.ai/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+}
+
+fn one_l4() -> Value {
+    json!({"cpu": 0, "memory": 0, "disk": 0, "gpu": {"type": "nvidia-l4", "count": 1}})
+}
+
+#[tokio::test]
+async fn status_follows_pods_from_unschedulable_to_running_for_every_kind() {
+    let ns = TestNamespace::new("follow");
+    let c = client().await;
+    let op = RunningOperator::start(&ns.name, kind_cloud("gcp")).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+    for name in ["full-1", "full-2"] {
+        pods.create(&PostParams::default(), &blocker(name))
+            .await
+            .unwrap();
+    }
+    wait_for("the L4 pool to be full", FOLLOW, || async {
+        let mut running = 0;
+        for name in ["full-1", "full-2"] {
+            let p = pods.get(name).await.map_err(|e| e.to_string())?;
+            if p.status.and_then(|s| s.phase).as_deref() == Some("Running") {
+                running += 1;
+            }
+        }
+        Ok((running == 2).then_some(()))
+    })
+    .await;
+
+    create(
+        &c,
+        &ns.name,
+        object("Model", "base", json!({"image": "loader"})),
+    )
+    .await;
+    wait_ready(&c, &ns.name, "Model", "base").await;
+    // The Model's Job runs long enough to be seen running, not only done.
+    let spec = json!({"image": "trainer", "env": {"SIM_DURATION": "120s"}, "resources": one_l4()});
+    create(&c, &ns.name, object("Model", "tune", spec)).await;
+    let spec = json!({"image": "srv", "model": {"name": "base"}, "resources": one_l4()});
+    create(&c, &ns.name, object("Server", "srv", spec)).await;
+    let spec = json!({"image": "nb", "model": {"name": "base"}, "resources": one_l4()});
+    create(&c, &ns.name, object("Notebook", "nb", spec)).await;
+    for (kind, name) in [("Model", "tune"), ("Server", "srv"), ("Notebook", "nb")] {
+        let message = wait_reason(&c, &ns.name, kind, name, "Unschedulable").await;
+        assert!(message.contains("nvidia.com/gpu"), "{kind}: {message}");
+    }
+
+    for name in ["full-1", "full-2"] {
+        pods.delete(name, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+    }
+    for (kind, name, reason) in [
+        ("Model", "tune", "JobNotComplete"),
+        ("Server", "srv", "DeploymentReady"),
+        ("Notebook", "nb", "PodReady"),
+    ] {
+        wait_for(
+            &format!("{kind} {name} to follow its running pod"),
+            FOLLOW,
+            || async {
+                let (_, r, m) = readiness(&c, &ns.name, kind, name).await?;
+                if r == reason {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("{r}: {m}"))
+                }
+            },
+        )
+        .await;
+    }
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn containers_that_cannot_start_or_keep_failing_are_named_in_status() {
+    let ns = TestNamespace::new("crash");
+    let c = client().await;
+    let op = RunningOperator::start(&ns.name, kind_cloud("kind")).await;
+    let small = json!({"cpu": 0, "memory": 0, "disk": 0});
+    create(
+        &c,
+        &ns.name,
+        object(
+            "Model",
+            "base",
+            json!({"image": "loader", "resources": small}),
+        ),
+    )
+    .await;
+    wait_ready(&c, &ns.name, "Model", "base").await;
+
+    // The kubelet's states, as the simulated nodes show them.
+    let oom = json!({"SIM_WAITING": "CrashLoopBackOff", "SIM_WAITING_MESSAGE": "back-off 40s",
+                     "SIM_LAST_EXIT": "OOMKilled"});
+    let spec = json!({"image": "srv", "model": {"name": "base"}, "env": oom, "resources": small});
+    create(&c, &ns.name, object("Server", "oom", spec)).await;
+    let crash = json!({"SIM_WAITING": "CrashLoopBackOff", "SIM_LAST_EXIT": "Error"});
+    let spec = json!({"image": "nb", "env": crash, "resources": small});
+    create(&c, &ns.name, object("Notebook", "crash", spec)).await;
+    let config = json!({"SIM_WAITING": "CreateContainerConfigError",
+                        "SIM_WAITING_MESSAGE": "secret \"hub\" not found"});
+    let spec = json!({"image": "loader", "env": config, "resources": small});
+    create(&c, &ns.name, object("Model", "config", spec)).await;
+
+    let message = wait_reason(&c, &ns.name, "Server", "oom", "OOMKilled").await;
+    assert!(message.contains("exit code 137"), "{message}");
+    assert!(message.contains("spec.resources.memory"), "{message}");
+    let message = wait_reason(&c, &ns.name, "Notebook", "crash", "CrashLoopBackOff").await;
+    assert!(message.contains("keeps failing"), "{message}");
+    let message = wait_reason(&c, &ns.name, "Model", "config", "ContainerConfigError").await;
+    assert!(message.contains("secret \"hub\" not found"), "{message}");
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn models_that_name_each_other_as_base_report_the_cycle() {
+    let ns = TestNamespace::new("cycle");
+    let c = client().await;
+    let op = RunningOperator::start(&ns.name, kind_cloud("kind")).await;
+    for (name, base) in [("a", "b"), ("b", "a")] {
+        let spec = json!({"image": "trainer", "model": {"name": base}});
+        create(&c, &ns.name, object("Model", name, spec)).await;
+    }
+    let message = wait_reason(&c, &ns.name, "Model", "a", "ReferenceCycle").await;
+    assert!(message.contains("a -> b -> a"), "{message}");
+    let message = wait_reason(&c, &ns.name, "Model", "b", "ReferenceCycle").await;
+    assert!(message.contains("b -> a -> b"), "{message}");
+    op.stop().await;
+}
