@@ -212,7 +212,8 @@ pub fn controller_of(m: &ObjectMeta) -> Option<Owner> {
 
 /// Clears what no reconcile reads in a Pod's status: addresses, times, container ids and
 /// resources. Phase, conditions and the containers' names, images and states stay (they
-/// explain a pod that waits or failed).
+/// explain a pod that waits or failed), and the last exit of a container that waits to
+/// restart (why it keeps failing).
 pub fn pod_status(status: &mut PodStatus) {
     status.host_ip = None;
     status.host_ips = None;
@@ -236,7 +237,21 @@ pub fn pod_status(status: &mut PodStatus) {
     for c in containers {
         c.container_id = None;
         c.image_id = String::new();
-        c.last_state = None;
+        let restarting = c.state.as_ref().is_some_and(|s| s.waiting.is_some());
+        c.last_state = c
+            .last_state
+            .take()
+            .filter(|_| restarting)
+            .and_then(|s| s.terminated)
+            .map(|mut t| {
+                t.container_id = None;
+                t.started_at = None;
+                t.finished_at = None;
+                k8s_openapi::api::core::v1::ContainerState {
+                    terminated: Some(t),
+                    ..Default::default()
+                }
+            });
         c.allocated_resources = None;
         c.allocated_resources_status = None;
         c.resources = None;
@@ -457,5 +472,29 @@ mod tests {
             .unwrap();
         assert_eq!((t.exit_code, t.message.as_deref()), (128, Some("no repo")));
         assert!(t.finished_at.is_none());
+    }
+
+    #[test]
+    fn the_last_exit_stays_only_while_a_container_waits_to_restart() {
+        let status = |state: serde_json::Value| -> PodStatus {
+            serde_json::from_value(json!({"phase": "Running", "containerStatuses": [{
+                "name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 2,
+                "state": state,
+                "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                    "containerID": "containerd://x", "finishedAt": "2026-11-27T00:00:00Z"}}}]}))
+            .unwrap()
+        };
+        let mut waiting = status(json!({"waiting": {"reason": "CrashLoopBackOff"}}));
+        pod_status(&mut waiting);
+        let last = waiting.container_statuses.unwrap()[0]
+            .last_state
+            .clone()
+            .unwrap();
+        let t = last.terminated.unwrap();
+        assert_eq!((t.exit_code, t.reason.as_deref()), (137, Some("OOMKilled")));
+        assert!(t.container_id.is_none() && t.finished_at.is_none());
+        let mut running = status(json!({"running": {}}));
+        pod_status(&mut running);
+        assert!(running.container_statuses.unwrap()[0].last_state.is_none());
     }
 }
