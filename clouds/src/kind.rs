@@ -326,10 +326,11 @@ mod tests {
     }
 
     #[test]
-    fn images_are_named_like_the_original() {
-        assert_eq!(
-            cloud().image_url(substratus_core::names::Kind::Model, "ns", "m", "v1"),
-            "registry.local:5000/kind-model-ns-m:v1"
-        );
+    fn images_are_named_by_cluster_kind_namespace_and_name_without_collisions() {
+        let url = |ns: &str, name: &str| {
+            cloud().image_url(substratus_core::names::Kind::Model, ns, name, "v1")
+        };
+        assert_eq!(url("ns", "m"), "registry.local:5000/kind-model-ns__m:v1");
+        assert_ne!(url("a-model", "x"), url("a", "model-x"));
     }
 }

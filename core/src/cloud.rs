@@ -253,11 +253,13 @@ pub trait Cloud: Send + Sync {
     ) -> Result<Option<String>, CloudError>;
 
     /// The image a build of an object is pushed to:
-    /// `<registry>/<cluster>-<kind>-<ns>-<name>:<tag>`.
+    /// `<registry>/<cluster>-<kind>-<ns>__<name>:<tag>`. A namespace never holds `_`, so
+    /// `__` ends it unambiguously: Model `x` of namespace `a-model` and Model `model-x` of
+    /// namespace `a` get different images.
     fn image_url(&self, kind: Kind, namespace: &str, name: &str, tag: &str) -> String {
         let c = self.config();
         format!(
-            "{}/{}-{}-{namespace}-{name}:{tag}",
+            "{}/{}-{}-{namespace}__{name}:{tag}",
             c.registry.trim_end_matches('/'),
             c.cluster_name,
             kind.lower()

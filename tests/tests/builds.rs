@@ -113,7 +113,13 @@ async fn poke(c: &kube::Client, ns: &str, kind: &str, name: &str) {
 }
 
 fn target(ns: &str, name: &str, tag: &str) -> String {
-    format!("registry.test:5000/test-model-{ns}-{name}:{tag}")
+    format!("registry.test:5000/test-model-{ns}__{name}:{tag}")
+}
+
+/// The image tag of a build written as JSON (`{"git": {...}}`).
+fn tag_of(build: &Value) -> String {
+    let build: substratus_crds::Build = serde_json::from_value(build.clone()).unwrap();
+    substratus_core::plan::build::image_tag(&build)
 }
 
 #[tokio::test]
@@ -351,7 +357,7 @@ async fn a_git_build_clones_then_builds_and_a_new_tag_rebuilds() {
     let s3 = s3();
     let _op = RunningOperator::start(&ns.name, kind_cloud_on("kind", &s3)).await;
     let git = json!({"git": {"url": "https://github.com/substratusai/images", "path": "model-loader-huggingface", "tag": "v1"}});
-    create(&c, &ns.name, model("g", git)).await;
+    create(&c, &ns.name, model("g", git.clone())).await;
     let s = wait_condition(&c, &ns.name, "Model", "g", "Complete", "JobComplete").await;
     assert!(s["buildUpload"].is_null(), "no upload for git builds");
     let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
@@ -374,11 +380,15 @@ async fn a_git_build_clones_then_builds_and_a_new_tag_rebuilds() {
     let m = api(&c, &ns.name, "Model").get("g").await.unwrap();
     assert_eq!(
         m.data["spec"]["image"],
-        target(&ns.name, "g", "v1").as_str()
+        target(&ns.name, "g", &tag_of(&git)).as_str()
     );
 
     // A new tag: the old image is not run while the new one builds, then the Model re-runs.
     let patch = json!({"spec": {"build": {"git": {"url": "https://github.com/substratusai/images", "tag": "v2"}}}});
+    let v2 = tag_of(
+        &json!({"git": {"url": "https://github.com/substratusai/images",
+        "path": "model-loader-huggingface", "tag": "v2"}}),
+    );
     api(&c, &ns.name, "Model")
         .patch("g", &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -393,7 +403,7 @@ async fn a_git_build_clones_then_builds_and_a_new_tag_rebuilds() {
                 .map_err(|e| e.to_string())?;
             let image = m.data["spec"]["image"].as_str().unwrap_or("").to_owned();
             let ready = m.data["status"]["ready"] == true;
-            if image == target(&ns.name, "g", "v2") && ready {
+            if image == target(&ns.name, "g", &v2) && ready {
                 Ok(Some(()))
             } else {
                 Err(format!("image {image}, ready {ready}"))
@@ -406,7 +416,7 @@ async fn a_git_build_clones_then_builds_and_a_new_tag_rebuilds() {
         run.spec.unwrap().template.spec.unwrap().containers[0]
             .image
             .as_deref(),
-        Some(target(&ns.name, "g", "v2").as_str())
+        Some(target(&ns.name, "g", &v2).as_str())
     );
 }
 

@@ -55,20 +55,26 @@ impl Default for BuildSettings {
     }
 }
 
-/// The image tag of a source: git tag, else branch, else upload md5, else `latest`, made a
-/// valid tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`): a branch `feature/x` tags `feature-x`.
+/// The image tag of a source. An upload: its md5. Git: the tag, else the branch, else
+/// `latest`, made a valid tag (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`: a branch `feature/x`
+/// reads `feature-x`), then `-` and 8 hex digits of the whole git source (url, path,
+/// branch, tag): a change of any of them, or two branches that read alike, is a new tag and
+/// so a new build.
 pub fn image_tag(build: &Build) -> String {
-    let raw = match (&build.git, &build.upload) {
-        (Some(g), _) => g
-            .tag
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .or(g.branch.as_deref().filter(|b| !b.is_empty()))
-            .unwrap_or("latest")
-            .to_owned(),
-        (None, Some(u)) => u.md5_checksum.to_ascii_lowercase(),
-        (None, None) => "latest".to_owned(),
+    let (raw, source) = match (&build.git, &build.upload) {
+        (Some(g), _) => (
+            g.tag
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .or(g.branch.as_deref().filter(|b| !b.is_empty()))
+                .unwrap_or("latest")
+                .to_owned(),
+            Some(super::spec_hash(g)),
+        ),
+        (None, Some(u)) => (u.md5_checksum.to_ascii_lowercase(), None),
+        (None, None) => ("latest".to_owned(), None),
     };
+    let room = if source.is_some() { 128 - 9 } else { 128 };
     let mut tag: String = raw
         .chars()
         .map(|c| {
@@ -78,10 +84,14 @@ pub fn image_tag(build: &Build) -> String {
                 '-'
             }
         })
-        .take(128)
+        .take(room)
         .collect();
     if tag.starts_with(['.', '-']) {
         tag.replace_range(0..1, "_");
+    }
+    if let Some(hash) = source {
+        tag.push('-');
+        tag.extend(hash.chars().filter(char::is_ascii_hexdigit).take(8));
     }
     tag
 }
@@ -721,18 +731,51 @@ mod tests {
 
     #[test]
     fn image_tags_follow_the_source_and_are_valid_tags() {
-        assert_eq!(image_tag(&git(Some("v1.2"), Some("main"), None)), "v1.2");
-        assert_eq!(image_tag(&git(None, Some("feature/x"), None)), "feature-x");
-        assert_eq!(image_tag(&git(None, Some("-x"), None)), "_x");
-        assert_eq!(image_tag(&git(None, None, None)), "latest");
+        // The readable part, then 8 hex digits of the whole source.
+        let readable = |b: &Build| {
+            let t = image_tag(b);
+            let (head, hash) = t.rsplit_once('-').unwrap();
+            assert!(
+                hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+                "{t}"
+            );
+            head.to_owned()
+        };
+        assert_eq!(readable(&git(Some("v1.2"), Some("main"), None)), "v1.2");
+        assert_eq!(readable(&git(None, Some("feature/x"), None)), "feature-x");
+        assert_eq!(readable(&git(None, Some("-x"), None)), "_x");
+        assert_eq!(readable(&git(None, None, None)), "latest");
         assert_eq!(image_tag(&upload("r")), MD5.to_ascii_lowercase());
         assert_eq!(image_tag(&Build::default()), "latest");
         let long = "b".repeat(300);
         assert_eq!(image_tag(&git(None, Some(&long), None)).len(), 128);
-        let cloud = FakeCloud::default();
+        // Any change of the source is a new tag: branches that read alike, another path,
+        // another repository.
+        let tag = |b: Build| image_tag(&b);
+        assert_ne!(
+            tag(git(None, Some("feature/x"), None)),
+            tag(git(None, Some("feature-x"), None))
+        );
+        assert_ne!(
+            tag(git(None, Some("main"), Some("a"))),
+            tag(git(None, Some("main"), Some("b")))
+        );
+        let mut other = git(None, Some("main"), None);
+        other.git.as_mut().unwrap().url = "https://example.com/fork.git".into();
+        assert_ne!(tag(git(None, Some("main"), None)), tag(other));
+        // The same source, the same tag.
         assert_eq!(
-            target_image(&parent(), &git(Some("v1"), None, None), &cloud),
-            "registry.test/substratus/test-cluster-model-ns-m:v1"
+            tag(git(Some("v1"), None, None)),
+            tag(git(Some("v1"), None, None))
+        );
+        let cloud = FakeCloud::default();
+        let v1 = git(Some("v1"), None, None);
+        assert_eq!(
+            target_image(&parent(), &v1, &cloud),
+            format!(
+                "registry.test/substratus/test-cluster-model-ns__m:{}",
+                image_tag(&v1)
+            )
         );
     }
 
@@ -740,15 +783,15 @@ mod tests {
     fn only_the_image_of_the_current_source_runs() {
         let cloud = FakeCloud::default();
         let b = git(Some("v2"), None, None);
-        let old = "registry.test/substratus/test-cluster-model-ns-m:v1";
-        let new = "registry.test/substratus/test-cluster-model-ns-m:v2";
+        let old = target_image(&parent(), &git(Some("v1"), None, None), &cloud);
+        let new = target_image(&parent(), &b, &cloud);
         assert_eq!(
-            effective_image(&parent(), Some(old), Some(&b), &cloud),
+            effective_image(&parent(), Some(&old), Some(&b), &cloud),
             None
         );
         assert_eq!(
-            effective_image(&parent(), Some(new), Some(&b), &cloud),
-            Some(new)
+            effective_image(&parent(), Some(&new), Some(&b), &cloud),
+            Some(new.as_str())
         );
         assert_eq!(
             effective_image(&parent(), Some("x"), None, &cloud),
@@ -905,9 +948,10 @@ mod tests {
         let args = builder.args.clone().unwrap();
         assert!(args.contains(&"--context=dir:///workspace".to_owned()));
         assert!(args.contains(&"--context-sub-path=models/x".to_owned()));
+        // The tag is made safe: no leading '-' reaches kaniko.
         let destination =
-            "--destination=registry.test/substratus/test-cluster-model-ns-m:_-upload-pack-evil";
-        assert!(args.contains(&destination.to_owned()), "{args:?}");
+            "--destination=registry.test/substratus/test-cluster-model-ns__m:_-upload-pack-evil-";
+        assert!(args.iter().any(|a| a.starts_with(destination)), "{args:?}");
         assert_eq!(plan.blocking.unwrap().reason, reasons::JOB_NOT_COMPLETE);
     }
 
