@@ -79,6 +79,19 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::ContainerBuilder,
+        Role::Modeller,
+        Role::DataLoader,
+        Role::ModelServer,
+        Role::Notebook,
+    ];
+
+    /// The role whose ServiceAccount is named `name`.
+    pub fn of_service_account(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.service_account() == name)
+    }
+
     pub fn service_account(self) -> &'static str {
         match self {
             Role::ContainerBuilder => "container-builder",

@@ -48,6 +48,11 @@ pub struct Triggers {
     /// Build Jobs of Servers and Notebooks.
     pub jobs_for_servers: Owners,
     pub jobs_for_notebooks: Owners,
+    /// The objects whose params ConfigMap was deleted or changed by someone else.
+    pub configmaps_for_models: Owners,
+    pub configmaps_for_datasets: Owners,
+    pub configmaps_for_servers: Owners,
+    pub configmaps_for_notebooks: Owners,
     pub deployments_for_servers: ReflectHandle<CachedDeployment>,
     /// Pods, routed by their workload label: a pod that waits or fails explains its
     /// object's status (Jobs' and Deployments' pods are not owned by the object itself).
@@ -65,6 +70,8 @@ pub struct Triggers {
     pub deleted_models_for_notebooks: Deletions<Model>,
     pub deleted_datasets_for_models: Deletions<Dataset>,
     pub deleted_datasets_for_notebooks: Deletions<Dataset>,
+    /// Role ServiceAccounts deleted by someone else (or with their namespace).
+    pub deleted_accounts: Deletions<PartialObjectMeta<ServiceAccount>>,
 }
 
 /// The caches; [`Caches::new`] also returns the tasks that keep them fed.
@@ -77,12 +84,41 @@ pub struct Caches {
     pub models: Store<Model>,
     pub datasets: Store<Dataset>,
     /// Children compared only by their spec hash: kept as key and hash.
-    pub configmaps: Index<Option<Box<str>>>,
+    /// Params ConfigMaps: hash and owner (a deleted or edited one is news to its owner).
+    pub configmaps: Index<OwnedHash>,
     pub services: Index<Option<Box<str>>>,
     pub claims: Index<Option<Box<str>>>,
     /// Static volumes: hash and claim (for the janitor).
     pub volumes: Index<Volume>,
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+}
+
+/// A child as the spec hash it was applied from and the Substratus object that owns it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnedHash {
+    /// `None` when the child carries no hash or someone else changed it since (see
+    /// [`slim::drifted`]): either way it is applied again.
+    pub hash: Option<Box<str>>,
+    pub owner: Option<slim::Owner>,
+}
+
+/// The spec hash of a child as applied by the operator: none once someone else changed it.
+fn applied_hash(m: &ObjectMeta) -> Option<Box<str>> {
+    if slim::drifted(m, super::FIELD_MANAGER) {
+        None
+    } else {
+        index::spec_hash(m)
+    }
+}
+
+/// Whether a change of a child its owner only compares by hash is news to the owner: the
+/// child is gone, or someone else changed it (the operator's own applies keep a hash).
+fn lost_or_drifted(change: &index::Change<'_, OwnedHash>) -> bool {
+    match change {
+        index::Change::Added(_) => false,
+        index::Change::Updated { old, new } => new.hash.is_none() && old.hash.is_some(),
+        index::Change::Removed(_) => true,
+    }
 }
 
 /// The pods the caches keep.
@@ -206,12 +242,13 @@ where
     (store, subscribers)
 }
 
+/// A metadata cache; deleted objects are also sent to the returned receiver.
 fn meta<K>(
     api: Api<PartialObjectMeta<K>>,
     config: watcher::Config,
     strip: fn(&mut ObjectMeta),
     tasks: &mut Vec<Task>,
-) -> Store<PartialObjectMeta<K>>
+) -> (Store<PartialObjectMeta<K>>, Deletions<PartialObjectMeta<K>>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -222,13 +259,19 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
     let stream = watcher(api, config)
         .default_backoff()
         .modify(move |o: &mut PartialObjectMeta<K>| strip(&mut o.metadata));
-    tasks.push(Box::pin(
-        reflector::reflector(writer, stream).for_each(|_| futures::future::ready(())),
-    ));
-    store
+    tasks.push(Box::pin(reflector::reflector(writer, stream).for_each(
+        move |event| {
+            if let Ok(watcher::Event::Delete(obj)) = event {
+                let _ = tx.unbounded_send(obj);
+            }
+            futures::future::ready(())
+        },
+    )));
+    (store, rx)
 }
 
 fn pod(p: &CachedPod) -> Pod {
@@ -279,10 +322,25 @@ impl Caches {
             notify,
         );
         tasks.push(task);
+        let (cm_notify, [cm_models, cm_datasets, cm_servers, cm_notebooks]) =
+            route_to_owners(|c: &OwnedHash| c.owner.as_ref(), lost_or_drifted);
+        let (configmaps, task) = index::index(
+            namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
+            managed(),
+            |o| OwnedHash {
+                hash: applied_hash(&o.metadata),
+                owner: slim::controller_of(&o.metadata),
+            },
+            cm_notify,
+        );
+        tasks.push(task);
         let (deployments, mut deployment_subs) = shared(
             namespaced::<CachedDeployment>(client, namespace),
             managed(),
-            |d| slim::child_meta(&mut d.metadata, Labels::Drop),
+            |d| {
+                slim::forget_hash_if_drifted(&mut d.metadata, super::FIELD_MANAGER);
+                slim::child_meta(&mut d.metadata, Labels::Drop)
+            },
             1,
             &mut tasks,
         );
@@ -315,20 +373,23 @@ impl Caches {
             2,
             &mut tasks,
         );
+        let (service_accounts, deleted_accounts) = meta(
+            namespaced::<PartialObjectMeta<ServiceAccount>>(client, namespace),
+            managed(),
+            // Their annotations carry the cloud identity: kept.
+            slim::primary_meta,
+            &mut tasks,
+        );
         let caches = Caches {
             jobs,
             deployments,
             pods,
             models,
             datasets,
-            configmaps: indexed(
-                namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
-                |o| index::spec_hash(&o.metadata),
-                &mut tasks,
-            ),
+            configmaps,
             services: indexed(
                 namespaced::<PartialObjectMeta<Service>>(client, namespace),
-                |o| index::spec_hash(&o.metadata),
+                |o| applied_hash(&o.metadata),
                 &mut tasks,
             ),
             claims: indexed(
@@ -341,13 +402,7 @@ impl Caches {
                 |o| Volume::of(&o.metadata),
                 &mut tasks,
             ),
-            service_accounts: meta(
-                namespaced::<PartialObjectMeta<ServiceAccount>>(client, namespace),
-                managed(),
-                // Their annotations carry the cloud identity: kept.
-                slim::primary_meta,
-                &mut tasks,
-            ),
+            service_accounts,
         };
         let triggers = Triggers {
             models: take(&mut model_subs),
@@ -356,6 +411,10 @@ impl Caches {
             jobs_for_datasets: job_datasets,
             jobs_for_servers: job_servers,
             jobs_for_notebooks: job_notebooks,
+            configmaps_for_models: cm_models,
+            configmaps_for_datasets: cm_datasets,
+            configmaps_for_servers: cm_servers,
+            configmaps_for_notebooks: cm_notebooks,
             deployments_for_servers: take(&mut deployment_subs),
             pods_for_models: take(&mut pod_subs),
             pods_for_datasets: take(&mut pod_subs),
@@ -371,6 +430,7 @@ impl Caches {
             deleted_models_for_notebooks: take(&mut model_dels),
             deleted_datasets_for_models: take(&mut dataset_dels),
             deleted_datasets_for_notebooks: take(&mut dataset_dels),
+            deleted_accounts,
         };
         (caches, triggers, tasks)
     }
@@ -419,7 +479,10 @@ impl Caches {
                 .map(|o| super::hash_of(o.meta()).cloned())
         }
         match kind {
-            "ConfigMap" => self.configmaps.get(Some(namespace), name).map(into_string),
+            "ConfigMap" => self
+                .configmaps
+                .get(Some(namespace), name)
+                .map(|c| into_string(c.hash)),
             "Service" => self.services.get(Some(namespace), name).map(into_string),
             "Deployment" => hash(&self.deployments, namespace, name),
             "Job" => self.jobs.get(Some(namespace), name).map(|j| {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::Service;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
@@ -415,6 +415,7 @@ pub async fn run(
         });
     let model_children = children_lane(model_store.clone(), cfg.clone())
         .reconcile_on(owners(t.jobs_for_models))
+        .reconcile_on(owners(t.configmaps_for_models))
         .watches_shared_stream(
             t.pods_for_models,
             labelled(Kind::Model, model_store.clone(), |m: &Model| {
@@ -438,9 +439,10 @@ pub async fn run(
         .reconcile_on(resync(dataset_store.clone(), opts.resync_every));
     let dataset_children = children_lane(dataset_store.clone(), cfg.clone())
         .reconcile_on(owners(t.jobs_for_datasets))
+        .reconcile_on(owners(t.configmaps_for_datasets))
         .watches_shared_stream(
             t.pods_for_datasets,
-            labelled(Kind::Dataset, dataset_store, |d: &Dataset| {
+            labelled(Kind::Dataset, dataset_store.clone(), |d: &Dataset| {
                 d.status
                     .as_ref()
                     .is_some_and(|s| pod_problem_shown(&s.conditions))
@@ -458,6 +460,7 @@ pub async fn run(
 
     let servers = primary(api::<Server>(&ctx, &opts)).with_config(cfg.clone());
     let server_store = servers.store();
+    let server_store4 = server_store.clone();
     let server_store2 = server_store.clone();
     let server_store3 = server_store.clone();
     let servers = servers
@@ -476,6 +479,7 @@ pub async fn run(
     let server_children = children_lane(server_store3.clone(), cfg.clone())
         .owns_shared_stream(t.deployments_for_servers)
         .reconcile_on(owners(t.jobs_for_servers))
+        .reconcile_on(owners(t.configmaps_for_servers))
         .watches_shared_stream(
             t.pods_for_servers,
             labelled(Kind::Server, server_store3, |s: &Server| {
@@ -496,6 +500,7 @@ pub async fn run(
 
     let notebooks = primary(api::<Notebook>(&ctx, &opts)).with_config(cfg.clone());
     let nb_store = notebooks.store();
+    let nb_store6 = nb_store.clone();
     let nb_store2 = nb_store.clone();
     let nb_store3 = nb_store.clone();
     let nb_store4 = nb_store.clone();
@@ -525,9 +530,25 @@ pub async fn run(
                 })
             },
         );
+    let in_use = {
+        let (m, d, s, n) = (
+            model_store.clone(),
+            dataset_store.clone(),
+            server_store4,
+            nb_store6,
+        );
+        move |ns: &str| {
+            in_namespace(&m, ns)
+                || in_namespace(&d, ns)
+                || in_namespace(&s, ns)
+                || in_namespace(&n, ns)
+        }
+    };
+    let accounts = tokio::spawn(restore_accounts(ctx.clone(), t.deleted_accounts, in_use));
     let notebook_children = children_lane(nb_store5, cfg)
         .owns_shared_stream(t.pods_for_notebooks)
-        .reconcile_on(owners(t.jobs_for_notebooks));
+        .reconcile_on(owners(t.jobs_for_notebooks))
+        .reconcile_on(owners(t.configmaps_for_notebooks));
     let notebooks = lanes(
         notebooks,
         notebook_children,
@@ -539,7 +560,44 @@ pub async fn run(
     );
 
     tokio::join!(models, datasets, servers, notebooks);
+    accounts.abort();
     feeders.iter().for_each(|f| f.abort());
+}
+
+/// Whether `store` holds an object in `namespace` that is not being deleted.
+fn in_namespace<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, namespace: &str) -> bool {
+    store.state().iter().any(|o| {
+        o.meta().namespace.as_deref() == Some(namespace) && o.meta().deletion_timestamp.is_none()
+    })
+}
+
+/// Re-creates a role's ServiceAccount deleted by someone while Substratus objects remain in
+/// its namespace (their next pods would fail to start without it), and forgets every one
+/// deleted, so that a namespace deleted and created again gets its accounts again.
+async fn restore_accounts(
+    ctx: Arc<Context>,
+    mut deleted: super::caches::Deletions<PartialObjectMeta<ServiceAccount>>,
+    in_use: impl Fn(&str) -> bool,
+) {
+    while let Some(sa) = deleted.next().await {
+        let (Some(namespace), Some(name)) = (sa.metadata.namespace, sa.metadata.name) else {
+            continue;
+        };
+        ctx.forget_account(&namespace, &name);
+        let Some(role) = crate::names::Role::of_service_account(&name) else {
+            continue;
+        };
+        if !in_use(&namespace) {
+            continue;
+        }
+        match ctx.ensure_service_account(&namespace, role).await {
+            Ok(()) => {
+                tracing::info!(%namespace, %name, "ServiceAccount deleted by someone; created again")
+            }
+            // A namespace being deleted refuses new objects: nothing to restore there.
+            Err(e) => tracing::debug!(%namespace, %name, error = %e, "ServiceAccount not restored"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Reconcilers: read what the planners need, run them, apply what they ask for. Quiet when
 //! nothing changed: children carry the hash of the state they were applied from and are
-//! only written when it differs, status is written only when it differs, and the service
-//! accounts and identity bindings of a namespace are ensured once.
+//! only written when it differs (or when someone else changed it since: see
+//! [`slim::drifted`]), status is written only when it differs, and the service accounts and
+//! identity bindings of a namespace are ensured once while they exist.
 
 mod batch;
 mod build;
@@ -16,7 +17,7 @@ mod notebook;
 mod server;
 mod slim;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,6 +95,10 @@ fn kube_err(step: &'static str, object: impl Into<String>) -> impl FnOnce(kube::
     }
 }
 
+/// How long a ServiceAccount just ensured may be missing from the cache (its watch event is
+/// on the way) before it counts as gone.
+const ACCOUNT_CACHE_LAG: Duration = Duration::from_secs(30);
+
 /// What every reconciler shares.
 pub struct Context {
     pub client: Client,
@@ -102,8 +107,11 @@ pub struct Context {
     /// The builder images and the upload URL lifetime.
     pub build: crate::plan::build::BuildSettings,
     events: events::Events,
-    /// (namespace, service account) pairs already ensured and bound.
-    ensured_accounts: Mutex<HashSet<(String, &'static str)>>,
+    /// (namespace, service account) pairs already ensured and bound, and when. With the
+    /// caches, an entry counts only while the cache shows the ServiceAccount (or for
+    /// [`ACCOUNT_CACHE_LAG`] after it was ensured): one deleted by someone, or with its
+    /// namespace, is ensured again.
+    ensured_accounts: Mutex<HashMap<(String, &'static str), std::time::Instant>>,
     /// Serialises the slow path of [`Context::ensure_service_account`], so that concurrent
     /// reconciles in one namespace bind the identity once, not once each.
     ensuring: tokio::sync::Mutex<()>,
@@ -164,7 +172,7 @@ impl Context {
             cloud,
             metrics,
             build: Default::default(),
-            ensured_accounts: Mutex::new(HashSet::new()),
+            ensured_accounts: Mutex::new(HashMap::new()),
             ensuring: tokio::sync::Mutex::new(()),
             caches: std::sync::OnceLock::new(),
             written: WrittenStatus::default(),
@@ -226,10 +234,21 @@ impl Context {
         let sa_name = role.service_account();
         let key = (namespace.to_owned(), sa_name);
         let ensured = |ctx: &Context| {
-            ctx.ensured_accounts
+            let Some(at) = ctx
+                .ensured_accounts
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(&key)
+                .get(&key)
+                .copied()
+            else {
+                return false;
+            };
+            ctx.caches().is_none_or(|c| {
+                at.elapsed() < ACCOUNT_CACHE_LAG
+                    || c.service_accounts
+                        .get(&kube::runtime::reflector::ObjectRef::new(sa_name).within(namespace))
+                        .is_some()
+            })
         };
         if ensured(self) {
             return Ok(());
@@ -309,8 +328,16 @@ impl Context {
         self.ensured_accounts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key);
+            .insert(key, std::time::Instant::now());
         Ok(())
+    }
+
+    /// Forgets that a ServiceAccount was ensured: it was deleted.
+    pub fn forget_account(&self, namespace: &str, name: &str) {
+        self.ensured_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(ns, sa), _| !(ns == namespace && *sa == name));
     }
 
     /// Applies a child unless the observed one already carries the same spec hash.

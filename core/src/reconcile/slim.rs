@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::PodStatus;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
 use serde::Deserialize;
 
 use crate::names::Kind;
@@ -91,6 +91,64 @@ pub fn child_meta(meta: &mut ObjectMeta, labels: Labels) {
     }
     if labels == Labels::Drop {
         meta.labels = None;
+    }
+}
+
+/// Whether someone other than the operator changed the content of a child (its `spec`, or a
+/// ConfigMap's `data`) after the operator last applied it: `kubectl scale`, `kubectl set
+/// image`, `kubectl edit` and other tools' updates each leave a managedFields entry of their
+/// own, stamped with the time of the change. Writes to `status` and to metadata (the
+/// Deployment controller's revision annotation, other tools' labels) are not drift. A child
+/// the operator never applied (created once, like a Job) has nothing to compare with.
+/// Times are to the second: a change made within the same second as the operator's last
+/// apply is not seen until something changes it again.
+pub fn drifted(meta: &ObjectMeta, manager: &str) -> bool {
+    let Some(entries) = meta.managed_fields.as_deref() else {
+        return false;
+    };
+    let on_object = |e: &&ManagedFieldsEntry| {
+        matches!(e.subresource.as_deref(), None | Some("") | Some("scale"))
+    };
+    let time = |e: &ManagedFieldsEntry| e.time.as_ref().map(|t| t.0);
+    let ours = entries
+        .iter()
+        .filter(on_object)
+        .filter(|e| {
+            e.manager.as_deref() == Some(manager) && e.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(time)
+        .max();
+    let Some(ours) = ours else {
+        return false;
+    };
+    entries
+        .iter()
+        .filter(on_object)
+        .filter(|e| e.manager.as_deref() != Some(manager))
+        .filter(|e| touches_content(e))
+        .filter_map(time)
+        .any(|t| t > ours)
+}
+
+/// Whether a managedFields entry owns fields outside metadata and status.
+fn touches_content(e: &ManagedFieldsEntry) -> bool {
+    e.fields_v1
+        .as_ref()
+        .and_then(|f| f.0.as_object())
+        .is_some_and(|fields| {
+            fields
+                .keys()
+                .any(|k| k.starts_with("f:") && k != "f:metadata" && k != "f:status")
+        })
+}
+
+/// Drops the spec-hash annotation of a child someone else changed (see [`drifted`]), so that
+/// the next reconcile finds no hash to match and applies the child again.
+pub fn forget_hash_if_drifted(meta: &mut ObjectMeta, manager: &str) {
+    if drifted(meta, manager)
+        && let Some(a) = meta.annotations.as_mut()
+    {
+        a.remove(crate::plan::SPEC_HASH_ANNOTATION);
     }
 }
 
@@ -313,6 +371,141 @@ mod tests {
         assert_eq!(j.owner_references()[0].name, "m");
         // And it is much smaller than the Job it stands for.
         assert!(std::mem::size_of::<StatusOnly<Job, JobStatus>>() * 3 < std::mem::size_of::<Job>());
+    }
+
+    fn managed(entries: serde_json::Value) -> ObjectMeta {
+        serde_json::from_value(json!({
+            "name": "d", "annotations": {"substratus.ai/spec-hash": "h1"},
+            "managedFields": entries
+        }))
+        .unwrap()
+    }
+
+    fn entry(
+        manager: &str,
+        op: &str,
+        time: &str,
+        sub: Option<&str>,
+        fields: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut e = json!({"manager": manager, "operation": op, "time": time,
+            "fieldsType": "FieldsV1", "fieldsV1": fields});
+        if let Some(sub) = sub {
+            e["subresource"] = json!(sub);
+        }
+        e
+    }
+
+    #[test]
+    fn a_child_changed_by_someone_else_after_the_last_apply_has_drifted() {
+        let ours = entry(
+            "op",
+            "Apply",
+            "2026-11-30T10:00:00Z",
+            None,
+            json!({"f:metadata": {}, "f:spec": {"f:replicas": {}}}),
+        );
+        // Only our own apply: in step.
+        assert!(!drifted(&managed(json!([ours.clone()])), "op"));
+        // `kubectl scale` (the scale subresource), `kubectl set image`, `kubectl edit`.
+        for (manager, sub) in [
+            ("kubectl", Some("scale")),
+            ("kubectl-set", None),
+            ("kubectl-edit", None),
+        ] {
+            let later = entry(
+                manager,
+                "Update",
+                "2026-11-30T10:05:00Z",
+                sub,
+                json!({"f:spec": {"f:replicas": {}}}),
+            );
+            assert!(
+                drifted(&managed(json!([ours.clone(), later])), "op"),
+                "{manager}"
+            );
+        }
+        // A ConfigMap's data edited.
+        let data = entry(
+            "kubectl-edit",
+            "Update",
+            "2026-11-30T10:05:00Z",
+            None,
+            json!({"f:data": {"f:params.json": {}}}),
+        );
+        assert!(drifted(&managed(json!([ours.clone(), data])), "op"));
+        // Edits older than our last apply were undone by it.
+        let before = entry(
+            "kubectl-edit",
+            "Update",
+            "2026-11-30T09:00:00Z",
+            None,
+            json!({"f:spec": {}}),
+        );
+        assert!(!drifted(&managed(json!([ours.clone(), before])), "op"));
+        // Status writes and metadata-only updates (the Deployment controller's revision
+        // annotation, another tool's label) are not drift.
+        let status = entry(
+            "kube-controller-manager",
+            "Update",
+            "2026-11-30T10:05:00Z",
+            Some("status"),
+            json!({"f:status": {}}),
+        );
+        let revision = entry(
+            "kube-controller-manager",
+            "Update",
+            "2026-11-30T10:05:00Z",
+            None,
+            json!({"f:metadata": {"f:annotations": {"f:deployment.kubernetes.io/revision": {}}}}),
+        );
+        let m = managed(json!([ours.clone(), status, revision]));
+        assert!(!drifted(&m, "op"));
+        // A child the operator created but never applied (a Job) has nothing to compare with.
+        let created = entry(
+            "op",
+            "Update",
+            "2026-11-30T10:00:00Z",
+            None,
+            json!({"f:spec": {}}),
+        );
+        let other = entry(
+            "other",
+            "Update",
+            "2026-11-30T10:05:00Z",
+            None,
+            json!({"f:spec": {}}),
+        );
+        assert!(!drifted(&managed(json!([created, other])), "op"));
+        assert!(!drifted(&ObjectMeta::default(), "op"));
+    }
+
+    #[test]
+    fn a_drifted_child_loses_its_hash_so_that_it_is_applied_again() {
+        let ours = entry(
+            "op",
+            "Apply",
+            "2026-11-30T10:00:00Z",
+            None,
+            json!({"f:spec": {}}),
+        );
+        let later = entry(
+            "kubectl-edit",
+            "Update",
+            "2026-11-30T10:00:01Z",
+            None,
+            json!({"f:spec": {}}),
+        );
+        let mut m = managed(json!([ours.clone(), later]));
+        forget_hash_if_drifted(&mut m, "op");
+        assert!(
+            !m.annotations
+                .unwrap()
+                .contains_key("substratus.ai/spec-hash")
+        );
+        let mut m = managed(json!([ours]));
+        forget_hash_if_drifted(&mut m, "op");
+        assert_eq!(m.annotations.unwrap()["substratus.ai/spec-hash"], "h1");
     }
 
     #[test]
