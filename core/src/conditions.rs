@@ -10,6 +10,8 @@ pub mod types {
     pub const BUILT: &str = "Built";
     pub const COMPLETE: &str = "Complete";
     pub const SERVING: &str = "Serving";
+    /// A Model's artifacts were made from its base Model's and Dataset's current artifacts.
+    pub const UP_TO_DATE: &str = "UpToDate";
 }
 
 /// Reasons. The original's names are kept; `DatasetNotReady` drops the original's typo.
@@ -50,6 +52,9 @@ pub mod reasons {
         OOM_KILLED,
         CONTAINER_CONFIG_ERROR,
     ];
+    pub const INPUTS_UNCHANGED: &str = "InputsUnchanged";
+    pub const BASE_MODEL_CHANGED: &str = "BaseModelChanged";
+    pub const DATASET_CHANGED: &str = "DatasetChanged";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const CLOUD_ERROR: &str = "CloudError";
 }

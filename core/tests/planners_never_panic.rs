@@ -125,12 +125,13 @@ fn ref_state() -> impl Strategy<Value = Option<RefState>> {
         Just(None),
         Just(Some(RefState::NotFound)),
         Just(Some(RefState::NotReady)),
-        text().prop_map(|p| Some(RefState::Ready {
+        (text(), any::<i64>()).prop_map(|(p, generation)| Some(RefState::Ready {
             artifacts: BucketUrl {
                 scheme: "s3".into(),
                 bucket: "b".into(),
                 path: p,
             },
+            generation,
         })),
     ]
 }

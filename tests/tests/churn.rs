@@ -161,3 +161,123 @@ async fn models_that_name_each_other_as_base_report_the_cycle() {
     assert!(message.contains("b -> a -> b"), "{message}");
     op.stop().await;
 }
+
+#[tokio::test]
+async fn a_model_that_runs_again_rolls_its_servers_and_notebooks_and_tells_its_fine_tunes() {
+    let ns = TestNamespace::new("cascade");
+    let c = client().await;
+    let op = RunningOperator::start(&ns.name, kind_cloud("kind")).await;
+    let none = json!({"cpu": 0, "memory": 0, "disk": 0});
+    create(
+        &c,
+        &ns.name,
+        object(
+            "Model",
+            "base",
+            json!({"image": "loader", "params": {"v": 1}, "resources": none}),
+        ),
+    )
+    .await;
+    wait_ready(&c, &ns.name, "Model", "base").await;
+    let uses_base = json!({"image": "img", "model": {"name": "base"}, "resources": none});
+    create(&c, &ns.name, object("Server", "srv", uses_base.clone())).await;
+    create(&c, &ns.name, object("Notebook", "nb", uses_base.clone())).await;
+    create(&c, &ns.name, object("Model", "tune", uses_base)).await;
+    for (kind, name) in [("Server", "srv"), ("Notebook", "nb"), ("Model", "tune")] {
+        wait_ready(&c, &ns.name, kind, name).await;
+    }
+    let up_to_date = || async {
+        let s = substratus_tests::objects::status(&c, &ns.name, "Model", "tune").await;
+        substratus_tests::objects::condition(&s, "UpToDate")
+    };
+    let (status, reason, _) = up_to_date().await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "InputsUnchanged")
+    );
+    let pods: Api<Pod> = Api::namespaced(c.clone(), &ns.name);
+    let first_notebook_pod = pods.get("nb-notebook").await.unwrap().metadata.uid;
+
+    // The base Model runs again on a new spec.
+    substratus_tests::objects::api(&c, &ns.name, "Model")
+        .patch(
+            "base",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"params": {"v": 2}}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the base Model to complete its second run",
+        FOLLOW * 4,
+        || async {
+            let s = substratus_tests::objects::status(&c, &ns.name, "Model", "base").await;
+            let (status, _, _) = substratus_tests::objects::condition(&s, "Complete");
+            let complete = s["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Complete")
+                .map(|c| c["observedGeneration"].clone());
+            Ok((status == "True" && complete == Some(json!(2))).then_some(()))
+        },
+    )
+    .await;
+
+    // The Server's pods and the Notebook's pod start again on the new artifacts.
+    let key = "substratus.ai/model-generation";
+    wait_for(
+        "Server pods and the Notebook pod of the new run",
+        FOLLOW * 2,
+        || async {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels("server=srv"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let on_new: Vec<_> = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .map(|p| {
+                    p.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(key))
+                        .cloned()
+                })
+                .collect();
+            if on_new.is_empty() || on_new.iter().any(|g| g.as_deref() != Some("2")) {
+                return Err(format!("server pods' {key}: {on_new:?}"));
+            }
+            let nb = pods
+                .get_opt("nb-notebook")
+                .await
+                .map_err(|e| e.to_string())?;
+            let nb = nb.ok_or("no notebook pod")?;
+            if nb.metadata.uid == first_notebook_pod
+                || nb
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(key))
+                    .map(String::as_str)
+                    != Some("2")
+            {
+                return Err("the notebook pod is the old one".into());
+            }
+            Ok(Some(()))
+        },
+    )
+    .await;
+    wait_ready(&c, &ns.name, "Server", "srv").await;
+    wait_ready(&c, &ns.name, "Notebook", "nb").await;
+
+    // The fine-tune is still Ready (its artifacts stay), and says its base changed.
+    wait_for("the fine-tune to say its base changed", FOLLOW, || async {
+        let (status, reason, message) = up_to_date().await;
+        Ok((status == "False" && reason == "BaseModelChanged").then_some(message))
+    })
+    .await;
+    wait_ready(&c, &ns.name, "Model", "tune").await;
+    op.stop().await;
+}

@@ -9,8 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use substratus_crds::{Params, Resources};
 
 use super::{
-    Blocked, Child, Deletion, GENERATION_ANNOTATION, Parent, RefState, Workload, params_config_map,
-    pod_problem, pod_template, ready_condition, stamp_hash,
+    Blocked, Child, Deletion, GENERATION_ANNOTATION, Parent, RefState, Workload,
+    input_generation_annotation, params_config_map, pod_problem, pod_template, ready_condition,
+    stamp_hash,
 };
 use crate::cloud::{ArtifactPrefix, BucketUrl, Cloud};
 use crate::conditions::{Desired, is_true_for, reasons, types};
@@ -39,6 +40,9 @@ pub enum JobOutcome {
 pub struct ObservedJob {
     /// The parent generation the Job was created for.
     pub generation: Option<i64>,
+    /// The generations of the base Model's (`model`) and Dataset's (`data`) runs whose
+    /// artifacts the Job was given, as recorded on it.
+    pub inputs: BTreeMap<String, i64>,
     pub outcome: JobOutcome,
     /// The Job is being deleted.
     pub deleting: bool,
@@ -78,8 +82,20 @@ impl ObservedJob {
         } else {
             JobOutcome::Running
         };
+        let inputs = ["model", "data"]
+            .into_iter()
+            .filter_map(|subdir| {
+                let recorded = job
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get(&input_generation_annotation(subdir))?;
+                Some((subdir.to_owned(), recorded.parse().ok()?))
+            })
+            .collect();
         ObservedJob {
             generation,
+            inputs,
             outcome,
             deleting: job.metadata.deletion_timestamp.is_some(),
         }
@@ -203,6 +219,70 @@ fn reference_blocked(
     }
 }
 
+/// Whether a completed run's inputs are still the current artifacts of its base Model and
+/// Dataset: `UpToDate` False once either ran again since (the artifacts stay as they are:
+/// re-running costs GPU hours and may not be wanted; the condition says how), True while
+/// both are unchanged. Nothing for a Model without references, or a Job that recorded
+/// none (created before they were recorded).
+fn up_to_date(
+    job: &ObservedJob,
+    base_model: &Option<RefState>,
+    dataset: &Option<RefState>,
+) -> Option<Desired> {
+    let mut changed = Vec::new();
+    let mut compared = false;
+    for (subdir, reference, reason, what) in [
+        (
+            "model",
+            base_model,
+            reasons::BASE_MODEL_CHANGED,
+            "base Model (spec.model)",
+        ),
+        (
+            "data",
+            dataset,
+            reasons::DATASET_CHANGED,
+            "Dataset (spec.dataset)",
+        ),
+    ] {
+        let (Some(RefState::Ready { generation, .. }), Some(ran_on)) =
+            (reference, job.inputs.get(subdir))
+        else {
+            continue;
+        };
+        compared = true;
+        if generation != ran_on {
+            changed.push((
+                reason,
+                format!("the {what} ran again (generation {generation}) after this run used its generation {ran_on}'s artifacts"),
+            ));
+        }
+    }
+    if !compared {
+        return None;
+    }
+    Some(match changed.first() {
+        None => Desired::new(
+            types::UP_TO_DATE,
+            true,
+            reasons::INPUTS_UNCHANGED,
+            "made from the current artifacts of its inputs",
+        ),
+        Some((reason, _)) => {
+            let what: Vec<_> = changed.iter().map(|(_, m)| m.as_str()).collect();
+            Desired::new(
+                types::UP_TO_DATE,
+                false,
+                reason,
+                format!(
+                    "{}; this Model's artifacts are kept and still served; to run it again on the new ones, change its spec (any field, e.g. a param)",
+                    what.join("; ")
+                ),
+            )
+        }
+    })
+}
+
 fn complete(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
     let main = Desired::new(types::COMPLETE, status, reason, message);
     let ready = ready_condition(&main);
@@ -277,6 +357,8 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
                     reasons::JOB_COMPLETE,
                     format!("Job {job_name} completed"),
                 );
+                plan.conditions
+                    .extend(up_to_date(job, &input.base_model, &input.dataset));
             }
             JobOutcome::Failed { message } => {
                 plan.conditions = complete(
@@ -325,10 +407,21 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
             match pod_template(&workload, cloud) {
                 Ok(template) => {
                     let mut meta = parent.child_meta(job_name.clone());
-                    meta.annotations = Some(BTreeMap::from([(
+                    let mut annotations = BTreeMap::from([(
                         GENERATION_ANNOTATION.to_owned(),
                         generation.unwrap_or(0).to_string(),
-                    )]));
+                    )]);
+                    for (subdir, reference) in
+                        [("model", &input.base_model), ("data", &input.dataset)]
+                    {
+                        if let Some(RefState::Ready { generation, .. }) = reference {
+                            annotations.insert(
+                                input_generation_annotation(subdir),
+                                generation.to_string(),
+                            );
+                        }
+                    }
+                    meta.annotations = Some(annotations);
                     let job = Job {
                         metadata: meta,
                         spec: Some(JobSpec {
@@ -482,6 +575,61 @@ mod tests {
     }
 
     #[test]
+    fn a_completed_model_tells_when_its_base_or_dataset_ran_again() {
+        let f = fixture();
+        let cloud = FakeCloud::default();
+        let mut i = input(&f, Kind::Model, 1);
+        let ready = |g| {
+            Some(RefState::Ready {
+                artifacts: BucketUrl::parse("fake://artifacts/base/artifacts").unwrap(),
+                generation: g,
+            })
+        };
+        i.base_model = ready(2);
+        i.dataset = ready(1);
+        // The Job records which runs of its inputs it was given.
+        let job = plan(&i, &cloud).create_job.unwrap();
+        let a = job.metadata.annotations.as_ref().unwrap();
+        assert_eq!(a["substratus.ai/model-generation"], "2");
+        assert_eq!(a["substratus.ai/data-generation"], "1");
+        let mut done = ObservedJob::from_job(&job);
+        done.outcome = JobOutcome::Complete;
+        assert_eq!(done.inputs["model"], 2);
+        i.job = Some(done);
+        let up_to_date = |p: &BatchPlan| {
+            p.conditions
+                .iter()
+                .find(|c| c.type_ == types::UP_TO_DATE)
+                .map(|c| (c.status, c.reason, c.message.clone()))
+        };
+        let p = plan(&i, &cloud);
+        assert!(p.ready);
+        assert_eq!(up_to_date(&p).unwrap().1, reasons::INPUTS_UNCHANGED);
+        // The base Model ran again: still Ready (its artifacts are kept), not up to date.
+        i.base_model = ready(3);
+        let p = plan(&i, &cloud);
+        assert!(p.ready && p.create_job.is_none() && p.delete.is_empty());
+        let (status, reason, message) = up_to_date(&p).unwrap();
+        assert_eq!((status, reason), (false, reasons::BASE_MODEL_CHANGED));
+        assert!(
+            message.contains("generation 3") && message.contains("change its spec"),
+            "{message}"
+        );
+        // And the Dataset too: both named, the base first.
+        i.dataset = ready(5);
+        let (_, reason, message) = up_to_date(&plan(&i, &cloud)).unwrap();
+        assert_eq!(reason, reasons::BASE_MODEL_CHANGED);
+        assert!(
+            message.contains("Dataset (spec.dataset) ran again (generation 5)"),
+            "{message}"
+        );
+        // No references, or a Job that recorded none: no condition.
+        i.base_model = None;
+        i.dataset = None;
+        assert_eq!(up_to_date(&plan(&i, &cloud)), None);
+    }
+
+    #[test]
     fn a_model_waits_for_its_references_then_mounts_them_read_only() {
         let f = fixture();
         let cloud = FakeCloud::default();
@@ -493,6 +641,7 @@ mod tests {
         assert_eq!(reason(&p), (reasons::BASE_MODEL_NOT_FOUND, false));
         i.base_model = Some(RefState::Ready {
             artifacts: BucketUrl::parse("fake://artifacts/base/artifacts").unwrap(),
+            generation: 1,
         });
         assert_eq!(
             reason(&plan(&i, &cloud)),
@@ -500,6 +649,7 @@ mod tests {
         );
         i.dataset = Some(RefState::Ready {
             artifacts: BucketUrl::parse("fake://artifacts/data/artifacts").unwrap(),
+            generation: 1,
         });
         let p = plan(&i, &cloud);
         let pod = p.create_job.unwrap().spec.unwrap().template.spec.unwrap();
@@ -521,6 +671,7 @@ mod tests {
         let cloud = FakeCloud::default();
         let mut i = input(&f, Kind::Model, 3);
         i.job = Some(ObservedJob {
+            inputs: Default::default(),
             generation: Some(3),
             outcome: JobOutcome::Complete,
             deleting: false,
@@ -529,6 +680,7 @@ mod tests {
         assert!(p.ready && p.create_job.is_none());
         assert_eq!(reason(&p), (reasons::JOB_COMPLETE, true));
         i.job = Some(ObservedJob {
+            inputs: Default::default(),
             generation: Some(3),
             outcome: JobOutcome::Failed {
                 message: "Job m-modeller failed: BackoffLimitExceeded".into(),
@@ -552,6 +704,7 @@ mod tests {
         let cloud = FakeCloud::default();
         let mut i = input(&f, Kind::Model, 4);
         i.job = Some(ObservedJob {
+            inputs: Default::default(),
             generation: Some(3),
             outcome: JobOutcome::Complete,
             deleting: false,

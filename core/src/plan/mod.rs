@@ -127,6 +127,17 @@ pub struct Mount {
     pub subdir: &'static str,
     pub url: BucketUrl,
     pub access: Access,
+    /// For a reference's artifacts: the generation of the run that wrote them.
+    pub generation: Option<i64>,
+}
+
+/// Pod annotation `substratus.ai/<subdir>-generation`: the generation of the run that wrote
+/// a mounted reference's artifacts. When a Model runs again, this changes in the pod
+/// templates of everything that mounts it, so Servers roll and Notebook pods are replaced
+/// onto the new artifacts. A first run's artifacts carry no annotation: pods started before
+/// it existed are not restarted by an upgrade of the operator.
+pub fn input_generation_annotation(subdir: &str) -> String {
+    format!("substratus.ai/{subdir}-generation")
 }
 
 /// The container contract's mounts: the object's own `artifacts/` read-write at
@@ -141,19 +152,30 @@ pub fn content_mounts(
         subdir: "artifacts",
         url: own,
         access: Access::ReadWrite,
+        generation: None,
     }];
-    if let Some(RefState::Ready { artifacts }) = dataset {
+    if let Some(RefState::Ready {
+        artifacts,
+        generation,
+    }) = dataset
+    {
         mounts.push(Mount {
             subdir: "data",
             url: artifacts.clone(),
             access: Access::ReadOnly,
+            generation: Some(*generation),
         });
     }
-    if let Some(RefState::Ready { artifacts }) = model {
+    if let Some(RefState::Ready {
+        artifacts,
+        generation,
+    }) = model
+    {
         mounts.push(Mount {
             subdir: "model",
             url: artifacts.clone(),
             access: Access::ReadOnly,
+            generation: Some(*generation),
         });
     }
     mounts
@@ -238,6 +260,9 @@ pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSp
         volume.name = m.subdir.to_owned();
         volumes.push(volume);
         annotations.extend(bv.pod_annotations);
+        if let Some(g) = m.generation.filter(|g| *g > 1) {
+            annotations.insert(input_generation_annotation(m.subdir), g.to_string());
+        }
         mounts.push(VolumeMount {
             name: m.subdir.to_owned(),
             mount_path: format!("/content/{}", m.subdir),
@@ -340,9 +365,11 @@ pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSp
 pub enum RefState {
     NotFound,
     NotReady,
-    /// Ready, with the bucket URL of its `artifacts/` folder.
+    /// Ready, with the bucket URL of its `artifacts/` folder and the generation of the run
+    /// that wrote them (0 when not known).
     Ready {
         artifacts: BucketUrl,
+        generation: i64,
     },
 }
 

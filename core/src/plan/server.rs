@@ -75,7 +75,7 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
         parent,
         &input.spec.params,
     )));
-    let artifacts = match &input.model {
+    let (artifacts, model_generation) = match &input.model {
         RefState::NotFound => {
             plan.conditions = serving(
                 false,
@@ -92,7 +92,10 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
             );
             return plan;
         }
-        RefState::Ready { artifacts } => artifacts.clone(),
+        RefState::Ready {
+            artifacts,
+            generation,
+        } => (artifacts.clone(), *generation),
     };
 
     let name = Kind::Server.workload_name(&parent.name);
@@ -107,6 +110,7 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
             subdir: "model",
             url: artifacts,
             access: Access::ReadOnly,
+            generation: Some(model_generation),
         }],
         port: Some(SERVE_PORT),
         restart_policy: "Always",
@@ -233,6 +237,7 @@ mod tests {
     fn ready_model() -> RefState {
         RefState::Ready {
             artifacts: BucketUrl::parse("fake://artifacts/h/artifacts").unwrap(),
+            generation: 1,
         }
     }
 
@@ -311,6 +316,36 @@ mod tests {
             (reasons::DEPLOYMENT_READY, true)
         );
         assert_eq!(p.conditions[1].type_, types::READY);
+    }
+
+    #[test]
+    fn a_model_that_ran_again_rolls_the_servers_pods() {
+        let s = spec();
+        let template_of = |generation| {
+            let model = RefState::Ready {
+                artifacts: BucketUrl::parse("fake://artifacts/h/artifacts").unwrap(),
+                generation,
+            };
+            let p = plan(&input(&s, model, None), &FakeCloud::default());
+            let Child::Deployment(d) = &p.children[2] else {
+                panic!("Deployment")
+            };
+            let meta = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
+            let hash =
+                d.metadata.annotations.as_ref().unwrap()[crate::plan::SPEC_HASH_ANNOTATION].clone();
+            (meta.annotations.unwrap_or_default(), hash)
+        };
+        let key = "substratus.ai/model-generation";
+        // A first run: no marker (servers running before it existed are not restarted).
+        let (first, first_hash) = template_of(1);
+        assert!(!first.contains_key(key));
+        let (second, second_hash) = template_of(2);
+        assert_eq!(second[key], "2");
+        assert_ne!(
+            first_hash, second_hash,
+            "a new run of the model is a new template"
+        );
+        assert_eq!(template_of(2).1, second_hash, "and the same run the same");
     }
 
     #[test]

@@ -202,33 +202,33 @@ where
 pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Action, Error> {
     let parent = parent_of(model.as_ref(), Kind::Model)?;
     let observed = observe(&ctx, &parent).await?;
-    // References only matter until the Job exists.
+    // References are read until the Job exists (to start it) and after (to tell whether
+    // they ran again since): from the caches, at no cost.
     let mut references = (None, None);
-    if observed.job.is_none() {
-        if model.spec.model.is_some()
-            && let Some(c) = ctx.caches()
-        {
-            let base_of = |name: &str| {
-                c.models
-                    .get(&kube::runtime::reflector::ObjectRef::new(name).within(&parent.namespace))
-                    .and_then(|m| m.spec.model.as_ref().map(|r| r.name.clone()))
-            };
-            if let Some(cycle) = crate::plan::base_cycle(&parent.name, base_of) {
-                return Err(Error::ReferenceCycle(cycle));
-            }
+    if observed.job.is_none()
+        && model.spec.model.is_some()
+        && let Some(c) = ctx.caches()
+    {
+        let base_of = |name: &str| {
+            c.models
+                .get(&kube::runtime::reflector::ObjectRef::new(name).within(&parent.namespace))
+                .and_then(|m| m.spec.model.as_ref().map(|r| r.name.clone()))
+        };
+        if let Some(cycle) = crate::plan::base_cycle(&parent.name, base_of) {
+            return Err(Error::ReferenceCycle(cycle));
         }
-        if let Some(r) = &model.spec.model {
-            references.0 = Some(
-                ctx.reference(&parent.namespace, Kind::Model, &r.name)
-                    .await?,
-            );
-        }
-        if let Some(r) = &model.spec.dataset {
-            references.1 = Some(
-                ctx.reference(&parent.namespace, Kind::Dataset, &r.name)
-                    .await?,
-            );
-        }
+    }
+    if let Some(r) = &model.spec.model {
+        references.0 = Some(
+            ctx.reference(&parent.namespace, Kind::Model, &r.name)
+                .await?,
+        );
+    }
+    if let Some(r) = &model.spec.dataset {
+        references.1 = Some(
+            ctx.reference(&parent.namespace, Kind::Dataset, &r.name)
+                .await?,
+        );
     }
     reconcile_batch(
         parent,

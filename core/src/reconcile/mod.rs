@@ -529,7 +529,8 @@ impl Context {
     ) -> Result<RefState, Error> {
         let what = format!("{} {namespace}/{name}", kind.name());
         use kube::runtime::reflector::ObjectRef;
-        let found: Option<(bool, Option<String>, Option<String>)> = match kind {
+        // Ready, artifacts URL, uid, and the generation of the run that wrote the artifacts.
+        let found: Option<(bool, Option<String>, Option<String>, i64)> = match kind {
             crate::names::Kind::Dataset => {
                 let d = match self.caches() {
                     Some(c) => c
@@ -543,7 +544,13 @@ impl Context {
                 };
                 d.map(|d| {
                     let s = d.status.unwrap_or_default();
-                    (s.ready, s.artifacts.and_then(|a| a.url), d.metadata.uid)
+                    let run = completed_generation(&s.conditions);
+                    (
+                        s.ready,
+                        s.artifacts.and_then(|a| a.url),
+                        d.metadata.uid,
+                        run,
+                    )
                 })
             }
             _ => {
@@ -559,11 +566,17 @@ impl Context {
                 };
                 m.map(|m| {
                     let s = m.status.unwrap_or_default();
-                    (s.ready, s.artifacts.and_then(|a| a.url), m.metadata.uid)
+                    let run = completed_generation(&s.conditions);
+                    (
+                        s.ready,
+                        s.artifacts.and_then(|a| a.url),
+                        m.metadata.uid,
+                        run,
+                    )
                 })
             }
         };
-        let Some((ready, recorded, uid)) = found else {
+        let Some((ready, recorded, uid, run)) = found else {
             return Ok(RefState::NotFound);
         };
         if !ready {
@@ -579,6 +592,7 @@ impl Context {
         let prefix = artifact_prefix(&parent, recorded.as_deref(), self.cloud.as_ref());
         Ok(RefState::Ready {
             artifacts: prefix.artifacts(),
+            generation: run,
         })
     }
 
@@ -616,6 +630,15 @@ impl Context {
         self.events
             .publish(obj.object_ref(&()), type_, &new.reason, &new.message);
     }
+}
+
+/// The generation whose run completed, from a Model's or Dataset's `Complete` condition
+/// (0 when none did).
+fn completed_generation(conditions: &[Condition]) -> i64 {
+    conditions::find(conditions, types::COMPLETE)
+        .filter(|c| c.status == "True")
+        .and_then(|c| c.observed_generation)
+        .unwrap_or(0)
 }
 
 pub(crate) fn status_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
