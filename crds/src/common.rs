@@ -24,17 +24,20 @@ pub struct Build {
 /// A git repository to build an image from. `tag` wins over `branch`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct BuildGit {
-    /// Repository URL, e.g. `https://github.com/substratusai/images`.
-    #[schemars(length(min = 1))]
+    /// Repository URL, e.g. `https://github.com/substratusai/images` (at most 2,048 characters).
+    #[schemars(length(min = 1, max = 2048))]
     pub url: String,
-    /// Sub-directory of the repository used as the build context.
+    /// Sub-directory of the repository used as the build context (at most 1,024 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub path: Option<String>,
-    /// Branch to check out; also the image tag when no `tag` is given.
+    /// Branch to check out; also the image tag when no `tag` is given (at most 255 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
     pub branch: Option<String>,
-    /// Tag to check out; also the image tag.
+    /// Tag to check out; also the image tag (at most 255 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
     pub tag: Option<String>,
 }
 
@@ -47,7 +50,7 @@ pub struct BuildUpload {
     pub md5_checksum: String,
     /// Identifies one upload request; a new value asks for a fresh signed URL.
     #[serde(rename = "requestID")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 256))]
     pub request_id: String,
 }
 
@@ -122,6 +125,8 @@ impl std::fmt::Display for GpuType {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[x_kube(validation = kube::core::Rule::new("!has(self.type) || has(self.count)")
     .message("spec.resources.gpu.count is required when spec.resources.gpu.type is set"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.type) || !has(self.count) || self.count >= 1")
+    .message("spec.resources.gpu.count must be at least 1 when spec.resources.gpu.type is set: a type with no GPUs would be ignored"))]
 pub struct GpuResources {
     /// GPU model; absent means any GPU type.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
@@ -161,17 +166,17 @@ fn default_disk() -> i64 {
 /// Compute requests of the container.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct Resources {
-    /// CPU cores requested.
+    /// CPU cores requested (0 to 1,024).
     #[serde(default = "default_cpu")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 1024))]
     pub cpu: i64,
-    /// Memory requested, in GiB.
+    /// Memory requested, in GiB (0 to 65,536).
     #[serde(default = "default_memory")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 65536))]
     pub memory: i64,
-    /// Ephemeral storage requested, in GiB.
+    /// Ephemeral storage requested, in GiB (0 to 65,536).
     #[serde(default = "default_disk")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 65536))]
     pub disk: i64,
     /// GPUs requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,8 +265,13 @@ impl JsonSchema for Params {
         BTreeMap::<String, IntOrString>::schema_id()
     }
 
+    /// A map of int-or-string values; a string value has at most 65,536 characters.
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        BTreeMap::<String, IntOrString>::json_schema(generator)
+        let mut schema = BTreeMap::<String, IntOrString>::json_schema(generator);
+        if let Some(serde_json::Value::Object(value)) = schema.get_mut("additionalProperties") {
+            value.insert("maxLength".into(), 65536.into());
+        }
+        schema
     }
 }
 
@@ -398,10 +408,15 @@ mod tests {
     }
 
     #[test]
-    fn params_have_the_schema_of_a_map_of_int_or_string() {
-        let ours = schemars::SchemaGenerator::default().into_root_schema_for::<Params>();
+    fn params_have_the_schema_of_a_map_of_int_or_string_with_bounded_strings() {
+        let mut ours = schemars::SchemaGenerator::default().into_root_schema_for::<Params>();
         let map = schemars::SchemaGenerator::default()
             .into_root_schema_for::<BTreeMap<String, IntOrString>>();
+        let values = ours.get_mut("additionalProperties").unwrap();
+        assert_eq!(
+            values.as_object_mut().unwrap().remove("maxLength"),
+            Some(json!(65536))
+        );
         assert_eq!(ours, map);
         assert_eq!(ours.get("type"), Some(&json!("object")));
     }

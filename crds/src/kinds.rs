@@ -44,22 +44,32 @@ macro_rules! workload_spec {
             /// Build the image from git or from an upload.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             pub build: Option<Box<Build>>,
-            /// Container command.
+            /// Container command: at most 64 items of at most 4,096 characters.
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            #[schemars(length(max = 64), inner(length(max = 4096)))]
             pub command: Vec<String>,
             /// Container environment. A value `${{ secrets.NAME.KEY }}` reads key KEY of Secret NAME.
+            /// At most 256 variables; names of at most 256 characters, values of at most 32,768.
             #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
             #[schemars(extend(
                 "maxProperties" = 256,
+                "additionalProperties" = {"type": "string", "maxLength": 32768},
                 "x-kubernetes-validations" = [{
-                    "rule": "self.all(k, k.matches('^[ -<>-~]+$'))",
-                    "message": "spec.env keys must be printable ASCII without '='"
+                    "rule": "self.all(k, k.size() <= 256 && k.matches('^[ -<>-~]+$'))",
+                    "message": "spec.env keys must be at most 256 printable ASCII characters without '='"
                 }]
             ))]
             pub env: BTreeMap<String, String>,
-            /// Parameters written as JSON to `/content/params.json`.
+            /// Parameters written as JSON to `/content/params.json`: at most 256, names of at
+            /// most 256 characters, string values of at most 65,536.
             #[serde(default, skip_serializing_if = "Params::is_empty")]
-            #[schemars(extend("maxProperties" = 256))]
+            #[schemars(extend(
+                "maxProperties" = 256,
+                "x-kubernetes-validations" = [{
+                    "rule": "self.all(k, k.size() <= 256)",
+                    "message": "spec.params names must be at most 256 characters"
+                }]
+            ))]
             pub params: Params,
             /// Compute requests and GPUs.
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,7 +193,10 @@ workload_spec! {
         pub model: Option<ObjectRef>,
         /// Legacy spelling of `model.name` from early releases; prefer `model.name`.
         #[serde(rename = "modelName", default, skip_serializing_if = "Option::is_none")]
-        #[schemars(length(min = 1))]
+        #[schemars(
+            length(min = 1, max = 253),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        )]
         pub model_name: Option<String>,
         /// Number of serving replicas (default 1).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,7 +240,10 @@ workload_spec! {
         pub model: Option<ObjectRef>,
         /// Legacy spelling of `model.name` from early releases; prefer `model.name`.
         #[serde(rename = "modelName", default, skip_serializing_if = "Option::is_none")]
-        #[schemars(length(min = 1))]
+        #[schemars(
+            length(min = 1, max = 253),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        )]
         pub model_name: Option<String>,
         /// Dataset mounted read-only at `/content/data`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
