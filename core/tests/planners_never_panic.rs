@@ -1,5 +1,10 @@
-//! Arbitrary specs and observations through every planner: no input makes one panic.
-//! `PLANNER_CASES` sets the number of cases (default 100,000).
+//! Arbitrary specs and observations through every planner: no input makes one panic, and for
+//! every object whose name and namespace the API server would accept, the plan keeps the
+//! invariants users rely on: child names fit in 63 characters, no child lands in another
+//! namespace, nothing is mounted read-write outside the object's own bucket prefix, and the
+//! same input gives the same plan (hashes included). `PLANNER_CASES` sets the number of cases
+//! (default 160,000: about 100,000 with admissible names and an accepted spec, about
+//! 400,000 plans checked).
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -13,7 +18,7 @@ use substratus_core::plan::batch::{self, BatchInput, BatchSpec, ObservedJob};
 use substratus_core::plan::build::{self, BuildInput, BuildSettings, ObservedBuildJob};
 use substratus_core::plan::notebook::{self, NotebookInput, ObservedPod};
 use substratus_core::plan::server::{self, ObservedDeployment, ServerInput};
-use substratus_core::plan::{Parent, RefState};
+use substratus_core::plan::{Child, Parent, RefState};
 use substratus_crds::{ModelSpec, NotebookSpec, ServerSpec, UploadStatus};
 
 fn text() -> impl Strategy<Value = String> + Clone {
@@ -25,6 +30,14 @@ fn text() -> impl Strategy<Value = String> + Clone {
         "[0-9a-f]{32}",
         "(\\.\\./)*[a-z/]{0,20}",
         Just(String::new()),
+    ]
+}
+
+/// Object names: mostly ones the API server accepts (a DNS label), sometimes anything.
+fn name() -> impl Strategy<Value = String> + Clone {
+    prop_oneof![
+        19 => "[a-z]([-a-z0-9]{0,45}[a-z0-9])?",
+        1 => text(),
     ]
 }
 
@@ -199,7 +212,7 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        (text(), text(), proptest::option::of(int())),
+        (name(), name(), proptest::option::of(int())),
         spec(),
         proptest::option::of(text()),
         (ref_state(), ref_state()),
@@ -242,10 +255,88 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
-/// Runs every planner that applies; returns how many ran.
-fn run(c: &Case, cloud: &FakeCloud) -> u32 {
+/// The longest name of each kind the schema admits.
+fn max_name(kind: Kind) -> usize {
+    match kind {
+        Kind::Model => 50,
+        Kind::Dataset => 48,
+        Kind::Server => 49,
+        Kind::Notebook => 47,
+    }
+}
+
+/// Whether the API server would accept an object of `kind` named `name` in `namespace`.
+fn admissible(kind: Kind, name: &str, namespace: &str) -> bool {
+    let label = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    label(name, max_name(kind)) && label(namespace, 63)
+}
+
+fn child_json(c: &Child) -> Value {
+    match c {
+        Child::ConfigMap(o) => serde_json::to_value(o),
+        Child::Secret(o) => serde_json::to_value(o),
+        Child::Job(o) => serde_json::to_value(o),
+        Child::Deployment(o) => serde_json::to_value(o),
+        Child::Service(o) => serde_json::to_value(o),
+        Child::Pod(o) => serde_json::to_value(o),
+        Child::Raw(v) => Ok(v.clone()),
+    }
+    .unwrap()
+}
+
+/// The invariants of one plan's children for `parent`, whose own prefix is `own` (a
+/// Server has none: it mounts nothing read-write).
+fn check(parent: &Parent, own: Option<&str>, children: &[Value]) {
+    for child in children {
+        let meta = &child["metadata"];
+        let name = meta["name"].as_str().unwrap_or_default();
+        assert!(
+            !name.is_empty() && name.len() <= 63,
+            "{:?} {}: child name {name:?} ({} characters)",
+            parent.kind,
+            parent.name,
+            name.len()
+        );
+        if let Some(ns) = meta["namespace"].as_str() {
+            assert_eq!(ns, parent.namespace, "child {name} in another namespace");
+        }
+        let pod = child["spec"]["template"]["spec"].clone();
+        let pod = if pod.is_null() {
+            child["spec"].clone()
+        } else {
+            pod
+        };
+        for volume in pod["volumes"].as_array().into_iter().flatten() {
+            let csi = &volume["csi"];
+            if csi.is_null() || csi["readOnly"] == json!(true) {
+                continue;
+            }
+            let url = csi["volumeAttributes"]["url"].as_str().unwrap_or_default();
+            let own = own.unwrap_or_else(|| {
+                panic!("{name}: a read-write mount of {url} in a {:?}", parent.kind)
+            });
+            assert!(
+                url == own || url.starts_with(&format!("{own}/")),
+                "{name}: read-write mount of {url} outside the object's prefix {own}"
+            );
+        }
+    }
+}
+
+/// Runs every planner that applies, twice (the plans must be equal); checks the invariants
+/// when the object's name and namespace are admissible. Returns how many planners ran and
+/// how many plans were checked.
+fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
     let settings = BuildSettings::default();
     let mut planned = 0;
+    let mut checked = 0;
     for kind in Kind::ALL {
         let parent = Parent {
             kind,
@@ -275,8 +366,23 @@ fn run(c: &Case, cloud: &FakeCloud) -> u32 {
                     job: c.job.as_ref().map(ObservedJob::from_job),
                     pods: &[],
                 };
-                let _ = batch::plan(&input, cloud);
+                let p = batch::plan(&input, cloud);
+                assert_eq!(
+                    p,
+                    batch::plan(&input, cloud),
+                    "the same input, another plan"
+                );
                 planned += 1;
+                if admissible(kind, &c.name, &c.namespace) {
+                    let children: Vec<Value> = p
+                        .children
+                        .iter()
+                        .chain(p.create_job.clone().map(Child::Job).as_ref())
+                        .map(child_json)
+                        .collect();
+                    check(&parent, Some(&p.artifacts_url), &children);
+                    checked += 1;
+                }
                 if let Some(b) = &spec.build {
                     let status = c
                         .upload
@@ -311,7 +417,21 @@ fn run(c: &Case, cloud: &FakeCloud) -> u32 {
                         artifacts_url: c.artifacts_url.as_deref(),
                         settings: &settings,
                     };
-                    let _ = build::plan(&input, cloud);
+                    let p = build::plan(&input, cloud);
+                    assert_eq!(
+                        p,
+                        build::plan(&input, cloud),
+                        "the same input, another plan"
+                    );
+                    if admissible(kind, &c.name, &c.namespace) {
+                        let children: Vec<Value> = p
+                            .children
+                            .iter()
+                            .chain(p.create_job.clone().map(Child::Job).as_ref())
+                            .map(child_json)
+                            .collect();
+                        check(&parent, None, &children);
+                    }
                 }
             }
             Kind::Server => {
@@ -327,8 +447,18 @@ fn run(c: &Case, cloud: &FakeCloud) -> u32 {
                     }),
                     pods: &[],
                 };
-                let _ = server::plan(&input, cloud);
+                let p = server::plan(&input, cloud);
+                assert_eq!(
+                    p,
+                    server::plan(&input, cloud),
+                    "the same input, another plan"
+                );
                 planned += 1;
+                if admissible(kind, &c.name, &c.namespace) {
+                    let children: Vec<Value> = p.children.iter().map(child_json).collect();
+                    check(&input.parent, None, &children);
+                    checked += 1;
+                }
             }
             Kind::Notebook => {
                 let Ok(spec) = serde_json::from_value::<NotebookSpec>(c.spec.clone()) else {
@@ -350,12 +480,71 @@ fn run(c: &Case, cloud: &FakeCloud) -> u32 {
                     }),
                     pods: &[],
                 };
-                let _ = notebook::plan(&input, cloud);
+                let p = notebook::plan(&input, cloud);
+                assert_eq!(
+                    p,
+                    notebook::plan(&input, cloud),
+                    "the same input, another plan"
+                );
                 planned += 1;
+                if admissible(kind, &c.name, &c.namespace) {
+                    let children: Vec<Value> =
+                        p.children.iter().chain(&p.create).map(child_json).collect();
+                    check(&input.parent, Some(&p.artifacts_url), &children);
+                    checked += 1;
+                }
             }
         }
     }
-    planned
+    (planned, checked)
+}
+
+#[test]
+fn the_invariant_check_refuses_what_it_must() {
+    let parent = Parent {
+        kind: Kind::Model,
+        name: "m".into(),
+        namespace: "ns".into(),
+        uid: "u".into(),
+        generation: Some(1),
+    };
+    let fails = |children: Vec<Value>, own: Option<&str>| {
+        let parent = parent.clone();
+        std::panic::catch_unwind(move || check(&parent, own, &children)).is_err()
+    };
+    let volume = |url: &str, read_only: bool| {
+        json!({"metadata": {"name": "j", "namespace": "ns"}, "spec": {"template": {"spec": {"volumes": [
+            {"name": "v", "csi": {"driver": "d", "readOnly": read_only, "volumeAttributes": {"url": url}}}]}}}})
+    };
+    assert!(!fails(
+        vec![volume("s3://b/own/artifacts", false)],
+        Some("s3://b/own")
+    ));
+    assert!(!fails(
+        vec![volume("s3://b/other/artifacts", true)],
+        Some("s3://b/own")
+    ));
+    assert!(fails(
+        vec![volume("s3://b/other/artifacts", false)],
+        Some("s3://b/own")
+    ));
+    assert!(fails(
+        vec![volume("s3://b/owner/artifacts", false)],
+        Some("s3://b/own")
+    ));
+    assert!(fails(vec![volume("s3://b/own/artifacts", false)], None));
+    assert!(fails(
+        vec![json!({"metadata": {"name": "x".repeat(64)}})],
+        None
+    ));
+    assert!(fails(
+        vec![json!({"metadata": {"name": "c", "namespace": "other"}})],
+        None
+    ));
+    assert!(!fails(
+        vec![json!({"metadata": {"name": "pv-cluster-scoped"}})],
+        None
+    ));
 }
 
 #[test]
@@ -373,7 +562,7 @@ fn fuzz() {
     let cases: u32 = std::env::var("PLANNER_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(160_000);
     let cloud = FakeCloud::default();
     let mut runner = TestRunner::new(Config {
         cases,
@@ -382,13 +571,33 @@ fn fuzz() {
     });
     let ran = std::cell::Cell::new(0u32);
     let planned = std::cell::Cell::new(0u32);
+    let checked = std::cell::Cell::new(0u32);
+    let admitted = std::cell::Cell::new(0u32);
     runner
         .run(&case(), |c| {
             ran.set(ran.get() + 1);
-            planned.set(planned.get() + run(&c, &cloud));
+            let (p, k) = run(&c, &cloud);
+            planned.set(planned.get() + p);
+            checked.set(checked.get() + k);
+            if k > 0 {
+                admitted.set(admitted.get() + 1);
+            }
             Ok(())
         })
         .unwrap();
+    eprintln!(
+        "{} cases, {} planner runs, {} plans checked for invariants ({} cases with admissible names)",
+        ran.get(),
+        planned.get(),
+        checked.get(),
+        admitted.get()
+    );
+    // The invariants must be checked on most cases, not only a few.
+    assert!(
+        u64::from(admitted.get()) * 10 >= u64::from(cases) * 6,
+        "only {} of {cases} cases had admissible names",
+        admitted.get()
+    );
     assert!(ran.get() >= cases, "ran {} of {cases}", ran.get());
     // The generator must reach the planners, not only fail to deserialise.
     assert!(
