@@ -2,6 +2,7 @@
 
 mod config;
 mod http;
+mod leader;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,7 +163,15 @@ async fn run(args: config::RunArgs) -> Result<()> {
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
         tracing::info!(%identity, "became leader");
-        leader_lost = Some((is_leader, task));
+        let term = leader::lapse(
+            kube::Api::namespaced(client.clone(), &namespace),
+            args.lease_name.clone(),
+            identity,
+            Duration::from_millis(args.lease_duration_seconds * 100)
+                .max(Duration::from_millis(500)),
+            Duration::from_millis(args.lease_duration_seconds * 200),
+        );
+        leader_lost = Some((is_leader, task, term));
     }
 
     let ctx = Arc::new(Context::new(client, cloud, metrics).with_build(args.build_settings()));
@@ -177,12 +186,18 @@ async fn run(args: config::RunArgs) -> Result<()> {
 
     match leader_lost {
         None => controllers.await,
-        Some((mut is_leader, _task)) => {
+        Some((mut is_leader, _task, term)) => {
             tokio::select! {
                 _ = controllers => {},
                 _ = is_leader.wait_for(|l| !*l) => {
                     let _ = stop_tx.send(true);
                     anyhow::bail!("lost the leader Lease; exiting so that only the new leader writes");
+                }
+                lapse = term => {
+                    let _ = stop_tx.send(true);
+                    anyhow::bail!(
+                        "leadership ended ({lapse:?}): the Lease was not renewed in time; exiting before another replica may take it, so that only one writes"
+                    );
                 }
             }
         }

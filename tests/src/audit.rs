@@ -16,6 +16,15 @@ pub struct AuditEntry {
     pub request_received_timestamp: String,
     #[serde(default, rename = "requestURI")]
     pub request_uri: String,
+    /// The answer's status, when the log records it.
+    #[serde(default)]
+    pub response_status: Option<ResponseStatus>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ResponseStatus {
+    #[serde(default)]
+    pub code: Option<u16>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
