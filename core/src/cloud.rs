@@ -304,9 +304,61 @@ pub trait Cloud: Send + Sync {
     ) -> Result<SignedUrl, CloudError>;
 }
 
+/// How long one call to a cloud may take before it counts as a transient failure.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `call` under `timeout`: a cloud that does not answer is a transient failure naming
+/// `what` (retried with backoff), never a reconcile that holds its object forever.
+pub async fn within<T>(
+    what: &str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, CloudError>>,
+) -> Result<T, CloudError> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(CloudError::Transient(format!(
+                "{what}: the cloud did not answer within {timeout:?}"
+            )))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cloud_call_that_hangs_fails_after_its_timeout() {
+        let hung = within("reading x", Duration::from_secs(30), async {
+            futures::future::pending::<Result<u8, CloudError>>().await
+        });
+        let started = tokio::time::Instant::now();
+        match hung.await {
+            Err(CloudError::Transient(m)) => assert!(
+                m.starts_with("reading x: the cloud did not answer within 30s"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        // An answer in time passes through, error or not.
+        assert_eq!(
+            within("y", Duration::from_secs(1), async { Ok(7) })
+                .await
+                .unwrap(),
+            7
+        );
+        let permanent = within("z", Duration::from_secs(1), async {
+            Err::<u8, _>(CloudError::Permanent {
+                reason: "R",
+                message: "m".into(),
+            })
+        });
+        assert!(matches!(
+            permanent.await,
+            Err(CloudError::Permanent { reason: "R", .. })
+        ));
+    }
 
     #[test]
     fn bucket_urls_parse_and_print() {

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub child_writes: Family<KindLabels, Counter>,
     /// Objects held in the watch caches, by kind (updated every sweep interval).
     pub cached: Family<KindLabels, Gauge>,
+    /// Reconciles running now, by kind.
+    pub in_flight: Family<KindLabels, Gauge>,
+    /// Objects whose last reconcile failed, waiting for their retry (all kinds).
+    pub retrying: Gauge,
 }
 
 impl Metrics {
@@ -48,6 +52,8 @@ impl Metrics {
             status_writes: Family::default(),
             child_writes: Family::default(),
             cached: Family::default(),
+            in_flight: Family::default(),
+            retrying: Gauge::default(),
         };
         let sub = registry.sub_registry_with_prefix("substratus");
         sub.register(
@@ -80,6 +86,16 @@ impl Metrics {
             "Objects held in the operator's watch caches, by kind",
             m.cached.clone(),
         );
+        sub.register(
+            "reconciles_in_flight",
+            "Reconciles running now, by kind",
+            m.in_flight.clone(),
+        );
+        sub.register(
+            "objects_retrying",
+            "Objects whose last reconcile failed, waiting for their retry with backoff",
+            m.retrying.clone(),
+        );
         m
     }
 }
@@ -108,6 +124,8 @@ mod tests {
             })
             .inc_by(3);
         m.status_writes.get_or_create(&model).inc();
+        m.in_flight.get_or_create(&model).inc();
+        m.retrying.set(2);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
@@ -118,5 +136,10 @@ mod tests {
             text.contains("substratus_status_writes_total{kind=\"Model\"} 1\n"),
             "{text}"
         );
+        assert!(
+            text.contains("substratus_reconciles_in_flight{kind=\"Model\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("substratus_objects_retrying 2\n"), "{text}");
     }
 }

@@ -87,7 +87,8 @@ async fn handshake(
         return (true, None, status.cloned(), None);
     }
     let stored = {
-        match ctx.cloud.stored_md5(&key).await {
+        let call = ctx.cloud.stored_md5(&key);
+        match crate::cloud::within("reading the upload's checksum", ctx.cloud_timeout, call).await {
             Ok(s) => s,
             Err(e) => {
                 return (
@@ -109,11 +110,10 @@ async fn handshake(
     let new_status = match &next {
         UploadNext::Uploaded { status, .. } | UploadNext::Waiting { status, .. } => status.clone(),
         UploadNext::Sign => {
-            match ctx
-                .cloud
-                .signed_upload_url(&key, &upload.md5_checksum, ctx.build.upload_url_ttl)
-                .await
-            {
+            let call =
+                ctx.cloud
+                    .signed_upload_url(&key, &upload.md5_checksum, ctx.build.upload_url_ttl);
+            match crate::cloud::within("signing an upload URL", ctx.cloud_timeout, call).await {
                 Ok(url) => {
                     let s = build::signed_status(upload, url.url, url.expires_at_unix);
                     next = UploadNext::Waiting {

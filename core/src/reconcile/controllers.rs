@@ -246,11 +246,14 @@ where
                     return Ok(Action::await_change());
                 }
                 let started = Instant::now();
+                let labels = KindLabels { kind: kind.into() };
+                let in_flight = ctx.metrics.in_flight.get_or_create(&labels).clone();
+                in_flight.inc();
                 let res = match tokio::time::timeout(deadline, f(obj.clone(), ctx.clone())).await {
                     Ok(res) => res,
                     Err(_) => Err(Error::Timeout(deadline)),
                 };
-                let labels = KindLabels { kind: kind.into() };
+                in_flight.dec();
                 ctx.metrics
                     .duration
                     .get_or_create(&labels)
@@ -268,6 +271,9 @@ where
                     Ok(_) => ctx.backoff.succeeded(&super::status_key(obj.as_ref())),
                     Err(e) => failure::record(&ctx, obj.as_ref(), e).await,
                 }
+                ctx.metrics
+                    .retrying
+                    .set(i64::try_from(ctx.backoff.len()).unwrap_or(i64::MAX));
                 res
             })
             .await

@@ -106,6 +106,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The builder images and the upload URL lifetime.
     pub build: crate::plan::build::BuildSettings,
+    /// How long one cloud call may take (see [`crate::cloud::within`]).
+    pub cloud_timeout: Duration,
     events: events::Events,
     /// (namespace, service account) pairs already ensured and bound, and when. With the
     /// caches, an entry counts only while the cache shows the ServiceAccount (or for
@@ -172,6 +174,7 @@ impl Context {
             cloud,
             metrics,
             build: Default::default(),
+            cloud_timeout: crate::cloud::CALL_TIMEOUT,
             ensured_accounts: Mutex::new(HashMap::new()),
             ensuring: tokio::sync::Mutex::new(()),
             caches: std::sync::OnceLock::new(),
@@ -305,9 +308,8 @@ impl Context {
         }
         let principal = self.cloud.config().principal.clone();
         if principal.is_some() && annotations.get(IDENTITY_BOUND_ANNOTATION) != principal.as_ref() {
-            let bound = self
-                .cloud
-                .bind_identity(namespace, sa_name)
+            let call = self.cloud.bind_identity(namespace, sa_name);
+            let bound = crate::cloud::within("binding cloud identity", self.cloud_timeout, call)
                 .await
                 .map_err(|source| Error::Cloud {
                     step: "binding cloud identity",
