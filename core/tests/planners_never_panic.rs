@@ -278,17 +278,10 @@ fn admissible(kind: Kind, name: &str, namespace: &str) -> bool {
     label(name, max_name(kind)) && label(namespace, 63)
 }
 
-fn child_json(c: &Child) -> Value {
-    match c {
-        Child::ConfigMap(o) => serde_json::to_value(o),
-        Child::Secret(o) => serde_json::to_value(o),
-        Child::Job(o) => serde_json::to_value(o),
-        Child::Deployment(o) => serde_json::to_value(o),
-        Child::Service(o) => serde_json::to_value(o),
-        Child::Pod(o) => serde_json::to_value(o),
-        Child::Raw(v) => Ok(v.clone()),
-    }
-    .unwrap()
+/// A plan's children and the Job it creates, as JSON.
+fn with_job(children: &[Child], job: Option<&Job>) -> Vec<Value> {
+    let job = job.map(|j| Child::Job(j.clone()));
+    children.iter().chain(&job).map(Child::to_value).collect()
 }
 
 /// The invariants of one plan's children for `parent`, whose own prefix is `own` (a
@@ -374,12 +367,7 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                 );
                 planned += 1;
                 if admissible(kind, &c.name, &c.namespace) {
-                    let children: Vec<Value> = p
-                        .children
-                        .iter()
-                        .chain(p.create_job.clone().map(Child::Job).as_ref())
-                        .map(child_json)
-                        .collect();
+                    let children = with_job(&p.children, p.create_job.as_ref());
                     check(&parent, Some(&p.artifacts_url), &children);
                     checked += 1;
                 }
@@ -424,12 +412,7 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                         "the same input, another plan"
                     );
                     if admissible(kind, &c.name, &c.namespace) {
-                        let children: Vec<Value> = p
-                            .children
-                            .iter()
-                            .chain(p.create_job.clone().map(Child::Job).as_ref())
-                            .map(child_json)
-                            .collect();
+                        let children = with_job(&p.children, p.create_job.as_ref());
                         check(&parent, None, &children);
                     }
                 }
@@ -455,7 +438,7 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                 );
                 planned += 1;
                 if admissible(kind, &c.name, &c.namespace) {
-                    let children: Vec<Value> = p.children.iter().map(child_json).collect();
+                    let children: Vec<Value> = p.children.iter().map(Child::to_value).collect();
                     check(&input.parent, None, &children);
                     checked += 1;
                 }
@@ -488,8 +471,12 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                 );
                 planned += 1;
                 if admissible(kind, &c.name, &c.namespace) {
-                    let children: Vec<Value> =
-                        p.children.iter().chain(&p.create).map(child_json).collect();
+                    let children: Vec<Value> = p
+                        .children
+                        .iter()
+                        .chain(&p.create)
+                        .map(Child::to_value)
+                        .collect();
                     check(&input.parent, Some(&p.artifacts_url), &children);
                     checked += 1;
                 }

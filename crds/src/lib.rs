@@ -10,10 +10,12 @@
 pub mod common;
 pub mod kinds;
 pub mod object;
+pub mod reference;
 
 pub use common::*;
 pub use kinds::*;
 pub use object::{AnyObject, ManifestError};
+pub use reference::api_reference;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -33,6 +33,8 @@ enum Command {
     Run(Box<config::RunArgs>),
     /// Print the CustomResourceDefinitions of substratus.ai/v1 as YAML.
     Crd,
+    /// Print the API reference (Markdown) generated from the CRD schemas: `docs/api.md`.
+    ApiReference,
 }
 
 /// With `--features dhat-heap`, every allocation is counted and `dhat-heap.json` is written
@@ -47,6 +49,10 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Crd => {
             print!("{}", substratus_crds::crds_yaml()?);
+            Ok(())
+        }
+        Command::ApiReference => {
+            print!("{}", substratus_crds::api_reference());
             Ok(())
         }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()

@@ -9,24 +9,14 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Event, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use kube::core::DynamicObject;
-use kube::discovery::ApiResource;
 use serde_json::json;
 use substratus_devcluster::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 use substratus_tests::cluster::{TestNamespace, client, shared, wait_for};
+use substratus_tests::objects::api_resource;
 use substratus_tests::operator::operator_kubeconfig;
 
 fn port() -> u16 {
     substratus_devcluster::ports::free_loopback_port().unwrap()
-}
-
-fn resource(kind: &str) -> ApiResource {
-    ApiResource {
-        group: "substratus.ai".into(),
-        version: "v1".into(),
-        api_version: "substratus.ai/v1".into(),
-        kind: kind.into(),
-        plural: format!("{}s", kind.to_lowercase()),
-    }
 }
 
 struct Operator(std::process::Child);
@@ -71,14 +61,14 @@ async fn tokens_keys_and_signatures_appear_in_no_log_status_or_event() {
     }))
     .unwrap();
     let notebooks =
-        Api::<DynamicObject>::namespaced_with(c.clone(), &ns.name, &resource("Notebook"));
+        Api::<DynamicObject>::namespaced_with(c.clone(), &ns.name, &api_resource("Notebook"));
     notebooks.create(&PostParams::default(), &nb).await.unwrap();
     let model: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "substratus.ai/v1", "kind": "Model", "metadata": {"name": "m"},
         "spec": {"build": {"upload": {"md5Checksum": "0123456789abcdef0123456789abcdef", "requestID": "r1"}}}
     }))
     .unwrap();
-    let models = Api::<DynamicObject>::namespaced_with(c.clone(), &ns.name, &resource("Model"));
+    let models = Api::<DynamicObject>::namespaced_with(c.clone(), &ns.name, &api_resource("Model"));
     models.create(&PostParams::default(), &model).await.unwrap();
 
     wait_for("the notebook Ready", Duration::from_secs(60), || async {

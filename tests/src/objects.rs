@@ -29,6 +29,11 @@ pub fn api(c: &kube::Client, ns: &str, kind: &str) -> Api<DynamicObject> {
     Api::namespaced_with(c.clone(), ns, &api_resource(kind))
 }
 
+/// An object of one of our kinds, as JSON.
+pub fn object(kind: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "substratus.ai/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+}
+
 /// Creates `obj` (one of our kinds, as JSON) in `ns`; panics naming the kind if refused.
 pub async fn create(c: &kube::Client, ns: &str, mut obj: Value) {
     obj["metadata"]["namespace"] = json!(ns);

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use substratus_tests::cluster::{TestNamespace, client, wait_for};
-use substratus_tests::objects::{create, readiness, wait_ready, wait_reason};
+use substratus_tests::objects::{create, object, readiness, wait_ready, wait_reason};
 use substratus_tests::operator::{RunningOperator, kind_cloud};
 
 /// How long a status may lag behind its pods.
@@ -26,10 +26,6 @@ fn blocker(name: &str) -> Pod {
         }
     }))
     .unwrap()
-}
-
-fn object(kind: &str, name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "substratus.ai/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
 }
 
 fn one_l4() -> Value {

@@ -7,18 +7,14 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use substratus_tests::audit;
 use substratus_tests::cluster::{TestNamespace, client, wait_for};
-use substratus_tests::objects::{create, wait_ready};
+use substratus_tests::objects::{create, object, wait_ready};
 use substratus_tests::operator::{OPERATOR_USER, RunningOperator, audit_log, kind_cloud};
 
 /// How long a child may stay changed before the operator puts it back.
 const MEND: Duration = Duration::from_secs(30);
-
-fn object(kind: &str, name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "substratus.ai/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
-}
 
 /// The operator's writes in `ns` since `from`, counted by verb and resource.
 fn writes_since(ns: &str, from: jiff::Timestamp) -> std::collections::BTreeMap<String, usize> {

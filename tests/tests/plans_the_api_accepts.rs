@@ -172,35 +172,6 @@ fn aws() -> Arc<dyn Cloud> {
     )
 }
 
-fn child_json(c: &Child) -> Value {
-    match c {
-        Child::ConfigMap(o) => serde_json::to_value(o),
-        Child::Secret(o) => serde_json::to_value(o),
-        Child::Job(o) => serde_json::to_value(o),
-        Child::Deployment(o) => serde_json::to_value(o),
-        Child::Service(o) => serde_json::to_value(o),
-        Child::Pod(o) => serde_json::to_value(o),
-        Child::Raw(v) => Ok(v.clone()),
-    }
-    .unwrap()
-}
-
-fn with_kind(c: &Child) -> Value {
-    let mut v = child_json(c);
-    let (api_version, kind) = match c {
-        Child::ConfigMap(_) => ("v1", "ConfigMap"),
-        Child::Secret(_) => ("v1", "Secret"),
-        Child::Job(_) => ("batch/v1", "Job"),
-        Child::Deployment(_) => ("apps/v1", "Deployment"),
-        Child::Service(_) => ("v1", "Service"),
-        Child::Pod(_) => ("v1", "Pod"),
-        Child::Raw(_) => return v,
-    };
-    v["apiVersion"] = json!(api_version);
-    v["kind"] = json!(kind);
-    v
-}
-
 /// Creates `obj` with `dryRun=All`; the API server's refusal, if any.
 async fn dry_run(c: &kube::Client, ns: &str, obj: &Value) -> Result<(), String> {
     let o: DynamicObject = serde_json::from_value(obj.clone()).map_err(|e| e.to_string())?;
@@ -334,7 +305,7 @@ fn plans(name: &str, ns: &str, spec: &Value, cloud: &dyn Cloud) -> Vec<(Kind, Va
             children.extend(p.children);
             children.extend(p.create_job.map(Child::Job));
         }
-        out.extend(children.iter().map(|c| (kind, with_kind(c))));
+        out.extend(children.iter().map(|c| (kind, c.to_value())));
     }
     out
 }

@@ -84,6 +84,29 @@ pub enum Child {
     Raw(serde_json::Value),
 }
 
+impl Child {
+    /// The child as the JSON object sent to the API server, with its `apiVersion` and `kind`.
+    pub fn to_value(&self) -> serde_json::Value {
+        fn typed<K: k8s_openapi::Resource + Serialize>(o: &K) -> serde_json::Value {
+            let mut v = serde_json::to_value(o).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.insert("apiVersion".into(), K::API_VERSION.into());
+                m.insert("kind".into(), K::KIND.into());
+            }
+            v
+        }
+        match self {
+            Child::ConfigMap(o) => typed(o),
+            Child::Secret(o) => typed(o),
+            Child::Job(o) => typed(o),
+            Child::Deployment(o) => typed(o),
+            Child::Service(o) => typed(o),
+            Child::Pod(o) => typed(o),
+            Child::Raw(v) => v.clone(),
+        }
+    }
+}
+
 /// A child to delete: `(kind, name)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deletion {
@@ -435,6 +458,22 @@ pub fn pod_problem(pods: &[Pod]) -> Option<Blocked> {
 }
 
 /// Why one container does not run, if its state says.
+/// How a container ended: `code N (Reason): message`, reason and message when known.
+pub fn exit_of(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> String {
+    format!(
+        "code {}{}{}",
+        t.exit_code,
+        t.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+        t.message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    )
+}
+
 fn container_problem(
     pod_name: &str,
     cs: &k8s_openapi::api::core::v1::ContainerStatus,
@@ -456,20 +495,7 @@ fn container_problem(
         "CrashLoopBackOff" => {
             let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
             let oom = last.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
-            let exit = last.map_or_else(String::new, |t| {
-                format!(
-                    ": last exit code {}{}{}",
-                    t.exit_code,
-                    t.reason
-                        .as_deref()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default(),
-                    t.message
-                        .as_deref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                )
-            });
+            let exit = last.map_or_else(String::new, |t| format!(": last exit {}", exit_of(t)));
             Some(Blocked {
                 reason: if oom {
                     reasons::OOM_KILLED

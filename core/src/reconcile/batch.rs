@@ -64,17 +64,9 @@ fn failed_container_message(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<
                 let t = cs.state.as_ref()?.terminated.as_ref()?;
                 (t.exit_code != 0).then(|| {
                     format!(
-                        "container {} exited with code {}{}{}",
+                        "container {} exited with {}",
                         cs.name,
-                        t.exit_code,
-                        t.reason
-                            .as_deref()
-                            .map(|r| format!(" ({r})"))
-                            .unwrap_or_default(),
-                        t.message
-                            .as_deref()
-                            .map(|m| format!(": {m}"))
-                            .unwrap_or_default()
+                        crate::plan::exit_of(t)
                     )
                 })
             })
