@@ -181,14 +181,23 @@ def main(terraform=None, quiet=False):
             check_values(module.locals["helm_values"], SCHEMA, "", cloud.relative_to(ROOT))
         if not any(t == "helm_release" for t, _ in module.resources):
             problems.append(f"{cloud.relative_to(ROOT)}: the operator is not installed (no helm_release)")
-        example = cloud / "example"
-        if not example.is_dir():
-            problems.append(f"{cloud.relative_to(ROOT)}: no example root")
+        readme = cloud / "README.md"
+        text = readme.read_text() if readme.is_file() else ""
+        if not text:
+            problems.append(f"{cloud.relative_to(ROOT)}: no README.md with the module's inputs and outputs")
+        for kind, names in (("variable", module.variables), ("output", module.outputs)):
+            for name in names:
+                if text and f"| `{name}` |" not in text:
+                    problems.append(f"{cloud.relative_to(ROOT)}/README.md: {kind} {name} has no row")
+        examples = sorted(p for p in (cloud / "examples").glob("*") if p.is_dir())
+        if not examples:
+            problems.append(f"{cloud.relative_to(ROOT)}: no example roots in examples/")
             continue
-        root = Module(example)
-        root.check_declarations()
-        root.check_references(child=module)
-        root.check_module_call(module)
+        for example in examples:
+            root = Module(example)
+            root.check_declarations()
+            root.check_references(child=module)
+            root.check_module_call(module)
         if not quiet:
             print(f"{cloud.name}: {len(module.variables)} variables, {len(module.resources)} resources, "
                   f"{len(module.outputs)} outputs checked")
@@ -209,8 +218,9 @@ def self_test():
         ("gcp/outputs.tf", 'output "get_credentials"', 'output "renamed"', "module.substratus.get_credentials is not an output"),
         ("aws/main.tf", 'cloud             = "aws"', 'cloud             = "mars"', "helm value .cloud='mars' is not one of"),
         ("azure/main.tf", "registryURL       =", "registryUrl       =", "helm value .registryUrl is not in the chart's values schema"),
-        ("aws/example/main.tf", "subnet_ids = var.subnet_ids", "", "does not set subnet_ids, which has no default"),
+        ("aws/examples/existing-cluster/main.tf", "create_cluster               = false", "create_clusters = false", "sets create_clusters, which terraform/aws does not declare"),
         ("gcp/variables.tf", 'description = "Region of the cluster', 'label = "Region of the cluster', "variable region has no description"),
+        ("aws/README.md", "| `subnet_ids` |", "| subnet ids |", "README.md: variable subnet_ids has no row"),
     ]
     failures = 0
     for rel, old, new, expected in cases:

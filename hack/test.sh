@@ -38,6 +38,9 @@ step "go vet and go test of the S3 CSI plugin (csi/s3)"
 step "terraform checks"
 hack/check-terraform.sh
 
+step "release workflow checks (actionlint)"
+hack/check-workflows.sh
+
 if [[ -z "${SUBSTRATUS_SKIP_REAL_NODE:-}" ]]; then
   step "release build of the operator (its image runs on the real node)"
   cargo build --release --locked -p substratus-operator

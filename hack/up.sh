@@ -92,7 +92,9 @@ if [[ $real_node == 1 ]]; then
     --from-literal=endpoint="http://127.0.0.1:$s3_port" --from-literal=region=us-east-1 \
     --from-literal=accessKeyID=substratus --from-literal=secretAccessKey=substratus-local \
     --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+  # --take-ownership: the CRDs applied above become the release's (the chart upgrades them).
   $helm upgrade --install substratus deploy/helm/substratus -n substratus --wait --timeout 180s \
+    --take-ownership \
     --set image.repository=localhost/substratus/substratus-operator --set image.tag=dev \
     --set cloud=kind --set clusterName=local --set gpuCatalog=gcp \
     --set artifactBucketURL=s3://substratus-artifacts \

@@ -1,6 +1,6 @@
-//! Connecting to the cluster like kubectl: `--kubeconfig` (else `$KUBECONFIG`, else
-//! `~/.kube/config`, else in-cluster), and the namespace from `-n`, else the manifest, else
-//! the kubeconfig context, else `default`.
+//! Connecting to the cluster like kubectl: `--kubeconfig` (else every file of `$KUBECONFIG`
+//! merged, else `~/.kube/config`, else in-cluster), `--context` (else the current context),
+//! and the namespace from `-n`, else the manifest, else the context's, else `default`.
 
 use std::path::PathBuf;
 
@@ -11,9 +11,13 @@ use kube::{Client, Config};
 /// Flags every command shares.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ClusterArgs {
-    /// Path to the kubeconfig file.
-    #[arg(long, global = true, env = "KUBECONFIG")]
+    /// Path to the kubeconfig file (default: the files of $KUBECONFIG merged, else
+    /// ~/.kube/config, else the in-cluster account).
+    #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
     /// Namespace (default: the manifest's, else the kubeconfig context's, else `default`).
     #[arg(short = 'n', long, global = true)]
     pub namespace: Option<String>,
@@ -34,21 +38,34 @@ pub fn install_crypto_provider() {
 impl Cluster {
     pub async fn connect(args: &ClusterArgs) -> Result<Cluster> {
         install_crypto_provider();
-        let config = match &args.kubeconfig {
-            // KUBECONFIG may list several files; the first one is used.
-            Some(path) => {
-                let first = std::env::split_paths(path)
-                    .next()
-                    .unwrap_or_else(|| path.clone());
-                let kc = Kubeconfig::read_from(&first)
-                    .with_context(|| format!("reading kubeconfig {}", first.display()))?;
-                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                    .await
-                    .with_context(|| format!("using kubeconfig {}", first.display()))?
-            }
-            None => Config::infer()
+        let options = KubeConfigOptions {
+            context: args.context.clone(),
+            ..Default::default()
+        };
+        let kubeconfig = match &args.kubeconfig {
+            Some(path) => Some(
+                Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?,
+            ),
+            // Every file of KUBECONFIG, merged as kubectl merges them (the first to name a
+            // context, cluster or user wins), else ~/.kube/config.
+            None => match Kubeconfig::read() {
+                Ok(kc) => Some(kc),
+                Err(_) if std::env::var_os("KUBECONFIG").is_none() && args.context.is_none() => {
+                    None
+                }
+                Err(e) => return Err(e).context("reading the kubeconfig (KUBECONFIG or ~/.kube/config)"),
+            },
+        };
+        let config = match kubeconfig {
+            Some(kc) => Config::from_custom_kubeconfig(kc, &options)
                 .await
-                .context("no kubeconfig found (set --kubeconfig or KUBECONFIG)")?,
+                .with_context(|| match &args.context {
+                    Some(c) => format!("using context {c:?} of the kubeconfig"),
+                    None => "using the kubeconfig's current context".to_owned(),
+                })?,
+            None => Config::incluster()
+                .context("no kubeconfig found (--kubeconfig, KUBECONFIG or ~/.kube/config) and not running in a cluster")?,
         };
         let context_namespace = config.default_namespace.clone();
         let client = Client::try_from(config).context("creating the Kubernetes client")?;

@@ -5,6 +5,8 @@
 pub mod archive;
 pub mod client;
 pub mod commands;
+pub mod errors;
+pub mod get;
 pub mod logs;
 pub mod manifest;
 pub mod objects;

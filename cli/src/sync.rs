@@ -1,9 +1,10 @@
 //! Notebook files back to the local directory: every 2 s the notebook container lists its
 //! working directory (`/content`) through the Kubernetes exec API, and files created or
-//! changed since the last look are copied down; files removed in the pod are removed
-//! locally. The mounted `data`, `model` and `artifacts` folders and hidden files (`.git`,
-//! `.ipynb_checkpoints`) are left out. One way, pod to local: local edits reach the pod by a
-//! new build.
+//! changed since the last look are copied down as one tar stream, unpacked as it arrives (no
+//! file is held in memory); files removed in the pod are removed locally. The mounted `data`,
+//! `model` and `artifacts` folders and hidden files (`.git`, `.ipynb_checkpoints`) are left
+//! out. Only POSIX `sh`, `find`, `stat -c` and `tar` are used, as busybox (and so Alpine)
+//! images have them. One way, pod to local: local edits reach the pod by a new build.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -19,18 +20,25 @@ const CONTAINER: &str = "notebook";
 /// `(mtime, size)` per relative path.
 pub type Listing = BTreeMap<String, (String, u64)>;
 
-/// Parses `find -printf '%T@ %s %P\n'` output.
+/// Parses lines of `mtime size path` (`stat -c '%Y %s %n'` of `find .`'s files: paths
+/// start with `./`).
 pub fn parse_listing(out: &str) -> Listing {
     out.lines()
         .filter_map(|l| {
             let mut parts = l.splitn(3, ' ');
             let mtime = parts.next()?.to_owned();
             let size = parts.next()?.parse().ok()?;
-            let path = parts.next()?.to_owned();
+            let raw = parts.next()?;
+            let path = raw.strip_prefix("./").unwrap_or(raw).to_owned();
             safe_relative(&path).then_some((path, (mtime, size)))
         })
         .collect()
 }
+
+/// The listing: regular files below the working directory, without the mounts and hidden
+/// files, with their modification time (seconds) and size.
+const LIST: &str = "find . -mindepth 1 \\( -path ./data -o -path ./model -o -path ./artifacts \
+    -o -name '.*' \\) -prune -o -type f -exec stat -c '%Y %s %n' {} +";
 
 /// A relative path that stays inside the directory.
 pub fn safe_relative(p: &str) -> bool {
@@ -82,52 +90,72 @@ async fn exec(pods: &Api<Pod>, pod: &str, cmd: &[&str]) -> Result<Vec<u8>> {
 
 /// Lists the notebook's working directory.
 pub async fn list(pods: &Api<Pod>, pod: &str) -> Result<Listing> {
-    let out = exec(
-        pods,
-        pod,
-        &[
-            "find",
-            ".",
-            "-mindepth",
-            "1",
-            "(",
-            "-path",
-            "./data",
-            "-o",
-            "-path",
-            "./model",
-            "-o",
-            "-path",
-            "./artifacts",
-            "-o",
-            "-name",
-            ".*",
-            ")",
-            "-prune",
-            "-o",
-            "-type",
-            "f",
-            "-printf",
-            "%T@ %s %P\\n",
-        ],
-    )
-    .await?;
+    let out = exec(pods, pod, &["sh", "-c", LIST]).await?;
     Ok(parse_listing(&String::from_utf8_lossy(&out)))
 }
 
-/// Copies one file of the pod to `dir`.
-pub async fn copy_down(pods: &Api<Pod>, pod: &str, rel: &str, dir: &Path) -> Result<()> {
-    if !safe_relative(rel) {
-        bail!("refusing to write {rel:?} outside {}", dir.display());
+/// Copies `rels` of the pod's working directory to `dir`: one `tar` of them over exec,
+/// unpacked as the bytes arrive. Each file is written beside its target and renamed over it
+/// once complete; an entry the request did not name is refused.
+pub async fn copy_down(pods: &Api<Pod>, pod: &str, rels: &[String], dir: &Path) -> Result<()> {
+    if let Some(bad) = rels.iter().find(|r| !safe_relative(r)) {
+        bail!("refusing to write {bad:?} outside {}", dir.display());
     }
-    let bytes = exec(pods, pod, &["cat", "--", rel]).await?;
-    let target = dir.join(rel);
-    if let Some(parent) = target.parent() {
-        tokio::fs::create_dir_all(parent).await?;
+    if rels.is_empty() {
+        return Ok(());
     }
-    let tmp = target.with_extension("substratus-sync");
-    tokio::fs::write(&tmp, &bytes).await?;
-    tokio::fs::rename(&tmp, &target).await?;
+    // Through the shell, so that `tar` is the image's own wherever it lives on its PATH.
+    let mut cmd = vec!["sh", "-c", "exec tar cf - -- \"$@\"", "sh"];
+    cmd.extend(rels.iter().map(String::as_str));
+    let params = AttachParams::default()
+        .container(CONTAINER)
+        .stdin(false)
+        .stdout(true)
+        .stderr(false);
+    let mut p = pods
+        .exec(pod, cmd, &params)
+        .await
+        .with_context(|| format!("exec in {pod}"))?;
+    let stdout = p.stdout().context("no output stream from tar")?;
+    let wanted: std::collections::BTreeSet<String> = rels.iter().cloned().collect();
+    let dir = dir.to_owned();
+    let reader = tokio_util::io::SyncIoBridge::new(stdout);
+    let unpacked = tokio::task::spawn_blocking(move || unpack(reader, &wanted, &dir))
+        .await
+        .context("unpacking")?;
+    let status = p.take_status();
+    p.join().await.ok();
+    if let Some(s) = status
+        && let Some(s) = s.await
+        && s.status.as_deref() == Some("Failure")
+    {
+        bail!("tar failed in {pod}: {}", s.message.unwrap_or_default());
+    }
+    unpacked
+}
+
+/// Writes the regular files of a tar stream named in `wanted` below `dir`.
+fn unpack(reader: impl std::io::Read, wanted: &std::collections::BTreeSet<String>, dir: &Path) -> Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().context("reading the tar stream")? {
+        let mut entry = entry.context("reading the tar stream")?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let rel = entry.path()?.to_string_lossy().trim_start_matches("./").to_owned();
+        if !wanted.contains(&rel) || !safe_relative(&rel) {
+            bail!("the notebook sent {rel:?}, which was not asked for");
+        }
+        let target = dir.join(&rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let tmp = target.with_extension("substratus-sync");
+        let mut out = std::fs::File::create(&tmp)?;
+        std::io::copy(&mut entry, &mut out)?;
+        drop(out);
+        std::fs::rename(&tmp, &target)?;
+    }
     Ok(())
 }
 
@@ -135,8 +163,8 @@ pub async fn copy_down(pods: &Api<Pod>, pod: &str, rel: &str, dir: &Path) -> Res
 pub async fn round(pods: &Api<Pod>, pod: &str, dir: &Path, before: &Listing) -> Result<Listing> {
     let after = list(pods, pod).await?;
     let (copy, remove) = diff(before, &after);
+    copy_down(pods, pod, &copy, dir).await?;
     for rel in copy {
-        copy_down(pods, pod, &rel, dir).await?;
         eprintln!("⇣ {rel}");
     }
     for rel in remove {
@@ -181,7 +209,7 @@ mod tests {
 
     #[test]
     fn listings_and_diffs() {
-        let a = parse_listing("1.5 10 nb.ipynb\n2.0 3 src/x.py\n3.0 1 ../escape\n1.0 1 /abs\n");
+        let a = parse_listing("1.5 10 ./nb.ipynb\n2.0 3 ./src/x.py\n3.0 1 ../escape\n1.0 1 /abs\n");
         assert_eq!(a.len(), 2, "paths leaving the directory are dropped: {a:?}");
         let b = parse_listing("1.5 10 nb.ipynb\n2.5 4 src/x.py\n1.0 1 new.txt\n");
         let (copy, remove) = diff(&a, &b);
@@ -191,5 +219,30 @@ mod tests {
         assert_eq!(copy, ["src/x.py"]);
         assert_eq!(remove, ["new.txt"]);
         assert!(parse_listing("1.0 1 file with spaces.txt\n").contains_key("file with spaces.txt"));
+    }
+
+    #[test]
+    fn a_tar_stream_is_unpacked_only_where_it_was_asked() {
+        let mut built = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, body: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            built.append_data(&mut h, path, body).unwrap();
+        };
+        add("./src/x.py", b"print(1)");
+        add("nb.ipynb", b"{}");
+        let bytes = built.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let wanted = ["src/x.py".to_owned(), "nb.ipynb".to_owned()].into_iter().collect();
+        unpack(&bytes[..], &wanted, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("src/x.py")).unwrap(), b"print(1)");
+        assert_eq!(std::fs::read(dir.path().join("nb.ipynb")).unwrap(), b"{}");
+        // An entry nobody asked for is refused, and nothing of it is written.
+        let only = ["nb.ipynb".to_owned()].into_iter().collect();
+        let other = tempfile::tempdir().unwrap();
+        assert!(unpack(&bytes[..], &only, other.path()).is_err());
+        assert!(!other.path().join("src").exists());
     }
 }

@@ -32,7 +32,11 @@ enum Command {
     /// Run the controllers.
     Run(Box<config::RunArgs>),
     /// Print the CustomResourceDefinitions of substratus.ai/v1 as YAML.
-    Crd,
+    Crd {
+        /// As the Helm chart ships them: kept when the release is uninstalled.
+        #[arg(long)]
+        helm: bool,
+    },
     /// Print the API reference (Markdown) generated from the CRD schemas: `docs/api.md`.
     ApiReference,
 }
@@ -47,8 +51,13 @@ fn main() -> Result<()> {
     #[cfg(feature = "dhat-heap")]
     let _profiler = dhat::Profiler::new_heap();
     match Cli::parse().command {
-        Command::Crd => {
-            print!("{}", substratus_crds::crds_yaml()?);
+        Command::Crd { helm } => {
+            let yaml = if helm {
+                substratus_crds::crds_yaml_for_helm()?
+            } else {
+                substratus_crds::crds_yaml()?
+            };
+            print!("{yaml}");
             Ok(())
         }
         Command::ApiReference => {
@@ -107,6 +116,7 @@ async fn run(args: config::RunArgs) -> Result<()> {
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let process = http::ProcessMetrics::new(&mut registry, env!("CARGO_PKG_VERSION"));
     let ready = Arc::new(AtomicBool::new(false));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -121,6 +131,7 @@ async fn run(args: config::RunArgs) -> Result<()> {
     tokio::spawn(http::serve_metrics(
         args.metrics_bind_address,
         Arc::new(registry),
+        process.clone(),
         stopped.clone(),
     ));
     tokio::spawn(http::serve_health(
@@ -169,6 +180,7 @@ async fn run(args: config::RunArgs) -> Result<()> {
             _ = stop.wait_for(|s| *s) => return Ok(()),
         }
         tracing::info!(%identity, "became leader");
+        process.leader.set(1);
         let term = leader::lapse(
             kube::Api::namespaced(client.clone(), &namespace),
             args.lease_name.clone(),
@@ -180,6 +192,10 @@ async fn run(args: config::RunArgs) -> Result<()> {
         leader_lost = Some((is_leader, task, term));
     }
 
+    if !args.leader_elect {
+        // The only replica leads.
+        process.leader.set(1);
+    }
     let ctx = Arc::new(Context::new(client, cloud, metrics).with_build(args.build_settings()));
     tracing::info!(cloud = ctx.cloud.name(), cluster = %ctx.cloud.config().cluster_name, "controllers starting");
     let opts = ControllerOptions {

@@ -1,15 +1,60 @@
-# EKS with IRSA, CPU and GPU node groups (NVIDIA AMIs, nvidia.com/gpu taint), the Mountpoint
-# for S3 CSI add-on, the NVIDIA device plugin, the artifacts bucket, an ECR repository, the
-# roles Substratus needs, and the operator.
+# With create_cluster = false, only what Substratus adds to an existing cluster: the bucket,
+# the registry, the identities, the storage driver and device plugin (each optional) and the
+# operator.
+#
+# EKS with IRSA, CPU and GPU node groups (NVIDIA AMIs, nvidia.com/gpu taint) scaled by
+# cluster-autoscaler (GPU groups from zero), the Mountpoint for S3 CSI add-on, the NVIDIA
+# device plugin, the artifacts bucket, an ECR repository, the roles Substratus needs, and the
+# operator.
 
 data "aws_caller_identity" "current" {}
 data "aws_partition" "current" {}
 
 locals {
-  account_id   = data.aws_caller_identity.current.account_id
-  bucket_name  = "${local.account_id}-${var.cluster_name}-substratus-artifacts"
-  oidc_issuer  = replace(aws_eks_cluster.substratus.identity[0].oidc[0].issuer, "https://", "")
-  registry_url = "${local.account_id}.dkr.ecr.${var.region}.amazonaws.com/${aws_ecr_repository.substratus.name}"
+  # The labels Substratus's AWS GPU catalogue selects on (as Karpenter sets them), per group.
+  gpu_labels = {
+    for name, g in var.gpu_node_groups : name => merge(
+      { "karpenter.k8s.aws/instance-gpu-name" = g.gpu_name },
+      g.gpu_memory_mib == "" ? {} : { "karpenter.k8s.aws/instance-gpu-memory" = g.gpu_memory_mib },
+    )
+  }
+  # What cluster-autoscaler must know of a GPU group at size 0, which has no node to read it
+  # from: its labels, its taint and its GPUs per node, as node-template tags of its Auto
+  # Scaling group.
+  gpu_node_template_tags = merge([
+    for name, g in var.gpu_node_groups : merge(
+      {
+        for k, v in local.gpu_labels[name] : "${name}/label/${k}" => {
+          group = name
+          key   = "k8s.io/cluster-autoscaler/node-template/label/${k}"
+          value = v
+        }
+      },
+      {
+        "${name}/taint" = {
+          group = name
+          key   = "k8s.io/cluster-autoscaler/node-template/taint/nvidia.com/gpu"
+          value = "true:NoSchedule"
+        }
+        "${name}/gpus" = {
+          group = name
+          key   = "k8s.io/cluster-autoscaler/node-template/resources/nvidia.com/gpu"
+          value = tostring(g.gpus_per_node)
+        }
+      },
+    )
+  ]...)
+  account_id  = data.aws_caller_identity.current.account_id
+  bucket_name = "${local.account_id}-${var.cluster_name}-substratus-artifacts"
+  # The cluster, made here or found by name.
+  cluster_name      = var.create_cluster ? aws_eks_cluster.substratus[0].name : data.aws_eks_cluster.existing[0].name
+  cluster_arn       = var.create_cluster ? aws_eks_cluster.substratus[0].arn : data.aws_eks_cluster.existing[0].arn
+  cluster_endpoint  = var.create_cluster ? aws_eks_cluster.substratus[0].endpoint : data.aws_eks_cluster.existing[0].endpoint
+  cluster_ca        = var.create_cluster ? aws_eks_cluster.substratus[0].certificate_authority[0].data : data.aws_eks_cluster.existing[0].certificate_authority[0].data
+  oidc_issuer_url   = var.create_cluster ? aws_eks_cluster.substratus[0].identity[0].oidc[0].issuer : data.aws_eks_cluster.existing[0].identity[0].oidc[0].issuer
+  oidc_provider_arn = var.oidc_provider_arn != "" ? var.oidc_provider_arn : aws_iam_openid_connect_provider.eks[0].arn
+  oidc_issuer       = replace(local.oidc_issuer_url, "https://", "")
+  registry_url      = "${local.account_id}.dkr.ecr.${var.region}.amazonaws.com/${aws_ecr_repository.substratus.name}"
   helm_values = {
     cloud             = "aws"
     clusterName       = var.cluster_name
@@ -20,10 +65,10 @@ locals {
       region       = var.region
       accountID    = local.account_id
       identityMode = "irsa"
-      oidcIssuer   = aws_eks_cluster.substratus.identity[0].oidc[0].issuer
+      oidcIssuer   = local.oidc_issuer_url
     }
     image = {
-      repository = "docker.io/substratusai/substratus-operator"
+      repository = var.operator_image_repository
       tag        = var.operator_image_tag
     }
     serviceAccount = {
@@ -46,19 +91,24 @@ data "aws_iam_policy_document" "eks_assume" {
 }
 
 resource "aws_iam_role" "cluster" {
+  count              = var.create_cluster ? 1 : 0
+  tags               = var.tags
   name               = "${var.cluster_name}-eks-cluster"
   assume_role_policy = data.aws_iam_policy_document.eks_assume.json
 }
 
 resource "aws_iam_role_policy_attachment" "cluster" {
-  role       = aws_iam_role.cluster.name
+  count      = var.create_cluster ? 1 : 0
+  role       = aws_iam_role.cluster[0].name
   policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonEKSClusterPolicy"
 }
 
 resource "aws_eks_cluster" "substratus" {
+  count    = var.create_cluster ? 1 : 0
+  tags     = var.tags
   name     = var.cluster_name
   version  = var.kubernetes_version
-  role_arn = aws_iam_role.cluster.arn
+  role_arn = aws_iam_role.cluster[0].arn
   vpc_config {
     subnet_ids = var.subnet_ids
   }
@@ -66,6 +116,12 @@ resource "aws_eks_cluster" "substratus" {
     authentication_mode = "API_AND_CONFIG_MAP"
   }
   depends_on = [aws_iam_role_policy_attachment.cluster]
+}
+
+# An existing cluster (create_cluster = false), found by name.
+data "aws_eks_cluster" "existing" {
+  count = var.create_cluster ? 0 : 1
+  name  = var.cluster_name
 }
 
 data "aws_iam_policy_document" "node_assume" {
@@ -79,24 +135,28 @@ data "aws_iam_policy_document" "node_assume" {
 }
 
 resource "aws_iam_role" "node" {
+  count              = var.create_cluster ? 1 : 0
+  tags               = var.tags
   name               = "${var.cluster_name}-eks-node"
   assume_role_policy = data.aws_iam_policy_document.node_assume.json
 }
 
 resource "aws_iam_role_policy_attachment" "node" {
-  for_each = toset([
+  for_each = var.create_cluster ? toset([
     "AmazonEKSWorkerNodePolicy",
     "AmazonEKS_CNI_Policy",
     "AmazonEC2ContainerRegistryReadOnly",
-  ])
-  role       = aws_iam_role.node.name
+  ]) : toset([])
+  role       = aws_iam_role.node[0].name
   policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/${each.value}"
 }
 
 resource "aws_eks_node_group" "cpu" {
-  cluster_name    = aws_eks_cluster.substratus.name
+  count           = var.create_cluster ? 1 : 0
+  tags            = var.tags
+  cluster_name    = local.cluster_name
   node_group_name = "cpu"
-  node_role_arn   = aws_iam_role.node.arn
+  node_role_arn   = aws_iam_role.node[0].arn
   subnet_ids      = var.subnet_ids
   instance_types  = var.cpu_instance_types
   scaling_config {
@@ -108,10 +168,11 @@ resource "aws_eks_node_group" "cpu" {
 }
 
 resource "aws_eks_node_group" "gpu" {
+  tags            = var.tags
   for_each        = var.gpu_node_groups
-  cluster_name    = aws_eks_cluster.substratus.name
+  cluster_name    = local.cluster_name
   node_group_name = each.key
-  node_role_arn   = aws_iam_role.node.arn
+  node_role_arn   = aws_iam_role.node[0].arn
   subnet_ids      = var.subnet_ids
   instance_types  = each.value.instance_types
   capacity_type   = each.value.capacity_type
@@ -122,10 +183,7 @@ resource "aws_eks_node_group" "gpu" {
     max_size     = each.value.max_size
   }
   # The labels Substratus's AWS GPU catalogue selects on (as Karpenter sets them).
-  labels = merge(
-    { "karpenter.k8s.aws/instance-gpu-name" = each.value.gpu_name },
-    each.value.gpu_memory_mib == "" ? {} : { "karpenter.k8s.aws/instance-gpu-memory" = each.value.gpu_memory_mib },
-  )
+  labels = local.gpu_labels[each.key]
   taint {
     key    = "nvidia.com/gpu"
     effect = "NO_SCHEDULE"
@@ -136,17 +194,31 @@ resource "aws_eks_node_group" "gpu" {
   depends_on = [aws_iam_role_policy_attachment.node]
 }
 
+resource "aws_autoscaling_group_tag" "gpu_node_template" {
+  for_each               = var.create_cluster ? local.gpu_node_template_tags : {}
+  autoscaling_group_name = aws_eks_node_group.gpu[each.value.group].resources[0].autoscaling_groups[0].name
+  tag {
+    key                 = each.value.key
+    value               = each.value.value
+    propagate_at_launch = false
+  }
+}
+
+# An existing cluster's OIDC provider (oidc_provider_arn), else one made here.
 data "tls_certificate" "oidc" {
-  url = aws_eks_cluster.substratus.identity[0].oidc[0].issuer
+  count = var.oidc_provider_arn == "" ? 1 : 0
+  url   = local.oidc_issuer_url
 }
 
 resource "aws_iam_openid_connect_provider" "eks" {
-  url             = aws_eks_cluster.substratus.identity[0].oidc[0].issuer
+  count           = var.oidc_provider_arn == "" ? 1 : 0
+  url             = local.oidc_issuer_url
   client_id_list  = ["sts.amazonaws.com"]
-  thumbprint_list = [data.tls_certificate.oidc.certificates[0].sha1_fingerprint]
+  thumbprint_list = [data.tls_certificate.oidc[0].certificates[0].sha1_fingerprint]
 }
 
 resource "aws_s3_bucket" "artifacts" {
+  tags   = var.tags
   bucket = local.bucket_name
 }
 
@@ -159,6 +231,7 @@ resource "aws_s3_bucket_public_access_block" "artifacts" {
 }
 
 resource "aws_ecr_repository" "substratus" {
+  tags                 = var.tags
   name                 = "${var.cluster_name}-substratus"
   image_tag_mutability = "MUTABLE"
 }
@@ -186,6 +259,7 @@ data "aws_iam_policy_document" "artifacts" {
 }
 
 resource "aws_iam_policy" "artifacts" {
+  tags   = var.tags
   name   = "${var.cluster_name}-substratus-artifacts"
   policy = data.aws_iam_policy_document.artifacts.json
 }
@@ -193,12 +267,13 @@ resource "aws_iam_policy" "artifacts" {
 # The role workloads assume. Its trust policy is managed by the operator, which adds each
 # namespace's role service accounts as subjects (never removing others).
 resource "aws_iam_role" "workloads" {
+  tags = var.tags
   name = "${var.cluster_name}-substratus-workloads"
   assume_role_policy = jsonencode({
     Version = "2012-10-17"
     Statement = [{
       Effect    = "Allow"
-      Principal = { Federated = aws_iam_openid_connect_provider.eks.arn }
+      Principal = { Federated = local.oidc_provider_arn }
       Action    = "sts:AssumeRoleWithWebIdentity"
       Condition = { StringEquals = { "${local.oidc_issuer}:aud" = "sts.amazonaws.com" } }
     }]
@@ -220,7 +295,7 @@ data "aws_iam_policy_document" "operator_trust" {
     actions = ["sts:AssumeRoleWithWebIdentity"]
     principals {
       type        = "Federated"
-      identifiers = [aws_iam_openid_connect_provider.eks.arn]
+      identifiers = [local.oidc_provider_arn]
     }
     condition {
       test     = "StringEquals"
@@ -236,6 +311,7 @@ data "aws_iam_policy_document" "operator_trust" {
 }
 
 resource "aws_iam_role" "operator" {
+  tags               = var.tags
   name               = "${var.cluster_name}-substratus-operator"
   assume_role_policy = data.aws_iam_policy_document.operator_trust.json
 }
@@ -247,7 +323,7 @@ data "aws_iam_policy_document" "operator" {
   }
   statement {
     actions   = ["eks:DescribeCluster"]
-    resources = [aws_eks_cluster.substratus.arn]
+    resources = [local.cluster_arn]
   }
 }
 
@@ -267,7 +343,7 @@ data "aws_iam_policy_document" "mountpoint_trust" {
     actions = ["sts:AssumeRoleWithWebIdentity"]
     principals {
       type        = "Federated"
-      identifiers = [aws_iam_openid_connect_provider.eks.arn]
+      identifiers = [local.oidc_provider_arn]
     }
     condition {
       test     = "StringEquals"
@@ -278,6 +354,7 @@ data "aws_iam_policy_document" "mountpoint_trust" {
 }
 
 resource "aws_iam_role" "mountpoint" {
+  tags               = var.tags
   name               = "${var.cluster_name}-mountpoint-s3"
   assume_role_policy = data.aws_iam_policy_document.mountpoint_trust.json
 }
@@ -288,13 +365,15 @@ resource "aws_iam_role_policy_attachment" "mountpoint" {
 }
 
 resource "aws_eks_addon" "mountpoint_s3" {
-  cluster_name             = aws_eks_cluster.substratus.name
+  count                    = var.install_mountpoint_s3_driver ? 1 : 0
+  cluster_name             = local.cluster_name
   addon_name               = "aws-mountpoint-s3-csi-driver"
   service_account_role_arn = aws_iam_role.mountpoint.arn
   depends_on               = [aws_eks_node_group.cpu]
 }
 
 resource "helm_release" "nvidia_device_plugin" {
+  count      = var.install_nvidia_device_plugin ? 1 : 0
   name       = "nvidia-device-plugin"
   namespace  = "kube-system"
   repository = "https://nvidia.github.io/k8s-device-plugin"
@@ -303,6 +382,90 @@ resource "helm_release" "nvidia_device_plugin" {
     tolerations = [{ key = "nvidia.com/gpu", operator = "Exists", effect = "NoSchedule" }]
   })]
   depends_on = [aws_eks_node_group.cpu]
+}
+
+# cluster-autoscaler: adds a node to the group a pending pod fits (GPU groups from zero, by
+# their node-template tags) and removes idle ones. Its IRSA role may scale only this
+# cluster's groups (tag-scoped).
+data "aws_iam_policy_document" "autoscaler_trust" {
+  statement {
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+    principals {
+      type        = "Federated"
+      identifiers = [local.oidc_provider_arn]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${local.oidc_issuer}:sub"
+      values   = ["system:serviceaccount:kube-system:cluster-autoscaler"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${local.oidc_issuer}:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "autoscaler" {
+  count              = var.create_cluster ? 1 : 0
+  tags               = var.tags
+  name               = "${var.cluster_name}-cluster-autoscaler"
+  assume_role_policy = data.aws_iam_policy_document.autoscaler_trust.json
+}
+
+data "aws_iam_policy_document" "autoscaler" {
+  statement {
+    actions = [
+      "autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances",
+      "autoscaling:DescribeLaunchConfigurations", "autoscaling:DescribeScalingActivities",
+      "autoscaling:DescribeTags", "ec2:DescribeImages", "ec2:DescribeInstanceTypes",
+      "ec2:DescribeLaunchTemplateVersions", "ec2:GetInstanceTypesFromInstanceRequirements",
+      "eks:DescribeNodegroup",
+    ]
+    resources = ["*"]
+  }
+  statement {
+    actions   = ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"]
+    resources = ["*"]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/eks:cluster-name"
+      values   = [local.cluster_name]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "autoscaler" {
+  count  = var.create_cluster ? 1 : 0
+  role   = aws_iam_role.autoscaler[0].name
+  policy = data.aws_iam_policy_document.autoscaler.json
+}
+
+resource "helm_release" "cluster_autoscaler" {
+  count      = var.create_cluster ? 1 : 0
+  name       = "cluster-autoscaler"
+  namespace  = "kube-system"
+  repository = "https://kubernetes.github.io/autoscaler"
+  chart      = "cluster-autoscaler"
+  version    = var.cluster_autoscaler_chart_version
+  values = [yamlencode({
+    cloudProvider = "aws"
+    awsRegion     = var.region
+    autoDiscovery = { clusterName = local.cluster_name }
+    rbac = {
+      serviceAccount = {
+        name        = "cluster-autoscaler"
+        annotations = { "eks.amazonaws.com/role-arn" = aws_iam_role.autoscaler[0].arn }
+      }
+    }
+    extraArgs = {
+      "balance-similar-node-groups"   = true
+      "skip-nodes-with-local-storage" = false
+      "expander"                      = "least-waste"
+    }
+  })]
+  depends_on = [aws_eks_node_group.cpu, aws_iam_role_policy.autoscaler]
 }
 
 resource "helm_release" "substratus" {

@@ -1,21 +1,21 @@
 output "cluster_name" {
   description = "Name of the EKS cluster."
-  value       = aws_eks_cluster.substratus.name
+  value       = local.cluster_name
 }
 
 output "cluster_endpoint" {
   description = "Endpoint of the cluster's API server."
-  value       = aws_eks_cluster.substratus.endpoint
+  value       = local.cluster_endpoint
 }
 
 output "cluster_ca_certificate" {
   description = "Base64 CA certificate of the cluster's API server."
-  value       = aws_eks_cluster.substratus.certificate_authority[0].data
+  value       = local.cluster_ca
 }
 
 output "update_kubeconfig" {
   description = "Command that points kubectl at the cluster."
-  value       = "aws eks update-kubeconfig --region ${var.region} --name ${aws_eks_cluster.substratus.name}"
+  value       = "aws eks update-kubeconfig --region ${var.region} --name ${local.cluster_name}"
 }
 
 output "artifact_bucket_url" {
@@ -35,5 +35,5 @@ output "principal" {
 
 output "oidc_provider_arn" {
   description = "The cluster's IAM OIDC provider."
-  value       = aws_iam_openid_connect_provider.eks.arn
+  value       = local.oidc_provider_arn
 }

@@ -9,6 +9,19 @@
 # condition naming the limit; add identities per namespace group.
 
 locals {
+  resource_group    = var.create_cluster ? azurerm_resource_group.substratus[0].name : data.azurerm_resource_group.existing[0].name
+  location          = var.create_cluster ? azurerm_resource_group.substratus[0].location : data.azurerm_resource_group.existing[0].location
+  oidc_issuer_url   = var.create_cluster ? azurerm_kubernetes_cluster.substratus[0].oidc_issuer_url : data.azurerm_kubernetes_cluster.existing[0].oidc_issuer_url
+  kubelet_object_id = var.create_cluster ? azurerm_kubernetes_cluster.substratus[0].kubelet_identity[0].object_id : data.azurerm_kubernetes_cluster.existing[0].kubelet_identity[0].object_id
+  cluster_name      = var.create_cluster ? azurerm_kubernetes_cluster.substratus[0].name : data.azurerm_kubernetes_cluster.existing[0].name
+  kube_host         = var.create_cluster ? azurerm_kubernetes_cluster.substratus[0].kube_config[0].host : data.azurerm_kubernetes_cluster.existing[0].kube_config[0].host
+  kube_client_cert  = var.create_cluster ? azurerm_kubernetes_cluster.substratus[0].kube_config[0].client_certificate : data.azurerm_kubernetes_cluster.existing[0].kube_config[0].client_certificate
+  kube_client_key   = var.create_cluster ? azurerm_kubernetes_cluster.substratus[0].kube_config[0].client_key : data.azurerm_kubernetes_cluster.existing[0].kube_config[0].client_key
+  kube_cluster_ca   = var.create_cluster ? azurerm_kubernetes_cluster.substratus[0].kube_config[0].cluster_ca_certificate : data.azurerm_kubernetes_cluster.existing[0].kube_config[0].cluster_ca_certificate
+  kube_config_raw   = var.create_cluster ? azurerm_kubernetes_cluster.substratus[0].kube_config_raw : data.azurerm_kubernetes_cluster.existing[0].kube_config_raw
+}
+
+locals {
   gpu_pools = merge(var.gpu_pools, var.enable_h100 ? { "nvidia-h100" = { vm_size = "Standard_NC40ads_H100_v5", min_count = 0, max_count = 2 } } : {})
   helm_values = {
     cloud             = "azure"
@@ -19,12 +32,12 @@ locals {
     azure = {
       storageAccount = azurerm_storage_account.artifacts.name
       identityName   = azurerm_user_assigned_identity.workloads.name
-      oidcIssuer     = azurerm_kubernetes_cluster.substratus.oidc_issuer_url
+      oidcIssuer     = local.oidc_issuer_url
       subscriptionID = data.azurerm_client_config.current.subscription_id
-      resourceGroup  = azurerm_resource_group.substratus.name
+      resourceGroup  = local.resource_group
     }
     image = {
-      repository = "docker.io/substratusai/substratus-operator"
+      repository = var.operator_image_repository
       tag        = var.operator_image_tag
     }
     serviceAccount = {
@@ -41,15 +54,31 @@ locals {
 
 data "azurerm_client_config" "current" {}
 
+# An existing cluster and its resource group (create_cluster = false), found by name.
+data "azurerm_resource_group" "existing" {
+  count = var.create_cluster ? 0 : 1
+  name  = var.resource_group_name
+}
+
+data "azurerm_kubernetes_cluster" "existing" {
+  count               = var.create_cluster ? 0 : 1
+  name                = var.cluster_name
+  resource_group_name = var.resource_group_name
+}
+
 resource "azurerm_resource_group" "substratus" {
+  count    = var.create_cluster ? 1 : 0
+  tags     = var.tags
   name     = var.resource_group_name
   location = var.location
 }
 
 resource "azurerm_kubernetes_cluster" "substratus" {
+  count                     = var.create_cluster ? 1 : 0
+  tags                      = var.tags
   name                      = var.cluster_name
-  location                  = azurerm_resource_group.substratus.location
-  resource_group_name       = azurerm_resource_group.substratus.name
+  location                  = local.location
+  resource_group_name       = local.resource_group
   dns_prefix                = var.cluster_name
   oidc_issuer_enabled       = true
   workload_identity_enabled = true
@@ -70,9 +99,10 @@ resource "azurerm_kubernetes_cluster" "substratus" {
 }
 
 resource "azurerm_kubernetes_cluster_node_pool" "gpu" {
-  for_each              = local.gpu_pools
+  tags                  = var.tags
+  for_each              = var.create_cluster ? local.gpu_pools : {}
   name                  = replace(replace(each.key, "nvidia-", ""), "-", "")
-  kubernetes_cluster_id = azurerm_kubernetes_cluster.substratus.id
+  kubernetes_cluster_id = azurerm_kubernetes_cluster.substratus[0].id
   vm_size               = each.value.vm_size
   auto_scaling_enabled  = true
   min_count             = each.value.min_count
@@ -84,9 +114,10 @@ resource "azurerm_kubernetes_cluster_node_pool" "gpu" {
 }
 
 resource "azurerm_storage_account" "artifacts" {
+  tags                            = var.tags
   name                            = "substratus${var.name_suffix}"
-  resource_group_name             = azurerm_resource_group.substratus.name
-  location                        = azurerm_resource_group.substratus.location
+  resource_group_name             = local.resource_group
+  location                        = local.location
   account_tier                    = "Standard"
   account_replication_type        = "LRS"
   allow_nested_items_to_be_public = false
@@ -100,33 +131,36 @@ resource "azurerm_storage_container" "artifacts" {
 }
 
 resource "azurerm_container_registry" "substratus" {
+  tags                = var.tags
   name                = "substratus${var.name_suffix}"
-  resource_group_name = azurerm_resource_group.substratus.name
-  location            = azurerm_resource_group.substratus.location
+  resource_group_name = local.resource_group
+  location            = local.location
   sku                 = "Standard"
 }
 
 # The identity workloads run as; the operator adds its federated credentials.
 resource "azurerm_user_assigned_identity" "workloads" {
+  tags                = var.tags
   name                = "${var.cluster_name}-substratus-workloads"
-  resource_group_name = azurerm_resource_group.substratus.name
-  location            = azurerm_resource_group.substratus.location
+  resource_group_name = local.resource_group
+  location            = local.location
 }
 
 # The operator's own identity: blob access for uploads (user-delegation SAS) and md5 checks,
 # and the right to add federated credentials to the workload identity.
 resource "azurerm_user_assigned_identity" "operator" {
+  tags                = var.tags
   name                = "${var.cluster_name}-substratus-operator"
-  resource_group_name = azurerm_resource_group.substratus.name
-  location            = azurerm_resource_group.substratus.location
+  resource_group_name = local.resource_group
+  location            = local.location
 }
 
 resource "azurerm_federated_identity_credential" "operator" {
   name                = "substratus-operator"
-  resource_group_name = azurerm_resource_group.substratus.name
+  resource_group_name = local.resource_group
   parent_id           = azurerm_user_assigned_identity.operator.id
   audience            = ["api://AzureADTokenExchange"]
-  issuer              = azurerm_kubernetes_cluster.substratus.oidc_issuer_url
+  issuer              = local.oidc_issuer_url
   subject             = "system:serviceaccount:${var.operator_namespace}:substratus-operator"
 }
 
@@ -164,10 +198,11 @@ resource "azurerm_role_assignment" "acr_push" {
 resource "azurerm_role_assignment" "acr_pull" {
   scope                = azurerm_container_registry.substratus.id
   role_definition_name = "AcrPull"
-  principal_id         = azurerm_kubernetes_cluster.substratus.kubelet_identity[0].object_id
+  principal_id         = local.kubelet_object_id
 }
 
 resource "helm_release" "nvidia_device_plugin" {
+  count      = var.install_nvidia_device_plugin ? 1 : 0
   name       = "nvidia-device-plugin"
   namespace  = "kube-system"
   repository = "https://nvidia.github.io/k8s-device-plugin"

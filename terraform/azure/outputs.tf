@@ -1,22 +1,22 @@
 output "cluster_name" {
   description = "Name of the AKS cluster."
-  value       = azurerm_kubernetes_cluster.substratus.name
+  value       = local.cluster_name
 }
 
 output "kube_config" {
   description = "Raw kubeconfig of the cluster."
-  value       = azurerm_kubernetes_cluster.substratus.kube_config_raw
+  value       = local.kube_config_raw
   sensitive   = true
 }
 
 output "get_credentials" {
   description = "Command that points kubectl at the cluster."
-  value       = "az aks get-credentials --resource-group ${azurerm_resource_group.substratus.name} --name ${azurerm_kubernetes_cluster.substratus.name}"
+  value       = "az aks get-credentials --resource-group ${local.resource_group} --name ${local.cluster_name}"
 }
 
 output "oidc_issuer_url" {
   description = "The cluster's OIDC issuer, used by federated identity credentials."
-  value       = azurerm_kubernetes_cluster.substratus.oidc_issuer_url
+  value       = local.oidc_issuer_url
 }
 
 output "artifact_bucket_url" {
@@ -41,24 +41,24 @@ output "principal" {
 
 output "kube_host" {
   description = "API server URL."
-  value       = azurerm_kubernetes_cluster.substratus.kube_config[0].host
+  value       = local.kube_host
   sensitive   = true
 }
 
 output "kube_client_certificate" {
   description = "Base64 client certificate for the API server."
-  value       = azurerm_kubernetes_cluster.substratus.kube_config[0].client_certificate
+  value       = local.kube_client_cert
   sensitive   = true
 }
 
 output "kube_client_key" {
   description = "Base64 client key for the API server."
-  value       = azurerm_kubernetes_cluster.substratus.kube_config[0].client_key
+  value       = local.kube_client_key
   sensitive   = true
 }
 
 output "kube_cluster_ca_certificate" {
   description = "Base64 CA certificate of the API server."
-  value       = azurerm_kubernetes_cluster.substratus.kube_config[0].cluster_ca_certificate
+  value       = local.kube_cluster_ca
   sensitive   = true
 }

@@ -1,3 +1,15 @@
+variable "create_cluster" {
+  description = "Create the resource group, the AKS cluster and its node pools; false installs onto the existing cluster cluster_name of resource_group_name (which must have the OIDC issuer, workload identity and the Blob CSI driver): storage, registry, identities and the chart only."
+  type        = bool
+  default     = true
+}
+
+variable "install_nvidia_device_plugin" {
+  description = "Install the NVIDIA device plugin (false when the cluster has one)."
+  type        = bool
+  default     = true
+}
+
 variable "location" {
   description = "Azure region (e.g. eastus)."
   type        = string
@@ -72,6 +84,18 @@ variable "chart_path" {
   description = "Path or repository URL of the Substratus Helm chart."
   type        = string
   default     = "../../deploy/helm/substratus"
+}
+
+variable "tags" {
+  description = "Tags on every Azure resource the module creates that takes them."
+  type        = map(string)
+  default     = {}
+}
+
+variable "operator_image_repository" {
+  description = "Repository of the operator image (the release workflow publishes it to ghcr.io)."
+  type        = string
+  default     = "ghcr.io/substratusai/substratus-operator"
 }
 
 variable "operator_image_tag" {

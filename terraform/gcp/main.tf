@@ -1,10 +1,24 @@
 # GKE with Workload Identity and the GCS FUSE CSI driver, GPU node pools, the artifacts
 # bucket, an Artifact Registry repository, the identities Substratus needs, and the operator.
+# With create_cluster = false, only what Substratus adds to an existing cluster (which must
+# have Workload Identity and the GCS FUSE CSI driver): the bucket, the registry, the
+# identities and the operator.
+
+# An existing cluster (create_cluster = false), found by name.
+data "google_container_cluster" "existing" {
+  count    = var.create_cluster ? 0 : 1
+  project  = var.project_id
+  name     = var.cluster_name
+  location = var.region
+}
 
 locals {
-  bucket_name  = "${var.project_id}-substratus-artifacts"
-  registry_url = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.substratus.repository_id}"
-  principal    = google_service_account.substratus.email
+  cluster_name     = var.create_cluster ? google_container_cluster.substratus[0].name : data.google_container_cluster.existing[0].name
+  cluster_endpoint = var.create_cluster ? google_container_cluster.substratus[0].endpoint : data.google_container_cluster.existing[0].endpoint
+  cluster_ca       = var.create_cluster ? google_container_cluster.substratus[0].master_auth[0].cluster_ca_certificate : data.google_container_cluster.existing[0].master_auth[0].cluster_ca_certificate
+  bucket_name      = "${var.project_id}-substratus-artifacts"
+  registry_url     = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.substratus.repository_id}"
+  principal        = google_service_account.substratus.email
   helm_values = {
     cloud             = "gcp"
     clusterName       = var.cluster_name
@@ -16,7 +30,7 @@ locals {
       clusterLocation = var.region
     }
     image = {
-      repository = "docker.io/substratusai/substratus-operator"
+      repository = var.operator_image_repository
       tag        = var.operator_image_tag
     }
     serviceAccount = {
@@ -29,10 +43,12 @@ locals {
 }
 
 resource "google_container_cluster" "substratus" {
-  project        = var.project_id
-  name           = var.cluster_name
-  location       = var.region
-  node_locations = var.zones
+  count           = var.create_cluster ? 1 : 0
+  resource_labels = var.labels
+  project         = var.project_id
+  name            = var.cluster_name
+  location        = var.region
+  node_locations  = var.zones
 
   remove_default_node_pool = true
   initial_node_count       = 1
@@ -52,9 +68,10 @@ resource "google_container_cluster" "substratus" {
 }
 
 resource "google_container_node_pool" "cpu" {
+  count    = var.create_cluster ? 1 : 0
   project  = var.project_id
   name     = "cpu"
-  cluster  = google_container_cluster.substratus.id
+  cluster  = google_container_cluster.substratus[0].id
   location = var.region
 
   autoscaling {
@@ -62,8 +79,9 @@ resource "google_container_node_pool" "cpu" {
     max_node_count = var.cpu_nodes.max
   }
   node_config {
-    machine_type = var.cpu_machine_type
-    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    resource_labels = var.labels
+    machine_type    = var.cpu_machine_type
+    oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
     workload_metadata_config {
       mode = "GKE_METADATA"
     }
@@ -71,10 +89,10 @@ resource "google_container_node_pool" "cpu" {
 }
 
 resource "google_container_node_pool" "gpu" {
-  for_each = var.gpu_pools
+  for_each = var.create_cluster ? var.gpu_pools : {}
   project  = var.project_id
   name     = each.key
-  cluster  = google_container_cluster.substratus.id
+  cluster  = google_container_cluster.substratus[0].id
   location = var.region
 
   autoscaling {
@@ -82,9 +100,10 @@ resource "google_container_node_pool" "gpu" {
     max_node_count = each.value.max_nodes
   }
   node_config {
-    machine_type = each.value.machine_type
-    spot         = each.value.spot
-    oauth_scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+    resource_labels = var.labels
+    machine_type    = each.value.machine_type
+    spot            = each.value.spot
+    oauth_scopes    = ["https://www.googleapis.com/auth/cloud-platform"]
     guest_accelerator {
       type  = each.value.accelerator_type
       count = each.value.accelerator_count
@@ -100,6 +119,7 @@ resource "google_container_node_pool" "gpu" {
 }
 
 resource "google_storage_bucket" "artifacts" {
+  labels                      = var.labels
   project                     = var.project_id
   name                        = local.bucket_name
   location                    = var.region
@@ -108,6 +128,7 @@ resource "google_storage_bucket" "artifacts" {
 }
 
 resource "google_artifact_registry_repository" "substratus" {
+  labels        = var.labels
   project       = var.project_id
   location      = var.region
   repository_id = "substratus"
@@ -155,7 +176,8 @@ resource "google_service_account_iam_member" "operator_workload_identity" {
   service_account_id = google_service_account.substratus.name
   role               = "roles/iam.workloadIdentityUser"
   member             = "serviceAccount:${var.project_id}.svc.id.goog[${var.operator_namespace}/substratus-operator]"
-  depends_on         = [google_container_cluster.substratus]
+  # The workload pool exists once the cluster does.
+  depends_on = [google_container_cluster.substratus, data.google_container_cluster.existing]
 }
 
 resource "helm_release" "substratus" {

@@ -1,17 +1,17 @@
 output "cluster_name" {
   description = "Name of the GKE cluster."
-  value       = google_container_cluster.substratus.name
+  value       = local.cluster_name
 }
 
 output "cluster_endpoint" {
   description = "Endpoint of the cluster's API server."
-  value       = google_container_cluster.substratus.endpoint
+  value       = local.cluster_endpoint
   sensitive   = true
 }
 
 output "get_credentials" {
   description = "Command that points kubectl at the cluster."
-  value       = "gcloud container clusters get-credentials ${google_container_cluster.substratus.name} --region ${var.region} --project ${var.project_id}"
+  value       = "gcloud container clusters get-credentials ${local.cluster_name} --region ${var.region} --project ${var.project_id}"
 }
 
 output "artifact_bucket_url" {
@@ -31,6 +31,6 @@ output "principal" {
 
 output "cluster_ca_certificate" {
   description = "Base64 CA certificate of the cluster's API server."
-  value       = google_container_cluster.substratus.master_auth[0].cluster_ca_certificate
+  value       = local.cluster_ca
   sensitive   = true
 }

@@ -7,6 +7,12 @@ variable "project_id" {
   }
 }
 
+variable "create_cluster" {
+  description = "Create the GKE cluster and its node pools; false installs onto the existing cluster cluster_name in region (bucket, registry, identities and the chart only)."
+  type        = bool
+  default     = true
+}
+
 variable "region" {
   description = "Region of the cluster, the bucket and the registry (e.g. us-central1)."
   type        = string
@@ -88,6 +94,18 @@ variable "chart_path" {
   description = "Path or repository URL of the Substratus Helm chart."
   type        = string
   default     = "../../deploy/helm/substratus"
+}
+
+variable "labels" {
+  description = "Labels on the cluster (resource labels), its node pools, the bucket and the registry."
+  type        = map(string)
+  default     = {}
+}
+
+variable "operator_image_repository" {
+  description = "Repository of the operator image (the release workflow publishes it to ghcr.io)."
+  type        = string
+  default     = "ghcr.io/substratusai/substratus-operator"
 }
 
 variable "operator_image_tag" {

@@ -75,6 +75,35 @@ pub async fn serve_exec(c: &kube::Client, ns: &str, pod: &str, workdir: &Path) {
     .await;
 }
 
+/// Runs exec'd commands of `pod` as local processes in `workdir` with only busybox's applets
+/// on the PATH (`sh`, `find`, `stat`, `tar`, `cat`, `ls`), as in a busybox or Alpine image:
+/// a command that needs GNU options fails as it would there.
+pub async fn serve_exec_busybox(c: &kube::Client, ns: &str, pod: &str, workdir: &Path) {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("busybox (hack/install-deps.sh installs busybox-static)");
+    let bin = std::env::temp_dir().join(format!("substratus-busybox-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    for applet in ["sh", "find", "stat", "tar", "cat", "ls"] {
+        let link = bin.join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink(busybox, &link).unwrap();
+        }
+    }
+    apply(
+        c,
+        ns,
+        "Exec",
+        "execs",
+        pod,
+        json!({"execs": [{"local": {"workDir": workdir,
+            "envs": [{"name": "PATH", "value": bin}]}}]}),
+    )
+    .await;
+}
+
 /// Forwards `pod:<port>` to `127.0.0.1:<local>`.
 pub async fn serve_port(c: &kube::Client, ns: &str, pod: &str, port: u16, local: u16) {
     apply(

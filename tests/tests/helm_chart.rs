@@ -197,13 +197,131 @@ fn bad_values_are_refused_naming_them() {
 }
 
 #[test]
-fn the_chart_ships_the_generated_crds() {
-    let shipped = std::fs::read_to_string(chart().join("crds/crds.yaml")).unwrap();
-    let generated = substratus_crds::crds_yaml().unwrap();
+fn the_chart_ships_the_generated_crds_kept_on_uninstall() {
+    let shipped = std::fs::read_to_string(chart().join("files/crds.yaml")).unwrap();
+    let generated = substratus_crds::crds_yaml_for_helm().unwrap();
     assert!(
         shipped == generated,
-        "deploy/helm/substratus/crds/crds.yaml is stale; copy crds/generated/crds.yaml over it"
+        "deploy/helm/substratus/files/crds.yaml is stale: cargo run -p substratus-operator -- crd --helm > deploy/helm/substratus/files/crds.yaml"
     );
+    // Rendered as templates, so that `helm upgrade` upgrades them (Helm never upgrades a
+    // chart's crds/ folder), and kept when the release goes.
+    assert!(!chart().join("crds").exists(), "no crds/ folder: Helm would never upgrade it");
+    let docs = render(&[]).unwrap();
+    let crds: Vec<_> = docs.iter().filter(|d| d["kind"] == "CustomResourceDefinition").collect();
+    assert_eq!(crds.len(), 4);
+    for crd in crds {
+        assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+    }
+    let without = render(&["crds.enabled=false"]).unwrap();
+    assert!(!without.iter().any(|d| d["kind"] == "CustomResourceDefinition"));
+}
+
+#[test]
+fn the_chart_follows_the_conventions_of_well_kept_operators() {
+    let docs = render(&[]).unwrap();
+    // Two replicas spread over nodes, one at a time through a drain.
+    let pdb = find(&docs, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let pod = &find(&docs, "Deployment")["spec"]["template"];
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"]);
+    let spread = &pod["spec"]["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(spread["labelSelector"]["matchLabels"], pod["metadata"]["labels"]);
+    assert!(!render(&["replicaCount=1"]).unwrap().iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    // The kinds join the built-in view, edit and admin roles.
+    let roles: Vec<_> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
+    let aggregated = |to: &str| {
+        roles
+            .iter()
+            .filter(|r| r["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")] == "true")
+            .flat_map(|r| r["rules"].as_array().unwrap().iter().flat_map(|rule| rule["verbs"].as_array().unwrap().clone()))
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    assert!(aggregated("view").contains(&"list".to_owned()));
+    assert!(!aggregated("view").contains(&"create".to_owned()), "view only reads");
+    assert!(aggregated("edit").contains(&"create".to_owned()));
+    assert!(aggregated("admin").contains(&"delete".to_owned()));
+    // Pinned by digest; pull secrets, annotations and environment passed through.
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let docs = render(&[
+        &format!("image.digest={digest}"),
+        "imagePullSecrets[0].name=regcred",
+        "podAnnotations.a=b",
+        "extraEnv[0].name=RUST_LOG",
+        "extraEnv[0].value=debug",
+    ])
+    .unwrap();
+    let pod = &find(&docs, "Deployment")["spec"]["template"];
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(c["image"], format!("ghcr.io/substratusai/substratus-operator@{digest}"));
+    assert_eq!(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(pod["metadata"]["annotations"]["a"], "b");
+    assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "RUST_LOG" && e["value"] == "debug"));
+    assert!(render(&["image.digest=latest"]).unwrap_err().contains("digest"));
+    // Alerts and a dashboard on request.
+    let docs = render(&["metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true"]).unwrap();
+    let alerts: Vec<_> = find(&docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(alerts, ["SubstratusReconcileErrors", "SubstratusNoLeader", "SubstratusOperatorDown"]);
+    let dashboard = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"].as_str().unwrap().ends_with("-dashboard"))
+        .expect("the dashboard ConfigMap");
+    let json: Value = serde_json::from_str(dashboard["data"]["substratus.json"].as_str().unwrap()).unwrap();
+    let exprs: String = json["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()))
+        .collect();
+    for metric in [
+        "substratus_reconciles_total",
+        "substratus_reconcile_errors_total",
+        "substratus_reconcile_duration_seconds_bucket",
+        "substratus_cached_objects",
+        "process_resident_memory_bytes",
+        "substratus_leader",
+    ] {
+        assert!(exprs.contains(metric), "the dashboard shows {metric}");
+    }
+}
+
+#[test]
+fn the_chart_readme_documents_every_value() {
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let values: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
+    fn leaves(prefix: &str, v: &Value, out: &mut Vec<String>) {
+        match v.as_object() {
+            Some(m) if !m.is_empty() && !prefix.ends_with("labels") && !prefix.ends_with("Overrides") => {
+                for (k, child) in m {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    leaves(&key, child, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let mut keys = Vec::new();
+    leaves("", &values, &mut keys);
+    let missing: Vec<_> = keys
+        .iter()
+        .filter(|k| {
+            let last = k.rsplit('.').next().unwrap();
+            let parent = k.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+            !readme.contains(&format!("`{k}`"))
+                && !(readme.contains(&format!("`{parent}.")) && readme.contains(&format!(".{last}`")))
+                && !readme.contains(&format!("`{k}`,"))
+                && !readme.contains(&format!(", `{k}`"))
+        })
+        .collect();
+    assert!(missing.is_empty(), "values without a row in the chart's README: {missing:?}");
 }
 
 #[test]

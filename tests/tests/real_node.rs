@@ -662,6 +662,9 @@ async fn the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(s3: &S
             release_ns,
             "--wait",
             "--timeout=180s",
+            // The cluster's CRDs, applied by the test harness, become the release's: the
+            // chart's own (templates, kept on uninstall) are applied over them.
+            "--take-ownership",
         ]
         .iter()
         .map(|s| (*s).to_owned())

@@ -1,9 +1,12 @@
 //! `sub`: build, run, serve and open Substratus objects from a directory.
 
+use std::process::ExitCode;
+
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use substratus_cli::client::{Cluster, ClusterArgs};
 use substratus_cli::commands::{self, NotebookArgs, RunArgs, ServeArgs};
+use substratus_cli::get::{self, GetArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -14,6 +17,9 @@ use substratus_cli::commands::{self, NotebookArgs, RunArgs, ServeArgs};
 struct Cli {
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// On an error, print every cause (not only one line).
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -35,22 +41,47 @@ enum Command {
     #[command(visible_alias = "srv")]
     Serve(ServeArgs),
     /// List objects: all, a kind (models), or one (models/NAME).
-    Get { scope: Option<String> },
+    Get(GetArgs),
     /// Delete KIND/NAME.
     #[command(visible_alias = "del")]
     Delete { target: String },
+    /// Print a shell completion script: `source <(sub completion bash)`.
+    Completion { shell: clap_complete::Shell },
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Exit codes: 0 success; 1 an error (one line on stderr, every cause with `-v`); 2 a usage
+/// error (from the argument parser).
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "sub", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", substratus_cli::errors::one_line(&e, cli.verbose));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: &Cli) -> Result<()> {
     let cluster = Cluster::connect(&cli.cluster).await?;
     match &cli.command {
         Command::Apply { file } => commands::apply(&cluster, file, true).await,
         Command::Run(a) => commands::run(&cluster, a).await,
         Command::Notebook(a) => commands::notebook(&cluster, a).await,
         Command::Serve(a) => commands::serve(&cluster, a).await,
-        Command::Get { scope } => commands::get(&cluster, scope.as_deref()).await,
+        Command::Get(a) => get::get(&cluster, a).await,
         Command::Delete { target } => commands::delete(&cluster, target).await,
+        Command::Completion { .. } => Ok(()),
     }
 }

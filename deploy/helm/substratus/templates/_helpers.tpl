@@ -15,6 +15,14 @@ app.kubernetes.io/name: substratus
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{- define "substratus.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
 {{- define "substratus.serviceAccountName" -}}
 {{ .Values.serviceAccount.name }}
 {{- end -}}

@@ -1,5 +1,5 @@
 # Example root: EKS with L4, A100 and T4 node groups and Substratus installed.
-#   terraform init && terraform apply -var 'subnet_ids=["subnet-a","subnet-b"]'
+#   cd terraform/aws/examples/new-cluster && terraform init && terraform apply -var 'subnet_ids=["subnet-a","subnet-b"]'
 
 variable "subnet_ids" {
   description = "Private subnets in two or more availability zones."
@@ -15,7 +15,7 @@ data "aws_eks_cluster_auth" "substratus" {
 }
 
 provider "helm" {
-  kubernetes {
+  kubernetes = {
     host                   = module.substratus.cluster_endpoint
     cluster_ca_certificate = base64decode(module.substratus.cluster_ca_certificate)
     token                  = data.aws_eks_cluster_auth.substratus.token
@@ -23,9 +23,9 @@ provider "helm" {
 }
 
 module "substratus" {
-  source     = "../"
+  source     = "../../"
   subnet_ids = var.subnet_ids
-  chart_path = "../../../deploy/helm/substratus"
+  chart_path = "../../../../deploy/helm/substratus"
 }
 
 output "update_kubeconfig" {

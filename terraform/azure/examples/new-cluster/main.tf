@@ -11,7 +11,7 @@ provider "azurerm" {
 }
 
 provider "helm" {
-  kubernetes {
+  kubernetes = {
     host                   = module.substratus.kube_host
     client_certificate     = base64decode(module.substratus.kube_client_certificate)
     client_key             = base64decode(module.substratus.kube_client_key)
@@ -20,9 +20,9 @@ provider "helm" {
 }
 
 module "substratus" {
-  source      = "../"
+  source      = "../../"
   name_suffix = var.name_suffix
-  chart_path  = "../../../deploy/helm/substratus"
+  chart_path  = "../../../../deploy/helm/substratus"
 }
 
 output "get_credentials" {

@@ -14,7 +14,7 @@ provider "google" {
 data "google_client_config" "current" {}
 
 provider "helm" {
-  kubernetes {
+  kubernetes = {
     host                   = "https://${module.substratus.cluster_endpoint}"
     token                  = data.google_client_config.current.access_token
     cluster_ca_certificate = base64decode(module.substratus.cluster_ca_certificate)
@@ -22,9 +22,9 @@ provider "helm" {
 }
 
 module "substratus" {
-  source     = "../"
+  source     = "../../"
   project_id = var.project_id
-  chart_path = "../../../deploy/helm/substratus"
+  chart_path = "../../../../deploy/helm/substratus"
 }
 
 output "get_credentials" {
