@@ -12,5 +12,5 @@ if [[ ! -x "$actionlint" ]]; then
     go install -trimpath "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" >&2
 fi
 echo "==> actionlint $ACTIONLINT_VERSION"
-"$actionlint" -color=never .github/workflows/*.yaml
+"$actionlint" -no-color .github/workflows/*.yaml
 

@@ -54,7 +54,9 @@ impl Cluster {
                 Err(_) if std::env::var_os("KUBECONFIG").is_none() && args.context.is_none() => {
                     None
                 }
-                Err(e) => return Err(e).context("reading the kubeconfig (KUBECONFIG or ~/.kube/config)"),
+                Err(e) => {
+                    return Err(e).context("reading the kubeconfig (KUBECONFIG or ~/.kube/config)");
+                }
             },
         };
         let config = match kubeconfig {

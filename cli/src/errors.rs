@@ -63,8 +63,14 @@ mod tests {
             "Error from server (NotFound): models.substratus.ai \"x\" not found"
         );
         let verbose = one_line(&e, true);
-        assert!(verbose.starts_with("error: getting Model x\n  caused by: "), "{verbose}");
-        assert!(!verbose.contains("Status {"), "no debug structures: {verbose}");
+        assert!(
+            verbose.starts_with("error: getting Model x\n  caused by: "),
+            "{verbose}"
+        );
+        assert!(
+            !verbose.contains("Status {"),
+            "no debug structures: {verbose}"
+        );
     }
 
     #[test]
@@ -72,6 +78,9 @@ mod tests {
         let e = Err::<(), _>(std::io::Error::other("connection refused"))
             .context("connecting to the cluster")
             .unwrap_err();
-        assert_eq!(one_line(&e, false), "error: connecting to the cluster: connection refused");
+        assert_eq!(
+            one_line(&e, false),
+            "error: connecting to the cluster: connection refused"
+        );
     }
 }

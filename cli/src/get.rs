@@ -94,7 +94,13 @@ pub fn table(rows: &[Row], all_namespaces: bool, wide: bool) -> String {
         .collect();
     let columns = lines[0].len();
     let widths: Vec<usize> = (0..columns)
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for l in &lines {
@@ -292,8 +298,14 @@ mod tests {
         );
         let t = table(&rows, true, true);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "NAMESPACE   KIND    NAME       READY   REASON          MESSAGE");
-        assert_eq!(lines[2], "b           model   x          False   Unschedulable   0/3 nodes are available");
+        assert_eq!(
+            lines[0],
+            "NAMESPACE   KIND    NAME       READY   REASON          MESSAGE"
+        );
+        assert_eq!(
+            lines[2],
+            "b           model   x          False   Unschedulable   0/3 nodes are available"
+        );
     }
 
     #[test]

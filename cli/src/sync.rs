@@ -37,7 +37,7 @@ pub fn parse_listing(out: &str) -> Listing {
 
 /// The listing: regular files below the working directory, without the mounts and hidden
 /// files, with their modification time (seconds) and size.
-const LIST: &str = "find . -mindepth 1 \\( -path ./data -o -path ./model -o -path ./artifacts \
+pub const LIST: &str = "find . -mindepth 1 \\( -path ./data -o -path ./model -o -path ./artifacts \
     -o -name '.*' \\) -prune -o -type f -exec stat -c '%Y %s %n' {} +";
 
 /// A relative path that stays inside the directory.
@@ -88,6 +88,15 @@ async fn exec(pods: &Api<Pod>, pod: &str, cmd: &[&str]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Writes the named files as one tar stream; through the shell, so that `tar` is the
+/// image's own wherever its PATH has it.
+pub const COPY: &str = "exec tar cf - -- \"$@\"";
+
+/// Writes the regular files of a tar stream named in `wanted` below `dir` (see [`copy_down`]).
+pub fn unpack_into(reader: impl std::io::Read, wanted: &[String], dir: &Path) -> Result<()> {
+    unpack(reader, &wanted.iter().cloned().collect(), dir)
+}
+
 /// Lists the notebook's working directory.
 pub async fn list(pods: &Api<Pod>, pod: &str) -> Result<Listing> {
     let out = exec(pods, pod, &["sh", "-c", LIST]).await?;
@@ -104,8 +113,7 @@ pub async fn copy_down(pods: &Api<Pod>, pod: &str, rels: &[String], dir: &Path) 
     if rels.is_empty() {
         return Ok(());
     }
-    // Through the shell, so that `tar` is the image's own wherever it lives on its PATH.
-    let mut cmd = vec!["sh", "-c", "exec tar cf - -- \"$@\"", "sh"];
+    let mut cmd = vec!["sh", "-c", COPY, "sh"];
     cmd.extend(rels.iter().map(String::as_str));
     let params = AttachParams::default()
         .container(CONTAINER)
@@ -135,14 +143,22 @@ pub async fn copy_down(pods: &Api<Pod>, pod: &str, rels: &[String], dir: &Path) 
 }
 
 /// Writes the regular files of a tar stream named in `wanted` below `dir`.
-fn unpack(reader: impl std::io::Read, wanted: &std::collections::BTreeSet<String>, dir: &Path) -> Result<()> {
+fn unpack(
+    reader: impl std::io::Read,
+    wanted: &std::collections::BTreeSet<String>,
+    dir: &Path,
+) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().context("reading the tar stream")? {
         let mut entry = entry.context("reading the tar stream")?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let rel = entry.path()?.to_string_lossy().trim_start_matches("./").to_owned();
+        let rel = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
         if !wanted.contains(&rel) || !safe_relative(&rel) {
             bail!("the notebook sent {rel:?}, which was not asked for");
         }
@@ -235,9 +251,14 @@ mod tests {
         add("nb.ipynb", b"{}");
         let bytes = built.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let wanted = ["src/x.py".to_owned(), "nb.ipynb".to_owned()].into_iter().collect();
+        let wanted = ["src/x.py".to_owned(), "nb.ipynb".to_owned()]
+            .into_iter()
+            .collect();
         unpack(&bytes[..], &wanted, dir.path()).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("src/x.py")).unwrap(), b"print(1)");
+        assert_eq!(
+            std::fs::read(dir.path().join("src/x.py")).unwrap(),
+            b"print(1)"
+        );
         assert_eq!(std::fs::read(dir.path().join("nb.ipynb")).unwrap(), b"{}");
         // An entry nobody asked for is refused, and nothing of it is written.
         let only = ["nb.ipynb".to_owned()].into_iter().collect();

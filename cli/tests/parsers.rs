@@ -82,3 +82,92 @@ proptest! {
         }
     }
 }
+
+/// A directory holding busybox's applets, as a busybox or Alpine image's PATH has them.
+fn busybox_path() -> std::path::PathBuf {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.exists())
+        .expect("busybox (hack/install-deps.sh installs busybox-static)");
+    let bin = std::env::temp_dir().join(format!("substratus-busybox-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    for applet in ["sh", "find", "stat", "tar"] {
+        let link = bin.join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink(busybox, &link).unwrap();
+        }
+    }
+    bin
+}
+
+#[test]
+fn notebook_files_are_listed_and_copied_with_busybox_tools() {
+    use std::process::Command;
+    let bin = busybox_path();
+    let sh = bin.join("sh");
+    let content = tempfile::tempdir().unwrap();
+    for (rel, body) in [
+        ("nb.ipynb", "{}"),
+        ("src/x.py", "print(1)"),
+        ("with space.txt", "s"),
+        ("data/big.bin", "mounted"),
+        ("model/w.bin", "mounted"),
+        ("artifacts/out.bin", "mounted"),
+        (".git/HEAD", "hidden"),
+        ("src/.ipynb_checkpoints/x.py", "hidden"),
+    ] {
+        let p = content.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    // GNU find's -printf, which the listing once used, is not there.
+    let gnu = Command::new(&sh)
+        .args(["-c", "find . -printf '%P\\n'"])
+        .env("PATH", &bin)
+        .current_dir(content.path())
+        .output()
+        .unwrap();
+    assert!(!gnu.status.success(), "busybox find has no -printf");
+
+    let out = Command::new(&sh)
+        .args(["-c", substratus_cli::sync::LIST])
+        .env("PATH", &bin)
+        .current_dir(content.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = parse_listing(&String::from_utf8_lossy(&out.stdout));
+    let names: Vec<&str> = listing.keys().map(String::as_str).collect();
+    assert_eq!(names, ["nb.ipynb", "src/x.py", "with space.txt"]);
+    assert_eq!(listing["src/x.py"].1, 8);
+
+    let wanted: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let tar = Command::new(&sh)
+        .args(["-c", substratus_cli::sync::COPY, "sh"])
+        .args(&wanted)
+        .env("PATH", &bin)
+        .current_dir(content.path())
+        .output()
+        .unwrap();
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
+    let local = tempfile::tempdir().unwrap();
+    substratus_cli::sync::unpack_into(&tar.stdout[..], &wanted, local.path()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(local.path().join("src/x.py")).unwrap(),
+        "print(1)"
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.path().join("with space.txt")).unwrap(),
+        "s"
+    );
+    assert!(!local.path().join("data").exists());
+}

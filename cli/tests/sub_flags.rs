@@ -52,24 +52,37 @@ async fn get_prints_json_yaml_wide_and_all_namespaces_like_kubectl() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["kind"], "List");
-    let names: Vec<&str> = list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["m1", "m2"]);
     assert_eq!(list["items"][0]["kind"], "Model");
     assert!(list["items"][0]["metadata"].get("managedFields").is_none());
 
     let out = sub(&kc, &["get", "models/m1", "-n", &ns.name, "-o", "yaml"]);
     let one: Value = serde_yaml::from_slice(&out.stdout).unwrap();
-    assert_eq!((one["kind"].as_str(), one["spec"]["image"].as_str()), (Some("Model"), Some("loader")));
+    assert_eq!(
+        (one["kind"].as_str(), one["spec"]["image"].as_str()),
+        (Some("Model"), Some("loader"))
+    );
 
     let out = sub(&kc, &["get", "models", "-n", &ns.name, "-o", "wide"]);
     let table = text(&out.stdout);
-    assert!(table.lines().next().unwrap().ends_with("MESSAGE"), "{table}");
+    assert!(
+        table.lines().next().unwrap().ends_with("MESSAGE"),
+        "{table}"
+    );
 
     let out = sub(&kc, &["get", "models", "-A"]);
     let table = text(&out.stdout);
     assert!(table.starts_with("NAMESPACE"), "{table}");
     assert!(
-        table.lines().any(|l| l.starts_with(&ns.name) && l.contains("m2")),
+        table
+            .lines()
+            .any(|l| l.starts_with(&ns.name) && l.contains("m2")),
         "{table}"
     );
 }
@@ -115,8 +128,15 @@ async fn get_watch_prints_each_change() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(lines[0].starts_with("KIND"), "{lines:?}");
-    assert_eq!(lines.iter().filter(|l| l.contains("first")).count(), 1, "listed once: {lines:?}");
-    assert!(lines.iter().any(|l| l.contains("second")), "the new Model was printed: {lines:?}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("first")).count(),
+        1,
+        "listed once: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("second")),
+        "the new Model was printed: {lines:?}"
+    );
 }
 
 #[tokio::test]
@@ -139,9 +159,11 @@ async fn every_kubeconfig_file_is_merged_and_context_chooses_among_them() {
         .unwrap(),
     )
     .unwrap();
-    let real: Value = serde_yaml::from_str(&std::fs::read_to_string(&shared().kubeconfig).unwrap()).unwrap();
+    let real: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&shared().kubeconfig).unwrap()).unwrap();
     let context = real["current-context"].as_str().unwrap().to_owned();
-    let merged = std::env::join_paths([elsewhere.as_path(), shared().kubeconfig.as_path()]).unwrap();
+    let merged =
+        std::env::join_paths([elsewhere.as_path(), shared().kubeconfig.as_path()]).unwrap();
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_sub"))
             .env("KUBECONFIG", &merged)
@@ -161,7 +183,11 @@ async fn every_kubeconfig_file_is_merged_and_context_chooses_among_them() {
     assert!(err.starts_with("error: "), "{err}");
     let out = run(&["--context", "no-such-context", "get", "models"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no-such-context"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no-such-context"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -177,15 +203,25 @@ async fn errors_are_one_line_with_exit_codes_and_completions_are_printed() {
     );
     let out = sub(&kc, &["-v", "get", "models/missing", "-n", &ns.name]);
     let err = text(&out.stderr);
-    assert!(err.lines().count() > 1 && !err.contains("Status {"), "{err}");
+    assert!(
+        err.lines().count() > 1 && !err.contains("Status {"),
+        "{err}"
+    );
     // A usage error: exit code 2.
     assert_eq!(sub(&kc, &["get", "--no-such-flag"]).status.code(), Some(2));
     assert_eq!(sub(&kc, &["get", "-o", "toml"]).status.code(), Some(2));
-    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef sub"), ("fish", "complete -c sub")] {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef sub"),
+        ("fish", "complete -c sub"),
+    ] {
         let out = sub(&kc, &["completion", shell]);
         assert!(out.status.success());
         let script = text(&out.stdout);
         assert!(script.contains(marker), "{shell}: {script:.200}");
-        assert!(script.contains("notebook"), "{shell} completes the subcommands");
+        assert!(
+            script.contains("notebook"),
+            "{shell} completes the subcommands"
+        );
     }
 }

@@ -155,7 +155,10 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("substratus_leader 1\n"), "{text}");
-        assert!(text.contains("substratus_build_info{version=\"1.2.3\"} 1\n"), "{text}");
+        assert!(
+            text.contains("substratus_build_info{version=\"1.2.3\"} 1\n"),
+            "{text}"
+        );
         let rss: i64 = text
             .lines()
             .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))

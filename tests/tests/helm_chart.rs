@@ -206,15 +206,28 @@ fn the_chart_ships_the_generated_crds_kept_on_uninstall() {
     );
     // Rendered as templates, so that `helm upgrade` upgrades them (Helm never upgrades a
     // chart's crds/ folder), and kept when the release goes.
-    assert!(!chart().join("crds").exists(), "no crds/ folder: Helm would never upgrade it");
+    assert!(
+        !chart().join("crds").exists(),
+        "no crds/ folder: Helm would never upgrade it"
+    );
     let docs = render(&[]).unwrap();
-    let crds: Vec<_> = docs.iter().filter(|d| d["kind"] == "CustomResourceDefinition").collect();
+    let crds: Vec<_> = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
     assert_eq!(crds.len(), 4);
     for crd in crds {
-        assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
     }
     let without = render(&["crds.enabled=false"]).unwrap();
-    assert!(!without.iter().any(|d| d["kind"] == "CustomResourceDefinition"));
+    assert!(
+        !without
+            .iter()
+            .any(|d| d["kind"] == "CustomResourceDefinition")
+    );
 }
 
 #[test]
@@ -224,23 +237,46 @@ fn the_chart_follows_the_conventions_of_well_kept_operators() {
     let pdb = find(&docs, "PodDisruptionBudget");
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
     let pod = &find(&docs, "Deployment")["spec"]["template"];
-    assert_eq!(pdb["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"]);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        pod["metadata"]["labels"]
+    );
     let spread = &pod["spec"]["topologySpreadConstraints"][0];
     assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
-    assert_eq!(spread["labelSelector"]["matchLabels"], pod["metadata"]["labels"]);
-    assert!(!render(&["replicaCount=1"]).unwrap().iter().any(|d| d["kind"] == "PodDisruptionBudget"));
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"],
+        pod["metadata"]["labels"]
+    );
+    assert!(
+        !render(&["replicaCount=1"])
+            .unwrap()
+            .iter()
+            .any(|d| d["kind"] == "PodDisruptionBudget")
+    );
     // The kinds join the built-in view, edit and admin roles.
     let roles: Vec<_> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
     let aggregated = |to: &str| {
         roles
             .iter()
-            .filter(|r| r["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")] == "true")
-            .flat_map(|r| r["rules"].as_array().unwrap().iter().flat_map(|rule| rule["verbs"].as_array().unwrap().clone()))
+            .filter(|r| {
+                r["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")]
+                    == "true"
+            })
+            .flat_map(|r| {
+                r["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|rule| rule["verbs"].as_array().unwrap().clone())
+            })
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect::<Vec<_>>()
     };
     assert!(aggregated("view").contains(&"list".to_owned()));
-    assert!(!aggregated("view").contains(&"create".to_owned()), "view only reads");
+    assert!(
+        !aggregated("view").contains(&"create".to_owned()),
+        "view only reads"
+    );
     assert!(aggregated("edit").contains(&"create".to_owned()));
     assert!(aggregated("admin").contains(&"delete".to_owned()));
     // Pinned by digest; pull secrets, annotations and environment passed through.
@@ -255,30 +291,67 @@ fn the_chart_follows_the_conventions_of_well_kept_operators() {
     .unwrap();
     let pod = &find(&docs, "Deployment")["spec"]["template"];
     let c = &pod["spec"]["containers"][0];
-    assert_eq!(c["image"], format!("ghcr.io/substratusai/substratus-operator@{digest}"));
+    assert_eq!(
+        c["image"],
+        format!("ghcr.io/substratusai/substratus-operator@{digest}")
+    );
     assert_eq!(pod["spec"]["imagePullSecrets"][0]["name"], "regcred");
     assert_eq!(pod["metadata"]["annotations"]["a"], "b");
-    assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "RUST_LOG" && e["value"] == "debug"));
-    assert!(render(&["image.digest=latest"]).unwrap_err().contains("digest"));
+    assert!(
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "RUST_LOG" && e["value"] == "debug")
+    );
+    assert!(
+        render(&["image.digest=latest"])
+            .unwrap_err()
+            .contains("digest")
+    );
     // Alerts and a dashboard on request.
-    let docs = render(&["metrics.prometheusRule.enabled=true", "metrics.grafanaDashboard.enabled=true"]).unwrap();
+    let docs = render(&[
+        "metrics.prometheusRule.enabled=true",
+        "metrics.grafanaDashboard.enabled=true",
+    ])
+    .unwrap();
     let alerts: Vec<_> = find(&docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["alert"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(alerts, ["SubstratusReconcileErrors", "SubstratusNoLeader", "SubstratusOperatorDown"]);
+    assert_eq!(
+        alerts,
+        [
+            "SubstratusReconcileErrors",
+            "SubstratusNoLeader",
+            "SubstratusOperatorDown"
+        ]
+    );
     let dashboard = docs
         .iter()
-        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"].as_str().unwrap().ends_with("-dashboard"))
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("-dashboard")
+        })
         .expect("the dashboard ConfigMap");
-    let json: Value = serde_json::from_str(dashboard["data"]["substratus.json"].as_str().unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_str(dashboard["data"]["substratus.json"].as_str().unwrap()).unwrap();
     let exprs: String = json["panels"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()))
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_owned())
+        })
         .collect();
     for metric in [
         "substratus_reconciles_total",
@@ -296,12 +369,21 @@ fn the_chart_follows_the_conventions_of_well_kept_operators() {
 fn the_chart_readme_documents_every_value() {
     let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
     let values: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap()).unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+            .unwrap();
     fn leaves(prefix: &str, v: &Value, out: &mut Vec<String>) {
         match v.as_object() {
-            Some(m) if !m.is_empty() && !prefix.ends_with("labels") && !prefix.ends_with("Overrides") => {
+            Some(m)
+                if !m.is_empty()
+                    && !prefix.ends_with("labels")
+                    && !prefix.ends_with("Overrides") =>
+            {
                 for (k, child) in m {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     leaves(&key, child, out);
                 }
             }
@@ -310,18 +392,31 @@ fn the_chart_readme_documents_every_value() {
     }
     let mut keys = Vec::new();
     leaves("", &values, &mut keys);
-    let missing: Vec<_> = keys
-        .iter()
-        .filter(|k| {
-            let last = k.rsplit('.').next().unwrap();
-            let parent = k.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
-            !readme.contains(&format!("`{k}`"))
-                && !(readme.contains(&format!("`{parent}.")) && readme.contains(&format!(".{last}`")))
-                && !readme.contains(&format!("`{k}`,"))
-                && !readme.contains(&format!(", `{k}`"))
-        })
-        .collect();
-    assert!(missing.is_empty(), "values without a row in the chart's README: {missing:?}");
+    // A key is documented by its own row, by a row of a map or list holding it, or by a row
+    // of its siblings (`metrics.serviceMonitor.interval`, `.labels`).
+    let documented = |k: &str| {
+        let mut prefix = k;
+        loop {
+            if readme.contains(&format!("`{prefix}`")) {
+                return true;
+            }
+            match prefix.rsplit_once('.') {
+                Some((parent, _)) => prefix = parent,
+                None => break,
+            }
+        }
+        match k.rsplit_once('.') {
+            Some((parent, last)) => {
+                readme.contains(&format!("`{parent}.")) && readme.contains(&format!("`.{last}`"))
+            }
+            None => false,
+        }
+    };
+    let missing: Vec<_> = keys.iter().filter(|k| !documented(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "values without a row in the chart's README: {missing:?}"
+    );
 }
 
 #[test]
