@@ -32,7 +32,7 @@ pub struct Cluster {
 
 /// Installs the one TLS crypto provider of the process.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 impl Cluster {

@@ -187,7 +187,7 @@ pub async fn get(cluster: &Cluster, args: &GetArgs) -> Result<()> {
             if format == Output::Json {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                print!("{}", serde_yaml::to_string(&value)?);
+                print!("{}", serde_saphyr::to_string(&value)?);
             }
         }
         wide => {
@@ -254,9 +254,11 @@ async fn watch(
                 Some(Output::Json) => {
                     writeln!(out, "{}", serde_json::to_string(&printable(kind, &o))?)?
                 }
-                Some(Output::Yaml) => {
-                    write!(out, "---\n{}", serde_yaml::to_string(&printable(kind, &o))?)?
-                }
+                Some(Output::Yaml) => write!(
+                    out,
+                    "---\n{}",
+                    serde_saphyr::to_string(&printable(kind, &o))?
+                )?,
                 wide => {
                     let t = table(&[Row::of(kind, &o)], all, wide == Some(Output::Wide));
                     // Without the header line.

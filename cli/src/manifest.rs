@@ -74,16 +74,8 @@ impl Kind {
 
 /// Splits a YAML stream into its non-empty documents.
 pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<Value>> {
-    use serde::Deserialize;
-    let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v = Value::deserialize(doc)
-            .with_context(|| format!("{origin}: document {} is not valid YAML", i + 1))?;
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    Ok(out)
+    // Empty and null documents are skipped by the parser.
+    serde_saphyr::from_multiple::<Value>(text).with_context(|| format!("{origin}: not valid YAML"))
 }
 
 /// Reads `source`: a file, a directory's `*.yaml`, or an http(s) URL (30 s timeout).

@@ -63,7 +63,7 @@ async fn get_prints_json_yaml_wide_and_all_namespaces_like_kubectl() {
     assert!(list["items"][0]["metadata"].get("managedFields").is_none());
 
     let out = sub(&kc, &["get", "models/m1", "-n", &ns.name, "-o", "yaml"]);
-    let one: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let one: Value = serde_saphyr::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (one["kind"].as_str(), one["spec"]["image"].as_str()),
         (Some("Model"), Some("loader"))
@@ -160,7 +160,7 @@ async fn every_kubeconfig_file_is_merged_and_context_chooses_among_them() {
     )
     .unwrap();
     let real: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&shared().kubeconfig).unwrap()).unwrap();
+        serde_saphyr::from_str(&std::fs::read_to_string(&shared().kubeconfig).unwrap()).unwrap();
     let context = real["current-context"].as_str().unwrap().to_owned();
     let merged =
         std::env::join_paths([elsewhere.as_path(), shared().kubeconfig.as_path()]).unwrap();

@@ -198,7 +198,7 @@ impl GpuCatalog {
     /// Replaces entries with those of a YAML/JSON document (see the module docs).
     pub fn with_overrides(mut self, document: &str) -> Result<GpuCatalog, String> {
         let parsed: BTreeMap<String, Option<GpuPool>> =
-            serde_yaml::from_str(document).map_err(|e| format!("GPU catalogue: {e}"))?;
+            serde_saphyr::from_str(document).map_err(|e| format!("GPU catalogue: {e}"))?;
         for (key, pool) in parsed {
             if key == "any" {
                 self.any = pool.unwrap_or_default();

@@ -7,7 +7,6 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde_json::Value;
 use substratus_core::cloud::CloudError;
 use substratus_core::conditions::reasons;
-use tokio::sync::Mutex;
 
 /// A client whose every request ends within 30 s (5 s to connect).
 pub fn client() -> Result<reqwest::Client, String> {
@@ -78,29 +77,6 @@ pub struct Token {
     pub expires: Instant,
 }
 
-/// Caches a token until a minute before it expires.
-#[derive(Debug, Default)]
-pub struct TokenCache(Mutex<Option<Token>>);
-
-impl TokenCache {
-    pub async fn get<F, Fut>(&self, fetch: F) -> Result<String, CloudError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Token, CloudError>>,
-    {
-        let mut slot = self.0.lock().await;
-        if let Some(t) = slot.as_ref()
-            && t.expires > Instant::now() + Duration::from_secs(60)
-        {
-            return Ok(t.secret.clone());
-        }
-        let t = fetch().await?;
-        let secret = t.secret.clone();
-        *slot = Some(t);
-        Ok(secret)
-    }
-}
-
 /// Percent-encodes one path segment (an object name inside a URL path).
 pub fn segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
@@ -121,39 +97,5 @@ mod tests {
             assert!(matches!(e, CloudError::Permanent { .. }), "{s}");
             assert!(e.to_string().contains(&s.to_string()), "{e}");
         }
-    }
-
-    #[tokio::test]
-    async fn a_token_is_reused_until_near_its_expiry() {
-        let cache = TokenCache::default();
-        let calls = std::sync::atomic::AtomicUsize::new(0);
-        for _ in 0..3 {
-            let t = cache
-                .get(|| async {
-                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    Ok(Token {
-                        secret: "t".into(),
-                        expires: Instant::now() + Duration::from_secs(3600),
-                    })
-                })
-                .await
-                .unwrap();
-            assert_eq!(t, "t");
-        }
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-        let cache = TokenCache::default();
-        for _ in 0..2 {
-            cache
-                .get(|| async {
-                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    Ok(Token {
-                        secret: "short".into(),
-                        expires: Instant::now() + Duration::from_secs(30),
-                    })
-                })
-                .await
-                .unwrap();
-        }
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }

@@ -54,6 +54,9 @@ async fn create_container(endpoint: &str) {
         },
         creds,
     )
+    .transport(substratus_clouds::azure::transport::Transport::options(
+        reqwest::Client::new(),
+    ))
     .container_client("artifacts")
     .create()
     .await

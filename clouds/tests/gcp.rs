@@ -298,7 +298,7 @@ async fn workload_identity_binds_once_across_an_etag_conflict() {
 async fn a_refused_policy_read_is_a_permanent_error_naming_the_call() {
     let fake = Fake::start(|s| {
         if s.path.ends_with("/token") {
-            return json_ok(json!({"access_token": TOKEN, "expires_in": 3600}));
+            return json_ok(json!({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}));
         }
         status(403, r#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getIamPolicy' denied"}}"#)
     })

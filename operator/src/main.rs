@@ -107,8 +107,8 @@ async fn termination() {
 
 async fn run(args: config::RunArgs) -> Result<()> {
     init_logging(&args.log_format);
-    // kube's TLS uses ring; other dependencies bring aws-lc-rs: choose one explicitly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // One crypto provider in the whole graph (aws-lc-rs); installed explicitly all the same.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
     let cloud = args.cloud().await?;
     let client = kube::Client::try_default()

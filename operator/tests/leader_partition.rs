@@ -161,7 +161,7 @@ async fn a_partitioned_leader_stops_before_its_lease_can_be_taken_and_no_job_is_
     // The leader's kubeconfig points at the relay.
     let direct = operator_kubeconfig();
     let mut kc: serde_json::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&direct).unwrap()).unwrap();
+        serde_saphyr::from_str(&std::fs::read_to_string(&direct).unwrap()).unwrap();
     let server = kc["clusters"][0]["cluster"]["server"]
         .as_str()
         .unwrap()

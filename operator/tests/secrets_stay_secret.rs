@@ -101,7 +101,8 @@ async fn tokens_keys_and_signatures_appear_in_no_log_status_or_event() {
         .to_owned();
     let bearer = {
         let kc: serde_json::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(operator_kubeconfig()).unwrap()).unwrap();
+            serde_saphyr::from_str(&std::fs::read_to_string(operator_kubeconfig()).unwrap())
+                .unwrap();
         kc["users"][0]["user"]["token"].as_str().unwrap().to_owned()
     };
     let logs = std::fs::read_to_string(&log_path).unwrap();

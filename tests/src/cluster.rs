@@ -202,10 +202,10 @@ fn install_crds(c: &SharedCluster) -> Result<()> {
     Ok(())
 }
 
-/// Chooses rustls's crypto provider: the dependency graph enables two (ring for kube,
-/// aws-lc-rs for the S3 client), so rustls cannot pick one by itself.
+/// Installs rustls's one crypto provider (aws-lc-rs, the only one in the graph) as the
+/// process default.
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// A client of the shared cluster, as the admin.

@@ -41,15 +41,8 @@ pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// The documents of a YAML file as JSON values (empty documents skipped).
 pub fn documents(path: &Path) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: Value =
-            serde::Deserialize::deserialize(doc).map_err(|e| format!("{}: {e}", path.display()))?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
+    // Empty and null documents are skipped by the parser.
+    serde_saphyr::from_multiple(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Paths (like `spec.resources.gpu.type`) present in `original` whose value is missing or

@@ -36,14 +36,7 @@ fn render(sets: &[&str]) -> Result<Vec<Value>, String> {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| e.to_string())?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
+    serde_saphyr::from_multiple(&text).map_err(|e| e.to_string())
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -369,7 +362,7 @@ fn the_chart_follows_the_conventions_of_well_kept_operators() {
 fn the_chart_readme_documents_every_value() {
     let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
     let values: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
             .unwrap();
     fn leaves(prefix: &str, v: &Value, out: &mut Vec<String>) {
         match v.as_object() {
@@ -428,7 +421,7 @@ fn gpu_catalogue_overrides_reach_the_operator_as_a_file() {
         "/etc/substratus/gpu-catalog.yaml"
     );
     let file: Value =
-        serde_yaml::from_str(cm["data"]["gpu-catalog.yaml"].as_str().unwrap()).unwrap();
+        serde_saphyr::from_str(cm["data"]["gpu-catalog.yaml"].as_str().unwrap()).unwrap();
     assert_eq!(file["nvidia-l4"]["nodeSelector"]["pool"], "my-l4");
     let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
     assert_eq!(
@@ -472,7 +465,7 @@ fn the_kind_install_values_render_and_its_manifests_parse() {
         ]
     );
     // The NodePorts are the ones the kind cluster maps to localhost.
-    let cluster: Value = serde_yaml::from_str(
+    let cluster: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(repo_root().join("deploy/kind/cluster.yaml")).unwrap(),
     )
     .unwrap();

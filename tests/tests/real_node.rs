@@ -775,7 +775,7 @@ async fn upload_build(ns: &str, dir: &Path, changes: Value) -> Value {
     let context = pack(dir);
     let md5 = substratus_core::names::hex(&md5::Md5::digest(&context));
     let mut manifest: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("model.yaml")).unwrap()).unwrap();
+        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("model.yaml")).unwrap()).unwrap();
     let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
     manifest["metadata"]["namespace"] = json!(ns);
     for (k, v) in changes.as_object().into_iter().flatten() {

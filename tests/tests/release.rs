@@ -26,7 +26,7 @@ fn the_krew_manifest_names_every_platform_with_its_checksum() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let m: Value = serde_saphyr::from_slice(&out.stdout).unwrap();
     assert_eq!(m["kind"], "Plugin");
     assert_eq!(m["spec"]["version"], "v1.2.3");
     let platforms = m["spec"]["platforms"].as_array().unwrap();

@@ -184,7 +184,7 @@ async fn child(dir: &str, endpoint: &str) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
     if let Some(c) = &args.child {
         return child(&c[0], &c[1]).await;

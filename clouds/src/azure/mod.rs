@@ -19,6 +19,7 @@
 pub mod auto;
 pub mod fic;
 pub mod token;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -141,13 +142,16 @@ impl AzureCloud {
                 account: settings.storage_account.clone(),
             },
         };
-        let service = ClientBuilder::with_location(location, credentials).blob_service_client();
+        let http = rest::client()?;
+        let service = ClientBuilder::with_location(location, credentials)
+            .transport(transport::Transport::options(http.clone()))
+            .blob_service_client();
         Ok(AzureCloud {
             config,
             settings,
             gpus,
             service,
-            http: rest::client()?,
+            http,
             client_id,
         })
     }

@@ -1,12 +1,11 @@
 //! The GCE metadata server: project, cluster name and location, and the access token of the
 //! node's (or, under GKE Workload Identity, the pod's) Google service account.
 
-use std::time::{Duration, Instant};
-
-use serde::Deserialize;
+use google_cloud_auth::credentials::{AccessTokenCredentials, mds};
 use substratus_core::cloud::CloudError;
+use substratus_core::conditions::reasons;
 
-use crate::rest::{self, Token};
+use crate::rest;
 
 /// Where the metadata server is: `http://$GCE_METADATA_HOST` (the variable Google's client
 /// libraries read), else `http://metadata.google.internal`.
@@ -59,24 +58,60 @@ impl Metadata {
         }
         Ok(Some(text.trim().to_owned()))
     }
+}
 
-    /// An OAuth access token of the default service account.
-    pub async fn token(&self) -> Result<Token, CloudError> {
-        #[derive(Deserialize)]
-        struct Answer {
-            access_token: String,
-            expires_in: u64,
+/// Access tokens of the metadata server's default service account (under GKE Workload
+/// Identity, the pod's Google service account), cached and refreshed ahead of expiry by
+/// Google's auth crate. Its refresh loop stops for good on an answer it deems permanent (a 403
+/// while a Workload Identity binding propagates, say): the credentials are then built afresh,
+/// so the next call asks again. Built on first use, inside the runtime its refresh task needs.
+#[derive(Debug)]
+pub struct MetadataTokens {
+    endpoint: String,
+    credentials: std::sync::Mutex<Option<AccessTokenCredentials>>,
+}
+
+impl MetadataTokens {
+    pub fn new(endpoint: &str) -> MetadataTokens {
+        MetadataTokens {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            credentials: std::sync::Mutex::new(None),
         }
-        let text = self
-            .get("instance/service-accounts/default/token")
-            .await?
-            .ok_or_else(|| CloudError::Transient("metadata server: no token".into()))?;
-        let a: Answer = serde_json::from_str(&text)
-            .map_err(|e| CloudError::Transient(format!("metadata server token: {e}")))?;
-        Ok(Token {
-            secret: a.access_token,
-            expires: Instant::now() + Duration::from_secs(a.expires_in),
-        })
+    }
+
+    fn credentials(&self) -> Result<AccessTokenCredentials, CloudError> {
+        let mut slot = self.credentials.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = mds::Builder::default()
+            .with_endpoint(self.endpoint.clone())
+            .build_access_token_credentials()
+            .map_err(|e| CloudError::Permanent {
+                reason: reasons::CLOUD_ERROR,
+                message: format!("metadata server credentials: {e}"),
+            })?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// A valid access token.
+    pub async fn get(&self) -> Result<String, CloudError> {
+        let credentials = self.credentials()?;
+        match credentials.access_token().await {
+            Ok(t) => Ok(t.token),
+            Err(e) if e.is_transient() => Err(CloudError::Transient(format!(
+                "metadata server {}: {e}",
+                self.endpoint
+            ))),
+            Err(e) => {
+                *self.credentials.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Err(CloudError::Permanent {
+                    reason: reasons::CLOUD_ERROR,
+                    message: format!("metadata server {}: {e}", self.endpoint),
+                })
+            }
+        }
     }
 }
 

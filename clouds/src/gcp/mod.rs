@@ -31,7 +31,7 @@ use substratus_crds::GpuType;
 
 use crate::checksum::{md5_base64, md5_hex_of_base64};
 use crate::gpu::GpuCatalog;
-use crate::rest::{self, TokenCache};
+use crate::rest;
 
 /// The GCS FUSE CSI driver of GKE.
 pub const GCSFUSE_DRIVER: &str = "gcsfuse.csi.storage.gke.io";
@@ -76,8 +76,7 @@ pub struct GcpCloud {
     settings: GcpSettings,
     gpus: GpuCatalog,
     http: reqwest::Client,
-    metadata: metadata::Metadata,
-    tokens: Arc<TokenCache>,
+    tokens: Arc<metadata::MetadataTokens>,
     signer: google_cloud_auth::signer::Signer,
     /// The Google service account workloads (and the signer) act as.
     principal: String,
@@ -104,13 +103,11 @@ impl GcpCloud {
             ));
         }
         let http = rest::client()?;
-        let metadata = metadata::Metadata::new(&settings.metadata_endpoint, http.clone());
-        let tokens = Arc::new(TokenCache::default());
+        let tokens = Arc::new(metadata::MetadataTokens::new(&settings.metadata_endpoint));
         let signer = signer::IamSigner {
             email: principal.clone(),
             endpoint: settings.iam_credentials_endpoint.clone(),
             http: http.clone(),
-            metadata: metadata.clone(),
             tokens: tokens.clone(),
         }
         .into();
@@ -119,7 +116,6 @@ impl GcpCloud {
             settings,
             gpus,
             http,
-            metadata,
             tokens,
             signer,
             principal,
@@ -127,7 +123,7 @@ impl GcpCloud {
     }
 
     async fn token(&self) -> Result<String, CloudError> {
-        self.tokens.get(|| self.metadata.token()).await
+        self.tokens.get().await
     }
 
     fn object_url(&self, key: &str) -> String {

@@ -8,8 +8,8 @@ use base64::Engine;
 use google_cloud_auth::signer::{SigningError, SigningProvider};
 use serde::Deserialize;
 
-use super::metadata::Metadata;
-use crate::rest::{self, TokenCache};
+use super::metadata::MetadataTokens;
+use crate::rest;
 
 /// A [`SigningProvider`] calling `projects/-/serviceAccounts/<email>:signBlob`.
 #[derive(Clone, Debug)]
@@ -18,8 +18,7 @@ pub struct IamSigner {
     /// `https://iamcredentials.googleapis.com`.
     pub endpoint: String,
     pub http: reqwest::Client,
-    pub metadata: Metadata,
-    pub tokens: Arc<TokenCache>,
+    pub tokens: Arc<MetadataTokens>,
 }
 
 type Result<T> = std::result::Result<T, SigningError>;
@@ -38,7 +37,7 @@ impl SigningProvider for IamSigner {
         let b64 = base64::engine::general_purpose::STANDARD;
         let token = self
             .tokens
-            .get(|| self.metadata.token())
+            .get()
             .await
             .map_err(|e| SigningError::from_msg(e.to_string()))?;
         let url = format!(
