@@ -320,3 +320,44 @@ async fn a_refused_policy_read_is_a_permanent_error_naming_the_call() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_metadata_token_is_permanent_and_the_next_call_asks_again() {
+    // The GKE metadata server answers 403 while a Workload Identity binding propagates; the
+    // token source must not stay failed once the binding exists.
+    let refusals = Arc::new(Mutex::new(1usize));
+    let r = refusals.clone();
+    let fake = Fake::start(move |s| {
+        if s.path.ends_with("/token") {
+            let mut left = r.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                return status(403, "Unable to generate access token; IAM returned 403");
+            }
+            return json_ok(
+                json!({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}),
+            );
+        }
+        if s.headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {TOKEN}")) {
+            return status(401, "no token");
+        }
+        json_ok(json!({"version": 1, "etag": "e0", "bindings": []}))
+    })
+    .await;
+    let g = Google {
+        fake,
+        key: Arc::new(KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap()),
+        policy: Arc::new(Mutex::new(json!({}))),
+    };
+    let c = cloud(&g, "http://127.0.0.1:9");
+    let err = c.bind_identity("ns", "modeller").await.unwrap_err();
+    assert!(
+        matches!(err, substratus_core::cloud::CloudError::Permanent { .. })
+            && err.to_string().contains("IAM returned 403"),
+        "{err}"
+    );
+    // The binding now exists: the next reconcile gets a token and reaches the IAM API.
+    c.bind_identity("ns", "modeller").await.unwrap();
+    assert_eq!(g.fake.seen_at("GET", "/token").len(), 2);
+    assert!(!g.fake.seen_at("POST", ":getIamPolicy").is_empty());
+}

@@ -40,7 +40,8 @@ pub enum Lapse {
 
 /// Completes when this replica must stop leading: the Lease is held by another identity, or
 /// its term ends within `margin` and no read showed a renewal. Reads every `every`, each
-/// under a timeout of `every`.
+/// under a timeout of `every`. The lapse is a timer of its own, raced against every read and
+/// every pause: a black-holed read cannot delay it past `end - margin`.
 pub async fn lapse(
     leases: Api<Lease>,
     name: String,
@@ -49,23 +50,33 @@ pub async fn lapse(
     margin: Duration,
 ) -> Lapse {
     let margin = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
+    // Sleeps until the last seen term is within `margin` of its end; never, before one is seen.
+    let lapsed = |end: Option<i64>| async move {
+        match end {
+            Some(e) => {
+                let left = e.saturating_sub(margin).saturating_sub(now_millis());
+                tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0))).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let mut end: Option<i64> = None;
     loop {
-        match tokio::time::timeout(every, leases.get(&name)).await {
-            Ok(Ok(lease)) => match term_end(&lease, &identity) {
-                Some(e) => end = Some(e),
-                None => return Lapse::Taken,
+        tokio::select! {
+            read = tokio::time::timeout(every, leases.get(&name)) => match read {
+                Ok(Ok(lease)) => match term_end(&lease, &identity) {
+                    Some(e) => end = Some(e),
+                    None => return Lapse::Taken,
+                },
+                Ok(Err(e)) => tracing::warn!(error = %e, "reading the leader Lease failed"),
+                Err(_) => tracing::warn!(timeout = ?every, "reading the leader Lease timed out"),
             },
-            Ok(Err(e)) => tracing::warn!(error = %e, "reading the leader Lease failed"),
-            Err(_) => tracing::warn!(timeout = ?every, "reading the leader Lease timed out"),
+            _ = lapsed(end) => return Lapse::Unrenewed,
         }
-        match end {
-            Some(e) if now_millis() + margin >= e => return Lapse::Unrenewed,
-            // Not read once yet: the term began when leadership was granted, just now.
-            None => {}
-            Some(_) => {}
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = lapsed(end) => return Lapse::Unrenewed,
         }
-        tokio::time::sleep(every).await;
     }
 }
 

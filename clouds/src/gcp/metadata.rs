@@ -98,20 +98,26 @@ impl MetadataTokens {
     /// A valid access token.
     pub async fn get(&self) -> Result<String, CloudError> {
         let credentials = self.credentials()?;
-        match credentials.access_token().await {
-            Ok(t) => Ok(t.token),
-            Err(e) if e.is_transient() => Err(CloudError::Transient(format!(
-                "metadata server {}: {e}",
-                self.endpoint
-            ))),
-            Err(e) => {
-                *self.credentials.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                Err(CloudError::Permanent {
-                    reason: reasons::CLOUD_ERROR,
-                    message: format!("metadata server {}: {e}", self.endpoint),
-                })
-            }
+        let e = match credentials.access_token().await {
+            Ok(t) => return Ok(t.token),
+            Err(e) => e,
+        };
+        // The crate's own message is generic; the causes carry the status and the answer.
+        let mut message = format!("metadata server {}: access token", self.endpoint);
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
         }
+        if e.is_transient() {
+            return Err(CloudError::Transient(message));
+        }
+        *self.credentials.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        Err(CloudError::Permanent {
+            reason: reasons::CLOUD_ERROR,
+            message,
+        })
     }
 }
 
