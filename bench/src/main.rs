@@ -6,6 +6,10 @@
 //! cargo build --release -p substratus-operator -p substratus-bench
 //! target/release/substratus-bench --models 100
 //! ```
+#![allow(
+    unsafe_code,
+    reason = "sysconf for the clock tick and setting the environment before any thread starts"
+)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -258,7 +258,7 @@ pub fn notebook_for(kind: Kind, obj: &Value) -> Result<Value> {
     let name = manifest::name_of(obj)?;
     let spec = &obj["spec"];
     let mut nb = json!({
-        "apiVersion": "substratus.ai/v1",
+        "apiVersion": substratus_crds::API_VERSION,
         "kind": "Notebook",
         "metadata": {"name": format!("{name}-{}", kind.lower())},
         "spec": {},

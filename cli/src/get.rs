@@ -124,7 +124,7 @@ pub fn printable(kind: Kind, o: &DynamicObject) -> Value {
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("managedFields");
     }
-    let mut out = json!({"apiVersion": "substratus.ai/v1", "kind": kind.name()});
+    let mut out = json!({"apiVersion": substratus_crds::API_VERSION, "kind": kind.name()});
     if let (Some(out), Some(rest)) = (out.as_object_mut(), v.as_object()) {
         for (k, val) in rest {
             if k != "apiVersion" && k != "kind" && k != "types" {

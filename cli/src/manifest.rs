@@ -7,70 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-/// The four kinds, with the names users type for them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Model,
-    Dataset,
-    Server,
-    Notebook,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Model, Kind::Dataset, Kind::Server, Kind::Notebook];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Model => "Model",
-            Kind::Dataset => "Dataset",
-            Kind::Server => "Server",
-            Kind::Notebook => "Notebook",
-        }
-    }
-
-    pub fn lower(self) -> &'static str {
-        match self {
-            Kind::Model => "model",
-            Kind::Dataset => "dataset",
-            Kind::Server => "server",
-            Kind::Notebook => "notebook",
-        }
-    }
-
-    pub fn plural(self) -> String {
-        format!("{}s", self.lower())
-    }
-
-    /// `model`, `models`, `Model`, `data`, `nb`, ...
-    pub fn parse(s: &str) -> Option<Kind> {
-        match s.to_ascii_lowercase().as_str() {
-            "model" | "models" => Some(Kind::Model),
-            "dataset" | "datasets" | "data" => Some(Kind::Dataset),
-            "server" | "servers" | "srv" => Some(Kind::Server),
-            "notebook" | "notebooks" | "nb" => Some(Kind::Notebook),
-            _ => None,
-        }
-    }
-
-    pub fn of(obj: &Value) -> Option<Kind> {
-        let substratus = obj["apiVersion"]
-            .as_str()
-            .is_some_and(|a| a.starts_with("substratus.ai/"));
-        substratus
-            .then(|| obj["kind"].as_str().and_then(Kind::parse))
-            .flatten()
-    }
-
-    pub fn api_resource(self) -> kube::discovery::ApiResource {
-        kube::discovery::ApiResource {
-            group: "substratus.ai".into(),
-            version: "v1".into(),
-            api_version: "substratus.ai/v1".into(),
-            kind: self.name().into(),
-            plural: self.plural(),
-        }
-    }
-}
+pub use substratus_crds::Kind;
 
 /// Splits a YAML stream into its non-empty documents.
 pub fn parse_documents(text: &str, origin: &str) -> Result<Vec<Value>> {

@@ -5,40 +5,21 @@ use std::collections::BTreeMap;
 
 use md5::{Digest, Md5};
 
-/// The four kinds of the API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Model,
-    Dataset,
-    Server,
-    Notebook,
+pub use substratus_crds::Kind;
+
+/// What each kind's children are called and run as: the names are a contract with users
+/// and their tooling (`kubectl logs job/<name>-modeller`).
+pub trait KindChildren {
+    /// The service account the kind's workload runs as.
+    fn run_role(self) -> Role;
+    /// Name of the workload child: Job, Deployment or Pod.
+    fn workload_name(self, name: &str) -> String;
+    /// Name of the workload's main container (the pods' default container).
+    fn container_name(self) -> &'static str;
 }
 
-impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Model, Kind::Dataset, Kind::Server, Kind::Notebook];
-
-    /// `Model`, `Dataset`, ...
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Model => "Model",
-            Kind::Dataset => "Dataset",
-            Kind::Server => "Server",
-            Kind::Notebook => "Notebook",
-        }
-    }
-
-    /// `model`, `dataset`, ...: used in child names, labels and the storage hash.
-    pub fn lower(self) -> &'static str {
-        match self {
-            Kind::Model => "model",
-            Kind::Dataset => "dataset",
-            Kind::Server => "server",
-            Kind::Notebook => "notebook",
-        }
-    }
-
-    /// The service account the kind's workload runs as.
-    pub fn run_role(self) -> Role {
+impl KindChildren for Kind {
+    fn run_role(self) -> Role {
         match self {
             Kind::Model => Role::Modeller,
             Kind::Dataset => Role::DataLoader,
@@ -47,8 +28,7 @@ impl Kind {
         }
     }
 
-    /// Name of the workload child: Job, Deployment or Pod.
-    pub fn workload_name(self, name: &str) -> String {
+    fn workload_name(self, name: &str) -> String {
         match self {
             Kind::Model => format!("{name}-modeller"),
             Kind::Dataset => format!("{name}-data-loader"),
@@ -57,8 +37,7 @@ impl Kind {
         }
     }
 
-    /// Name of the workload's main container (the pods' default container).
-    pub fn container_name(self) -> &'static str {
+    fn container_name(self) -> &'static str {
         match self {
             Kind::Model => "model",
             Kind::Dataset => "load",

@@ -8,11 +8,13 @@
 //! checked against it by this crate's tests.
 
 pub mod common;
+pub mod kind;
 pub mod kinds;
 pub mod object;
 pub mod reference;
 
 pub use common::*;
+pub use kind::Kind;
 pub use kinds::*;
 pub use object::{AnyObject, ManifestError};
 pub use reference::api_reference;
@@ -24,6 +26,8 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "substratus.ai";
 /// API version of every kind.
 pub const VERSION: &str = "v1";
+/// `apiVersion` of every object: `substratus.ai/v1`.
+pub const API_VERSION: &str = "substratus.ai/v1";
 
 /// The four CRDs, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {

@@ -6,6 +6,10 @@
 //! listens on Service or Pod IPs: they are only strings, and only loopback is dialled.
 //!
 //! Every process gets `PR_SET_PDEATHSIG`, so none outlives the launcher, whatever way it ends.
+#![allow(
+    unsafe_code,
+    reason = "process control through libc (pre_exec, kill, setns, geteuid), which std does not wrap"
+)]
 
 pub mod certs;
 pub mod confine;
@@ -92,8 +96,9 @@ pub struct Cluster {
     node: Option<node::RealNode>,
 }
 
-/// Finds the binaries: `$SUBSTRATUS_CONTROLPLANE_BIN`, else the output of
-/// `hack/build-controlplane.sh` (which builds them once and caches them).
+/// Finds the binaries: `$SUBSTRATUS_CONTROLPLANE_BIN`, else the cache that
+/// `hack/build-controlplane.sh` fills. Never builds: a missing binary is an error saying how
+/// to build it (a Go build of Kubernetes takes about 20 minutes on 2 cores).
 pub fn locate_binaries() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("SUBSTRATUS_CONTROLPLANE_BIN") {
         return Ok(PathBuf::from(dir));
@@ -101,11 +106,16 @@ pub fn locate_binaries() -> Result<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/build-controlplane.sh");
     let out = Command::new("bash")
         .arg(&script)
-        .stderr(Stdio::inherit())
+        .arg("--cached-only")
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
-        bail!("{} failed", script.display());
+        bail!(
+            "the local cluster's binaries are not built ({}); build them once with \
+             hack/build-controlplane.sh (cached under ~/.cache/substratus, about 20 minutes), \
+             or run everything with hack/test.sh; hack/unit.sh runs the tests that need no cluster",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let dir = String::from_utf8_lossy(&out.stdout)
         .lines()

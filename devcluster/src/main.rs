@@ -1,4 +1,8 @@
 //! `substratus-devcluster`: start, stop and populate the local simulated cluster.
+#![allow(
+    unsafe_code,
+    reason = "signal handling and process control through libc, which std does not wrap"
+)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

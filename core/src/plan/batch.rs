@@ -15,7 +15,7 @@ use super::{
 };
 use crate::cloud::{ArtifactPrefix, BucketUrl, Cloud};
 use crate::conditions::{Desired, is_true_for, reasons, types};
-use crate::names::{self, Kind};
+use crate::names::{self, Kind, KindChildren};
 
 /// The workload fields of a Model or Dataset spec.
 #[derive(Clone, Debug)]

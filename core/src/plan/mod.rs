@@ -24,7 +24,9 @@ use substratus_crds::{Params, Resources};
 
 use crate::cloud::{Access, BucketUrl, Cloud, CloudError};
 use crate::conditions::{Desired, reasons};
-use crate::names::{self, DEFAULT_CONTAINER_ANNOTATION, Kind, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::names::{
+    self, DEFAULT_CONTAINER_ANNOTATION, Kind, KindChildren, MANAGED_BY, MANAGED_BY_LABEL,
+};
 
 /// Annotation holding the hash of the desired state a child was applied from.
 pub const SPEC_HASH_ANNOTATION: &str = "substratus.ai/spec-hash";
@@ -47,7 +49,7 @@ impl Parent {
     /// The controller owner reference children carry.
     pub fn owner_reference(&self) -> OwnerReference {
         OwnerReference {
-            api_version: "substratus.ai/v1".into(),
+            api_version: substratus_crds::API_VERSION.into(),
             kind: self.kind.name().into(),
             name: self.name.clone(),
             uid: self.uid.clone(),

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::cloud::Cloud;
 use crate::conditions::{Desired, reasons, types};
-use crate::names::{self, Kind};
+use crate::names::{self, Kind, KindChildren};
 use crate::plan::batch::{artifact_prefix, owned_prefix_objects};
 
 /// Jupyter's port, ready when `/api` answers.

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::cloud::{Access, Cloud};
 use crate::conditions::{Desired, reasons, types};
-use crate::names::{self, Kind};
+use crate::names::{self, Kind, KindChildren};
 
 /// The serving port: `http-serve` 8080, ready when `/` answers.
 pub const SERVE_PORT: ServingPort = ServingPort {

@@ -10,7 +10,7 @@ use substratus_crds::{ArtifactObjectStatus, ArtifactsStatus, Dataset, Model};
 
 use super::build::BuildOutcome;
 use super::{Context, Error, kube_err, merged_conditions, next_look, parent_of, write_status};
-use crate::names::Kind;
+use crate::names::{Kind, KindChildren};
 use crate::plan::batch::{self, BatchInput, BatchPlan, BatchSpec, JobOutcome, ObservedJob};
 use crate::plan::{Parent, RefState};
 

@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 use substratus_crds::{ArtifactsStatus, Notebook, NotebookStatus};
 
 use super::{Context, Error, kube_err, merged_conditions, next_look, parent_of, write_status};
-use crate::names::{self, Kind};
+use crate::names::{self, Kind, KindChildren};
 use crate::plan::Child;
 use crate::plan::notebook::{self, NotebookInput, ObservedPod};
 

@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 use substratus_crds::{Server, ServerStatus};
 
 use super::{Context, Error, kube_err, merged_conditions, next_look, parent_of, write_status};
-use crate::names::Kind;
+use crate::names::{Kind, KindChildren};
 use crate::plan::server::{self, ObservedDeployment, ServerInput};
 use crate::plan::{Child, RefState};
 
