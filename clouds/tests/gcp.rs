@@ -32,6 +32,17 @@ struct Google {
     policy: Arc<Mutex<Value>>,
 }
 
+impl Google {
+    /// A Google whose every answer comes from `fake` (no key or policy of its own in use).
+    fn answering(fake: Fake) -> Google {
+        Google {
+            fake,
+            key: Arc::new(KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap()),
+            policy: Arc::new(Mutex::new(json!({}))),
+        }
+    }
+}
+
 async fn google(conflicts: usize) -> Google {
     let key = Arc::new(KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap());
     let policy = Arc::new(Mutex::new(json!({"version": 1, "etag": "e0", "bindings": [
@@ -303,11 +314,7 @@ async fn a_refused_policy_read_is_a_permanent_error_naming_the_call() {
         status(403, r#"{"error":{"code":403,"message":"Permission 'iam.serviceAccounts.getIamPolicy' denied"}}"#)
     })
     .await;
-    let g = Google {
-        fake,
-        key: Arc::new(KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap()),
-        policy: Arc::new(Mutex::new(json!({}))),
-    };
+    let g = Google::answering(fake);
     let c = cloud(&g, "http://127.0.0.1:9");
     let err = c.bind_identity("ns", "modeller").await.unwrap_err();
     let text = err.to_string();
@@ -344,11 +351,7 @@ async fn a_refused_metadata_token_is_permanent_and_the_next_call_asks_again() {
         json_ok(json!({"version": 1, "etag": "e0", "bindings": []}))
     })
     .await;
-    let g = Google {
-        fake,
-        key: Arc::new(KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap()),
-        policy: Arc::new(Mutex::new(json!({}))),
-    };
+    let g = Google::answering(fake);
     let c = cloud(&g, "http://127.0.0.1:9");
     let err = c.bind_identity("ns", "modeller").await.unwrap_err();
     assert!(
