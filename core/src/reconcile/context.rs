@@ -1,0 +1,598 @@
+//! What every reconciler works with: the API client, the caches, the cloud, metrics, and the
+//! writes they share (typed and raw apply, create, delete, service accounts and identity,
+//! references, Events).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::discovery::ApiResource;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use substratus_crds::{Dataset, Model};
+
+use super::*;
+use crate::cloud::Cloud;
+use crate::conditions::{self, types};
+use crate::metrics::Metrics;
+use crate::names::{MANAGED_BY, MANAGED_BY_LABEL, Role};
+use crate::plan::batch::artifact_prefix;
+use crate::plan::{Child, Deletion, Parent, RefState};
+
+/// The one field manager for everything the operator writes.
+pub const FIELD_MANAGER: &str = "substratus-operator";
+/// Annotation on a role's ServiceAccount naming the principal it was bound to.
+pub const IDENTITY_BOUND_ANNOTATION: &str = "substratus.ai/identity-bound";
+
+/// How long a ServiceAccount just ensured may be missing from the cache (its watch event is
+/// on the way) before it counts as gone.
+const ACCOUNT_CACHE_LAG: Duration = Duration::from_secs(30);
+
+/// What every reconciler shares.
+pub struct Context {
+    pub client: Client,
+    pub cloud: Arc<dyn Cloud>,
+    pub metrics: Arc<Metrics>,
+    /// The builder images and the upload URL lifetime.
+    pub build: crate::plan::build::BuildSettings,
+    /// How long one cloud call may take (see [`crate::cloud::within`]).
+    pub cloud_timeout: Duration,
+    events: events::Events,
+    /// (namespace, service account) pairs already ensured and bound, and when. With the
+    /// caches, an entry counts only while the cache shows the ServiceAccount (or for
+    /// [`ACCOUNT_CACHE_LAG`] after it was ensured): one deleted by someone, or with its
+    /// namespace, is ensured again.
+    ensured_accounts: Mutex<HashMap<(String, &'static str), std::time::Instant>>,
+    /// Serialises the slow path of [`Context::ensure_service_account`], so that concurrent
+    /// reconciles in one namespace bind the identity once, not once each.
+    ensuring: tokio::sync::Mutex<()>,
+    /// Watch-fed caches, once the controllers run; without them every read is a GET.
+    caches: std::sync::OnceLock<Caches>,
+    /// The status last written per object, with the resourceVersion it produced: a reconcile
+    /// triggered by a child's event may see its parent from before that write, and must not
+    /// take the older status for the current one (it would write it again).
+    pub(super) written: WrittenStatus,
+    /// Consecutive failures of the objects failing now.
+    pub(super) backoff: failure::Backoff,
+}
+
+/// The status last written per object with the resourceVersion it produced, kept only until
+/// the cache shows that version: then the object's own status is at least as new, and the
+/// entry is dropped (the write's own watch event triggers the reconcile that drops it).
+#[derive(Default)]
+pub(super) struct WrittenStatus(Mutex<std::collections::HashMap<String, (u64, serde_json::Value)>>);
+
+impl WrittenStatus {
+    pub(super) fn record(&self, key: String, rv: u64, status: serde_json::Value) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (rv, status));
+    }
+
+    /// The status written last for `key` when the object read (at `rv`) is older than that
+    /// write, else `None`, forgetting a write the object read has caught up with.
+    fn newer_than(&self, key: &str, rv: Option<u64>) -> Option<serde_json::Value> {
+        let mut written = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (written_rv, _) = written.get(key)?;
+        match rv {
+            Some(rv) if rv < *written_rv => written.get(key).map(|(_, v)| v.clone()),
+            Some(_) => {
+                written.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Context {
+    pub fn new(client: Client, cloud: Arc<dyn Cloud>, metrics: Arc<Metrics>) -> Context {
+        Context {
+            events: events::Events::new(
+                client.clone(),
+                FIELD_MANAGER,
+                std::env::var("POD_NAME").ok(),
+            ),
+            client,
+            cloud,
+            metrics,
+            build: Default::default(),
+            cloud_timeout: crate::cloud::CALL_TIMEOUT,
+            ensured_accounts: Mutex::new(HashMap::new()),
+            ensuring: tokio::sync::Mutex::new(()),
+            caches: std::sync::OnceLock::new(),
+            written: WrittenStatus::default(),
+            backoff: failure::Backoff::default(),
+        }
+    }
+
+    /// The same context with these build settings.
+    pub fn with_build(mut self, build: crate::plan::build::BuildSettings) -> Context {
+        self.build = build;
+        self
+    }
+
+    /// The object's current status: its own, or the one this operator wrote last when the
+    /// object at hand is older than that write.
+    pub fn fresh_status<K, S>(&self, obj: &K, status: Option<S>) -> Option<S>
+    where
+        K: Resource<DynamicType = ()>,
+        S: DeserializeOwned,
+    {
+        let rv = obj
+            .meta()
+            .resource_version
+            .as_deref()
+            .and_then(|r| r.parse::<u64>().ok());
+        match self.written.newer_than(&status_key(obj), rv) {
+            Some(value) => serde_json::from_value(value).ok().or(status),
+            None => status,
+        }
+    }
+
+    /// Serves reads from `caches` from now on.
+    pub fn set_caches(&self, caches: Caches) {
+        let _ = self.caches.set(caches);
+    }
+
+    /// The caches, when the controllers run with them.
+    pub fn caches(&self) -> Option<&Caches> {
+        self.caches.get()
+    }
+
+    pub(super) fn patch_params(&self) -> PatchParams {
+        PatchParams::apply(FIELD_MANAGER).force()
+    }
+
+    fn count_child_write(&self, kind: &str) {
+        self.metrics
+            .child_writes
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Ensures the role's ServiceAccount in `namespace` exists with the cloud's annotations
+    /// and that the cloud identity is bound to it, once per (namespace, role): a binding
+    /// recorded on the ServiceAccount is never repeated.
+    pub async fn ensure_service_account(&self, namespace: &str, role: Role) -> Result<(), Error> {
+        let sa_name = role.service_account();
+        let key = (namespace.to_owned(), sa_name);
+        let ensured = |ctx: &Context| {
+            let Some(at) = ctx
+                .ensured_accounts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .copied()
+            else {
+                return false;
+            };
+            ctx.caches().is_none_or(|c| {
+                at.elapsed() < ACCOUNT_CACHE_LAG
+                    || c.service_accounts
+                        .get(&kube::runtime::reflector::ObjectRef::new(sa_name).within(namespace))
+                        .is_some()
+            })
+        };
+        if ensured(self) {
+            return Ok(());
+        }
+        // Concurrent reconciles in one namespace must bind the identity once, not once each.
+        let _guard = self.ensuring.lock().await;
+        if ensured(self) {
+            return Ok(());
+        }
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let cached = self.caches().and_then(|c| {
+            c.service_accounts
+                .get(&kube::runtime::reflector::ObjectRef::new(sa_name).within(namespace))
+                .map(|m| ServiceAccount {
+                    metadata: m.metadata.clone(),
+                    ..Default::default()
+                })
+        });
+        let existing = match cached {
+            Some(sa) => Some(sa),
+            None => api.get_opt(sa_name).await.map_err(kube_err(
+                "reading ServiceAccount",
+                format!("{namespace}/{sa_name}"),
+            ))?,
+        };
+        let wanted = self.cloud.service_account_annotations(role);
+        let annotations = existing
+            .as_ref()
+            .map(|sa| sa.annotations().clone())
+            .unwrap_or_default();
+        let needs_apply =
+            existing.is_none() || wanted.iter().any(|(k, v)| annotations.get(k) != Some(v));
+        if needs_apply {
+            let sa = ServiceAccount {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(sa_name.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some(BTreeMap::from([(
+                        MANAGED_BY_LABEL.to_owned(),
+                        MANAGED_BY.to_owned(),
+                    )])),
+                    annotations: Some(wanted.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            api.patch(sa_name, &self.patch_params(), &Patch::Apply(&sa))
+                .await
+                .map_err(kube_err(
+                    "applying ServiceAccount",
+                    format!("{namespace}/{sa_name}"),
+                ))?;
+            self.count_child_write("ServiceAccount");
+        }
+        let principal = self.cloud.config().principal.clone();
+        if principal.is_some() && annotations.get(IDENTITY_BOUND_ANNOTATION) != principal.as_ref() {
+            let call = self.cloud.bind_identity(namespace, sa_name);
+            let bound = crate::cloud::within("binding cloud identity", self.cloud_timeout, call)
+                .await
+                .map_err(|source| Error::Cloud {
+                    step: "binding cloud identity",
+                    object: format!("{namespace}/{sa_name}"),
+                    source,
+                })?;
+            if let Some(p) = bound {
+                let patch = serde_json::json!({"metadata": {"annotations": {IDENTITY_BOUND_ANNOTATION: p}}});
+                api.patch(sa_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(kube_err(
+                        "recording the identity binding",
+                        format!("{namespace}/{sa_name}"),
+                    ))?;
+                self.count_child_write("ServiceAccount");
+            }
+        }
+        self.ensured_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Forgets that a ServiceAccount was ensured: it was deleted.
+    pub fn forget_account(&self, namespace: &str, name: &str) {
+        self.ensured_accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(ns, sa), _| !(ns == namespace && *sa == name));
+    }
+
+    /// Applies a child unless the observed one already carries the same spec hash.
+    /// Applies children that do not depend on each other's existence (a claim binds to its
+    /// volume whenever both exist) all at once: one round trip instead of one per child.
+    pub async fn apply_children(&self, namespace: &str, children: &[Child]) -> Result<(), Error> {
+        futures::future::try_join_all(children.iter().map(|c| self.apply_child(namespace, c)))
+            .await
+            .map(drop)
+    }
+
+    pub async fn apply_child(&self, namespace: &str, child: &Child) -> Result<(), Error> {
+        match child {
+            Child::ConfigMap(o) => self.apply_typed::<ConfigMap>(namespace, o).await,
+            Child::Secret(o) => self.apply_typed::<Secret>(namespace, o).await,
+            Child::Job(o) => self.apply_typed::<Job>(namespace, o).await,
+            Child::Deployment(o) => self.apply_typed::<Deployment>(namespace, o).await,
+            Child::Service(o) => self.apply_typed::<Service>(namespace, o).await,
+            Child::Pod(o) => self.apply_typed::<Pod>(namespace, o).await,
+            Child::Raw(v) => self.apply_raw(namespace, v).await,
+        }
+    }
+
+    async fn apply_typed<K>(&self, namespace: &str, obj: &K) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let what = format!("{} {namespace}/{name}", K::kind(&()));
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let desired = hash_of(obj.meta()).cloned();
+        let observed = match self
+            .caches()
+            .and_then(|c| c.child_hash(&K::kind(&()), namespace, &name))
+        {
+            Some(cached) => cached,
+            None if self.caches().is_some() => None,
+            None => api
+                .get_opt(&name)
+                .await
+                .map_err(kube_err("reading", what.clone()))?
+                .and_then(|o| hash_of(o.meta()).cloned()),
+        };
+        if desired.is_some() && observed == desired {
+            return Ok(());
+        }
+        api.patch(&name, &self.patch_params(), &Patch::Apply(obj))
+            .await
+            .map_err(kube_err("applying", what))?;
+        self.count_child_write(&K::kind(&()));
+        Ok(())
+    }
+
+    async fn apply_raw(&self, namespace: &str, v: &serde_json::Value) -> Result<(), Error> {
+        let obj: DynamicObject = serde_json::from_value(v.clone())
+            .map_err(|e| Error::Invalid(format!("cloud object: {e}")))?;
+        let types = obj
+            .types
+            .clone()
+            .ok_or_else(|| Error::Invalid("cloud object without apiVersion/kind".into()))?;
+        let gvk = GroupVersionKind::try_from(&types).map_err(|e| Error::Invalid(e.to_string()))?;
+        let ar = ApiResource::from_gvk(&gvk);
+        let name = obj.name_any();
+        let api: Api<DynamicObject> = match obj.metadata.namespace.as_deref() {
+            Some(_) => Api::namespaced_with(self.client.clone(), namespace, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        let what = format!("{} {name}", gvk.kind);
+        let desired = hash_of(&obj.metadata).cloned();
+        let observed = match self
+            .caches()
+            .and_then(|c| c.child_hash(&gvk.kind, namespace, &name))
+        {
+            Some(cached) => cached,
+            None if self.caches().is_some() => None,
+            None => api
+                .get_opt(&name)
+                .await
+                .map_err(kube_err("reading", what.clone()))?
+                .and_then(|o| hash_of(&o.metadata).cloned()),
+        };
+        if desired.is_some() && observed == desired {
+            return Ok(());
+        }
+        api.patch(&name, &self.patch_params(), &Patch::Apply(&obj))
+            .await
+            .map_err(kube_err("applying", what))?;
+        self.count_child_write(&gvk.kind);
+        Ok(())
+    }
+
+    /// Creates a child unless it exists (for objects never updated: Jobs, Pods, Secrets).
+    pub async fn create_child(&self, namespace: &str, child: &Child) -> Result<(), Error> {
+        async fn create<K>(ctx: &Context, namespace: &str, obj: &K) -> Result<(), Error>
+        where
+            K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+                + Clone
+                + Serialize
+                + DeserializeOwned
+                + std::fmt::Debug,
+        {
+            let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+            let name = obj.meta().name.clone().unwrap_or_default();
+            match api
+                .create(
+                    &PostParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    obj,
+                )
+                .await
+            {
+                Ok(_) => {
+                    ctx.count_child_write(&K::kind(&()));
+                    Ok(())
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                Err(e) => Err(kube_err(
+                    "creating",
+                    format!("{} {namespace}/{name}", K::kind(&())),
+                )(e)),
+            }
+        }
+        match child {
+            Child::Job(o) => create(self, namespace, o).await,
+            Child::Pod(o) => create(self, namespace, o).await,
+            Child::Secret(o) => create(self, namespace, o).await,
+            other => self.apply_child(namespace, other).await,
+        }
+    }
+
+    /// Deletes a child (its dependants in the background); a missing one is fine.
+    pub async fn delete_child(&self, namespace: &str, d: &Deletion) -> Result<(), Error> {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        let what = format!("{} {namespace}/{}", d.kind, d.name);
+        let res = match d.kind {
+            "Job" => Api::<Job>::namespaced(self.client.clone(), namespace)
+                .delete(&d.name, &dp)
+                .await
+                .map(|_| ()),
+            "Pod" => Api::<Pod>::namespaced(self.client.clone(), namespace)
+                .delete(&d.name, &dp)
+                .await
+                .map(|_| ()),
+            other => return Err(Error::Invalid(format!("cannot delete a {other}"))),
+        };
+        match res {
+            Ok(()) => {
+                self.count_child_write(d.kind);
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(kube_err("deleting", what)(e)),
+        }
+    }
+
+    /// Pods of a workload, selected by its run labels.
+    pub async fn workload_pods(
+        &self,
+        namespace: &str,
+        kind: crate::names::Kind,
+        name: &str,
+    ) -> Result<Vec<Pod>, Error> {
+        if let Some(c) = self.caches() {
+            return Ok(c.pods_with(namespace, &[(kind.lower(), name), ("role", "run")]));
+        }
+        let selector = format!("{}={name},role=run", kind.lower());
+        Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+            .map_err(kube_err("listing pods", format!("{namespace} {selector}")))
+    }
+
+    /// The state of a referenced Model (`kind` Model) or Dataset.
+    pub async fn reference(
+        &self,
+        namespace: &str,
+        kind: crate::names::Kind,
+        name: &str,
+    ) -> Result<RefState, Error> {
+        let what = format!("{} {namespace}/{name}", kind.name());
+        use kube::runtime::reflector::ObjectRef;
+        // Ready, artifacts URL, uid, and the generation of the run that wrote the artifacts.
+        let found: Option<(bool, Option<String>, Option<String>, i64)> = match kind {
+            crate::names::Kind::Dataset => {
+                let d = match self.caches() {
+                    Some(c) => c
+                        .datasets
+                        .get(&ObjectRef::new(name).within(namespace))
+                        .map(|d| d.as_ref().clone()),
+                    None => Api::<Dataset>::namespaced(self.client.clone(), namespace)
+                        .get_opt(name)
+                        .await
+                        .map_err(kube_err("reading", what))?,
+                };
+                d.map(|d| {
+                    let s = d.status.unwrap_or_default();
+                    let run = completed_generation(&s.conditions);
+                    (
+                        s.ready,
+                        s.artifacts.and_then(|a| a.url),
+                        d.metadata.uid,
+                        run,
+                    )
+                })
+            }
+            _ => {
+                let m = match self.caches() {
+                    Some(c) => c
+                        .models
+                        .get(&ObjectRef::new(name).within(namespace))
+                        .map(|m| m.as_ref().clone()),
+                    None => Api::<Model>::namespaced(self.client.clone(), namespace)
+                        .get_opt(name)
+                        .await
+                        .map_err(kube_err("reading", what))?,
+                };
+                m.map(|m| {
+                    let s = m.status.unwrap_or_default();
+                    let run = completed_generation(&s.conditions);
+                    (
+                        s.ready,
+                        s.artifacts.and_then(|a| a.url),
+                        m.metadata.uid,
+                        run,
+                    )
+                })
+            }
+        };
+        let Some((ready, recorded, uid, run)) = found else {
+            return Ok(RefState::NotFound);
+        };
+        if !ready {
+            return Ok(RefState::NotReady);
+        }
+        let parent = Parent {
+            kind,
+            name: name.into(),
+            namespace: namespace.into(),
+            uid: uid.unwrap_or_default(),
+            generation: None,
+        };
+        let prefix = artifact_prefix(&parent, recorded.as_deref(), self.cloud.as_ref());
+        Ok(RefState::Ready {
+            artifacts: prefix.artifacts(),
+            generation: run,
+        })
+    }
+
+    /// Publishes an Event when the `Ready` condition changes status or reason. The Event is
+    /// sent in the background, so that a reconcile's slot is free as soon as its status is
+    /// written.
+    pub fn event_on_transition<K>(&self, obj: &K, before: &[Condition], after: &[Condition])
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let old =
+            conditions::find(before, types::READY).map(|c| (c.status.as_str(), c.reason.as_str()));
+        let Some(new) = conditions::find(after, types::READY) else {
+            return;
+        };
+        // A new status or a new reason is a transition (JobNotComplete -> JobFailed is one).
+        if old == Some((new.status.as_str(), new.reason.as_str())) {
+            return;
+        }
+        // A new object starting to wait for its work is not news: no Event for it.
+        let waiting = new.status != "True"
+            && (new.reason == crate::conditions::reasons::JOB_NOT_COMPLETE
+                || new.reason.ends_with("NotReady"));
+        if old.is_none() && waiting {
+            return;
+        }
+        let type_ = if new.status == "True"
+            || new.reason == crate::conditions::reasons::JOB_NOT_COMPLETE
+            || new.reason.ends_with("NotReady")
+        {
+            events::EventType::Normal
+        } else {
+            events::EventType::Warning
+        };
+        self.events
+            .publish(obj.object_ref(&()), type_, &new.reason, &new.message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WrittenStatus;
+    use serde_json::json;
+
+    #[test]
+    fn a_written_status_stands_in_for_older_reads_until_the_cache_catches_up() {
+        let w = WrittenStatus::default();
+        w.record("Model/ns/a".into(), 10, json!({"ready": true}));
+        // A read from before the write gets the written status, and keeps the entry.
+        assert_eq!(
+            w.newer_than("Model/ns/a", Some(9)),
+            Some(json!({"ready": true}))
+        );
+        assert_eq!(w.len(), 1);
+        // Another object is not affected.
+        assert_eq!(w.newer_than("Model/ns/b", Some(1)), None);
+        // A read without a version cannot be compared: its own status, entry kept.
+        assert_eq!(w.newer_than("Model/ns/a", None), None);
+        assert_eq!(w.len(), 1);
+        // The read that shows the write: its own status, and the entry is gone for good.
+        assert_eq!(w.newer_than("Model/ns/a", Some(10)), None);
+        assert_eq!(w.len(), 0);
+        assert_eq!(w.newer_than("Model/ns/a", Some(9)), None);
+    }
+}
