@@ -107,7 +107,9 @@ async fn gcp_backend_on_gke_pools() {
     let p = policy.clone();
     let google = Fake::start(move |s| {
         if s.path.ends_with("/service-accounts/default/token") {
-            return json_ok(json!({"access_token": "tok", "expires_in": 3600}));
+            return json_ok(
+                json!({"access_token": "tok", "expires_in": 3600, "token_type": "Bearer"}),
+            );
         }
         if s.headers.get("authorization").map(String::as_str) != Some("Bearer tok") {
             return status(401, "token");

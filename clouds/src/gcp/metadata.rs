@@ -102,14 +102,26 @@ impl MetadataTokens {
             Ok(t) => return Ok(t.token),
             Err(e) => e,
         };
-        // The crate's own message is generic; the causes carry the status and the answer.
-        let mut message = format!("metadata server {}: access token", self.endpoint);
-        let mut cause = std::error::Error::source(&e);
+        // The crate's outer messages speak of its own refresh loop ("future attempts will not
+        // succeed"), which the rebuild below makes untrue; the causes under them carry the
+        // status and the server's answer.
+        let mut causes = Vec::new();
+        let mut cause: Option<&dyn std::error::Error> = Some(&e);
         while let Some(c) = cause {
-            message.push_str(": ");
-            message.push_str(&c.to_string());
+            let text = c.to_string();
+            if !text.contains("future attempts") {
+                causes.push(text);
+            }
             cause = c.source();
         }
+        if causes.is_empty() {
+            causes.push(e.to_string());
+        }
+        let message = format!(
+            "metadata server {}: access token: {}",
+            self.endpoint,
+            causes.join(": ")
+        );
         if e.is_transient() {
             return Err(CloudError::Transient(message));
         }

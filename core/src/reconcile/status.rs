@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch};
 use kube::Resource;
+use kube::api::{Api, Patch};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
