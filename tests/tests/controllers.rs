@@ -346,7 +346,7 @@ async fn a_pod_that_cannot_be_scheduled_explains_its_model() {
         &ns.name,
         model(
             "too-big",
-            json!({"image": "loader", "resources": {"cpu": 4096, "memory": 1, "disk": 1}}),
+            json!({"image": "loader", "resources": {"cpu": 512, "memory": 1, "disk": 1}}),
         ),
     )
     .await;
