@@ -15,7 +15,7 @@ platform() {
         os: ${os}
         arch: ${arch}
     uri: https://github.com/${repo}/releases/download/${version}/${name}.tar.gz
-    sha256: ${sha}
+    sha256: "${sha}"
     bin: kubectl-notebook
     files:
       - from: ${name}/kubectl-notebook
@@ -30,7 +30,7 @@ kind: Plugin
 metadata:
   name: notebook
 spec:
-  version: ${version}
+  version: "${version}"
   homepage: https://github.com/${repo}
   shortDescription: Open a Substratus Notebook and sync its files
   description: |
