@@ -77,15 +77,21 @@ async fn exec(pods: &Api<Pod>, pod: &str, cmd: &[&str]) -> Result<Vec<u8>> {
     if let Some(mut stdout) = p.stdout() {
         stdout.read_to_end(&mut out).await?;
     }
+    finished(p, &format!("{cmd:?}"), pod).await?;
+    Ok(out)
+}
+
+/// Waits for an exec to end; its `Failure` status is an error naming `what` and the pod.
+async fn finished(mut p: kube::api::AttachedProcess, what: &str, pod: &str) -> Result<()> {
     let status = p.take_status();
     p.join().await.ok();
     if let Some(s) = status
         && let Some(s) = s.await
         && s.status.as_deref() == Some("Failure")
     {
-        bail!("{cmd:?} failed in {pod}: {}", s.message.unwrap_or_default());
+        bail!("{what} failed in {pod}: {}", s.message.unwrap_or_default());
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Writes the named files as one tar stream; through the shell, so that `tar` is the
@@ -131,14 +137,7 @@ pub async fn copy_down(pods: &Api<Pod>, pod: &str, rels: &[String], dir: &Path) 
     let unpacked = tokio::task::spawn_blocking(move || unpack(reader, &wanted, &dir))
         .await
         .context("unpacking")?;
-    let status = p.take_status();
-    p.join().await.ok();
-    if let Some(s) = status
-        && let Some(s) = s.await
-        && s.status.as_deref() == Some("Failure")
-    {
-        bail!("tar failed in {pod}: {}", s.message.unwrap_or_default());
-    }
+    finished(p, "tar", pod).await?;
     unpacked
 }
 
