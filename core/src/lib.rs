@@ -5,15 +5,19 @@
 //! - [`names`]: child names, labels and the storage prefix hash (a contract with users).
 //! - [`cloud`]: the `Cloud` trait; [`fake`]: an in-memory implementation for tests.
 //! - [`plan`]: pure planners per kind; [`conditions`], [`env`]: their building blocks.
-//! - [`reconcile`]: the controllers (I/O only).
+//! - [`reconcile`]: the reconcilers (I/O only): read, plan, apply, write status.
+//! - [`controllers`]: the wiring, which watch triggers which reconcile.
+//! - [`watch`]: caches and triggers, the memory and latency machinery; no behaviour.
 
 pub mod cloud;
 pub mod conditions;
+pub mod controllers;
 pub mod env;
 pub mod fake;
 pub mod metrics;
 pub mod names;
 pub mod plan;
 pub mod reconcile;
+pub mod watch;
 
 pub use cloud::Cloud;

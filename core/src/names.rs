@@ -85,6 +85,14 @@ impl Role {
 /// Label on every child this operator manages (lets watches select only our objects).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "substratus";
+/// The one field manager for everything the operator writes.
+pub const FIELD_MANAGER: &str = "substratus-operator";
+/// Annotation holding the hash of the desired state a child was applied from.
+pub const SPEC_HASH_ANNOTATION: &str = "substratus.ai/spec-hash";
+/// Label the backends put on a static volume: the claim it was made for.
+pub const CLAIM_LABEL: &str = "substratus.ai/claim";
+/// Label naming the claim's namespace.
+pub const CLAIM_NAMESPACE_LABEL: &str = "substratus.ai/claim-namespace";
 /// Annotation naming a pod's default container (used by `kubectl logs/exec`).
 pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 

@@ -12,8 +12,10 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use futures::FutureExt;
 use prometheus_client::registry::Registry;
+use substratus_core::controllers::{self, ControllerOptions};
 use substratus_core::metrics::Metrics;
-use substratus_core::reconcile::{self, Context, ControllerOptions};
+use substratus_core::reconcile::Context;
+use substratus_core::watch::Watches;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -196,7 +198,10 @@ async fn run(args: config::RunArgs) -> Result<()> {
         // The only replica leads.
         process.leader.set(1);
     }
-    let ctx = Arc::new(Context::new(client, cloud, metrics).with_build(args.build_settings()));
+    let watches = Watches::new(&client, args.watch_namespace.as_deref());
+    let caches = watches.caches().clone();
+    let ctx =
+        Arc::new(Context::new(client, cloud, metrics, caches).with_build(args.build_settings()));
     tracing::info!(cloud = ctx.cloud.name(), cluster = %ctx.cloud.config().cluster_name, "controllers starting");
     let opts = ControllerOptions {
         concurrency: args.concurrency,
@@ -204,7 +209,7 @@ async fn run(args: config::RunArgs) -> Result<()> {
         resync_every: std::time::Duration::from_secs(args.resync_seconds),
         ..Default::default()
     };
-    let controllers = reconcile::run(ctx, opts, stopped.clone());
+    let controllers = controllers::run(ctx, watches, opts, stopped.clone());
 
     match leader_lost {
         None => controllers.await,

@@ -11,9 +11,11 @@ use substratus_clouds::gpu::GpuCatalog;
 use substratus_clouds::kind::{KindCloud, KindSettings};
 use substratus_core::Cloud;
 use substratus_core::cloud::{BucketUrl, CloudConfig};
+use substratus_core::controllers::{self, ControllerOptions};
 use substratus_core::metrics::Metrics;
 use substratus_core::plan::build::BuildSettings;
-use substratus_core::reconcile::{self, Context, ControllerOptions};
+use substratus_core::reconcile::Context;
+use substratus_core::watch::Watches;
 use tokio::sync::watch;
 
 use crate::cluster::{kubectl, shared};
@@ -248,7 +250,9 @@ impl RunningOperator {
     ) -> RunningOperator {
         let client = operator_client().await;
         let metrics = Arc::new(Metrics::default());
-        let ctx = Arc::new(Context::new(client, cloud, metrics.clone()).with_build(build));
+        let watches = Watches::new(&client, Some(namespace));
+        let caches = watches.caches().clone();
+        let ctx = Arc::new(Context::new(client, cloud, metrics.clone(), caches).with_build(build));
         let (stop, rx) = watch::channel(false);
         let shutdown = {
             let mut rx = rx;
@@ -264,7 +268,7 @@ impl RunningOperator {
             sweep_every: std::time::Duration::from_secs(2),
             ..Default::default()
         };
-        let handle = tokio::spawn(reconcile::run(ctx, opts, shutdown));
+        let handle = tokio::spawn(controllers::run(ctx, watches, opts, shutdown));
         RunningOperator {
             stop,
             handle,

@@ -28,8 +28,7 @@ use crate::names::{
     self, DEFAULT_CONTAINER_ANNOTATION, Kind, KindChildren, MANAGED_BY, MANAGED_BY_LABEL,
 };
 
-/// Annotation holding the hash of the desired state a child was applied from.
-pub const SPEC_HASH_ANNOTATION: &str = "substratus.ai/spec-hash";
+pub use crate::names::SPEC_HASH_ANNOTATION;
 /// Annotation on a workload naming the parent generation it runs for.
 pub const GENERATION_ANNOTATION: &str = "substratus.ai/generation";
 /// Group id that owns mounted content (as in the original).

@@ -4,12 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use substratus_crds::{ArtifactObjectStatus, ArtifactsStatus, Dataset, Model};
 
 use super::build::BuildOutcome;
-use super::{Context, Error, kube_err, merged_conditions, next_look, parent_of, write_status};
+use super::{Context, Error, merged_conditions, next_look, parent_of, write_status};
 use crate::names::{Kind, KindChildren};
 use crate::plan::batch::{self, BatchInput, BatchPlan, BatchSpec, JobOutcome, ObservedJob};
 use crate::plan::{Parent, RefState};
@@ -22,16 +21,7 @@ struct Observed {
 
 async fn observe(ctx: &Context, parent: &Parent) -> Result<Observed, Error> {
     let job_name = parent.kind.workload_name(&parent.name);
-    let job = match ctx.caches() {
-        Some(c) => c.job(&parent.namespace, &job_name),
-        None => Api::<Job>::namespaced(ctx.client.clone(), &parent.namespace)
-            .get_opt(&job_name)
-            .await
-            .map_err(kube_err(
-                "reading Job",
-                format!("{}/{job_name}", parent.namespace),
-            ))?,
-    };
+    let job = ctx.caches().job(&parent.namespace, &job_name);
     // Pods explain a Job that waits (unschedulable, image pull) or failed; a Job whose pods
     // run needs no pod reads.
     let waiting = job.as_ref().is_some_and(|j| {
@@ -197,12 +187,10 @@ pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Act
     // References are read until the Job exists (to start it) and after (to tell whether
     // they ran again since): from the caches, at no cost.
     let mut references = (None, None);
-    if observed.job.is_none()
-        && model.spec.model.is_some()
-        && let Some(c) = ctx.caches()
-    {
+    if observed.job.is_none() && model.spec.model.is_some() {
         let base_of = |name: &str| {
-            c.models
+            ctx.caches()
+                .models
                 .get(&kube::runtime::reflector::ObjectRef::new(name).within(&parent.namespace))
                 .and_then(|m| m.spec.model.as_ref().map(|r| r.name.clone()))
         };
@@ -211,16 +199,10 @@ pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Act
         }
     }
     if let Some(r) = &model.spec.model {
-        references.0 = Some(
-            ctx.reference(&parent.namespace, Kind::Model, &r.name)
-                .await?,
-        );
+        references.0 = Some(ctx.reference(&parent.namespace, Kind::Model, &r.name)?);
     }
     if let Some(r) = &model.spec.dataset {
-        references.1 = Some(
-            ctx.reference(&parent.namespace, Kind::Dataset, &r.name)
-                .await?,
-        );
+        references.1 = Some(ctx.reference(&parent.namespace, Kind::Dataset, &r.name)?);
     }
     reconcile_batch(
         parent,

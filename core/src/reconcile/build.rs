@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use substratus_crds::{Build, BuildUpload, UploadStatus};
@@ -151,16 +151,7 @@ async fn handshake(
 
 async fn observe_job(ctx: &Context, parent: &Parent) -> Result<(Option<Job>, Vec<Pod>), Error> {
     let name = names::build_job(parent.kind, &parent.name);
-    let job = match ctx.caches() {
-        Some(c) => c.job(&parent.namespace, &name),
-        None => Api::<Job>::namespaced(ctx.client.clone(), &parent.namespace)
-            .get_opt(&name)
-            .await
-            .map_err(kube_err(
-                "reading build Job",
-                format!("{}/{name}", parent.namespace),
-            ))?,
-    };
+    let job = ctx.caches().job(&parent.namespace, &name);
     let explain = job.as_ref().is_some_and(|j| {
         let o = ObservedBuildJob::from_job(j);
         let s = j.status.clone().unwrap_or_default();
@@ -169,21 +160,14 @@ async fn observe_job(ctx: &Context, parent: &Parent) -> Result<(Option<Job>, Vec
     });
     let pods = if !explain {
         Vec::new()
-    } else if let Some(c) = ctx.caches() {
-        c.pods_with(
+    } else {
+        ctx.caches().pods_with(
             &parent.namespace,
             &[
                 (parent.kind.lower(), parent.name.as_str()),
                 ("role", "build"),
             ],
         )
-    } else {
-        let selector = format!("{}={},role=build", parent.kind.lower(), parent.name);
-        Api::<Pod>::namespaced(ctx.client.clone(), &parent.namespace)
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map(|l| l.items)
-            .map_err(kube_err("listing build pods", selector))?
     };
     Ok((job, pods))
 }

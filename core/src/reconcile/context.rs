@@ -10,24 +10,23 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::core::{DynamicObject, GroupVersionKind};
 use kube::discovery::ApiResource;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use substratus_crds::{Dataset, Model};
 
 use super::*;
 use crate::cloud::Cloud;
 use crate::conditions::{self, types};
 use crate::metrics::Metrics;
-use crate::names::{MANAGED_BY, MANAGED_BY_LABEL, Role};
+use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL, Role};
 use crate::plan::batch::artifact_prefix;
 use crate::plan::{Child, Deletion, Parent, RefState};
+use crate::watch::Caches;
 
-/// The one field manager for everything the operator writes.
-pub const FIELD_MANAGER: &str = "substratus-operator";
+pub use crate::names::FIELD_MANAGER;
 /// Annotation on a role's ServiceAccount naming the principal it was bound to.
 pub const IDENTITY_BOUND_ANNOTATION: &str = "substratus.ai/identity-bound";
 
@@ -53,24 +52,24 @@ pub struct Context {
     /// Serialises the slow path of [`Context::ensure_service_account`], so that concurrent
     /// reconciles in one namespace bind the identity once, not once each.
     ensuring: tokio::sync::Mutex<()>,
-    /// Watch-fed caches, once the controllers run; without them every read is a GET.
-    caches: std::sync::OnceLock<Caches>,
+    /// Watch-fed caches: every read of a reconcile comes from them.
+    caches: Caches,
     /// The status last written per object, with the resourceVersion it produced: a reconcile
     /// triggered by a child's event may see its parent from before that write, and must not
     /// take the older status for the current one (it would write it again).
-    pub(super) written: WrittenStatus,
+    pub(crate) written: WrittenStatus,
     /// Consecutive failures of the objects failing now.
-    pub(super) backoff: failure::Backoff,
+    pub(crate) backoff: failure::Backoff,
 }
 
 /// The status last written per object with the resourceVersion it produced, kept only until
 /// the cache shows that version: then the object's own status is at least as new, and the
 /// entry is dropped (the write's own watch event triggers the reconcile that drops it).
 #[derive(Default)]
-pub(super) struct WrittenStatus(Mutex<std::collections::HashMap<String, (u64, serde_json::Value)>>);
+pub(crate) struct WrittenStatus(Mutex<std::collections::HashMap<String, (u64, serde_json::Value)>>);
 
 impl WrittenStatus {
-    pub(super) fn record(&self, key: String, rv: u64, status: serde_json::Value) {
+    pub(crate) fn record(&self, key: String, rv: u64, status: serde_json::Value) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -99,7 +98,13 @@ impl WrittenStatus {
 }
 
 impl Context {
-    pub fn new(client: Client, cloud: Arc<dyn Cloud>, metrics: Arc<Metrics>) -> Context {
+    /// A context reading `caches` (see [`crate::watch::Watches`]).
+    pub fn new(
+        client: Client,
+        cloud: Arc<dyn Cloud>,
+        metrics: Arc<Metrics>,
+        caches: Caches,
+    ) -> Context {
         Context {
             events: events::Events::new(
                 client.clone(),
@@ -113,7 +118,7 @@ impl Context {
             cloud_timeout: crate::cloud::CALL_TIMEOUT,
             ensured_accounts: Mutex::new(HashMap::new()),
             ensuring: tokio::sync::Mutex::new(()),
-            caches: std::sync::OnceLock::new(),
+            caches,
             written: WrittenStatus::default(),
             backoff: failure::Backoff::default(),
         }
@@ -143,14 +148,9 @@ impl Context {
         }
     }
 
-    /// Serves reads from `caches` from now on.
-    pub fn set_caches(&self, caches: Caches) {
-        let _ = self.caches.set(caches);
-    }
-
-    /// The caches, when the controllers run with them.
-    pub fn caches(&self) -> Option<&Caches> {
-        self.caches.get()
+    /// The caches every read comes from.
+    pub fn caches(&self) -> &Caches {
+        &self.caches
     }
 
     pub(super) fn patch_params(&self) -> PatchParams {
@@ -182,12 +182,12 @@ impl Context {
             else {
                 return false;
             };
-            ctx.caches().is_none_or(|c| {
-                at.elapsed() < ACCOUNT_CACHE_LAG
-                    || c.service_accounts
-                        .get(&kube::runtime::reflector::ObjectRef::new(sa_name).within(namespace))
-                        .is_some()
-            })
+            at.elapsed() < ACCOUNT_CACHE_LAG
+                || ctx
+                    .caches
+                    .service_accounts
+                    .get(&kube::runtime::reflector::ObjectRef::new(sa_name).within(namespace))
+                    .is_some()
         };
         if ensured(self) {
             return Ok(());
@@ -198,21 +198,14 @@ impl Context {
             return Ok(());
         }
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
-        let cached = self.caches().and_then(|c| {
-            c.service_accounts
-                .get(&kube::runtime::reflector::ObjectRef::new(sa_name).within(namespace))
-                .map(|m| ServiceAccount {
-                    metadata: m.metadata.clone(),
-                    ..Default::default()
-                })
-        });
-        let existing = match cached {
-            Some(sa) => Some(sa),
-            None => api.get_opt(sa_name).await.map_err(kube_err(
-                "reading ServiceAccount",
-                format!("{namespace}/{sa_name}"),
-            ))?,
-        };
+        let existing = self
+            .caches
+            .service_accounts
+            .get(&kube::runtime::reflector::ObjectRef::new(sa_name).within(namespace))
+            .map(|m| ServiceAccount {
+                metadata: m.metadata.clone(),
+                ..Default::default()
+            });
         let wanted = self.cloud.service_account_annotations(role);
         let annotations = existing
             .as_ref()
@@ -311,18 +304,10 @@ impl Context {
         let what = format!("{} {namespace}/{name}", K::kind(&()));
         let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
         let desired = hash_of(obj.meta()).cloned();
-        let observed = match self
-            .caches()
-            .and_then(|c| c.child_hash(&K::kind(&()), namespace, &name))
-        {
-            Some(cached) => cached,
-            None if self.caches().is_some() => None,
-            None => api
-                .get_opt(&name)
-                .await
-                .map_err(kube_err("reading", what.clone()))?
-                .and_then(|o| hash_of(o.meta()).cloned()),
-        };
+        let observed = self
+            .caches
+            .child_hash(&K::kind(&()), namespace, &name)
+            .flatten();
         if desired.is_some() && observed == desired {
             return Ok(());
         }
@@ -349,18 +334,10 @@ impl Context {
         };
         let what = format!("{} {name}", gvk.kind);
         let desired = hash_of(&obj.metadata).cloned();
-        let observed = match self
-            .caches()
-            .and_then(|c| c.child_hash(&gvk.kind, namespace, &name))
-        {
-            Some(cached) => cached,
-            None if self.caches().is_some() => None,
-            None => api
-                .get_opt(&name)
-                .await
-                .map_err(kube_err("reading", what.clone()))?
-                .and_then(|o| hash_of(&o.metadata).cloned()),
-        };
+        let observed = self
+            .caches
+            .child_hash(&gvk.kind, namespace, &name)
+            .flatten();
         if desired.is_some() && observed == desired {
             return Ok(());
         }
@@ -447,73 +424,34 @@ impl Context {
         kind: crate::names::Kind,
         name: &str,
     ) -> Result<Vec<Pod>, Error> {
-        if let Some(c) = self.caches() {
-            return Ok(c.pods_with(namespace, &[(kind.lower(), name), ("role", "run")]));
-        }
-        let selector = format!("{}={name},role=run", kind.lower());
-        Api::<Pod>::namespaced(self.client.clone(), namespace)
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map(|l| l.items)
-            .map_err(kube_err("listing pods", format!("{namespace} {selector}")))
+        Ok(self
+            .caches
+            .pods_with(namespace, &[(kind.lower(), name), ("role", "run")]))
     }
 
     /// The state of a referenced Model (`kind` Model) or Dataset.
-    pub async fn reference(
-        &self,
-        namespace: &str,
-        kind: crate::names::Kind,
-        name: &str,
-    ) -> Result<RefState, Error> {
-        let what = format!("{} {namespace}/{name}", kind.name());
+    pub fn reference(&self, namespace: &str, kind: Kind, name: &str) -> Result<RefState, Error> {
         use kube::runtime::reflector::ObjectRef;
-        // Ready, artifacts URL, uid, and the generation of the run that wrote the artifacts.
-        let found: Option<(bool, Option<String>, Option<String>, i64)> = match kind {
-            crate::names::Kind::Dataset => {
-                let d = match self.caches() {
-                    Some(c) => c
-                        .datasets
-                        .get(&ObjectRef::new(name).within(namespace))
-                        .map(|d| d.as_ref().clone()),
-                    None => Api::<Dataset>::namespaced(self.client.clone(), namespace)
-                        .get_opt(name)
-                        .await
-                        .map_err(kube_err("reading", what))?,
-                };
-                d.map(|d| {
-                    let s = d.status.unwrap_or_default();
-                    let run = completed_generation(&s.conditions);
-                    (
-                        s.ready,
-                        s.artifacts.and_then(|a| a.url),
-                        d.metadata.uid,
-                        run,
-                    )
-                })
-            }
-            _ => {
-                let m = match self.caches() {
-                    Some(c) => c
-                        .models
-                        .get(&ObjectRef::new(name).within(namespace))
-                        .map(|m| m.as_ref().clone()),
-                    None => Api::<Model>::namespaced(self.client.clone(), namespace)
-                        .get_opt(name)
-                        .await
-                        .map_err(kube_err("reading", what))?,
-                };
-                m.map(|m| {
-                    let s = m.status.unwrap_or_default();
-                    let run = completed_generation(&s.conditions);
-                    (
-                        s.ready,
-                        s.artifacts.and_then(|a| a.url),
-                        m.metadata.uid,
-                        run,
-                    )
-                })
+        // Its status and uid: Models and Datasets share one status shape.
+        let found = match kind {
+            Kind::Dataset => (self.caches.datasets)
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|d| (d.status.clone(), d.metadata.uid.clone())),
+            Kind::Model => (self.caches.models)
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|m| (m.status.clone(), m.metadata.uid.clone())),
+            Kind::Server | Kind::Notebook => {
+                return Err(Error::Invalid(format!(
+                    "a {} cannot be referenced",
+                    kind.name()
+                )));
             }
         };
+        let found = found.map(|(status, uid)| {
+            let s = status.unwrap_or_default();
+            let run = completed_generation(&s.conditions);
+            (s.ready, s.artifacts.and_then(|a| a.url), uid, run)
+        });
         let Some((ready, recorded, uid, run)) = found else {
             return Ok(RefState::NotFound);
         };

@@ -7,16 +7,12 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams};
 use kube::{Client, ResourceExt};
 
-use super::Caches;
+use crate::watch::{Caches, Volume};
 
-/// Label the backends put on a static volume: the claim it was made for.
-pub const CLAIM_LABEL: &str = "substratus.ai/claim";
-/// Label naming the claim's namespace.
-pub const CLAIM_NAMESPACE_LABEL: &str = "substratus.ai/claim-namespace";
+pub use crate::names::{CLAIM_LABEL, CLAIM_NAMESPACE_LABEL};
 
 /// Whether a volume is ours, Released, and (when watching one namespace) of that namespace.
 pub fn is_sweepable(pv: &PersistentVolume, namespace: Option<&str>) -> bool {
@@ -26,25 +22,6 @@ pub fn is_sweepable(pv: &PersistentVolume, namespace: Option<&str>) -> bool {
             .is_none_or(|ns| labels.get(CLAIM_NAMESPACE_LABEL).map(String::as_str) == Some(ns))
         && pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released")
         && pv.metadata.deletion_timestamp.is_none()
-}
-
-/// What the caches keep of a static volume: its spec hash and the claim it was made for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Volume {
-    pub hash: Option<Box<str>>,
-    /// The claim's namespace and name, from the claim labels.
-    pub claim: Option<(Box<str>, Box<str>)>,
-}
-
-impl Volume {
-    pub fn of(m: &ObjectMeta) -> Volume {
-        let labels = m.labels.as_ref();
-        let label = |k: &str| labels.and_then(|l| l.get(k)).map(|v| v.as_str().into());
-        Volume {
-            hash: super::index::spec_hash(m),
-            claim: label(CLAIM_NAMESPACE_LABEL).zip(label(CLAIM_LABEL)),
-        }
-    }
 }
 
 /// Volumes (by name) whose claim is not among `claims` (`namespace/name` keys): candidates
@@ -59,7 +36,7 @@ pub fn orphans<'a>(
         .filter_map(|(name, v)| {
             let (ns, claim) = v.claim.as_ref()?;
             if namespace.is_some_and(|w| w != &**ns)
-                || has_claim(&super::index::key(Some(ns), claim))
+                || has_claim(&crate::watch::index::key(Some(ns), claim))
             {
                 return None;
             }
@@ -120,9 +97,7 @@ pub async fn run(
             _ = tokio::time::sleep(every) => {}
             _ = &mut shutdown => return,
         }
-        let Some(caches) = ctx.caches() else {
-            continue;
-        };
+        let caches = ctx.caches();
         for (kind, n) in caches.sizes() {
             ctx.metrics
                 .cached
@@ -143,6 +118,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::PersistentVolumeStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn pv(labels: &[(&str, &str)], phase: &str) -> PersistentVolume {
         let mut pv = PersistentVolume::default();

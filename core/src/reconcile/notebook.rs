@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use substratus_crds::{ArtifactsStatus, Notebook, NotebookStatus};
@@ -25,36 +25,22 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
     let parent = parent_of(nb.as_ref(), Kind::Notebook)?;
     let ns = parent.namespace.clone();
     let model = match nb.spec.model_name() {
-        Some(name) => Some(ctx.reference(&ns, Kind::Model, name).await?),
+        Some(name) => Some(ctx.reference(&ns, Kind::Model, name)?),
         None => None,
     };
     let dataset = match &nb.spec.dataset {
-        Some(r) => Some(ctx.reference(&ns, Kind::Dataset, &r.name).await?),
+        Some(r) => Some(ctx.reference(&ns, Kind::Dataset, &r.name)?),
         None => None,
     };
     let secret_name = names::notebook_token_secret(&parent.name);
     let pod_name = Kind::Notebook.workload_name(&parent.name);
-    let (secret_exists, pod) = match ctx.caches() {
-        Some(c) => (
-            Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-                .get_metadata_opt(&secret_name)
-                .await
-                .map_err(kube_err("reading Secret", format!("{ns}/{secret_name}")))?
-                .is_some(),
-            c.pod(&ns, &pod_name),
-        ),
-        None => (
-            Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-                .get_metadata_opt(&secret_name)
-                .await
-                .map_err(kube_err("reading Secret", format!("{ns}/{secret_name}")))?
-                .is_some(),
-            Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-                .get_opt(&pod_name)
-                .await
-                .map_err(kube_err("reading Pod", format!("{ns}/{pod_name}")))?,
-        ),
-    };
+    // Secrets are not cached (that would need the right to list every Secret): one read.
+    let secret_exists = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .get_metadata_opt(&secret_name)
+        .await
+        .map_err(kube_err("reading Secret", format!("{ns}/{secret_name}")))?
+        .is_some();
+    let pod = ctx.caches().pod(&ns, &pod_name);
     let token = if secret_exists {
         String::new()
     } else {

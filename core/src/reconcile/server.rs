@@ -2,12 +2,10 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use substratus_crds::{Server, ServerStatus};
 
-use super::{Context, Error, kube_err, merged_conditions, next_look, parent_of, write_status};
+use super::{Context, Error, merged_conditions, next_look, parent_of, write_status};
 use crate::names::{Kind, KindChildren};
 use crate::plan::server::{self, ObservedDeployment, ServerInput};
 use crate::plan::{Child, RefState};
@@ -16,20 +14,11 @@ use crate::plan::{Child, RefState};
 pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Action, Error> {
     let parent = parent_of(srv.as_ref(), Kind::Server)?;
     let model = match srv.spec.model_name() {
-        Some(name) => ctx.reference(&parent.namespace, Kind::Model, name).await?,
+        Some(name) => ctx.reference(&parent.namespace, Kind::Model, name)?,
         None => RefState::NotFound,
     };
     let name = Kind::Server.workload_name(&parent.name);
-    let deployment = match ctx.caches() {
-        Some(c) => c.deployment(&parent.namespace, &name),
-        None => Api::<Deployment>::namespaced(ctx.client.clone(), &parent.namespace)
-            .get_opt(&name)
-            .await
-            .map_err(kube_err(
-                "reading Deployment",
-                format!("{}/{name}", parent.namespace),
-            ))?,
-    };
+    let deployment = ctx.caches().deployment(&parent.namespace, &name);
     let observed = deployment.as_ref().map(|d| ObservedDeployment {
         ready_replicas: d
             .status

@@ -1,6 +1,17 @@
-//! Wiring: two kube-runtime Controllers per kind over one store (see `children_lane`), with
-//! watches on owned children (selected by the managed-by label) and on referenced Models and
-//! Datasets, so that a reference becoming Ready re-triggers its dependants.
+//! Wiring: which watch triggers which reconcile. Two kube-runtime Controllers per kind over
+//! one store (see `children_lane`): the main lane takes the object's own changes, the resync
+//! and the changes of the Models and Datasets it refers to (so that a reference becoming
+//! Ready re-triggers its dependants); the children lane takes its children's news.
+//!
+//! | kind     | refers to (re-triggered by)  | children lane                                  |
+//! |----------|------------------------------|------------------------------------------------|
+//! | Model    | base Model, Dataset          | Jobs, params ConfigMap, pods by label          |
+//! | Dataset  | —                            | Jobs, params ConfigMap, pods by label          |
+//! | Server   | Model                        | Jobs, ConfigMap, Deployment, pods by label     |
+//! | Notebook | Model, Dataset               | Jobs, ConfigMap, its Pod (owned)               |
+//!
+//! Servers also own their Service (main lane). The table is [`Wired::REFERS`] and the
+//! calls in [`run`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -15,11 +27,13 @@ use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use substratus_crds::{Dataset, Model, Notebook, Server};
 
-use super::caches::{CachedPod, Owners};
-use super::exclusive::Exclusive;
-use super::{Context, Error, batch, failure, notebook, server};
 use crate::metrics::{ErrorLabels, KindLabels, ResultLabels};
 use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::reconcile::{Context, Error, failure, reconcile_dataset, reconcile_model};
+use crate::reconcile::{reconcile_notebook, reconcile_server, status_key};
+use crate::watch::caches::{CachedPod, Deletions, Shared};
+use crate::watch::exclusive::Exclusive;
+use crate::watch::{Watches, slim};
 
 /// Tuning of the controllers.
 #[derive(Clone, Debug)]
@@ -65,27 +79,126 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
 }
 
-/// Objects in `store` of the same namespace whose reference (read by `refers`) names `name`.
-fn dependants<K, F>(
-    store: &Store<K>,
-    namespace: Option<String>,
-    name: String,
-    refers: F,
-) -> Vec<ObjectRef<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-    F: Fn(&K) -> Vec<&str>,
+/// What the wiring needs to know of a kind: the kinds it refers to and how, and the
+/// conditions of its status.
+trait Wired:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
+    const KIND: Kind;
+    /// The kinds whose objects this kind refers to by name: a change of one re-triggers
+    /// the objects that name it.
+    const REFERS: &'static [Kind];
+    /// The names of the objects of `kind` this object refers to.
+    fn refers(&self, kind: Kind) -> Vec<&str>;
+    /// The conditions of its status.
+    fn conditions(&self) -> &[Condition];
+}
+
+impl Wired for Model {
+    const KIND: Kind = Kind::Model;
+    const REFERS: &'static [Kind] = &[Kind::Model, Kind::Dataset];
+    fn refers(&self, kind: Kind) -> Vec<&str> {
+        let r = match kind {
+            Kind::Model => &self.spec.model,
+            Kind::Dataset => &self.spec.dataset,
+            _ => return Vec::new(),
+        };
+        r.iter().map(|r| r.name.as_str()).collect()
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl Wired for Dataset {
+    const KIND: Kind = Kind::Dataset;
+    const REFERS: &'static [Kind] = &[];
+    fn refers(&self, _: Kind) -> Vec<&str> {
+        Vec::new()
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl Wired for Server {
+    const KIND: Kind = Kind::Server;
+    const REFERS: &'static [Kind] = &[Kind::Model];
+    fn refers(&self, kind: Kind) -> Vec<&str> {
+        match kind {
+            Kind::Model => self.spec.model_name().into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl Wired for Notebook {
+    const KIND: Kind = Kind::Notebook;
+    const REFERS: &'static [Kind] = &[Kind::Model, Kind::Dataset];
+    fn refers(&self, kind: Kind) -> Vec<&str> {
+        match kind {
+            Kind::Model => self.spec.model_name().into_iter().collect(),
+            Kind::Dataset => self.spec.dataset.iter().map(|r| r.name.as_str()).collect(),
+            _ => Vec::new(),
+        }
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+/// Objects in `store` of the namespace of `referenced` (an object of `kind`) that name it.
+fn dependants<K: Wired, R: Resource>(
+    store: &Store<K>,
+    kind: Kind,
+    referenced: &R,
+) -> Vec<ObjectRef<K>> {
+    let (namespace, name) = (
+        referenced.meta().namespace.as_deref(),
+        referenced.meta().name.as_deref(),
+    );
     store
         .state()
         .iter()
-        .filter(|o| o.namespace() == namespace && refers(o).contains(&name.as_str()))
+        .filter(|o| {
+            o.meta().namespace.as_deref() == namespace
+                && o.refers(kind).iter().any(|r| Some(*r) == name)
+        })
         .map(|o| ObjectRef::from_obj(o.as_ref()))
         .collect()
 }
 
+/// `controller` re-triggered by every change (applied or deleted) of a referenced `R`.
+fn follow<K: Wired, R: Shared + Wired>(
+    controller: Controller<K>,
+    store: &Store<K>,
+    watches: &mut Watches,
+) -> Controller<K> {
+    let (applied, deleted) = (store.clone(), store.clone());
+    let feed = watches.of::<R>();
+    controller
+        .watches_shared_stream(feed.applied(), move |r: Arc<R>| {
+            dependants(&applied, R::KIND, r.as_ref())
+        })
+        .watches_stream(feed.deleted().map(Ok), move |r: R| {
+            dependants(&deleted, R::KIND, &r)
+        })
+}
+
 /// References to the objects whose children changed.
-fn owners<K>(changed: Owners) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
+fn owners<K>(
+    changed: impl Stream<Item = (Box<str>, Box<str>)> + Send + 'static,
+) -> impl Stream<Item = ObjectRef<K>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + 'static,
 {
@@ -192,7 +305,7 @@ where
             .inc();
         match failure.retry {
             failure::Retry::Backoff => {
-                let delay = ctx.backoff.delay(&super::status_key(obj.as_ref()));
+                let delay = ctx.backoff.delay(&status_key(obj.as_ref()));
                 tracing::warn!(kind, error = %err, retry_in = ?delay, "reconcile failed");
                 Action::requeue(delay)
             }
@@ -268,7 +381,7 @@ where
                     .inc();
                 tracing::debug!(kind, %namespace, %name, result, "reconciled");
                 match &res {
-                    Ok(_) => ctx.backoff.succeeded(&super::status_key(obj.as_ref())),
+                    Ok(_) => ctx.backoff.succeeded(&status_key(obj.as_ref())),
                     Err(e) => failure::record(&ctx, obj.as_ref(), e).await,
                 }
                 ctx.metrics
@@ -311,7 +424,7 @@ where
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
-            .modify(|o: &mut K| super::slim::primary_meta(o.meta_mut())),
+            .modify(|o: &mut K| slim::primary_meta(o.meta_mut())),
     )
     .applied_objects();
     Controller::for_stream(stream, reader)
@@ -350,16 +463,88 @@ where
     futures::future::join(drive(main), drive(children)).map(drop)
 }
 
-/// Runs the four controllers, two lanes each (see `children_lane`), until `shutdown`
-/// completes.
+/// The main lane of `K` (its own changes, the resync, the objects it refers to) and its
+/// children lane (Jobs, params ConfigMap, pods: by label, or owned when the kind owns its
+/// pod).
+fn kind_lanes<K: Wired>(
+    main: Controller<K>,
+    watches: &mut Watches,
+    cfg: &ControllerConfig,
+    resync_every: Duration,
+) -> (Controller<K>, Controller<K>) {
+    let store = main.store();
+    let mut main = main
+        .with_config(cfg.clone())
+        .reconcile_on(resync(store.clone(), resync_every));
+    for kind in K::REFERS {
+        main = match kind {
+            Kind::Model => follow::<K, Model>(main, &store, watches),
+            Kind::Dataset => follow::<K, Dataset>(main, &store, watches),
+            // Nothing refers to Servers or Notebooks.
+            Kind::Server | Kind::Notebook => main,
+        };
+    }
+    let children = children_lane(store.clone(), cfg.clone())
+        .reconcile_on(owners(watches.job_changes(K::KIND)))
+        .reconcile_on(owners(watches.configmap_changes(K::KIND)));
+    let children = if K::KIND == Kind::Notebook {
+        // A Notebook's pod is its own child.
+        children.owns_shared_stream(watches.pods())
+    } else {
+        children.watches_shared_stream(
+            watches.pods(),
+            labelled(K::KIND, store, |o: &K| pod_problem_shown(o.conditions())),
+        )
+    };
+    (main, children)
+}
+
+/// Runs the four controllers, two lanes each (see `children_lane`), over the caches of
+/// `watches` (the ones `ctx` reads), until `shutdown` completes.
 pub async fn run(
     ctx: Arc<Context>,
+    mut watches: Watches,
     opts: ControllerOptions,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
+    let cfg = ControllerConfig::default().concurrency(opts.concurrency);
+    let every = opts.resync_every;
+    let w = &mut watches;
+    let caches = w.caches().clone();
+
+    let models = Controller::for_shared_stream(w.of::<Model>().applied(), caches.models.clone());
+    let (models, model_children) = kind_lanes(models, w, &cfg, every);
+
+    let datasets =
+        Controller::for_shared_stream(w.of::<Dataset>().applied(), caches.datasets.clone());
+    let (datasets, dataset_children) = kind_lanes(datasets, w, &cfg, every);
+
+    let (servers, server_children) =
+        kind_lanes(primary(api::<Server>(&ctx, &opts)), w, &cfg, every);
+    let servers = servers.owns(api::<Service>(&ctx, &opts), managed());
+    let server_children = server_children.owns_shared_stream(w.deployments());
+
+    let (notebooks, notebook_children) =
+        kind_lanes(primary(api::<Notebook>(&ctx, &opts)), w, &cfg, every);
+
+    let in_use = {
+        let (m, d, s, n) = (
+            caches.models.clone(),
+            caches.datasets.clone(),
+            servers.store(),
+            notebooks.store(),
+        );
+        move |ns: &str| {
+            in_namespace(&m, ns)
+                || in_namespace(&d, ns)
+                || in_namespace(&s, ns)
+                || in_namespace(&n, ns)
+        }
+    };
+    let deleted_accounts = w.deleted_accounts();
+
     // Caches first: reconciles read from them, so they must hold a full list before any runs.
-    let (caches, triggers, feeders) = super::Caches::new(&ctx.client, opts.namespace.as_deref());
-    let feeders: Vec<_> = feeders.into_iter().map(tokio::spawn).collect();
+    let feeders: Vec<_> = watches.start().into_iter().map(tokio::spawn).collect();
     let mut waited = 0u64;
     loop {
         tokio::select! {
@@ -374,198 +559,52 @@ pub async fn run(
             }
         }
     }
-    let (model_store, dataset_store) = (caches.models.clone(), caches.datasets.clone());
-    ctx.set_caches(caches);
-    tokio::spawn(super::janitor::run(
+    tokio::spawn(crate::reconcile::janitor::run(
         ctx.clone(),
         opts.namespace.clone(),
         opts.sweep_every,
         shutdown.clone(),
     ));
-    let cfg = ControllerConfig::default().concurrency(opts.concurrency);
-    let t = triggers;
+    let accounts = tokio::spawn(restore_accounts(ctx.clone(), deleted_accounts, in_use));
     let stop = shutdown;
-
-    let model_store2 = model_store.clone();
-    let model_store3 = model_store.clone();
-    let model_store4 = model_store.clone();
-    let model_store5 = model_store.clone();
-    let models = Controller::for_shared_stream(t.models, model_store.clone())
-        .with_config(cfg.clone())
-        .reconcile_on(resync(model_store.clone(), opts.resync_every))
-        .watches_shared_stream(t.models_for_models, move |base: Arc<Model>| {
-            dependants(
-                &model_store5,
-                base.namespace(),
-                base.name_any(),
-                |m: &Model| m.spec.model.iter().map(|r| r.name.as_str()).collect(),
-            )
-        })
-        .watches_shared_stream(t.datasets_for_models, move |d: Arc<Dataset>| {
-            dependants(&model_store2, d.namespace(), d.name_any(), |m: &Model| {
-                m.spec.dataset.iter().map(|r| r.name.as_str()).collect()
-            })
-        })
-        .watches_stream(t.deleted_models_for_models.map(Ok), move |base: Model| {
-            dependants(
-                &model_store3,
-                base.namespace(),
-                base.name_any(),
-                |m: &Model| m.spec.model.iter().map(|r| r.name.as_str()).collect(),
-            )
-        })
-        .watches_stream(t.deleted_datasets_for_models.map(Ok), move |d: Dataset| {
-            dependants(&model_store4, d.namespace(), d.name_any(), |m: &Model| {
-                m.spec.dataset.iter().map(|r| r.name.as_str()).collect()
-            })
-        });
-    let model_children = children_lane(model_store.clone(), cfg.clone())
-        .reconcile_on(owners(t.jobs_for_models))
-        .reconcile_on(owners(t.configmaps_for_models))
-        .watches_shared_stream(
-            t.pods_for_models,
-            labelled(Kind::Model, model_store.clone(), |m: &Model| {
-                m.status
-                    .as_ref()
-                    .is_some_and(|s| pod_problem_shown(&s.conditions))
-            }),
-        );
-    let models = lanes(
-        models,
-        model_children,
-        "Model",
-        batch::reconcile_model,
-        &ctx,
-        &opts,
-        &stop,
+    tokio::join!(
+        lanes(
+            models,
+            model_children,
+            "Model",
+            reconcile_model,
+            &ctx,
+            &opts,
+            &stop
+        ),
+        lanes(
+            datasets,
+            dataset_children,
+            "Dataset",
+            reconcile_dataset,
+            &ctx,
+            &opts,
+            &stop
+        ),
+        lanes(
+            servers,
+            server_children,
+            "Server",
+            reconcile_server,
+            &ctx,
+            &opts,
+            &stop
+        ),
+        lanes(
+            notebooks,
+            notebook_children,
+            "Notebook",
+            reconcile_notebook,
+            &ctx,
+            &opts,
+            &stop
+        ),
     );
-
-    let datasets = Controller::for_shared_stream(t.datasets, dataset_store.clone())
-        .with_config(cfg.clone())
-        .reconcile_on(resync(dataset_store.clone(), opts.resync_every));
-    let dataset_children = children_lane(dataset_store.clone(), cfg.clone())
-        .reconcile_on(owners(t.jobs_for_datasets))
-        .reconcile_on(owners(t.configmaps_for_datasets))
-        .watches_shared_stream(
-            t.pods_for_datasets,
-            labelled(Kind::Dataset, dataset_store.clone(), |d: &Dataset| {
-                d.status
-                    .as_ref()
-                    .is_some_and(|s| pod_problem_shown(&s.conditions))
-            }),
-        );
-    let datasets = lanes(
-        datasets,
-        dataset_children,
-        "Dataset",
-        batch::reconcile_dataset,
-        &ctx,
-        &opts,
-        &stop,
-    );
-
-    let servers = primary(api::<Server>(&ctx, &opts)).with_config(cfg.clone());
-    let server_store = servers.store();
-    let server_store4 = server_store.clone();
-    let server_store2 = server_store.clone();
-    let server_store3 = server_store.clone();
-    let servers = servers
-        .reconcile_on(resync(server_store.clone(), opts.resync_every))
-        .owns(api::<Service>(&ctx, &opts), managed())
-        .watches_shared_stream(t.models_for_servers, move |m: Arc<Model>| {
-            dependants(&server_store, m.namespace(), m.name_any(), |s: &Server| {
-                s.spec.model_name().into_iter().collect()
-            })
-        })
-        .watches_stream(t.deleted_models_for_servers.map(Ok), move |m: Model| {
-            dependants(&server_store2, m.namespace(), m.name_any(), |s: &Server| {
-                s.spec.model_name().into_iter().collect()
-            })
-        });
-    let server_children = children_lane(server_store3.clone(), cfg.clone())
-        .owns_shared_stream(t.deployments_for_servers)
-        .reconcile_on(owners(t.jobs_for_servers))
-        .reconcile_on(owners(t.configmaps_for_servers))
-        .watches_shared_stream(
-            t.pods_for_servers,
-            labelled(Kind::Server, server_store3, |s: &Server| {
-                s.status
-                    .as_ref()
-                    .is_some_and(|s| pod_problem_shown(&s.conditions))
-            }),
-        );
-    let servers = lanes(
-        servers,
-        server_children,
-        "Server",
-        server::reconcile_server,
-        &ctx,
-        &opts,
-        &stop,
-    );
-
-    let notebooks = primary(api::<Notebook>(&ctx, &opts)).with_config(cfg.clone());
-    let nb_store = notebooks.store();
-    let nb_store6 = nb_store.clone();
-    let nb_store2 = nb_store.clone();
-    let nb_store3 = nb_store.clone();
-    let nb_store4 = nb_store.clone();
-    let nb_store5 = nb_store.clone();
-    let notebooks = notebooks
-        .reconcile_on(resync(nb_store.clone(), opts.resync_every))
-        .watches_shared_stream(t.models_for_notebooks, move |m: Arc<Model>| {
-            dependants(&nb_store, m.namespace(), m.name_any(), |n: &Notebook| {
-                n.spec.model_name().into_iter().collect()
-            })
-        })
-        .watches_shared_stream(t.datasets_for_notebooks, move |d: Arc<Dataset>| {
-            dependants(&nb_store2, d.namespace(), d.name_any(), |n: &Notebook| {
-                n.spec.dataset.iter().map(|r| r.name.as_str()).collect()
-            })
-        })
-        .watches_stream(t.deleted_models_for_notebooks.map(Ok), move |m: Model| {
-            dependants(&nb_store3, m.namespace(), m.name_any(), |n: &Notebook| {
-                n.spec.model_name().into_iter().collect()
-            })
-        })
-        .watches_stream(
-            t.deleted_datasets_for_notebooks.map(Ok),
-            move |d: Dataset| {
-                dependants(&nb_store4, d.namespace(), d.name_any(), |n: &Notebook| {
-                    n.spec.dataset.iter().map(|r| r.name.as_str()).collect()
-                })
-            },
-        );
-    let in_use = {
-        let (m, d, s, n) = (
-            model_store.clone(),
-            dataset_store.clone(),
-            server_store4,
-            nb_store6,
-        );
-        move |ns: &str| {
-            in_namespace(&m, ns)
-                || in_namespace(&d, ns)
-                || in_namespace(&s, ns)
-                || in_namespace(&n, ns)
-        }
-    };
-    let accounts = tokio::spawn(restore_accounts(ctx.clone(), t.deleted_accounts, in_use));
-    let notebook_children = children_lane(nb_store5, cfg)
-        .owns_shared_stream(t.pods_for_notebooks)
-        .reconcile_on(owners(t.jobs_for_notebooks))
-        .reconcile_on(owners(t.configmaps_for_notebooks));
-    let notebooks = lanes(
-        notebooks,
-        notebook_children,
-        "Notebook",
-        notebook::reconcile_notebook,
-        &ctx,
-        &opts,
-        &stop,
-    );
-
-    tokio::join!(models, datasets, servers, notebooks);
     accounts.abort();
     feeders.iter().for_each(|f| f.abort());
 }
@@ -582,7 +621,7 @@ fn in_namespace<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, namespa
 /// deleted, so that a namespace deleted and created again gets its accounts again.
 async fn restore_accounts(
     ctx: Arc<Context>,
-    mut deleted: super::caches::Deletions<PartialObjectMeta<ServiceAccount>>,
+    mut deleted: Deletions<PartialObjectMeta<ServiceAccount>>,
     in_use: impl Fn(&str) -> bool,
 ) {
     while let Some(sa) = deleted.next().await {

@@ -4,11 +4,15 @@
 //! ([`super::index`]); Jobs, Deployments and Pods as metadata and status, with what the
 //! reconcilers never read dropped ([`super::slim`]) to keep memory small.
 //! Secrets are not cached: watching them would need the right to list every Secret.
+//!
+//! [`Watches`] makes the caches and hands out their change streams to whoever asks, before
+//! [`Watches::start`] turns them on; [`Caches`] is the read side.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::batch::v1::{Job, JobStatus};
 use k8s_openapi::api::core::v1::{
@@ -16,15 +20,14 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use substratus_crds::{Dataset, Model};
 
 use super::index::{self, Index};
-use super::janitor::Volume;
-use super::slim::{self, JobSummary, Labels, StatusOnly};
-use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL};
+use super::slim::{self, JobSummary, Labels, StatusOnly, Volume};
+use crate::names::{FIELD_MANAGER, Kind, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// A Job as cached: metadata and status.
 pub type CachedJob = StatusOnly<Job, JobStatus>;
@@ -35,46 +38,7 @@ pub type CachedPod = StatusOnly<Pod, PodStatus>;
 
 type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Streams of cached objects, each delivered after the cache applied it, that trigger the
-/// controllers: a reconcile triggered by a change always reads that change from the cache.
-pub struct Triggers {
-    /// The Model and Dataset controllers' own triggers: their objects come from the shared
-    /// caches, which hold each Model and Dataset once.
-    pub models: ReflectHandle<Model>,
-    pub datasets: ReflectHandle<Dataset>,
-    /// The objects whose Jobs changed (a Job is told to its controlling object only).
-    pub jobs_for_models: Owners,
-    pub jobs_for_datasets: Owners,
-    /// Build Jobs of Servers and Notebooks.
-    pub jobs_for_servers: Owners,
-    pub jobs_for_notebooks: Owners,
-    /// The objects whose params ConfigMap was deleted or changed by someone else.
-    pub configmaps_for_models: Owners,
-    pub configmaps_for_datasets: Owners,
-    pub configmaps_for_servers: Owners,
-    pub configmaps_for_notebooks: Owners,
-    pub deployments_for_servers: ReflectHandle<CachedDeployment>,
-    /// Pods, routed by their workload label: a pod that waits or fails explains its
-    /// object's status (Jobs' and Deployments' pods are not owned by the object itself).
-    pub pods_for_models: ReflectHandle<CachedPod>,
-    pub pods_for_datasets: ReflectHandle<CachedPod>,
-    pub pods_for_servers: ReflectHandle<CachedPod>,
-    pub pods_for_notebooks: ReflectHandle<CachedPod>,
-    pub models_for_models: ReflectHandle<Model>,
-    pub models_for_servers: ReflectHandle<Model>,
-    pub models_for_notebooks: ReflectHandle<Model>,
-    pub datasets_for_models: ReflectHandle<Dataset>,
-    pub datasets_for_notebooks: ReflectHandle<Dataset>,
-    pub deleted_models_for_models: Deletions<Model>,
-    pub deleted_models_for_servers: Deletions<Model>,
-    pub deleted_models_for_notebooks: Deletions<Model>,
-    pub deleted_datasets_for_models: Deletions<Dataset>,
-    pub deleted_datasets_for_notebooks: Deletions<Dataset>,
-    /// Role ServiceAccounts deleted by someone else (or with their namespace).
-    pub deleted_accounts: Deletions<PartialObjectMeta<ServiceAccount>>,
-}
-
-/// The caches; [`Caches::new`] also returns the tasks that keep them fed.
+/// The caches, as the reconcilers read them; [`Watches`] feeds them.
 #[derive(Clone)]
 pub struct Caches {
     /// Jobs as the little a reconcile reads of them.
@@ -104,7 +68,7 @@ pub struct OwnedHash {
 
 /// The spec hash of a child as applied by the operator: none once someone else changed it.
 fn applied_hash(m: &ObjectMeta) -> Option<Box<str>> {
-    if slim::drifted(m, super::FIELD_MANAGER) {
+    if slim::drifted(m, FIELD_MANAGER) {
         None
     } else {
         index::spec_hash(m)
@@ -156,8 +120,7 @@ fn route_to_owners<E: 'static>(
         }
         if let Some((kind, name)) = owner(change.entry()) {
             let namespace = key.split_once('/').map_or("", |(ns, _)| ns);
-            let i = Kind::ALL.iter().position(|k| k == kind).unwrap_or(0);
-            let _ = senders[i].unbounded_send((namespace.into(), name.clone()));
+            let _ = senders[kind_index(*kind)].unbounded_send((namespace.into(), name.clone()));
         }
     });
     (notify, channels.map(|(_, rx)| rx))
@@ -178,101 +141,6 @@ fn job_news(change: &index::Change<'_, JobSummary>) -> bool {
 /// Deleted objects, delivered after the cache dropped them (the shared streams carry only
 /// applied objects).
 pub type Deletions<K> = futures::channel::mpsc::UnboundedReceiver<K>;
-
-/// Like [`shared`], and also forwards every deletion to `d` receivers.
-fn shared_with_deletions<K>(
-    api: Api<K>,
-    strip: fn(&mut K),
-    n: usize,
-    d: usize,
-    tasks: &mut Vec<Task>,
-) -> (Store<K>, Vec<ReflectHandle<K>>, Vec<Deletions<K>>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store_shared(1024);
-    let subscribers = (0..n).filter_map(|_| writer.subscribe()).collect();
-    let (senders, receivers): (Vec<_>, Vec<_>) =
-        (0..d).map(|_| futures::channel::mpsc::unbounded()).unzip();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(strip);
-    tasks.push(Box::pin(reflector::reflector(writer, stream).for_each(
-        move |event| {
-            if let Ok(watcher::Event::Delete(obj)) = &event {
-                for tx in &senders {
-                    let _ = tx.unbounded_send(obj.clone());
-                }
-            }
-            futures::future::ready(())
-        },
-    )));
-    (store, subscribers, receivers)
-}
-
-/// A cache whose changes are also delivered to `n` subscribers.
-fn shared<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    strip: fn(&mut K),
-    n: usize,
-    tasks: &mut Vec<Task>,
-) -> (Store<K>, Vec<ReflectHandle<K>>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store_shared(1024);
-    let subscribers = (0..n).filter_map(|_| writer.subscribe()).collect();
-    let stream = watcher(api, config).default_backoff().modify(strip);
-    tasks.push(Box::pin(
-        reflector::reflector(writer, stream).for_each(|_| futures::future::ready(())),
-    ));
-    (store, subscribers)
-}
-
-/// A metadata cache; deleted objects are also sent to the returned receiver.
-fn meta<K>(
-    api: Api<PartialObjectMeta<K>>,
-    config: watcher::Config,
-    strip: fn(&mut ObjectMeta),
-    tasks: &mut Vec<Task>,
-) -> (Store<PartialObjectMeta<K>>, Deletions<PartialObjectMeta<K>>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let (tx, rx) = futures::channel::mpsc::unbounded();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(move |o: &mut PartialObjectMeta<K>| strip(&mut o.metadata));
-    tasks.push(Box::pin(reflector::reflector(writer, stream).for_each(
-        move |event| {
-            if let Ok(watcher::Event::Delete(obj)) = event {
-                let _ = tx.unbounded_send(obj);
-            }
-            futures::future::ready(())
-        },
-    )));
-    (store, rx)
-}
 
 fn pod(p: &CachedPod) -> Pod {
     Pod {
@@ -301,20 +169,118 @@ fn into_string(hash: Option<Box<str>>) -> Option<String> {
     hash.map(String::from)
 }
 
-/// One subscriber of a shared cache; `subscribe` on a shared writer always yields one.
-fn take<T>(subscribers: &mut Vec<T>) -> T {
-    subscribers
-        .pop()
-        .expect("shared caches hand out one subscriber per trigger")
+/// One watched kind held whole in a store, its changes handed to whoever subscribed before
+/// it started.
+pub struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
+    writer: Writer<K>,
+    api: Api<K>,
+    config: watcher::Config,
+    strip: fn(&mut K),
+    deleted: Vec<futures::channel::mpsc::UnboundedSender<K>>,
 }
 
-impl Caches {
-    /// Caches scoped to `namespace` (all when `None`), their triggers, and the tasks that
-    /// feed them.
-    pub fn new(client: &Client, namespace: Option<&str>) -> (Caches, Triggers, Vec<Task>) {
+impl<K> Feed<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new(api: Api<K>, config: watcher::Config, strip: fn(&mut K)) -> Feed<K> {
+        Feed {
+            writer: reflector::store_shared(1024).1,
+            api,
+            config,
+            strip,
+            deleted: Vec::new(),
+        }
+    }
+
+    fn store(&self) -> Store<K> {
+        self.writer.as_reader()
+    }
+
+    /// Every object the store applied, delivered after it did (and every object once its
+    /// first list is in).
+    pub fn applied(&mut self) -> impl Stream<Item = Arc<K>> + Send + 'static + use<K> {
+        // A shared writer always hands out a subscriber; without one the stream is empty.
+        futures::stream::iter(self.writer.subscribe()).flatten()
+    }
+
+    /// Every object deleted, delivered after the store dropped it.
+    pub fn deleted(&mut self) -> Deletions<K> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.deleted.push(tx);
+        rx
+    }
+
+    fn start(self) -> Task {
+        let Feed {
+            writer,
+            api,
+            config,
+            strip,
+            deleted,
+        } = self;
+        let stream = watcher(api, config).default_backoff().modify(strip);
+        Box::pin(reflector::reflector(writer, stream).for_each(move |event| {
+            if let Ok(watcher::Event::Delete(obj)) = &event {
+                for tx in &deleted {
+                    let _ = tx.unbounded_send(obj.clone());
+                }
+            }
+            futures::future::ready(())
+        }))
+    }
+}
+
+/// The caches before they run: each trigger a controller needs is asked for here, as many
+/// as wanted, and [`Watches::start`] then returns the tasks that feed them all.
+pub struct Watches {
+    caches: Caches,
+    models: Feed<Model>,
+    datasets: Feed<Dataset>,
+    deployments: Feed<CachedDeployment>,
+    pods: Feed<CachedPod>,
+    service_accounts: Feed<PartialObjectMeta<ServiceAccount>>,
+    /// Per kind (in [`Kind::ALL`] order), the objects whose Jobs changed; taken on demand.
+    jobs_of: [Option<Owners>; 4],
+    /// Per kind, the objects whose params ConfigMap was deleted or changed by someone else.
+    configmaps_of: [Option<Owners>; 4],
+    tasks: Vec<Task>,
+}
+
+/// The caches that hold every object of a kind, not a summary: Models and Datasets (read by
+/// their own controllers and by the objects that refer to them).
+pub trait Shared: Resource<DynamicType = ()> + Clone + Sized + 'static {
+    /// This kind's cache among `watches`.
+    fn feed(watches: &mut Watches) -> &mut Feed<Self>;
+}
+
+impl Shared for Model {
+    fn feed(watches: &mut Watches) -> &mut Feed<Self> {
+        &mut watches.models
+    }
+}
+
+impl Shared for Dataset {
+    fn feed(watches: &mut Watches) -> &mut Feed<Self> {
+        &mut watches.datasets
+    }
+}
+
+fn kind_index(kind: Kind) -> usize {
+    Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+impl Watches {
+    /// The caches scoped to `namespace` (all when `None`), not yet fed.
+    pub fn new(client: &Client, namespace: Option<&str>) -> Watches {
         let mut tasks = Vec::new();
-        let (notify, [job_models, job_datasets, job_servers, job_notebooks]) =
-            route_to_owners(|j: &JobSummary| j.owner.as_ref(), job_news);
+        let (notify, jobs_of) = route_to_owners(|j: &JobSummary| j.owner.as_ref(), job_news);
         let (jobs, task) = index::index(
             namespaced::<CachedJob>(client, namespace),
             managed(),
@@ -322,7 +288,7 @@ impl Caches {
             notify,
         );
         tasks.push(task);
-        let (cm_notify, [cm_models, cm_datasets, cm_servers, cm_notebooks]) =
+        let (cm_notify, configmaps_of) =
             route_to_owners(|c: &OwnedHash| c.owner.as_ref(), lost_or_drifted);
         let (configmaps, task) = index::index(
             namespaced::<PartialObjectMeta<ConfigMap>>(client, namespace),
@@ -334,17 +300,15 @@ impl Caches {
             cm_notify,
         );
         tasks.push(task);
-        let (deployments, mut deployment_subs) = shared(
+        let deployments = Feed::new(
             namespaced::<CachedDeployment>(client, namespace),
             managed(),
             |d| {
-                slim::forget_hash_if_drifted(&mut d.metadata, super::FIELD_MANAGER);
+                slim::forget_hash_if_drifted(&mut d.metadata, FIELD_MANAGER);
                 slim::child_meta(&mut d.metadata, Labels::Drop)
             },
-            1,
-            &mut tasks,
         );
-        let (pods, mut pod_subs) = shared(
+        let pods = Feed::new(
             namespaced::<CachedPod>(client, namespace),
             // A pod that succeeded explains nothing (pods are read to say why a workload
             // waits or failed, and notebook and server pods restart, never succeed): it
@@ -356,36 +320,29 @@ impl Caches {
                     slim::pod_status(s);
                 }
             },
-            4,
-            &mut tasks,
         );
-        let (models, mut model_subs, mut model_dels) = shared_with_deletions(
+        let models = Feed::new(
             namespaced::<Model>(client, namespace),
+            watcher::Config::default(),
             |m| slim::primary_meta(m.meta_mut()),
-            4,
-            3,
-            &mut tasks,
         );
-        let (datasets, mut dataset_subs, mut dataset_dels) = shared_with_deletions(
+        let datasets = Feed::new(
             namespaced::<Dataset>(client, namespace),
+            watcher::Config::default(),
             |d| slim::primary_meta(d.meta_mut()),
-            3,
-            2,
-            &mut tasks,
         );
-        let (service_accounts, deleted_accounts) = meta(
+        let service_accounts = Feed::new(
             namespaced::<PartialObjectMeta<ServiceAccount>>(client, namespace),
             managed(),
             // Their annotations carry the cloud identity: kept.
-            slim::primary_meta,
-            &mut tasks,
+            |o| slim::primary_meta(&mut o.metadata),
         );
         let caches = Caches {
             jobs,
-            deployments,
-            pods,
-            models,
-            datasets,
+            deployments: deployments.store(),
+            pods: pods.store(),
+            models: models.store(),
+            datasets: datasets.store(),
             configmaps,
             services: indexed(
                 namespaced::<PartialObjectMeta<Service>>(client, namespace),
@@ -402,39 +359,80 @@ impl Caches {
                 |o| Volume::of(&o.metadata),
                 &mut tasks,
             ),
+            service_accounts: service_accounts.store(),
+        };
+        Watches {
+            caches,
+            models,
+            datasets,
+            deployments,
+            pods,
             service_accounts,
-        };
-        let triggers = Triggers {
-            models: take(&mut model_subs),
-            datasets: take(&mut dataset_subs),
-            jobs_for_models: job_models,
-            jobs_for_datasets: job_datasets,
-            jobs_for_servers: job_servers,
-            jobs_for_notebooks: job_notebooks,
-            configmaps_for_models: cm_models,
-            configmaps_for_datasets: cm_datasets,
-            configmaps_for_servers: cm_servers,
-            configmaps_for_notebooks: cm_notebooks,
-            deployments_for_servers: take(&mut deployment_subs),
-            pods_for_models: take(&mut pod_subs),
-            pods_for_datasets: take(&mut pod_subs),
-            pods_for_servers: take(&mut pod_subs),
-            pods_for_notebooks: take(&mut pod_subs),
-            models_for_models: take(&mut model_subs),
-            models_for_servers: take(&mut model_subs),
-            models_for_notebooks: take(&mut model_subs),
-            datasets_for_models: take(&mut dataset_subs),
-            datasets_for_notebooks: take(&mut dataset_subs),
-            deleted_models_for_models: take(&mut model_dels),
-            deleted_models_for_servers: take(&mut model_dels),
-            deleted_models_for_notebooks: take(&mut model_dels),
-            deleted_datasets_for_models: take(&mut dataset_dels),
-            deleted_datasets_for_notebooks: take(&mut dataset_dels),
-            deleted_accounts,
-        };
-        (caches, triggers, tasks)
+            jobs_of: jobs_of.map(Some),
+            configmaps_of: configmaps_of.map(Some),
+            tasks,
+        }
     }
 
+    /// The read side, for the reconcilers.
+    pub fn caches(&self) -> &Caches {
+        &self.caches
+    }
+
+    /// The cache of a shared kind (Models, Datasets).
+    pub fn of<K: Shared>(&mut self) -> &mut Feed<K> {
+        K::feed(self)
+    }
+
+    /// Deployments applied.
+    pub fn deployments(
+        &mut self,
+    ) -> impl Stream<Item = Arc<CachedDeployment>> + Send + 'static + use<> {
+        self.deployments.applied()
+    }
+
+    /// Pods applied (those not succeeded).
+    pub fn pods(&mut self) -> impl Stream<Item = Arc<CachedPod>> + Send + 'static + use<> {
+        self.pods.applied()
+    }
+
+    /// Role ServiceAccounts deleted by someone else (or with their namespace).
+    pub fn deleted_accounts(&mut self) -> Deletions<PartialObjectMeta<ServiceAccount>> {
+        self.service_accounts.deleted()
+    }
+
+    /// The objects of `kind` whose Jobs changed in a way their status shows (a Job is told
+    /// to its controlling object only). One stream per kind: a second ask gets an empty one.
+    pub fn job_changes(
+        &mut self,
+        kind: Kind,
+    ) -> impl Stream<Item = (Box<str>, Box<str>)> + Send + 'static + use<> {
+        futures::stream::iter(self.jobs_of[kind_index(kind)].take()).flatten()
+    }
+
+    /// The objects of `kind` whose params ConfigMap was deleted or changed by someone else.
+    /// One stream per kind, as [`Watches::job_changes`].
+    pub fn configmap_changes(
+        &mut self,
+        kind: Kind,
+    ) -> impl Stream<Item = (Box<str>, Box<str>)> + Send + 'static + use<> {
+        futures::stream::iter(self.configmaps_of[kind_index(kind)].take()).flatten()
+    }
+
+    /// The tasks that feed every cache and trigger; the triggers not asked for by now are
+    /// never fed.
+    pub fn start(self) -> Vec<Task> {
+        let mut tasks = self.tasks;
+        tasks.push(self.models.start());
+        tasks.push(self.datasets.start());
+        tasks.push(self.deployments.start());
+        tasks.push(self.pods.start());
+        tasks.push(self.service_accounts.start());
+        tasks
+    }
+}
+
+impl Caches {
     /// How many objects each cache holds, by kind.
     pub fn sizes(&self) -> [(&'static str, usize); 10] {
         [
@@ -476,7 +474,7 @@ impl Caches {
         {
             store
                 .get(&ObjectRef::new(name).within(namespace))
-                .map(|o| super::hash_of(o.meta()).cloned())
+                .map(|o| index::spec_hash(o.meta()).map(String::from))
         }
         match kind {
             "ConfigMap" => self
@@ -486,7 +484,7 @@ impl Caches {
             "Service" => self.services.get(Some(namespace), name).map(into_string),
             "Deployment" => hash(&self.deployments, namespace, name),
             "Job" => self.jobs.get(Some(namespace), name).map(|j| {
-                j.annotation(crate::plan::SPEC_HASH_ANNOTATION)
+                j.annotation(crate::names::SPEC_HASH_ANNOTATION)
                     .map(String::from)
             }),
             "Pod" => hash(&self.pods, namespace, name),

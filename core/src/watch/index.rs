@@ -41,7 +41,9 @@ struct Inner<E> {
 }
 
 impl<E: Clone> Index<E> {
-    fn new() -> Index<E> {
+    /// An empty index that no watch feeds (until [`index`] is given it): tests fill it with
+    /// [`Index::insert`].
+    pub(crate) fn new() -> Index<E> {
         Index {
             inner: Arc::new(Inner {
                 map: RwLock::new(HashMap::new()),
@@ -219,7 +221,10 @@ where
 
 /// The spec-hash annotation of an object, if any.
 pub fn spec_hash(m: &ObjectMeta) -> Option<Box<str>> {
-    super::hash_of(m).map(|h| h.as_str().into())
+    m.annotations
+        .as_ref()?
+        .get(crate::names::SPEC_HASH_ANNOTATION)
+        .map(|h| h.as_str().into())
 }
 
 #[cfg(test)]

@@ -1,0 +1,17 @@
+//! The watch layer: what the reconcilers read, fed by watches and held in memory, and the
+//! streams that tell the controllers something changed. It holds no Substratus behaviour —
+//! only how objects are kept small and routed — and can be ignored when changing what the
+//! operator does.
+//!
+//! - [`caches`]: the caches and the triggers a controller subscribes to.
+//! - [`index`]: key → summary maps fed by metadata watches, with change notifications.
+//! - [`slim`]: the cut-down shapes kept per object (metadata and status, summaries).
+//! - [`exclusive`]: a keyed lock, so that an object is reconciled by one lane at a time.
+
+pub mod caches;
+pub mod exclusive;
+pub mod index;
+pub mod slim;
+
+pub use caches::{Caches, Watches};
+pub use slim::Volume;
