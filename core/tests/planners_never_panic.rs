@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use substratus_core::cloud::BucketUrl;
 use substratus_core::fake::FakeCloud;
 use substratus_core::names::Kind;
-use substratus_core::plan::batch::{self, BatchInput, BatchSpec, ObservedJob};
+use substratus_core::plan::batch::{self, BatchInput, BatchSpec};
 use substratus_core::plan::build::{self, BuildInput, BuildSettings, ObservedBuildJob};
+use substratus_core::plan::job::ObservedJob;
 use substratus_core::plan::notebook::{self, NotebookInput, ObservedPod};
 use substratus_core::plan::server::{self, ObservedDeployment, ServerInput};
 use substratus_core::plan::{Child, Parent, RefState};
@@ -367,8 +368,8 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                 );
                 planned += 1;
                 if admissible(kind, &c.name, &c.namespace) {
-                    let children = with_job(&p.children, p.create_job.as_ref());
-                    check(&parent, Some(&p.artifacts_url), &children);
+                    let children = with_job(&p.children, p.job());
+                    check(&parent, Some(&p.extra.artifacts_url), &children);
                     checked += 1;
                 }
                 if let Some(b) = &spec.build {
@@ -412,7 +413,7 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                         "the same input, another plan"
                     );
                     if admissible(kind, &c.name, &c.namespace) {
-                        let children = with_job(&p.children, p.create_job.as_ref());
+                        let children = with_job(&p.children, p.job());
                         check(&parent, None, &children);
                     }
                 }
@@ -477,7 +478,7 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                         .chain(&p.create)
                         .map(Child::to_value)
                         .collect();
-                    check(&input.parent, Some(&p.artifacts_url), &children);
+                    check(&input.parent, Some(&p.extra.artifacts_url), &children);
                     checked += 1;
                 }
             }

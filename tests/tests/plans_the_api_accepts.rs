@@ -242,7 +242,7 @@ fn plans(name: &str, ns: &str, spec: &Value, cloud: &dyn Cloud) -> Vec<(Kind, Va
                 };
                 let p = batch::plan(&input, cloud);
                 children.extend(p.children);
-                children.extend(p.create_job.map(Child::Job));
+                children.extend(p.create);
                 s.build.map(|b| *b)
             }
             Kind::Server => {
@@ -303,7 +303,7 @@ fn plans(name: &str, ns: &str, spec: &Value, cloud: &dyn Cloud) -> Vec<(Kind, Va
                 cloud,
             );
             children.extend(p.children);
-            children.extend(p.create_job.map(Child::Job));
+            children.extend(p.create);
         }
         out.extend(children.iter().map(|c| (kind, c.to_value())));
     }

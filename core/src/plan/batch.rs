@@ -8,14 +8,16 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use substratus_crds::{Params, Resources};
 
+use super::job::{JobOutcome, ObservedJob};
+use super::storage::{artifact_prefix, owned_prefix_objects};
 use super::{
-    Blocked, Child, Deletion, GENERATION_ANNOTATION, Parent, RefState, Workload,
-    input_generation_annotation, params_config_map, pod_problem, pod_template, ready_condition,
-    stamp_hash,
+    Blocked, Child, Deletable, Deletion, GENERATION_ANNOTATION, Parent, Plan, RefState, SOON,
+    Workload, input_generation_annotation, params_config_map, pod_problem, pod_template,
+    ready_condition, stamp_hash,
 };
-use crate::cloud::{ArtifactPrefix, BucketUrl, Cloud};
+use crate::cloud::Cloud;
 use crate::conditions::{Desired, is_true_for, reasons, types};
-use crate::names::{self, Kind, KindChildren};
+use crate::names::{Kind, KindChildren};
 
 /// The workload fields of a Model or Dataset spec.
 #[derive(Clone, Debug)]
@@ -25,81 +27,6 @@ pub struct BatchSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub params: &'a Params,
     pub resources: Option<&'a Resources>,
-}
-
-/// What a Job of this object is doing.
-#[derive(Clone, Debug, PartialEq)]
-pub enum JobOutcome {
-    Running,
-    Complete,
-    Failed { message: String },
-}
-
-/// The object's Job as observed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ObservedJob {
-    /// The parent generation the Job was created for.
-    pub generation: Option<i64>,
-    /// The generations of the base Model's (`model`) and Dataset's (`data`) runs whose
-    /// artifacts the Job was given, as recorded on it.
-    pub inputs: BTreeMap<String, i64>,
-    pub outcome: JobOutcome,
-    /// The Job is being deleted.
-    pub deleting: bool,
-}
-
-impl ObservedJob {
-    /// Reads a Job's generation annotation, deletion and Complete/Failed conditions.
-    pub fn from_job(job: &Job) -> ObservedJob {
-        let generation = job
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(GENERATION_ANNOTATION))
-            .and_then(|g| g.parse().ok());
-        let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
-        let is = |t: &str| {
-            conditions
-                .into_iter()
-                .flatten()
-                .find(|c| c.type_ == t && c.status == "True")
-        };
-        let outcome = if is("Complete").is_some() {
-            JobOutcome::Complete
-        } else if let Some(failed) = is("Failed") {
-            JobOutcome::Failed {
-                message: format!(
-                    "Job {} failed: {}{}",
-                    job.metadata.name.as_deref().unwrap_or(""),
-                    failed.reason.as_deref().unwrap_or("Failed"),
-                    failed
-                        .message
-                        .as_deref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                ),
-            }
-        } else {
-            JobOutcome::Running
-        };
-        let inputs = ["model", "data"]
-            .into_iter()
-            .filter_map(|subdir| {
-                let recorded = job
-                    .metadata
-                    .annotations
-                    .as_ref()?
-                    .get(&input_generation_annotation(subdir))?;
-                Some((subdir.to_owned(), recorded.parse().ok()?))
-            })
-            .collect();
-        ObservedJob {
-            generation,
-            inputs,
-            outcome,
-            deleting: job.metadata.deletion_timestamp.is_some(),
-        }
-    }
 }
 
 /// Everything the planner looks at.
@@ -120,77 +47,16 @@ pub struct BatchInput<'a> {
     pub pods: &'a [Pod],
 }
 
-/// What to do.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BatchPlan {
-    /// Children to keep as desired (applied when their hash differs).
-    pub children: Vec<Child>,
-    /// A Job to create (never updated: its template is immutable).
-    pub create_job: Option<Job>,
-    pub delete: Vec<Deletion>,
-    pub ready: bool,
-    /// The main condition (`Complete`) and the aggregate `Ready`.
-    pub conditions: Vec<Desired>,
+/// What a Model's or Dataset's status adds to the plan: where its artifacts are.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchExtra {
     pub artifacts_url: String,
-    /// Look again soon (e.g. a Job being deleted).
-    pub requeue: bool,
 }
 
-/// The storage prefix of an object: the URL recorded in status if any, else computed.
-pub fn artifact_prefix(
-    parent: &Parent,
-    recorded: Option<&str>,
-    cloud: &dyn Cloud,
-) -> ArtifactPrefix {
-    let config = cloud.config();
-    let hash = names::storage_prefix(
-        &config.cluster_name,
-        &parent.namespace,
-        parent.kind,
-        &parent.name,
-    );
-    let url = recorded
-        .and_then(|u| BucketUrl::parse(u).ok())
-        .unwrap_or_else(|| config.artifact_bucket.join(&hash));
-    ArtifactPrefix {
-        namespace: parent.namespace.clone(),
-        hash,
-        url,
-    }
-}
+/// What to do for a Model or Dataset.
+pub type BatchPlan = Plan<BatchExtra>;
 
-/// Prefix objects from the cloud, owned by `parent` when namespaced.
-pub fn owned_prefix_objects(
-    parent: &Parent,
-    prefix: &ArtifactPrefix,
-    cloud: &dyn Cloud,
-) -> Vec<Child> {
-    own_objects(parent, cloud.prefix_objects(prefix))
-}
-
-/// Cloud objects as children of `parent`: namespaced ones owned by it, all hashed.
-pub fn own_objects(parent: &Parent, objects: Vec<serde_json::Value>) -> Vec<Child> {
-    objects
-        .into_iter()
-        .map(|mut v| {
-            if v["metadata"].get("namespace").is_some() {
-                v["metadata"]["ownerReferences"] =
-                    serde_json::to_value(vec![parent.owner_reference()]).unwrap_or_default();
-            }
-            let hash = super::spec_hash(&v);
-            v["metadata"]["annotations"][super::SPEC_HASH_ANNOTATION] =
-                serde_json::Value::String(hash);
-            Child::Raw(v)
-        })
-        .collect()
-}
-
-fn reference_blocked(
-    kind: Kind,
-    base_model: &Option<RefState>,
-    dataset: &Option<RefState>,
-) -> Option<Blocked> {
-    let _ = kind;
+fn reference_blocked(base_model: &Option<RefState>, dataset: &Option<RefState>) -> Option<Blocked> {
     match base_model {
         Some(RefState::NotFound) => {
             return Some(Blocked {
@@ -294,15 +160,9 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
     let parent = &input.parent;
     let generation = parent.generation;
     let prefix = artifact_prefix(parent, input.artifacts_url, cloud);
-    let mut plan = BatchPlan {
-        children: Vec::new(),
-        create_job: None,
-        delete: Vec::new(),
-        ready: false,
-        conditions: Vec::new(),
+    let mut plan = Plan::new(BatchExtra {
         artifacts_url: prefix.url.to_string(),
-        requeue: false,
-    };
+    });
 
     let Some(image) = input.spec.image else {
         plan.conditions = complete(
@@ -332,11 +192,11 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
                 reasons::JOB_NOT_COMPLETE,
                 format!("waiting for Job {job_name} of an earlier generation to be deleted"),
             );
-            plan.requeue = true;
+            plan.next_look = Some(SOON);
         }
         Some(job) if job.generation != generation => {
             plan.delete.push(Deletion {
-                kind: "Job",
+                kind: Deletable::Job,
                 name: job_name.clone(),
             });
             plan.conditions = complete(
@@ -347,7 +207,7 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
                     generation.unwrap_or(0)
                 ),
             );
-            plan.requeue = true;
+            plan.next_look = Some(SOON);
         }
         Some(job) => match &job.outcome {
             JobOutcome::Complete => {
@@ -387,7 +247,7 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
             );
         }
         None => {
-            if let Some(b) = reference_blocked(parent.kind, &input.base_model, &input.dataset) {
+            if let Some(b) = reference_blocked(&input.base_model, &input.dataset) {
                 plan.conditions = complete(false, b.reason, b.message);
                 return plan;
             }
@@ -431,7 +291,10 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
                         }),
                         ..Default::default()
                     };
-                    plan.create_job = Some(stamp_hash(|j: &mut Job| &mut j.metadata, job));
+                    plan.start(
+                        parent.kind.run_role(),
+                        Child::Job(stamp_hash(|j: &mut Job| &mut j.metadata, job)),
+                    );
                     plan.conditions = complete(
                         false,
                         reasons::JOB_NOT_COMPLETE,
@@ -448,7 +311,9 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::BucketUrl;
     use crate::fake::{FAKE_GPU_LABEL, FakeCloud};
+    use crate::names;
     use substratus_crds::{GpuResources, GpuType};
 
     fn parent(kind: Kind, generation: i64) -> Parent {
@@ -513,7 +378,7 @@ mod tests {
         let f = fixture();
         let cloud = FakeCloud::default();
         let plan = plan(&input(&f, Kind::Dataset, 1), &cloud);
-        let job = plan.create_job.clone().expect("a Job");
+        let job = plan.job().cloned().expect("a Job");
         assert_eq!(job.metadata.name.as_deref(), Some("m-data-loader"));
         assert_eq!(
             job.metadata.annotations.as_ref().unwrap()[GENERATION_ANNOTATION],
@@ -561,7 +426,7 @@ mod tests {
         assert_eq!(req["ephemeral-storage"].0, "100Gi");
         assert_eq!(reason(&plan), (reasons::JOB_NOT_COMPLETE, false));
         assert_eq!(
-            plan.artifacts_url,
+            plan.extra.artifacts_url,
             format!(
                 "fake://artifacts/{}",
                 names::storage_prefix("test-cluster", "ns", Kind::Dataset, "m")
@@ -588,7 +453,7 @@ mod tests {
         i.base_model = ready(2);
         i.dataset = ready(1);
         // The Job records which runs of its inputs it was given.
-        let job = plan(&i, &cloud).create_job.unwrap();
+        let job = plan(&i, &cloud).job().cloned().unwrap();
         let a = job.metadata.annotations.as_ref().unwrap();
         assert_eq!(a["substratus.ai/model-generation"], "2");
         assert_eq!(a["substratus.ai/data-generation"], "1");
@@ -608,7 +473,7 @@ mod tests {
         // The base Model ran again: still Ready (its artifacts are kept), not up to date.
         i.base_model = ready(3);
         let p = plan(&i, &cloud);
-        assert!(p.ready && p.create_job.is_none() && p.delete.is_empty());
+        assert!(p.ready && p.job().is_none() && p.delete.is_empty());
         let (status, reason, message) = up_to_date(&p).unwrap();
         assert_eq!((status, reason), (false, reasons::BASE_MODEL_CHANGED));
         assert!(
@@ -637,7 +502,7 @@ mod tests {
         i.base_model = Some(RefState::NotFound);
         i.dataset = Some(RefState::NotReady);
         let p = plan(&i, &cloud);
-        assert!(p.create_job.is_none());
+        assert!(p.job().is_none());
         assert_eq!(reason(&p), (reasons::BASE_MODEL_NOT_FOUND, false));
         i.base_model = Some(RefState::Ready {
             artifacts: BucketUrl::parse("fake://artifacts/base/artifacts").unwrap(),
@@ -652,7 +517,15 @@ mod tests {
             generation: 1,
         });
         let p = plan(&i, &cloud);
-        let pod = p.create_job.unwrap().spec.unwrap().template.spec.unwrap();
+        let pod = p
+            .job()
+            .cloned()
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
         let mounts: Vec<_> = pod.containers[0]
             .volume_mounts
             .as_ref()
@@ -677,7 +550,7 @@ mod tests {
             deleting: false,
         });
         let p = plan(&i, &cloud);
-        assert!(p.ready && p.create_job.is_none());
+        assert!(p.ready && p.job().is_none());
         assert_eq!(reason(&p), (reasons::JOB_COMPLETE, true));
         i.job = Some(ObservedJob {
             inputs: Default::default(),
@@ -693,7 +566,7 @@ mod tests {
         assert_eq!((c.reason, c.status), (reasons::JOB_FAILED, false));
         assert!(c.message.contains("BackoffLimitExceeded"), "{}", c.message);
         assert!(
-            p.create_job.is_none(),
+            p.job().is_none(),
             "a failed Job is not retried for the same generation"
         );
     }
@@ -713,15 +586,15 @@ mod tests {
         assert_eq!(
             p.delete,
             vec![Deletion {
-                kind: "Job",
+                kind: Deletable::Job,
                 name: "m-modeller".into()
             }]
         );
-        assert!(!p.ready && p.requeue && p.create_job.is_none());
+        assert!(!p.ready && p.next_look.is_some() && p.job().is_none());
         i.job = None;
         let p = plan(&i, &cloud);
         assert_eq!(
-            p.create_job.unwrap().metadata.annotations.unwrap()[GENERATION_ANNOTATION],
+            p.job().cloned().unwrap().metadata.annotations.unwrap()[GENERATION_ANNOTATION],
             "4"
         );
     }
@@ -739,7 +612,7 @@ mod tests {
         let mut i = input(&f, Kind::Dataset, 2);
         i.conditions = &done;
         let p = plan(&i, &cloud);
-        assert!(p.ready && p.create_job.is_none());
+        assert!(p.ready && p.job().is_none());
     }
 
     #[test]
@@ -754,7 +627,15 @@ mod tests {
         });
         let cloud = FakeCloud::default();
         let p = plan(&input(&f, Kind::Model, 1), &cloud);
-        let pod = p.create_job.unwrap().spec.unwrap().template.spec.unwrap();
+        let pod = p
+            .job()
+            .cloned()
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
         assert_eq!(pod.node_selector.unwrap()[FAKE_GPU_LABEL], "l4");
         let r = pod.containers[0].resources.clone().unwrap();
         assert_eq!(r.limits.unwrap()["nvidia.com/gpu"].0, "4");
@@ -768,7 +649,7 @@ mod tests {
             ..Default::default()
         });
         let p = plan(&input(&f, Kind::Model, 1), &cloud);
-        assert!(p.create_job.is_none());
+        assert!(p.job().is_none());
         let c = &p.conditions[0];
         assert_eq!((c.reason, c.status), (reasons::GPU_TYPE_UNAVAILABLE, false));
         assert!(c.message.contains("nvidia-h100"), "{}", c.message);
@@ -780,7 +661,7 @@ mod tests {
         let mut i = input(&f, Kind::Model, 1);
         i.spec.image = None;
         let p = plan(&i, &FakeCloud::default());
-        assert!(p.children.is_empty() && p.create_job.is_none());
+        assert!(p.children.is_empty() && p.job().is_none());
         assert_eq!(reason(&p), (reasons::AWAITING_IMAGE, false));
     }
 
@@ -790,7 +671,7 @@ mod tests {
         let mut i = input(&f, Kind::Model, 1);
         i.artifacts_url = Some("fake://old-bucket/abc");
         let p = plan(&i, &FakeCloud::default());
-        assert_eq!(p.artifacts_url, "fake://old-bucket/abc");
+        assert_eq!(p.extra.artifacts_url, "fake://old-bucket/abc");
     }
 
     #[test]

@@ -17,8 +17,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use substratus_crds::{Build, BuildGit, BuildUpload, UploadStatus};
 
-use super::batch::{JobOutcome, ObservedJob, own_objects};
-use super::{Child, Deletion, Parent, pod_problem, stamp_hash};
+use super::job::{JobOutcome, ObservedJob};
+use super::storage::own_objects;
+use super::{Child, Deletable, Deletion, Parent, Plan, SOON, pod_problem, stamp_hash};
 use crate::cloud::{ArtifactPrefix, Cloud};
 use crate::conditions::{Desired, reasons, types};
 use crate::names::{self, MANAGED_BY, MANAGED_BY_LABEL, Role};
@@ -306,24 +307,21 @@ pub struct BuildInput<'a> {
     pub settings: &'a BuildSettings,
 }
 
-/// What a build reconcile does.
+/// What the build step adds to the plan (whose conditions are `Built`; for uploads, the
+/// caller adds `Uploaded`, and whose children are those the build needs, e.g. the upload's
+/// volume claim).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct BuildPlan {
+pub struct BuildExtra {
     /// The image to run, when built.
     pub image: Option<String>,
     /// Write this image into `spec.image` (the build just completed).
     pub set_image: Option<String>,
-    /// Children the build needs (e.g. the upload's volume claim).
-    pub children: Vec<Child>,
-    pub create_job: Option<Job>,
-    pub delete: Option<Deletion>,
-    /// `Built` (and, for uploads, the caller adds `Uploaded`).
-    pub conditions: Vec<Desired>,
     /// Why the workload cannot run yet, for the `Ready` condition.
     pub blocking: Option<Desired>,
-    /// Look again soon (a Job of another source is being deleted).
-    pub requeue: bool,
 }
+
+/// What the build step does.
+pub type BuildPlan = Plan<BuildExtra>;
 
 fn built(status: bool, reason: &'static str, message: impl Into<String>) -> Desired {
     Desired::new(types::BUILT, status, reason, message)
@@ -336,12 +334,12 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
     let job_name = names::build_job(parent.kind, &parent.name);
     let mut plan = BuildPlan::default();
     let block = |plan: &mut BuildPlan, c: Desired| {
-        plan.blocking = Some(c.clone());
+        plan.extra.blocking = Some(c.clone());
         plan.conditions.push(c);
     };
 
     if input.spec_image == Some(target.as_str()) {
-        plan.image = Some(target.clone());
+        plan.extra.image = Some(target.clone());
         plan.conditions.push(built(
             true,
             reasons::JOB_COMPLETE,
@@ -355,7 +353,7 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
     }
     if input.build.upload.is_some() && !input.uploaded {
         // The caller's Uploaded condition says what is awaited.
-        plan.blocking = Some(Desired::new(
+        plan.extra.blocking = Some(Desired::new(
             types::READY,
             false,
             reasons::AWAITING_UPLOAD,
@@ -373,7 +371,7 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
     let attempt = attempt_id(input.build, parent.generation);
     match &input.job {
         Some(j) if j.deleting => {
-            plan.requeue = true;
+            plan.next_look = Some(SOON);
             block(
                 &mut plan,
                 built(
@@ -391,11 +389,11 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
                 || (matches!(j.outcome, JobOutcome::Failed { .. })
                     && j.attempt.as_deref() != Some(&attempt)) =>
         {
-            plan.delete = Some(Deletion {
-                kind: "Job",
+            plan.delete.push(Deletion {
+                kind: Deletable::Job,
                 name: job_name.clone(),
             });
-            plan.requeue = true;
+            plan.next_look = Some(SOON);
             block(
                 &mut plan,
                 built(
@@ -407,8 +405,8 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
         }
         Some(j) => match &j.outcome {
             JobOutcome::Complete => {
-                plan.image = Some(target.clone());
-                plan.set_image = Some(target.clone());
+                plan.extra.image = Some(target.clone());
+                plan.extra.set_image = Some(target.clone());
                 plan.conditions.push(built(
                     true,
                     reasons::JOB_COMPLETE,
@@ -446,11 +444,11 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
             }
         },
         None => {
-            let prefix = super::batch::artifact_prefix(parent, input.artifacts_url, cloud);
+            let prefix = super::storage::artifact_prefix(parent, input.artifacts_url, cloud);
             match build_job(input, &prefix, &target, &source, &attempt, cloud) {
                 Ok((job, objects)) => {
                     plan.children = objects;
-                    plan.create_job = Some(job);
+                    plan.start(Role::ContainerBuilder, Child::Job(job));
                     block(
                         &mut plan,
                         built(
@@ -923,7 +921,7 @@ mod tests {
         let (p, s) = (parent(), settings());
         let b = git(None, Some("--upload-pack=evil"), Some("/models/x/"));
         let plan = plan(&input(&p, &b, &s), &cloud);
-        let job = plan.create_job.expect("a build Job");
+        let job = plan.job().cloned().expect("a build Job");
         assert_eq!(job.metadata.name.as_deref(), Some("m-model-bld"));
         let t = job.spec.unwrap().template;
         let labels = t.metadata.unwrap().labels.unwrap();
@@ -952,7 +950,10 @@ mod tests {
         let destination =
             "--destination=registry.test/substratus/test-cluster-model-ns__m:_-upload-pack-evil-";
         assert!(args.iter().any(|a| a.starts_with(destination)), "{args:?}");
-        assert_eq!(plan.blocking.unwrap().reason, reasons::JOB_NOT_COMPLETE);
+        assert_eq!(
+            plan.extra.blocking.unwrap().reason,
+            reasons::JOB_NOT_COMPLETE
+        );
     }
 
     #[test]
@@ -961,8 +962,8 @@ mod tests {
         let (p, s) = (parent(), settings());
         let b = git(None, None, Some("a/../../etc"));
         let plan = plan(&input(&p, &b, &s), &cloud);
-        assert!(plan.create_job.is_none());
-        let c = plan.blocking.unwrap();
+        assert!(plan.job().is_none());
+        let c = plan.extra.blocking.unwrap();
         assert_eq!(c.reason, reasons::INVALID_SPEC);
         assert!(c.message.contains("spec.build.git.path"));
     }
@@ -973,8 +974,8 @@ mod tests {
         let (p, s) = (parent(), settings());
         let b = Build::default();
         let plan = plan(&input(&p, &b, &s), &cloud);
-        assert!(plan.create_job.is_none());
-        assert_eq!(plan.blocking.unwrap().reason, reasons::INVALID_SPEC);
+        assert!(plan.job().is_none());
+        assert_eq!(plan.extra.blocking.unwrap().reason, reasons::INVALID_SPEC);
     }
 
     #[test]
@@ -985,10 +986,13 @@ mod tests {
         let mut i = input(&p, &b, &s);
         i.uploaded = false;
         let waiting = plan(&i, &cloud);
-        assert!(waiting.create_job.is_none());
-        assert_eq!(waiting.blocking.unwrap().reason, reasons::AWAITING_UPLOAD);
+        assert!(waiting.job().is_none());
+        assert_eq!(
+            waiting.extra.blocking.unwrap().reason,
+            reasons::AWAITING_UPLOAD
+        );
         i.uploaded = true;
-        let job = plan(&i, &cloud).create_job.unwrap();
+        let job = plan(&i, &cloud).job().cloned().unwrap();
         let annotations = job.metadata.annotations.clone().unwrap();
         assert_eq!(annotations[ATTEMPT_ANNOTATION], "r1");
         assert_eq!(annotations[SOURCE_ANNOTATION], source_id(&b));
@@ -1014,38 +1018,41 @@ mod tests {
 
         i.job = Some(job_with("", &target, &src, "r1"));
         let running = plan(&i, &cloud);
-        assert!(running.create_job.is_none() && running.delete.is_none());
-        assert_eq!(running.blocking.unwrap().reason, reasons::JOB_NOT_COMPLETE);
+        assert!(running.job().is_none() && running.delete.is_empty());
+        assert_eq!(
+            running.extra.blocking.unwrap().reason,
+            reasons::JOB_NOT_COMPLETE
+        );
 
         i.job = Some(job_with("Complete", &target, &src, "r1"));
         let done = plan(&i, &cloud);
-        assert_eq!(done.set_image.as_deref(), Some(target.as_str()));
-        assert_eq!(done.image.as_deref(), Some(target.as_str()));
-        assert!(done.blocking.is_none());
+        assert_eq!(done.extra.set_image.as_deref(), Some(target.as_str()));
+        assert_eq!(done.extra.image.as_deref(), Some(target.as_str()));
+        assert!(done.extra.blocking.is_none());
 
         i.job = Some(job_with("Failed", &target, &src, "r1"));
         let failed = plan(&i, &cloud);
-        let c = failed.blocking.unwrap();
+        let c = failed.extra.blocking.unwrap();
         assert_eq!(c.reason, reasons::BUILD_FAILED);
         assert!(c.message.contains("BackoffLimitExceeded"), "{}", c.message);
         assert!(
-            failed.delete.is_none(),
+            failed.delete.is_empty(),
             "a failed build is not retried in a loop"
         );
 
         // A new request for the same bytes retries the failed build.
         i.job = Some(job_with("Failed", &target, &src, "r0"));
-        assert!(plan(&i, &cloud).delete.is_some());
+        assert!(!plan(&i, &cloud).delete.is_empty());
         // A Job of another source is replaced, even when complete.
         i.job = Some(job_with("Complete", "other:tag", "upload-other", "r1"));
         let replaced = plan(&i, &cloud);
-        assert!(replaced.delete.is_some() && replaced.set_image.is_none());
+        assert!(!replaced.delete.is_empty() && replaced.extra.set_image.is_none());
 
         // Once spec.image is the target, nothing is looked at.
         i.spec_image = Some(&target);
         i.job = None;
         let built = plan(&i, &cloud);
-        assert!(built.create_job.is_none() && built.blocking.is_none());
-        assert_eq!(built.image.as_deref(), Some(target.as_str()));
+        assert!(built.job().is_none() && built.extra.blocking.is_none());
+        assert_eq!(built.extra.image.as_deref(), Some(target.as_str()));
     }
 }

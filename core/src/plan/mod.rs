@@ -7,8 +7,10 @@
 
 pub mod batch;
 pub mod build;
+pub mod job;
 pub mod notebook;
 pub mod server;
+pub mod storage;
 
 use std::collections::BTreeMap;
 
@@ -25,7 +27,7 @@ use substratus_crds::{Params, Resources};
 use crate::cloud::{Access, BucketUrl, Cloud, CloudError};
 use crate::conditions::{Desired, reasons};
 use crate::names::{
-    self, DEFAULT_CONTAINER_ANNOTATION, Kind, KindChildren, MANAGED_BY, MANAGED_BY_LABEL,
+    self, DEFAULT_CONTAINER_ANNOTATION, Kind, KindChildren, MANAGED_BY, MANAGED_BY_LABEL, Role,
 };
 
 pub use crate::names::SPEC_HASH_ANNOTATION;
@@ -108,11 +110,82 @@ impl Child {
     }
 }
 
-/// A child to delete: `(kind, name)`.
+/// The kinds of child a plan may delete: the ones never updated in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletable {
+    Job,
+    Pod,
+}
+
+impl Deletable {
+    pub fn name(self) -> &'static str {
+        match self {
+            Deletable::Job => "Job",
+            Deletable::Pod => "Pod",
+        }
+    }
+}
+
+/// A child to delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deletion {
-    pub kind: &'static str,
+    pub kind: Deletable,
     pub name: String,
+}
+
+/// What a planner asks for, the same shape for every kind (and for the build step), so that
+/// one [`crate::reconcile`] tail carries out every plan: deletions, the ServiceAccount,
+/// applies, creates; then status from `conditions`, `ready` and the kind's `extra`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan<X> {
+    /// Children kept as desired (applied when their hash differs).
+    pub children: Vec<Child>,
+    /// Children created only when missing, never updated (Jobs, Pods, the token Secret).
+    pub create: Vec<Child>,
+    pub delete: Vec<Deletion>,
+    /// The role whose ServiceAccount must exist before the children are written: set when
+    /// the plan starts a workload.
+    pub account: Option<Role>,
+    /// The main condition and the aggregate `Ready`.
+    pub conditions: Vec<Desired>,
+    pub ready: bool,
+    /// Look again after this long even if nothing changes (e.g. an old Job being deleted).
+    pub next_look: Option<std::time::Duration>,
+    /// What the kind adds to its status.
+    pub extra: X,
+}
+
+/// How soon a plan that waits on something no watch tells of looks again.
+pub const SOON: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl<X> Plan<X> {
+    /// An empty plan with the kind's extra.
+    pub fn new(extra: X) -> Plan<X> {
+        Plan {
+            children: Vec::new(),
+            create: Vec::new(),
+            delete: Vec::new(),
+            account: None,
+            conditions: Vec::new(),
+            ready: false,
+            next_look: None,
+            extra,
+        }
+    }
+
+    /// The Job the plan creates, if any.
+    pub fn job(&self) -> Option<&k8s_openapi::api::batch::v1::Job> {
+        self.create.iter().find_map(|c| match c {
+            Child::Job(j) => Some(j),
+            _ => None,
+        })
+    }
+
+    /// Starts the workload `child` as `role`.
+    pub fn start(&mut self, role: Role, child: Child) {
+        self.account = Some(role);
+        self.create.push(child);
+    }
 }
 
 /// Hex MD5 of a value's JSON: compared with [`SPEC_HASH_ANNOTATION`] to skip no-op applies.

@@ -7,13 +7,13 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Pod, PodSpec, Secret, Sec
 use substratus_crds::NotebookSpec;
 
 use super::{
-    Child, Deletion, Parent, RefState, SPEC_HASH_ANNOTATION, ServingPort, Workload,
-    params_config_map, pod_problem, pod_template, ready_condition, stamp_hash,
+    Child, Deletable, Deletion, Parent, Plan, RefState, SOON, SPEC_HASH_ANNOTATION, ServingPort,
+    Workload, params_config_map, pod_problem, pod_template, ready_condition, stamp_hash,
 };
 use crate::cloud::Cloud;
 use crate::conditions::{Desired, reasons, types};
 use crate::names::{self, Kind, KindChildren};
-use crate::plan::batch::{artifact_prefix, owned_prefix_objects};
+use crate::plan::storage::{artifact_prefix, owned_prefix_objects};
 
 /// Jupyter's port, ready when `/api` answers.
 pub const NOTEBOOK_PORT: ServingPort = ServingPort {
@@ -86,19 +86,15 @@ pub struct NotebookInput<'a> {
     pub pods: &'a [Pod],
 }
 
-/// What to do.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NotebookPlan {
-    pub children: Vec<Child>,
-    /// Objects to create only when missing (the token Secret, the Pod).
-    pub create: Vec<Child>,
-    pub delete: Vec<Deletion>,
-    pub ready: bool,
-    pub conditions: Vec<Desired>,
+/// What a Notebook's status adds to the plan.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NotebookExtra {
     pub artifacts_url: String,
     pub token_secret: String,
-    pub requeue: bool,
 }
+
+/// What to do for a Notebook.
+pub type NotebookPlan = Plan<NotebookExtra>;
 
 fn serving(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
     let main = Desired::new(types::SERVING, status, reason, message);
@@ -112,16 +108,10 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
     let prefix = artifact_prefix(parent, input.artifacts_url, cloud);
     let token_secret = names::notebook_token_secret(&parent.name);
     let pod_name = Kind::Notebook.workload_name(&parent.name);
-    let mut plan = NotebookPlan {
-        children: Vec::new(),
-        create: Vec::new(),
-        delete: Vec::new(),
-        ready: false,
-        conditions: Vec::new(),
+    let mut plan = Plan::new(NotebookExtra {
         artifacts_url: prefix.url.to_string(),
         token_secret: token_secret.clone(),
-        requeue: false,
-    };
+    });
     let Some(image) = input.spec.image.as_deref() else {
         plan.conditions = serving(
             false,
@@ -151,7 +141,7 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
     if input.spec.is_suspended() {
         if input.pod.is_some() {
             plan.delete.push(Deletion {
-                kind: "Pod",
+                kind: Deletable::Pod,
                 name: pod_name,
             });
         }
@@ -244,7 +234,7 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
 
     match &input.pod {
         None => {
-            plan.create.push(Child::Pod(pod));
+            plan.start(Kind::Notebook.run_role(), Child::Pod(pod));
             plan.conditions = serving(
                 false,
                 reasons::POD_NOT_READY,
@@ -257,11 +247,11 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
                 reasons::POD_NOT_READY,
                 format!("waiting for the old Pod {pod_name} to be deleted"),
             );
-            plan.requeue = true;
+            plan.next_look = Some(SOON);
         }
         Some(p) if p.spec_hash != desired_hash => {
             plan.delete.push(Deletion {
-                kind: "Pod",
+                kind: Deletable::Pod,
                 name: pod_name.clone(),
             });
             plan.conditions = serving(
@@ -269,7 +259,7 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
                 reasons::POD_NOT_READY,
                 format!("replacing Pod {pod_name}: its spec changed"),
             );
-            plan.requeue = true;
+            plan.next_look = Some(SOON);
         }
         Some(p) if p.running_and_ready => {
             plan.ready = true;
@@ -281,7 +271,7 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
         }
         Some(p) if p.failed => {
             plan.delete.push(Deletion {
-                kind: "Pod",
+                kind: Deletable::Pod,
                 name: pod_name.clone(),
             });
             plan.conditions = serving(
@@ -289,7 +279,7 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
                 reasons::POD_FAILED,
                 format!("Pod {pod_name} failed; replacing it"),
             );
-            plan.requeue = true;
+            plan.next_look = Some(SOON);
         }
         Some(_) => {
             plan.conditions = match pod_problem(input.pods) {
@@ -405,7 +395,7 @@ mod tests {
                 .as_deref(),
             Some("/api")
         );
-        assert_eq!(p.token_secret, "nb-notebook-token");
+        assert_eq!(p.extra.token_secret, "nb-notebook-token");
         // An existing Secret is never replaced.
         let p = plan(&input(&s, None, true), &FakeCloud::default());
         assert!(!p.create.iter().any(|c| matches!(c, Child::Secret(_))));
@@ -424,7 +414,7 @@ mod tests {
         assert_eq!(
             p.delete,
             vec![Deletion {
-                kind: "Pod",
+                kind: Deletable::Pod,
                 name: "nb-notebook".into()
             }]
         );
@@ -456,11 +446,11 @@ mod tests {
         assert_eq!(
             p.delete,
             vec![Deletion {
-                kind: "Pod",
+                kind: Deletable::Pod,
                 name: "nb-notebook".into()
             }]
         );
-        assert!(p.requeue);
+        assert!(p.next_look.is_some());
     }
 
     #[test]

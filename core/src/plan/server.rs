@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use substratus_crds::ServerSpec;
 
 use super::{
-    Child, Mount, Parent, RefState, ServingPort, Workload, params_config_map, pod_problem,
+    Child, Mount, Parent, Plan, RefState, ServingPort, Workload, params_config_map, pod_problem,
     pod_template, ready_condition, stamp_hash,
 };
 use crate::cloud::{Access, Cloud};
@@ -39,14 +39,14 @@ pub struct ServerInput<'a> {
     pub pods: &'a [Pod],
 }
 
-/// What to do.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServerPlan {
-    pub children: Vec<Child>,
-    pub ready: bool,
+/// What a Server's status adds to the plan.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerExtra {
     pub ready_replicas: i32,
-    pub conditions: Vec<Desired>,
 }
+
+/// What to do for a Server.
+pub type ServerPlan = Plan<ServerExtra>;
 
 fn serving(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
     let main = Desired::new(types::SERVING, status, reason, message);
@@ -57,12 +57,7 @@ fn serving(status: bool, reason: &'static str, message: impl Into<String>) -> Ve
 /// Plans a Server.
 pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
     let parent = &input.parent;
-    let mut plan = ServerPlan {
-        children: Vec::new(),
-        ready: false,
-        ready_replicas: 0,
-        conditions: Vec::new(),
-    };
+    let mut plan = Plan::new(ServerExtra::default());
     let Some(image) = input.spec.image.as_deref() else {
         plan.conditions = serving(
             false,
@@ -160,6 +155,9 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
         |s: &mut Service| &mut s.metadata,
         service,
     )));
+    // The Deployment is applied, not created, yet it starts the workload: its pods run as
+    // the role's ServiceAccount.
+    plan.account = Some(Kind::Server.run_role());
     plan.children.push(Child::Deployment(stamp_hash(
         |d: &mut Deployment| &mut d.metadata,
         deployment,
@@ -170,7 +168,7 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
         .as_ref()
         .map(|d| d.ready_replicas)
         .unwrap_or(0);
-    plan.ready_replicas = ready_replicas;
+    plan.extra.ready_replicas = ready_replicas;
     plan.ready = ready_replicas >= 1;
     plan.conditions = if plan.ready {
         serving(
@@ -310,7 +308,7 @@ mod tests {
             &FakeCloud::default(),
         );
         assert!(p.ready);
-        assert_eq!(p.ready_replicas, 1);
+        assert_eq!(p.extra.ready_replicas, 1);
         assert_eq!(
             (p.conditions[0].reason, p.conditions[0].status),
             (reasons::DEPLOYMENT_READY, true)

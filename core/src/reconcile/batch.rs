@@ -1,16 +1,16 @@
 //! Model and Dataset reconcilers: read references and the Job, plan, apply.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::controller::Action;
-use substratus_crds::{ArtifactObjectStatus, ArtifactsStatus, Dataset, Model};
+use substratus_crds::{ArtifactObjectStatus, Dataset, Model};
 
-use super::build::BuildOutcome;
-use super::{Context, Error, merged_conditions, next_look, parent_of, write_status};
+use super::pipeline::{apply, finish};
+use super::{Context, Error, parent_of};
 use crate::names::{Kind, KindChildren};
-use crate::plan::batch::{self, BatchInput, BatchPlan, BatchSpec, JobOutcome, ObservedJob};
+use crate::plan::batch::{self, BatchInput, BatchSpec};
+use crate::plan::job::{JobOutcome, ObservedJob};
 use crate::plan::{Parent, RefState};
 
 /// What a Model or Dataset reconcile needs to read first.
@@ -63,26 +63,6 @@ fn failed_container_message(pods: &[k8s_openapi::api::core::v1::Pod]) -> Option<
     })
 }
 
-async fn apply_plan(ctx: &Context, parent: &Parent, plan: &BatchPlan) -> Result<(), Error> {
-    for d in &plan.delete {
-        ctx.delete_child(&parent.namespace, d).await?;
-    }
-    ctx.apply_children(&parent.namespace, &plan.children)
-        .await?;
-    if let Some(job) = &plan.create_job {
-        ctx.ensure_service_account(&parent.namespace, parent.kind.run_role())
-            .await?;
-        ctx.create_child(&parent.namespace, &crate::plan::Child::Job(job.clone()))
-            .await?;
-    }
-    Ok(())
-}
-
-/// A look again in a second when the plan waits for an old Job to go; otherwise on change.
-fn soon(plan: &BatchPlan) -> Option<Duration> {
-    plan.requeue.then_some(Duration::from_secs(1))
-}
-
 fn observed_job(o: &Observed) -> Option<ObservedJob> {
     o.job.as_ref().map(|j| {
         let mut observed = ObservedJob::from_job(j);
@@ -93,27 +73,6 @@ fn observed_job(o: &Observed) -> Option<ObservedJob> {
         }
         observed
     })
-}
-
-fn new_status(
-    current: Option<&ArtifactObjectStatus>,
-    plan: &BatchPlan,
-    built: BuildOutcome,
-    generation: Option<i64>,
-) -> ArtifactObjectStatus {
-    let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let mut desired = plan.conditions.clone();
-    built.explain_ready(&mut desired);
-    desired.extend(built.conditions);
-    ArtifactObjectStatus {
-        ready: plan.ready,
-        conditions: merged_conditions(existing, &desired, generation),
-        artifacts: Some(ArtifactsStatus {
-            url: Some(plan.artifacts_url.clone()),
-        }),
-        build_upload: built.upload.map(Box::new),
-        observed_generation: generation,
-    }
 }
 
 /// Plans and applies a Model or Dataset whose references were already read; writes status
@@ -139,11 +98,10 @@ where
     let artifacts_url = status
         .and_then(|s| s.artifacts.as_ref())
         .and_then(|a| a.url.as_deref());
-    let mut parent = parent;
     let built = super::build::reconcile_build(
         ctx,
         obj,
-        &mut parent,
+        &parent,
         spec.image(),
         spec.build(),
         status.and_then(|s| s.build_upload.as_deref()),
@@ -151,6 +109,10 @@ where
     )
     .await?;
     let (base_model, dataset) = references;
+    let parent = Parent {
+        generation: built.generation(&parent),
+        ..parent
+    };
     let input = BatchInput {
         parent: parent.clone(),
         spec: BatchSpec {
@@ -170,14 +132,8 @@ where
         pods: &observed.pods,
     };
     let plan = batch::plan(&input, ctx.cloud.as_ref());
-    apply_plan(ctx, &parent, &plan).await?;
-    let requeue = built.sooner(soon(&plan));
-    let new = new_status(status, &plan, built, parent.generation);
-    if write_status(ctx, obj, status, &new).await? {
-        let before = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-        ctx.event_on_transition(obj, before, &new.conditions);
-    }
-    Ok(next_look(requeue))
+    apply(ctx, &parent.namespace, &plan).await?;
+    finish(ctx, obj, status, parent.generation, &plan, built).await
 }
 
 /// Reconciles a Model.

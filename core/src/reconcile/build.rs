@@ -14,8 +14,9 @@ use super::{Context, Error, FIELD_MANAGER, kube_err};
 use crate::conditions::{Desired, reasons, types};
 use crate::names;
 use crate::plan::Parent;
-use crate::plan::batch::{JobOutcome, artifact_prefix};
 use crate::plan::build::{self, BuildInput, ObservedBuildJob, UploadNext};
+use crate::plan::job::JobOutcome;
+use crate::plan::storage::artifact_prefix;
 
 /// What the build step leaves for the kind's own reconcile.
 #[derive(Debug, Default)]
@@ -30,9 +31,18 @@ pub struct BuildOutcome {
     pub upload: Option<UploadStatus>,
     /// Look again after this long at the latest.
     pub requeue: Option<Duration>,
+    /// The object's generation after the step wrote the built image into `spec.image`:
+    /// the workload planned next belongs to it.
+    pub written_generation: Option<i64>,
 }
 
 impl BuildOutcome {
+    /// The generation the kind's own plan is for: the one the build step wrote, else the
+    /// object's.
+    pub fn generation(&self, parent: &Parent) -> Option<i64> {
+        self.written_generation.or(parent.generation)
+    }
+
     /// Replaces the `Ready` condition of `conditions` by the build's blocking reason.
     pub fn explain_ready(&self, conditions: &mut [Desired]) {
         if let Some(b) = &self.blocking {
@@ -66,37 +76,56 @@ fn cloud_blocked(what: &str, e: &crate::cloud::CloudError) -> Desired {
     )
 }
 
-/// The upload handshake: `(uploaded, Uploaded condition, status.buildUpload, requeue)`.
+/// Where the upload handshake stands.
+struct Handshake {
+    /// The archive with the declared checksum is in storage.
+    uploaded: bool,
+    /// The `Uploaded` condition, when it changes.
+    condition: Option<Desired>,
+    /// `status.buildUpload`.
+    status: Option<UploadStatus>,
+    /// Look again after this long (to renew the URL, or to look for the upload).
+    requeue: Option<Duration>,
+}
+
+impl Handshake {
+    /// A cloud call failed: not uploaded, the condition says why, retried soon.
+    fn blocked(condition: Desired, status: Option<&UploadStatus>) -> Handshake {
+        Handshake {
+            uploaded: false,
+            condition: Some(condition),
+            status: status.cloned(),
+            requeue: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// The upload handshake.
 async fn handshake(
     ctx: &Context,
     parent: &Parent,
     upload: &BuildUpload,
     status: Option<&UploadStatus>,
     artifacts_url: Option<&str>,
-) -> (
-    bool,
-    Option<Desired>,
-    Option<UploadStatus>,
-    Option<Duration>,
-) {
+) -> Handshake {
     let prefix = artifact_prefix(parent, artifacts_url, ctx.cloud.as_ref());
     let key = prefix.upload_key();
-    let retry = Some(Duration::from_secs(5));
     if !build::upload_needs_storage(upload, status) {
         // Recorded already: the Uploaded condition written then stays as it is.
-        return (true, None, status.cloned(), None);
+        return Handshake {
+            uploaded: true,
+            condition: None,
+            status: status.cloned(),
+            requeue: None,
+        };
     }
     let stored = {
         let call = ctx.cloud.stored_md5(&key);
         match crate::cloud::within("reading the upload's checksum", ctx.cloud_timeout, call).await {
             Ok(s) => s,
             Err(e) => {
-                return (
-                    false,
-                    Some(cloud_blocked("cannot read the upload from storage", &e)),
-                    status.cloned(),
-                    retry,
-                );
+                let blocked = cloud_blocked("cannot read the upload from storage", &e);
+                return Handshake::blocked(blocked, status);
             }
         }
     };
@@ -123,12 +152,8 @@ async fn handshake(
                     s
                 }
                 Err(e) => {
-                    return (
-                        false,
-                        Some(cloud_blocked("cannot sign an upload URL", &e)),
-                        status.cloned(),
-                        retry,
-                    );
+                    let blocked = cloud_blocked("cannot sign an upload URL", &e);
+                    return Handshake::blocked(blocked, status);
                 }
             }
         }
@@ -146,7 +171,12 @@ async fn handshake(
     } else {
         Some(renew.map_or(super::UPLOAD_POLL, |r| r.min(super::UPLOAD_POLL)))
     };
-    (uploaded, Some(condition), Some(new_status), requeue)
+    Handshake {
+        uploaded,
+        condition: Some(condition),
+        status: Some(new_status),
+        requeue,
+    }
 }
 
 async fn observe_job(ctx: &Context, parent: &Parent) -> Result<(Option<Job>, Vec<Pod>), Error> {
@@ -172,13 +202,12 @@ async fn observe_job(ctx: &Context, parent: &Parent) -> Result<(Option<Job>, Vec
     Ok((job, pods))
 }
 
-/// Runs the build step of `obj`. When the build completes, `spec.image` is written and
-/// `parent.generation` follows the write, so that the workload planned next belongs to the
-/// new generation.
+/// Runs the build step of `obj`. When the build completes, `spec.image` is written and the
+/// outcome carries the generation that write made (see [`BuildOutcome::generation`]).
 pub async fn reconcile_build<K>(
     ctx: &Context,
     obj: &K,
-    parent: &mut Parent,
+    parent: &Parent,
     image: Option<&str>,
     build: Option<&Build>,
     upload_status: Option<&UploadStatus>,
@@ -205,17 +234,16 @@ where
     let built = build::effective_image(parent, image, Some(build), cloud).is_some();
     let mut uploaded = true;
     if let (Some(upload), false) = (&build.upload, built) {
-        let (ok, condition, status, requeue) =
-            handshake(ctx, parent, upload, upload_status, artifacts_url).await;
-        uploaded = ok;
-        if let Some(c) = condition {
-            if !ok {
+        let h = handshake(ctx, parent, upload, upload_status, artifacts_url).await;
+        uploaded = h.uploaded;
+        if let Some(c) = h.condition {
+            if !h.uploaded {
                 out.blocking = Some(c.clone());
             }
             out.conditions.push(c);
         }
-        out.upload = status;
-        out.requeue = requeue;
+        out.upload = h.status;
+        out.requeue = h.requeue;
     }
     let (job, pods) = if built || !uploaded {
         (None, Vec::new())
@@ -233,18 +261,8 @@ where
         settings: &ctx.build,
     };
     let plan = build::plan(&input, cloud);
-    if let Some(d) = &plan.delete {
-        ctx.delete_child(&parent.namespace, d).await?;
-    }
-    ctx.apply_children(&parent.namespace, &plan.children)
-        .await?;
-    if let Some(job) = &plan.create_job {
-        ctx.ensure_service_account(&parent.namespace, names::Role::ContainerBuilder)
-            .await?;
-        ctx.create_child(&parent.namespace, &crate::plan::Child::Job(job.clone()))
-            .await?;
-    }
-    if let Some(target) = &plan.set_image {
+    super::pipeline::apply(ctx, &parent.namespace, &plan).await?;
+    if let Some(target) = &plan.extra.set_image {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &parent.namespace);
         let patch = serde_json::json!({"spec": {"image": target}});
         let params = PatchParams {
@@ -258,15 +276,15 @@ where
                 "writing the built image into spec.image of",
                 format!("{} {}/{}", K::kind(&()), parent.namespace, obj.name_any()),
             ))?;
-        parent.generation = written.meta().generation;
+        out.written_generation = written.meta().generation;
     }
-    if plan.requeue {
-        out.requeue = Some(Duration::from_secs(1));
+    if plan.next_look.is_some() {
+        out.requeue = plan.next_look;
     }
-    if plan.blocking.is_some() && out.blocking.is_none() {
-        out.blocking = plan.blocking.clone();
+    if out.blocking.is_none() {
+        out.blocking = plan.extra.blocking;
     }
     out.conditions.extend(plan.conditions);
-    out.image = plan.image;
+    out.image = plan.extra.image;
     Ok(out)
 }

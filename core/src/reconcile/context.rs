@@ -22,8 +22,8 @@ use crate::cloud::Cloud;
 use crate::conditions::{self, types};
 use crate::metrics::Metrics;
 use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL, Role};
-use crate::plan::batch::artifact_prefix;
-use crate::plan::{Child, Deletion, Parent, RefState};
+use crate::plan::storage::artifact_prefix;
+use crate::plan::{Child, Deletable, Deletion, Parent, RefState};
 use crate::watch::Caches;
 
 pub use crate::names::FIELD_MANAGER;
@@ -395,21 +395,20 @@ impl Context {
             propagation_policy: Some(PropagationPolicy::Background),
             ..Default::default()
         };
-        let what = format!("{} {namespace}/{}", d.kind, d.name);
+        let what = format!("{} {namespace}/{}", d.kind.name(), d.name);
         let res = match d.kind {
-            "Job" => Api::<Job>::namespaced(self.client.clone(), namespace)
+            Deletable::Job => Api::<Job>::namespaced(self.client.clone(), namespace)
                 .delete(&d.name, &dp)
                 .await
                 .map(|_| ()),
-            "Pod" => Api::<Pod>::namespaced(self.client.clone(), namespace)
+            Deletable::Pod => Api::<Pod>::namespaced(self.client.clone(), namespace)
                 .delete(&d.name, &dp)
                 .await
                 .map(|_| ()),
-            other => return Err(Error::Invalid(format!("cannot delete a {other}"))),
         };
         match res {
             Ok(()) => {
-                self.count_child_write(d.kind);
+                self.count_child_write(d.kind.name());
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

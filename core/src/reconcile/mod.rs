@@ -12,6 +12,7 @@ mod events;
 pub mod failure;
 pub mod janitor;
 mod notebook;
+mod pipeline;
 mod server;
 mod status;
 

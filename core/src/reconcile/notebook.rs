@@ -5,11 +5,12 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use substratus_crds::{ArtifactsStatus, Notebook, NotebookStatus};
+use substratus_crds::Notebook;
 
-use super::{Context, Error, kube_err, merged_conditions, next_look, parent_of, write_status};
+use super::pipeline::{apply, finish};
+use super::{Context, Error, kube_err, parent_of};
 use crate::names::{self, Kind, KindChildren};
-use crate::plan::Child;
+use crate::plan::Parent;
 use crate::plan::notebook::{self, NotebookInput, ObservedPod};
 
 /// A random token for Jupyter: 32 hex characters from the OS's generator.
@@ -51,17 +52,20 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
     let artifacts_url = status
         .and_then(|s| s.artifacts.as_ref())
         .and_then(|a| a.url.as_deref());
-    let mut parent = parent;
     let built = super::build::reconcile_build(
         &ctx,
         nb.as_ref(),
-        &mut parent,
+        &parent,
         nb.spec.image.as_deref(),
         nb.spec.build.as_deref(),
         status.and_then(|s| s.build_upload.as_deref()),
         artifacts_url,
     )
     .await?;
+    let parent = Parent {
+        generation: built.generation(&parent),
+        ..parent
+    };
     let mut spec = nb.spec.clone();
     spec.image = built.image.clone();
     let input = NotebookInput {
@@ -76,35 +80,6 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
         pods: pod.as_slice(),
     };
     let plan = notebook::plan(&input, ctx.cloud.as_ref());
-    for d in &plan.delete {
-        ctx.delete_child(&ns, d).await?;
-    }
-    ctx.apply_children(&ns, &plan.children).await?;
-    for child in &plan.create {
-        if matches!(child, Child::Pod(_)) {
-            ctx.ensure_service_account(&ns, Kind::Notebook.run_role())
-                .await?;
-        }
-        ctx.create_child(&ns, child).await?;
-    }
-    let existing = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let mut desired = plan.conditions.clone();
-    built.explain_ready(&mut desired);
-    desired.extend(built.conditions.iter().cloned());
-    let new = NotebookStatus {
-        ready: plan.ready,
-        conditions: merged_conditions(existing, &desired, parent.generation),
-        artifacts: Some(ArtifactsStatus {
-            url: Some(plan.artifacts_url.clone()),
-        }),
-        build_upload: built.upload.clone().map(Box::new),
-        token_secret: Some(plan.token_secret.clone()),
-        observed_generation: parent.generation,
-    };
-    if write_status(&ctx, nb.as_ref(), status, &new).await? {
-        ctx.event_on_transition(nb.as_ref(), existing, &new.conditions);
-    }
-    Ok(next_look(built.sooner(
-        plan.requeue.then_some(std::time::Duration::from_secs(1)),
-    )))
+    apply(&ctx, &ns, &plan).await?;
+    finish(&ctx, nb.as_ref(), status, parent.generation, &plan, built).await
 }

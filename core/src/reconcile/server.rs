@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use kube::runtime::controller::Action;
-use substratus_crds::{Server, ServerStatus};
+use substratus_crds::Server;
 
-use super::{Context, Error, merged_conditions, next_look, parent_of, write_status};
+use super::pipeline::{apply, finish};
+use super::{Context, Error, parent_of};
 use crate::names::{Kind, KindChildren};
+use crate::plan::Parent;
+use crate::plan::RefState;
 use crate::plan::server::{self, ObservedDeployment, ServerInput};
-use crate::plan::{Child, RefState};
 
 /// Reconciles a Server.
 pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -35,17 +37,20 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
     };
     let fresh = ctx.fresh_status(srv.as_ref(), srv.status.clone());
     let status = fresh.as_ref();
-    let mut parent = parent;
     let built = super::build::reconcile_build(
         &ctx,
         srv.as_ref(),
-        &mut parent,
+        &parent,
         srv.spec.image.as_deref(),
         srv.spec.build.as_deref(),
         status.and_then(|s| s.build_upload.as_deref()),
         None,
     )
     .await?;
+    let parent = Parent {
+        generation: built.generation(&parent),
+        ..parent
+    };
     let mut spec = srv.spec.clone();
     spec.image = built.image.clone();
     let input = ServerInput {
@@ -56,29 +61,6 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         pods: &pods,
     };
     let plan = server::plan(&input, ctx.cloud.as_ref());
-    if plan
-        .children
-        .iter()
-        .any(|c| matches!(c, Child::Deployment(_)))
-    {
-        ctx.ensure_service_account(&parent.namespace, Kind::Server.run_role())
-            .await?;
-    }
-    ctx.apply_children(&parent.namespace, &plan.children)
-        .await?;
-    let existing = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let mut desired = plan.conditions.clone();
-    built.explain_ready(&mut desired);
-    desired.extend(built.conditions.iter().cloned());
-    let new = ServerStatus {
-        ready: plan.ready,
-        conditions: merged_conditions(existing, &desired, parent.generation),
-        build_upload: built.upload.clone().map(Box::new),
-        replicas: Some(plan.ready_replicas),
-        observed_generation: parent.generation,
-    };
-    if write_status(&ctx, srv.as_ref(), status, &new).await? {
-        ctx.event_on_transition(srv.as_ref(), existing, &new.conditions);
-    }
-    Ok(next_look(built.sooner(None)))
+    apply(&ctx, &parent.namespace, &plan).await?;
+    finish(&ctx, srv.as_ref(), status, parent.generation, &plan, built).await
 }

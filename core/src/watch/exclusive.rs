@@ -52,7 +52,7 @@ impl Exclusive {
 
     /// Keys held now (in use or waited for).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.held().len()
     }
 }

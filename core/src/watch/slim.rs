@@ -617,8 +617,8 @@ mod tests {
         let from_summary =
             JobSummary::of(&serde_json::from_value(job_json()).unwrap()).to_job("ns", "m-modeller");
         assert_eq!(
-            crate::plan::batch::ObservedJob::from_job(&full),
-            crate::plan::batch::ObservedJob::from_job(&from_summary)
+            crate::plan::job::ObservedJob::from_job(&full),
+            crate::plan::job::ObservedJob::from_job(&from_summary)
         );
     }
 
