@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, PartialObjectMeta};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
@@ -31,7 +31,7 @@ use crate::metrics::{ErrorLabels, KindLabels, ResultLabels};
 use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::reconcile::{Context, Error, failure, reconcile_dataset, reconcile_model};
 use crate::reconcile::{reconcile_notebook, reconcile_server, status_key};
-use crate::watch::caches::{CachedPod, Deletions, Shared};
+use crate::watch::caches::{CachedPod, Shared};
 use crate::watch::exclusive::Exclusive;
 use crate::watch::{Watches, slim};
 
@@ -565,7 +565,11 @@ pub async fn run(
         opts.sweep_every,
         shutdown.clone(),
     ));
-    let accounts = tokio::spawn(restore_accounts(ctx.clone(), deleted_accounts, in_use));
+    let accounts = tokio::spawn(crate::reconcile::restore_accounts(
+        ctx.clone(),
+        deleted_accounts,
+        in_use,
+    ));
     let stop = shutdown;
     tokio::join!(
         lanes(
@@ -614,35 +618,6 @@ fn in_namespace<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, namespa
     store.state().iter().any(|o| {
         o.meta().namespace.as_deref() == Some(namespace) && o.meta().deletion_timestamp.is_none()
     })
-}
-
-/// Re-creates a role's ServiceAccount deleted by someone while Substratus objects remain in
-/// its namespace (their next pods would fail to start without it), and forgets every one
-/// deleted, so that a namespace deleted and created again gets its accounts again.
-async fn restore_accounts(
-    ctx: Arc<Context>,
-    mut deleted: Deletions<PartialObjectMeta<ServiceAccount>>,
-    in_use: impl Fn(&str) -> bool,
-) {
-    while let Some(sa) = deleted.next().await {
-        let (Some(namespace), Some(name)) = (sa.metadata.namespace, sa.metadata.name) else {
-            continue;
-        };
-        ctx.forget_account(&namespace, &name);
-        let Some(role) = crate::names::Role::of_service_account(&name) else {
-            continue;
-        };
-        if !in_use(&namespace) {
-            continue;
-        }
-        match ctx.ensure_service_account(&namespace, role).await {
-            Ok(()) => {
-                tracing::info!(%namespace, %name, "ServiceAccount deleted by someone; created again")
-            }
-            // A namespace being deleted refuses new objects: nothing to restore there.
-            Err(e) => tracing::debug!(%namespace, %name, error = %e, "ServiceAccount not restored"),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use substratus_core::plan::build::{self, BuildInput, BuildSettings, ObservedBuil
 use substratus_core::plan::job::ObservedJob;
 use substratus_core::plan::notebook::{self, NotebookInput, ObservedPod};
 use substratus_core::plan::server::{self, ObservedDeployment, ServerInput};
+use substratus_core::plan::upload;
 use substratus_core::plan::{Child, Parent, RefState};
 use substratus_crds::{ModelSpec, NotebookSpec, ServerSpec, UploadStatus};
 
@@ -385,8 +386,8 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                             stored_md5_checksum: stored.clone(),
                         });
                     if let Some(u) = &b.upload {
-                        let _ = build::upload_needs_storage(u, status.as_ref());
-                        let next = build::upload_next(
+                        let _ = upload::upload_needs_storage(u, status.as_ref());
+                        let next = upload::upload_next(
                             u,
                             status.as_ref(),
                             c.stored.as_deref(),
@@ -394,7 +395,7 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                             settings.renew_margin_secs(),
                         );
                         let s = status.clone().unwrap_or_default();
-                        let _ = build::uploaded_condition(u, &s, &next);
+                        let _ = upload::uploaded_condition(u, &s, &next);
                     }
                     let input = BuildInput {
                         parent: &parent,

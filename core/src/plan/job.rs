@@ -1,10 +1,11 @@
 //! A workload Job as the planners see it: its generation, the inputs it ran on, and how it
-//! ended.
+//! ended (and a build Job: the image and source it builds).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::Job;
 
+use super::build::{ATTEMPT_ANNOTATION, IMAGE_ANNOTATION, SOURCE_ANNOTATION};
 use super::{GENERATION_ANNOTATION, input_generation_annotation};
 
 /// What a Job of this object is doing.
@@ -78,6 +79,36 @@ impl ObservedJob {
             inputs,
             outcome,
             deleting: job.metadata.deletion_timestamp.is_some(),
+        }
+    }
+}
+
+/// The build Job as observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedBuildJob {
+    pub image: Option<String>,
+    pub source: Option<String>,
+    pub attempt: Option<String>,
+    pub outcome: JobOutcome,
+    pub deleting: bool,
+}
+
+impl ObservedBuildJob {
+    pub fn from_job(job: &Job) -> ObservedBuildJob {
+        let annotation = |k: &str| {
+            job.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .cloned()
+        };
+        let o = ObservedJob::from_job(job);
+        ObservedBuildJob {
+            image: annotation(IMAGE_ANNOTATION),
+            source: annotation(SOURCE_ANNOTATION),
+            attempt: annotation(ATTEMPT_ANNOTATION),
+            outcome: o.outcome,
+            deleting: o.deleting,
         }
     }
 }

@@ -14,9 +14,10 @@ use super::{Context, Error, FIELD_MANAGER, kube_err};
 use crate::conditions::{Desired, reasons, types};
 use crate::names;
 use crate::plan::Parent;
-use crate::plan::build::{self, BuildInput, ObservedBuildJob, UploadNext};
+use crate::plan::build::{self, BuildInput, ObservedBuildJob};
 use crate::plan::job::JobOutcome;
 use crate::plan::storage::artifact_prefix;
+use crate::plan::upload::{self, UploadNext};
 
 /// What the build step leaves for the kind's own reconcile.
 #[derive(Debug, Default)]
@@ -110,7 +111,7 @@ async fn handshake(
 ) -> Handshake {
     let prefix = artifact_prefix(parent, artifacts_url, ctx.cloud.as_ref());
     let key = prefix.upload_key();
-    if !build::upload_needs_storage(upload, status) {
+    if !upload::upload_needs_storage(upload, status) {
         // Recorded already: the Uploaded condition written then stays as it is.
         return Handshake {
             uploaded: true,
@@ -129,7 +130,7 @@ async fn handshake(
             }
         }
     };
-    let mut next = build::upload_next(
+    let mut next = upload::upload_next(
         upload,
         status,
         stored.as_deref(),
@@ -144,7 +145,7 @@ async fn handshake(
                     .signed_upload_url(&key, &upload.md5_checksum, ctx.build.upload_url_ttl);
             match crate::cloud::within("signing an upload URL", ctx.cloud_timeout, call).await {
                 Ok(url) => {
-                    let s = build::signed_status(upload, url.url, url.expires_at_unix);
+                    let s = upload::signed_status(upload, url.url, url.expires_at_unix);
                     next = UploadNext::Waiting {
                         status: s.clone(),
                         mismatch: None,
@@ -158,7 +159,7 @@ async fn handshake(
             }
         }
     };
-    let condition = build::uploaded_condition(upload, &new_status, &next);
+    let condition = upload::uploaded_condition(upload, &new_status, &next);
     let uploaded = matches!(next, UploadNext::Uploaded { .. });
     // Renew the URL when it expires, so that a late client still finds a valid one; until
     // the upload arrives, look for it in storage.

@@ -4,6 +4,7 @@
 //! [`crate::watch::slim::drifted`]), status is written only when it differs, and the service
 //! accounts and identity bindings of a namespace are ensured once while they exist.
 
+mod accounts;
 mod batch;
 mod build;
 mod context;
@@ -16,6 +17,7 @@ mod pipeline;
 mod server;
 mod status;
 
+pub use accounts::restore_accounts;
 pub use batch::{reconcile_dataset, reconcile_model};
 pub use context::{Context, FIELD_MANAGER, IDENTITY_BOUND_ANNOTATION};
 pub use error::Error;

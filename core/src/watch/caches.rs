@@ -26,8 +26,10 @@ use kube::{Client, Resource, ResourceExt};
 use substratus_crds::{Dataset, Model};
 
 use super::index::{self, Index};
-use super::slim::{self, JobSummary, Labels, StatusOnly, Volume};
-use crate::names::{FIELD_MANAGER, Kind, MANAGED_BY, MANAGED_BY_LABEL};
+use super::slim::{self, JobSummary, Labels, StatusOnly};
+use crate::names::{
+    CLAIM_LABEL, CLAIM_NAMESPACE_LABEL, FIELD_MANAGER, Kind, MANAGED_BY, MANAGED_BY_LABEL,
+};
 
 /// A Job as cached: metadata and status.
 pub type CachedJob = StatusOnly<Job, JobStatus>;
@@ -64,6 +66,25 @@ pub struct OwnedHash {
     /// [`slim::drifted`]): either way it is applied again.
     pub hash: Option<Box<str>>,
     pub owner: Option<slim::Owner>,
+}
+
+/// What the caches keep of a static volume: its spec hash and the claim it was made for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Volume {
+    pub hash: Option<Box<str>>,
+    /// The claim's namespace and name, from the claim labels.
+    pub claim: Option<(Box<str>, Box<str>)>,
+}
+
+impl Volume {
+    pub fn of(m: &ObjectMeta) -> Volume {
+        let labels = m.labels.as_ref();
+        let label = |k: &str| labels.and_then(|l| l.get(k)).map(|v| v.as_str().into());
+        Volume {
+            hash: index::spec_hash(m),
+            claim: label(CLAIM_NAMESPACE_LABEL).zip(label(CLAIM_LABEL)),
+        }
+    }
 }
 
 /// The spec hash of a child as applied by the operator: none once someone else changed it.

@@ -13,5 +13,5 @@ pub mod exclusive;
 pub mod index;
 pub mod slim;
 
+pub use caches::Volume;
 pub use caches::{Caches, Watches};
-pub use slim::Volume;

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::PodStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta, Time};
 use serde::Deserialize;
 
-use crate::names::{CLAIM_LABEL, CLAIM_NAMESPACE_LABEL, Kind};
+use crate::names::Kind;
 
 /// An object of kind `K` with its metadata and status and no spec. It is deserialized
 /// straight from the API's JSON: the spec is skipped by the parser and never stored, and the
@@ -333,25 +333,6 @@ pub fn primary_meta(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.remove(LAST_APPLIED);
-    }
-}
-
-/// What the caches keep of a static volume: its spec hash and the claim it was made for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Volume {
-    pub hash: Option<Box<str>>,
-    /// The claim's namespace and name, from the claim labels.
-    pub claim: Option<(Box<str>, Box<str>)>,
-}
-
-impl Volume {
-    pub fn of(m: &ObjectMeta) -> Volume {
-        let labels = m.labels.as_ref();
-        let label = |k: &str| labels.and_then(|l| l.get(k)).map(|v| v.as_str().into());
-        Volume {
-            hash: super::index::spec_hash(m),
-            claim: label(CLAIM_NAMESPACE_LABEL).zip(label(CLAIM_LABEL)),
-        }
     }
 }
 

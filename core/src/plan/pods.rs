@@ -1,0 +1,193 @@
+//! Why a workload's pods do not run, read from their status: the reason a plan shows in
+//! `Ready` while its Job, Deployment or Pod waits or fails.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::Blocked;
+use crate::conditions::reasons;
+
+/// Why a workload's pods do not run, read from the pods: unschedulable, an image that
+/// cannot be pulled, a container that cannot be created (a missing Secret or ConfigMap), or
+/// one that keeps failing (out of memory, or another exit).
+pub fn pod_problem(pods: &[Pod]) -> Option<Blocked> {
+    for pod in pods {
+        let Some(status) = &pod.status else { continue };
+        let pod_name = pod.metadata.name.as_deref().unwrap_or("");
+        for c in status.conditions.iter().flatten() {
+            // A claim the PV controller has not bound yet is a moment's wait, not a problem.
+            let transient = c
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("unbound immediate PersistentVolumeClaims"));
+            if c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && !transient
+            {
+                return Some(Blocked {
+                    reason: reasons::UNSCHEDULABLE,
+                    message: format!(
+                        "pod {pod_name} cannot be scheduled: {}",
+                        c.message.as_deref().unwrap_or("")
+                    ),
+                });
+            }
+        }
+        let containers = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        for cs in containers {
+            if let Some(b) = container_problem(pod_name, cs) {
+                return Some(b);
+            }
+        }
+    }
+    None
+}
+
+/// Why one container does not run, if its state says.
+/// How a container ended: `code N (Reason): message`, reason and message when known.
+pub fn exit_of(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> String {
+    format!(
+        "code {}{}{}",
+        t.exit_code,
+        t.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+        t.message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    )
+}
+
+fn container_problem(
+    pod_name: &str,
+    cs: &k8s_openapi::api::core::v1::ContainerStatus,
+) -> Option<Blocked> {
+    let waiting = cs.state.as_ref()?.waiting.as_ref()?;
+    let said = waiting.message.as_deref().unwrap_or("");
+    match waiting.reason.as_deref()? {
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => Some(Blocked {
+            reason: reasons::IMAGE_PULL_FAILED,
+            message: format!("image {} cannot be pulled: {said}", cs.image),
+        }),
+        "CreateContainerConfigError" | "CreateContainerError" => Some(Blocked {
+            reason: reasons::CONTAINER_CONFIG_ERROR,
+            message: format!(
+                "container {} of pod {pod_name} cannot be created: {said}",
+                cs.name
+            ),
+        }),
+        "CrashLoopBackOff" => {
+            let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+            let oom = last.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
+            let exit = last.map_or_else(String::new, |t| format!(": last exit {}", exit_of(t)));
+            Some(Blocked {
+                reason: if oom {
+                    reasons::OOM_KILLED
+                } else {
+                    reasons::CRASH_LOOP_BACK_OFF
+                },
+                message: format!(
+                    "container {} of pod {pod_name} keeps failing after {} restarts{exit}{}",
+                    cs.name,
+                    cs.restart_count,
+                    if oom {
+                        "; give it more spec.resources.memory"
+                    } else {
+                        ""
+                    }
+                ),
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pending(message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+            ]}
+        }))
+        .unwrap()
+    }
+
+    fn waiting(reason: &str, message: &str, last: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": "serve", "image": "img", "imageID": "", "ready": false,
+                "restartCount": 4,
+                "state": {"waiting": {"reason": reason, "message": message}},
+                "lastState": last,
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn containers_that_cannot_start_or_keep_failing_are_named_with_why() {
+        let oom = json!({"terminated": {"exitCode": 137, "reason": "OOMKilled"}});
+        let p = pod_problem(&[waiting("CrashLoopBackOff", "back-off 40s", oom)]).unwrap();
+        assert_eq!(p.reason, reasons::OOM_KILLED);
+        assert!(
+            p.message.contains("exit code 137 (OOMKilled)"),
+            "{}",
+            p.message
+        );
+        assert!(p.message.contains("spec.resources.memory"), "{}", p.message);
+        let exit =
+            json!({"terminated": {"exitCode": 3, "reason": "Error", "message": "no weights"}});
+        let p = pod_problem(&[waiting("CrashLoopBackOff", "back-off", exit)]).unwrap();
+        assert_eq!(p.reason, reasons::CRASH_LOOP_BACK_OFF);
+        assert!(
+            p.message
+                .contains("4 restarts: last exit code 3 (Error): no weights"),
+            "{}",
+            p.message
+        );
+        let p = pod_problem(&[waiting(
+            "CreateContainerConfigError",
+            "secret \"hub\" not found",
+            json!({}),
+        )])
+        .unwrap();
+        assert_eq!(p.reason, reasons::CONTAINER_CONFIG_ERROR);
+        assert!(
+            p.message.contains("secret \"hub\" not found"),
+            "{}",
+            p.message
+        );
+        let p = pod_problem(&[waiting("ImagePullBackOff", "not found", json!({}))]).unwrap();
+        assert_eq!(p.reason, reasons::IMAGE_PULL_FAILED);
+        // Starting up is no problem.
+        assert!(pod_problem(&[waiting("ContainerCreating", "", json!({}))]).is_none());
+    }
+
+    #[test]
+    fn unschedulable_pods_are_a_problem_but_unbound_claims_are_not() {
+        let p = pod_problem(&[pending(
+            "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+        )])
+        .unwrap();
+        assert_eq!(p.reason, reasons::UNSCHEDULABLE);
+        assert!(p.message.contains("Insufficient nvidia.com/gpu"));
+        assert!(
+            pod_problem(&[pending(
+                "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+            )])
+            .is_none()
+        );
+    }
+}
