@@ -508,9 +508,215 @@ impl Context {
 }
 
 #[cfg(test)]
+impl Context {
+    /// A context over `api` and `caches`, with the fake cloud: for reconciler tests
+    /// without a cluster.
+    pub(crate) fn test(api: &super::scripted::ScriptedApi, caches: Caches) -> Context {
+        Context::new(
+            api.client(),
+            Arc::new(crate::fake::FakeCloud::default()),
+            Arc::new(Metrics::default()),
+            caches,
+        )
+    }
+}
+
+#[cfg(test)]
 mod tests {
-    use super::WrittenStatus;
+    use super::super::scripted::ScriptedApi;
+    use super::*;
+    use crate::watch::caches::{OwnedHash, StubCaches};
+    use http::Method;
     use serde_json::json;
+    use substratus_crds::{ArtifactObjectStatus, Model};
+
+    fn parent() -> Parent {
+        Parent {
+            kind: Kind::Model,
+            name: "m".into(),
+            namespace: "ns".into(),
+            uid: "u".into(),
+            generation: Some(1),
+        }
+    }
+
+    fn writes(ctx: &Context, kind: &str) -> u64 {
+        ctx.metrics
+            .child_writes
+            .get_or_create(&crate::metrics::KindLabels { kind: kind.into() })
+            .get()
+    }
+
+    fn params_map() -> (ConfigMap, String) {
+        let cm = crate::plan::params_config_map(&parent(), &Default::default());
+        let hash = hash_of(&cm.metadata).cloned().unwrap();
+        (cm, hash)
+    }
+
+    #[tokio::test]
+    async fn a_child_is_applied_only_when_the_cached_hash_differs() {
+        let api = ScriptedApi::default();
+        let stub = StubCaches::new();
+        let ctx = Context::test(&api, stub.caches.clone());
+        let (cm, hash) = params_map();
+        let name = cm.metadata.name.clone().unwrap();
+        let cached = |hash: Option<&str>| OwnedHash {
+            hash: hash.map(Into::into),
+            owner: None,
+        };
+        // Equal hash: no request at all.
+        stub.caches
+            .configmaps
+            .insert(Some("ns"), &name, cached(Some(&hash)));
+        ctx.apply_child("ns", &Child::ConfigMap(cm.clone()))
+            .await
+            .unwrap();
+        assert!(api.seen().is_empty(), "{:?}", api.seen());
+        assert_eq!(writes(&ctx, "ConfigMap"), 0);
+        // Another hash, or one someone else's change cleared: one server-side apply, forced,
+        // as the operator's field manager, carrying the new hash.
+        for observed in [Some("an older hash"), None] {
+            stub.caches
+                .configmaps
+                .insert(Some("ns"), &name, cached(observed));
+            let path = format!("/api/v1/namespaces/ns/configmaps/{name}");
+            api.expect(
+                Method::PATCH,
+                &path,
+                200,
+                serde_json::to_value(&cm).unwrap(),
+            );
+            ctx.apply_child("ns", &Child::ConfigMap(cm.clone()))
+                .await
+                .unwrap();
+        }
+        api.done();
+        let seen = api.seen();
+        assert_eq!(seen.len(), 2);
+        assert!(
+            seen[0].request.contains("fieldManager=substratus-operator"),
+            "{seen:?}"
+        );
+        assert!(seen[0].request.contains("force=true"), "{seen:?}");
+        assert_eq!(
+            seen[0].body["metadata"]["annotations"][crate::names::SPEC_HASH_ANNOTATION],
+            hash.as_str()
+        );
+        assert_eq!(writes(&ctx, "ConfigMap"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_child_that_exists_is_not_created_again_and_a_refusal_names_it() {
+        let api = ScriptedApi::default();
+        let ctx = Context::test(&api, StubCaches::new().caches);
+        let job = Child::Job(k8s_openapi::api::batch::v1::Job {
+            metadata: parent().child_meta("m-modeller".into()),
+            ..Default::default()
+        });
+        let jobs = "/apis/batch/v1/namespaces/ns/jobs";
+        api.refuse(Method::POST, jobs, 409, "AlreadyExists");
+        ctx.create_child("ns", &job).await.unwrap();
+        assert_eq!(writes(&ctx, "Job"), 0, "a 409 wrote nothing");
+        api.refuse(Method::POST, jobs, 403, "Forbidden");
+        let err = ctx.create_child("ns", &job).await.unwrap_err().to_string();
+        assert!(err.contains("Job ns/m-modeller"), "{err}");
+        api.done();
+    }
+
+    #[tokio::test]
+    async fn deleting_a_child_that_is_gone_is_done() {
+        let api = ScriptedApi::default();
+        let ctx = Context::test(&api, StubCaches::new().caches);
+        let gone = Deletion {
+            kind: Deletable::Pod,
+            name: "nb-notebook".into(),
+        };
+        let path = "/api/v1/namespaces/ns/pods/nb-notebook";
+        api.refuse(Method::DELETE, path, 404, "NotFound");
+        ctx.delete_child("ns", &gone).await.unwrap();
+        assert_eq!(writes(&ctx, "Pod"), 0);
+        // Dependants go in the background.
+        assert_eq!(
+            api.seen()[0].body["propagationPolicy"],
+            "Background",
+            "{:?}",
+            api.seen()
+        );
+        api.refuse(Method::DELETE, path, 500, "InternalError");
+        assert!(ctx.delete_child("ns", &gone).await.is_err());
+        api.done();
+    }
+
+    #[tokio::test]
+    async fn status_is_written_only_when_it_changes_and_stands_in_for_older_reads() {
+        let api = ScriptedApi::default();
+        let ctx = Context::test(&api, StubCaches::new().caches);
+        let mut model: Model = serde_json::from_value(json!({
+            "apiVersion": "substratus.ai/v1", "kind": "Model",
+            "metadata": {"name": "m", "namespace": "ns", "uid": "u", "resourceVersion": "5"},
+            "spec": {"image": "img"},
+        }))
+        .unwrap();
+        let current = ArtifactObjectStatus::default();
+        assert!(
+            !write_status(&ctx, &model, Some(&current), &current)
+                .await
+                .unwrap()
+        );
+        assert!(api.seen().is_empty());
+        let ready = ArtifactObjectStatus {
+            ready: true,
+            ..Default::default()
+        };
+        let mut written = serde_json::to_value(&model).unwrap();
+        written["metadata"]["resourceVersion"] = "7".into();
+        let path = "/apis/substratus.ai/v1/namespaces/ns/models/m/status";
+        api.expect(Method::PATCH, path, 200, written);
+        assert!(
+            write_status(&ctx, &model, Some(&current), &ready)
+                .await
+                .unwrap()
+        );
+        api.done();
+        assert_eq!(api.seen()[0].body["status"]["ready"], true);
+        // A read from before the write (resourceVersion 5) sees the written status.
+        let fresh = ctx.fresh_status(&model, Some(current.clone()));
+        assert_eq!(fresh, Some(ready.clone()));
+        model.metadata.resource_version = Some("7".into());
+        assert_eq!(
+            ctx.fresh_status(&model, Some(current.clone())),
+            Some(current)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_account_is_applied_once() {
+        let api = ScriptedApi::default();
+        let ctx = Context::test(&api, StubCaches::new().caches);
+        let sa = Role::Modeller.service_account();
+        let path = format!("/api/v1/namespaces/ns/serviceaccounts/{sa}");
+        // The account, then the cloud identity bound to it, recorded on it.
+        api.expect(Method::PATCH, &path, 200, json!({"metadata": {"name": sa}}));
+        api.expect(Method::PATCH, &path, 200, json!({"metadata": {"name": sa}}));
+        ctx.ensure_service_account("ns", Role::Modeller)
+            .await
+            .unwrap();
+        // Ensured a moment ago: no second request while its watch event is on the way.
+        ctx.ensure_service_account("ns", Role::Modeller)
+            .await
+            .unwrap();
+        api.done();
+        let seen = api.seen();
+        assert_eq!(
+            seen[0].body["metadata"]["labels"][MANAGED_BY_LABEL],
+            MANAGED_BY
+        );
+        let principal = ctx.cloud.config().principal.clone().unwrap();
+        assert_eq!(
+            seen[1].body["metadata"]["annotations"][IDENTITY_BOUND_ANNOTATION],
+            principal.as_str()
+        );
+    }
 
     #[test]
     fn a_written_status_stands_in_for_older_reads_until_the_cache_catches_up() {
@@ -531,5 +737,80 @@ mod tests {
         assert_eq!(w.newer_than("Model/ns/a", Some(10)), None);
         assert_eq!(w.len(), 0);
         assert_eq!(w.newer_than("Model/ns/a", Some(9)), None);
+    }
+
+    #[tokio::test]
+    async fn references_are_read_from_the_caches_alone() {
+        use kube::runtime::watcher::Event;
+        let api = ScriptedApi::default();
+        let mut stub = StubCaches::new();
+        let ctx = Context::test(&api, stub.caches.clone());
+        let object = |kind: &str, name: &str, ready: bool| {
+            json!({
+                "apiVersion": "substratus.ai/v1", "kind": kind,
+                "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}")},
+                "spec": {"image": "img"},
+                "status": {"ready": ready, "conditions": [{"type": "Complete", "status": "True",
+                    "reason": "JobComplete", "message": "", "observedGeneration": 4,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+            })
+        };
+        let base: Model = serde_json::from_value(object("Model", "base", true)).unwrap();
+        stub.models.apply_watcher_event(&Event::Apply(base));
+        let data: substratus_crds::Dataset =
+            serde_json::from_value(object("Dataset", "data", false)).unwrap();
+        stub.datasets.apply_watcher_event(&Event::Apply(data));
+        match ctx.reference("ns", Kind::Model, "base").unwrap() {
+            RefState::Ready {
+                artifacts,
+                generation,
+            } => {
+                assert_eq!(generation, 4, "the generation whose run completed");
+                assert!(artifacts.to_string().ends_with("/artifacts"), "{artifacts}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            ctx.reference("ns", Kind::Dataset, "data").unwrap(),
+            RefState::NotReady
+        );
+        // Same name, another kind or namespace: not found.
+        assert_eq!(
+            ctx.reference("ns", Kind::Dataset, "base").unwrap(),
+            RefState::NotFound
+        );
+        assert_eq!(
+            ctx.reference("other", Kind::Model, "base").unwrap(),
+            RefState::NotFound
+        );
+        // Only Models and Datasets are referenced.
+        assert!(ctx.reference("ns", Kind::Server, "base").is_err());
+        api.done();
+        assert!(api.seen().is_empty(), "{:?}", api.seen());
+    }
+
+    #[tokio::test]
+    async fn a_service_account_the_cache_shows_as_wanted_is_not_written() {
+        use kube::runtime::watcher::Event;
+        let api = ScriptedApi::default();
+        let mut stub = StubCaches::new();
+        let ctx = Context::test(&api, stub.caches.clone());
+        let sa = Role::DataLoader.service_account();
+        let mut wanted = ctx.cloud.service_account_annotations(Role::DataLoader);
+        // Bound already, to this principal.
+        let principal = ctx.cloud.config().principal.clone().unwrap();
+        wanted.insert(IDENTITY_BOUND_ANNOTATION.into(), principal);
+        let cached: kube::api::PartialObjectMeta<ServiceAccount> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": sa, "namespace": "ns", "annotations": wanted},
+        }))
+        .unwrap();
+        stub.service_accounts
+            .apply_watcher_event(&Event::Apply(cached));
+        ctx.ensure_service_account("ns", Role::DataLoader)
+            .await
+            .unwrap();
+        api.done();
+        assert!(api.seen().is_empty(), "{:?}", api.seen());
     }
 }

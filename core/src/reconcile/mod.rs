@@ -14,6 +14,8 @@ pub mod failure;
 pub mod janitor;
 mod notebook;
 mod pipeline;
+#[cfg(test)]
+mod scripted;
 mod server;
 mod status;
 

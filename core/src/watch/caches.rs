@@ -453,6 +453,42 @@ impl Watches {
     }
 }
 
+/// Caches no watch feeds, for reconciler tests: the stores' writers fill them by hand.
+#[cfg(test)]
+pub(crate) struct StubCaches {
+    pub caches: Caches,
+    pub models: Writer<Model>,
+    pub datasets: Writer<Dataset>,
+    pub service_accounts: Writer<PartialObjectMeta<ServiceAccount>>,
+}
+
+#[cfg(test)]
+impl StubCaches {
+    pub(crate) fn new() -> StubCaches {
+        let models = Writer::default();
+        let datasets = Writer::default();
+        let service_accounts = Writer::default();
+        let caches = Caches {
+            jobs: Index::new(),
+            deployments: Writer::default().as_reader(),
+            pods: Writer::default().as_reader(),
+            models: models.as_reader(),
+            datasets: datasets.as_reader(),
+            configmaps: Index::new(),
+            services: Index::new(),
+            claims: Index::new(),
+            volumes: Index::new(),
+            service_accounts: service_accounts.as_reader(),
+        };
+        StubCaches {
+            caches,
+            models,
+            datasets,
+            service_accounts,
+        }
+    }
+}
+
 impl Caches {
     /// How many objects each cache holds, by kind.
     pub fn sizes(&self) -> [(&'static str, usize); 10] {

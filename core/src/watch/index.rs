@@ -41,8 +41,7 @@ struct Inner<E> {
 }
 
 impl<E: Clone> Index<E> {
-    /// An empty index that no watch feeds (until [`index`] is given it): tests fill it with
-    /// [`Index::insert`].
+    /// An empty index; [`index`] feeds it from a watch, tests by hand.
     pub(crate) fn new() -> Index<E> {
         Index {
             inner: Arc::new(Inner {
@@ -55,6 +54,12 @@ impl<E: Clone> Index<E> {
     /// The summary of an object, if it exists.
     pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<E> {
         self.read().get(&key(namespace, name)).cloned()
+    }
+
+    /// Writes an entry as a watch event would (tests that build caches by hand).
+    #[cfg(test)]
+    pub(crate) fn insert(&self, namespace: Option<&str>, name: &str, e: E) {
+        self.write().insert(key(namespace, name), e);
     }
 
     /// How many objects the index holds.
