@@ -331,14 +331,7 @@ fn instrumented<K, Fut>(
     f: fn(Arc<K>, Arc<Context>) -> Fut,
 ) -> impl FnMut(Arc<K>, Arc<Context>) -> ReconcileFuture
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Wired,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |obj, ctx| {
@@ -441,12 +434,7 @@ fn lanes<K, Fut>(
     shutdown: &(impl Future<Output = ()> + Send + Sync + Clone + 'static),
 ) -> impl Future<Output = ()> + Send
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K: Send + Sync + 'static,
+    K: Wired,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     let lock = Arc::new(Exclusive::default());

@@ -310,6 +310,14 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    /// The pod spec of the Job a plan creates.
+    fn job_pod(p: &BatchPlan) -> PodSpec {
+        let job = p.job().expect("a Job");
+        let template = &job.spec.as_ref().expect("a Job spec").template;
+        template.spec.clone().expect("a pod spec")
+    }
     use super::*;
     use crate::cloud::BucketUrl;
     use crate::fake::{FAKE_GPU_LABEL, FakeCloud};
@@ -517,15 +525,7 @@ mod tests {
             generation: 1,
         });
         let p = plan(&i, &cloud);
-        let pod = p
-            .job()
-            .cloned()
-            .unwrap()
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = job_pod(&p);
         let mounts: Vec<_> = pod.containers[0]
             .volume_mounts
             .as_ref()
@@ -627,15 +627,7 @@ mod tests {
         });
         let cloud = FakeCloud::default();
         let p = plan(&input(&f, Kind::Model, 1), &cloud);
-        let pod = p
-            .job()
-            .cloned()
-            .unwrap()
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = job_pod(&p);
         assert_eq!(pod.node_selector.unwrap()[FAKE_GPU_LABEL], "l4");
         let r = pod.containers[0].resources.clone().unwrap();
         assert_eq!(r.limits.unwrap()["nvidia.com/gpu"].0, "4");

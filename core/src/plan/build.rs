@@ -459,41 +459,8 @@ mod tests {
     use crate::fake::FakeCloud;
     use k8s_openapi::api::batch::v1::JobCondition;
     use k8s_openapi::api::batch::v1::JobStatus;
-    use substratus_crds::BuildUpload;
 
-    const MD5: &str = "0123456789abcdef0123456789ABCDEF";
-
-    fn parent() -> Parent {
-        Parent {
-            kind: crate::names::Kind::Model,
-            name: "m".into(),
-            namespace: "ns".into(),
-            uid: "u".into(),
-            generation: Some(3),
-        }
-    }
-
-    fn upload(request: &str) -> Build {
-        Build {
-            git: None,
-            upload: Some(BuildUpload {
-                md5_checksum: MD5.into(),
-                request_id: request.into(),
-            }),
-        }
-    }
-
-    fn git(tag: Option<&str>, branch: Option<&str>, path: Option<&str>) -> Build {
-        Build {
-            git: Some(BuildGit {
-                url: "https://example.com/r.git".into(),
-                path: path.map(Into::into),
-                branch: branch.map(Into::into),
-                tag: tag.map(Into::into),
-            }),
-            upload: None,
-        }
-    }
+    use crate::plan::fixtures::{git, parent, upload};
 
     fn settings() -> BuildSettings {
         BuildSettings::default()

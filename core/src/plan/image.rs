@@ -84,41 +84,8 @@ pub fn effective_image<'a>(
 mod tests {
     use super::*;
     use crate::fake::FakeCloud;
-    use substratus_crds::{BuildGit, BuildUpload};
 
-    const MD5: &str = "0123456789abcdef0123456789ABCDEF";
-
-    fn parent() -> Parent {
-        Parent {
-            kind: crate::names::Kind::Model,
-            name: "m".into(),
-            namespace: "ns".into(),
-            uid: "u".into(),
-            generation: Some(3),
-        }
-    }
-
-    fn upload(request: &str) -> Build {
-        Build {
-            git: None,
-            upload: Some(BuildUpload {
-                md5_checksum: MD5.into(),
-                request_id: request.into(),
-            }),
-        }
-    }
-
-    fn git(tag: Option<&str>, branch: Option<&str>, path: Option<&str>) -> Build {
-        Build {
-            git: Some(BuildGit {
-                url: "https://example.com/r.git".into(),
-                path: path.map(Into::into),
-                branch: branch.map(Into::into),
-                tag: tag.map(Into::into),
-            }),
-            upload: None,
-        }
-    }
+    use crate::plan::fixtures::{MD5, git, parent, upload};
 
     #[test]
     fn image_tags_follow_the_source_and_are_valid_tags() {

@@ -7,6 +7,8 @@
 
 pub mod batch;
 pub mod build;
+#[cfg(test)]
+mod fixtures;
 pub mod image;
 pub mod job;
 pub mod notebook;
