@@ -11,9 +11,8 @@ use substratus_crds::{Params, Resources};
 use super::job::{JobOutcome, ObservedJob};
 use super::storage::{artifact_prefix, owned_prefix_objects};
 use super::{
-    Blocked, Child, Deletable, Deletion, GENERATION_ANNOTATION, Parent, Plan, RefState, SOON,
-    Workload, input_generation_annotation, params_config_map, pod_problem, pod_template,
-    ready_condition, stamp_hash,
+    Blocked, Child, Deletable, GENERATION_ANNOTATION, Parent, Plan, RefState, SOON, Workload,
+    input_generation_annotation, params_config_map, pod_problem, pod_template, stamp_hash,
 };
 use crate::cloud::Cloud;
 use crate::conditions::{Desired, is_true_for, reasons, types};
@@ -150,9 +149,7 @@ fn up_to_date(
 }
 
 fn complete(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
-    let main = Desired::new(types::COMPLETE, status, reason, message);
-    let ready = ready_condition(&main);
-    vec![main, ready]
+    super::with_ready(types::COMPLETE, status, reason, message)
 }
 
 /// Plans a Model or Dataset.
@@ -195,10 +192,7 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
             plan.next_look = Some(SOON);
         }
         Some(job) if job.generation != generation => {
-            plan.delete.push(Deletion {
-                kind: Deletable::Job,
-                name: job_name.clone(),
-            });
+            plan.replace(Deletable::Job, job_name.clone());
             plan.conditions = complete(
                 false,
                 reasons::JOB_NOT_COMPLETE,
@@ -207,7 +201,6 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
                     generation.unwrap_or(0)
                 ),
             );
-            plan.next_look = Some(SOON);
         }
         Some(job) => match &job.outcome {
             JobOutcome::Complete => {
@@ -310,6 +303,7 @@ pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
 
 #[cfg(test)]
 mod tests {
+    use crate::plan::Deletion;
     use k8s_openapi::api::core::v1::PodSpec;
 
     /// The pod spec of the Job a plan creates.

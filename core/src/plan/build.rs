@@ -22,7 +22,7 @@ pub use super::image::{effective_image, image_tag, source_id, target_image};
 use super::job::JobOutcome;
 pub use super::job::ObservedBuildJob;
 use super::storage::own_objects;
-use super::{Child, Deletable, Deletion, Parent, Plan, SOON, pod_problem, stamp_hash};
+use super::{Child, Deletable, Parent, Plan, SOON, pod_problem, stamp_hash};
 use crate::cloud::{ArtifactPrefix, Cloud};
 use crate::conditions::{Desired, reasons, types};
 use crate::names::{self, MANAGED_BY, MANAGED_BY_LABEL, Role};
@@ -156,11 +156,7 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
                 || (matches!(j.outcome, JobOutcome::Failed { .. })
                     && j.attempt.as_deref() != Some(&attempt)) =>
         {
-            plan.delete.push(Deletion {
-                kind: Deletable::Job,
-                name: job_name.clone(),
-            });
-            plan.next_look = Some(SOON);
+            plan.replace(Deletable::Job, job_name.clone());
             block(
                 &mut plan,
                 built(

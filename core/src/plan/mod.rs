@@ -187,6 +187,12 @@ impl<X> Plan<X> {
         })
     }
 
+    /// Deletes the child `name` to replace it, and looks again soon to make its successor.
+    pub fn replace(&mut self, kind: Deletable, name: String) {
+        self.delete.push(Deletion { kind, name });
+        self.next_look = Some(SOON);
+    }
+
     /// Starts the workload `child` as `role`.
     pub fn start(&mut self, role: Role, child: Child) {
         self.account = Some(role);
@@ -504,6 +510,23 @@ pub fn ready_condition(main: &Desired) -> Desired {
         main.reason,
         main.message.clone(),
     )
+}
+
+/// A kind's main condition of type `type_` and the `Ready` that mirrors it.
+pub fn with_ready(
+    type_: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> Vec<Desired> {
+    let main = Desired::new(type_, status, reason, message);
+    let ready = ready_condition(&main);
+    vec![main, ready]
+}
+
+/// `Serving` (Servers and Notebooks) and `Ready`.
+pub fn serving(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
+    with_ready(crate::conditions::types::SERVING, status, reason, message)
 }
 
 #[cfg(test)]

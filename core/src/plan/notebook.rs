@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Pod, PodSpec, Secret, SecretKeySelector};
 use substratus_crds::NotebookSpec;
 
+use super::serving;
 use super::{
     Child, Deletable, Deletion, Parent, Plan, RefState, SOON, SPEC_HASH_ANNOTATION, ServingPort,
-    Workload, params_config_map, pod_problem, pod_template, ready_condition, stamp_hash,
+    Workload, params_config_map, pod_problem, pod_template, stamp_hash,
 };
 use crate::cloud::Cloud;
-use crate::conditions::{Desired, reasons, types};
+use crate::conditions::reasons;
 use crate::names::{self, Kind, KindChildren};
 use crate::plan::storage::{artifact_prefix, owned_prefix_objects};
 
@@ -95,12 +96,6 @@ pub struct NotebookExtra {
 
 /// What to do for a Notebook.
 pub type NotebookPlan = Plan<NotebookExtra>;
-
-fn serving(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
-    let main = Desired::new(types::SERVING, status, reason, message);
-    let ready = ready_condition(&main);
-    vec![main, ready]
-}
 
 /// Plans a Notebook.
 pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
@@ -250,16 +245,12 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
             plan.next_look = Some(SOON);
         }
         Some(p) if p.spec_hash != desired_hash => {
-            plan.delete.push(Deletion {
-                kind: Deletable::Pod,
-                name: pod_name.clone(),
-            });
+            plan.replace(Deletable::Pod, pod_name.clone());
             plan.conditions = serving(
                 false,
                 reasons::POD_NOT_READY,
                 format!("replacing Pod {pod_name}: its spec changed"),
             );
-            plan.next_look = Some(SOON);
         }
         Some(p) if p.running_and_ready => {
             plan.ready = true;
@@ -270,16 +261,12 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
             );
         }
         Some(p) if p.failed => {
-            plan.delete.push(Deletion {
-                kind: Deletable::Pod,
-                name: pod_name.clone(),
-            });
+            plan.replace(Deletable::Pod, pod_name.clone());
             plan.conditions = serving(
                 false,
                 reasons::POD_FAILED,
                 format!("Pod {pod_name} failed; replacing it"),
             );
-            plan.next_look = Some(SOON);
         }
         Some(_) => {
             plan.conditions = match pod_problem(input.pods) {

@@ -8,12 +8,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use substratus_crds::ServerSpec;
 
+use super::serving;
 use super::{
     Child, Mount, Parent, Plan, RefState, ServingPort, Workload, params_config_map, pod_problem,
-    pod_template, ready_condition, stamp_hash,
+    pod_template, stamp_hash,
 };
 use crate::cloud::{Access, Cloud};
-use crate::conditions::{Desired, reasons, types};
+use crate::conditions::reasons;
 use crate::names::{self, Kind, KindChildren};
 
 /// The serving port: `http-serve` 8080, ready when `/` answers.
@@ -47,12 +48,6 @@ pub struct ServerExtra {
 
 /// What to do for a Server.
 pub type ServerPlan = Plan<ServerExtra>;
-
-fn serving(status: bool, reason: &'static str, message: impl Into<String>) -> Vec<Desired> {
-    let main = Desired::new(types::SERVING, status, reason, message);
-    let ready = ready_condition(&main);
-    vec![main, ready]
-}
 
 /// Plans a Server.
 pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
@@ -197,6 +192,7 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
 mod tests {
     use super::*;
     use crate::cloud::BucketUrl;
+    use crate::conditions::types;
     use crate::fake::FakeCloud;
     use substratus_crds::ObjectRef;
 
