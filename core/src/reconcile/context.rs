@@ -446,15 +446,11 @@ impl Context {
                 )));
             }
         };
-        let found = found.map(|(status, uid)| {
-            let s = status.unwrap_or_default();
-            let run = completed_generation(&s.conditions);
-            (s.ready, s.artifacts.and_then(|a| a.url), uid, run)
-        });
-        let Some((ready, recorded, uid, run)) = found else {
+        let Some((status, uid)) = found else {
             return Ok(RefState::NotFound);
         };
-        if !ready {
+        let status = status.unwrap_or_default();
+        if !status.ready {
             return Ok(RefState::NotReady);
         }
         let parent = Parent {
@@ -464,10 +460,11 @@ impl Context {
             uid: uid.unwrap_or_default(),
             generation: None,
         };
+        let recorded = status.artifacts.and_then(|a| a.url);
         let prefix = artifact_prefix(&parent, recorded.as_deref(), self.cloud.as_ref());
         Ok(RefState::Ready {
             artifacts: prefix.artifacts(),
-            generation: run,
+            generation: completed_generation(&status.conditions),
         })
     }
 
