@@ -44,6 +44,9 @@ done
 step "go vet and go test of the S3 CSI plugin (csi/s3)"
 (cd csi/s3 && GOFLAGS=-mod=readonly go vet ./... && GOFLAGS=-mod=readonly go test ./...)
 
+step "the reference workloads' own tests (images/tinylm, Python standard library)"
+python3 -m unittest discover -q -s images/tinylm/tests -t images/tinylm
+
 step "terraform checks"
 hack/check-terraform.sh
 

@@ -1,0 +1,195 @@
+"""Server: an OpenAI-compatible HTTP API over the model at `/content/model` (env `MODEL`),
+on port 8080 (env `PORT`). `GET /` answers 200 only once the weights are loaded (503
+before), so a readiness probe on `/` waits for them.
+
+- `GET /v1/models`
+- `POST /v1/completions`: `prompt`, `max_tokens` (16), `temperature` (1.0), `seed`, `stop`,
+  `stream` (server-sent events, ending with `data: [DONE]`)
+- `POST /v1/chat/completions`: `messages` ([{role, content}]), the same options
+"""
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .model import Model
+
+MAX_TOKENS = 4096
+
+
+class BadRequest(Exception):
+    pass
+
+
+class State:
+    def __init__(self, name):
+        self.name = name
+        self.model = None
+        self.error = None
+        self.loaded = threading.Event()
+
+
+def chat_prompt(messages):
+    """The prompt the chat messages read as, ending where the assistant speaks."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages: a non-empty list of {role, content} is required")
+    lines = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise BadRequest(f"messages[{i}]: an object with a string content is required")
+        lines.append(f"{m.get('role', 'user')}: {m['content']}")
+    return "\n".join(lines) + "\nassistant:"
+
+
+def options(body):
+    max_tokens = body.get("max_tokens", 16)
+    if not isinstance(max_tokens, int) or not 0 < max_tokens <= MAX_TOKENS:
+        raise BadRequest(f"max_tokens: an integer from 1 to {MAX_TOKENS}")
+    temperature = body.get("temperature", 1.0)
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise BadRequest("temperature: a number >= 0")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise BadRequest("stop: a string or a list of strings")
+    seed = body.get("seed")
+    if seed is not None and not isinstance(seed, int):
+        raise BadRequest("seed: an integer")
+    return {"max_tokens": max_tokens, "temperature": float(temperature), "stop": stop, "seed": seed}
+
+
+class Handler(BaseHTTPRequestHandler):
+    state = None
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        print(f"{self.address_string()} {fmt % args}", flush=True)
+
+    def reply(self, code, value):
+        raw = json.dumps(value).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def error(self, code, message, kind="invalid_request_error"):
+        self.reply(code, {"error": {"message": message, "type": kind}})
+
+    def do_GET(self):
+        s = self.state
+        if self.path == "/":
+            if s.error:
+                return self.error(500, f"the model did not load: {s.error}", "server_error")
+            if not s.loaded.is_set():
+                return self.error(503, "loading the model", "server_error")
+            return self.reply(200, {"status": "ok", "model": s.name})
+        if self.path == "/v1/models":
+            data = [{"id": s.name, "object": "model", "created": 0, "owned_by": "substratus"}]
+            return self.reply(200, {"object": "list", "data": data if s.loaded.is_set() else []})
+        self.error(404, f"no route {self.path}")
+
+    def do_POST(self):
+        s = self.state
+        if self.path not in ("/v1/completions", "/v1/chat/completions"):
+            return self.error(404, f"no route {self.path}")
+        if not s.loaded.is_set() or s.model is None:
+            return self.error(503, "the model is not loaded yet", "server_error")
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if not isinstance(body, dict):
+                raise BadRequest("the body must be a JSON object")
+            chat = self.path == "/v1/chat/completions"
+            if chat:
+                prompt = chat_prompt(body.get("messages"))
+            else:
+                prompt = body.get("prompt", "")
+                if isinstance(prompt, list) and len(prompt) == 1:
+                    prompt = prompt[0]
+                if not isinstance(prompt, str):
+                    raise BadRequest("prompt: a string")
+            opts = options(body)
+        except (ValueError, BadRequest) as e:
+            return self.error(400, str(e))
+        pieces = s.model.generate(prompt, **opts)
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        common = {"id": ident, "created": int(time.time()), "model": s.name}
+        if body.get("stream"):
+            return self.stream(pieces, chat, common)
+        text = "".join(pieces)
+        n = len(text)
+        finish = "length" if n >= opts["max_tokens"] else "stop"
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": n, "total_tokens": len(prompt) + n}
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+            return self.reply(200, {**common, "object": "chat.completion", "choices": [choice], "usage": usage})
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        self.reply(200, {**common, "object": "text_completion", "choices": [choice], "usage": usage})
+
+    def stream(self, pieces, chat, common):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def event(choice):
+            raw = json.dumps({**common, "object": kind, "choices": [choice]})
+            self.wfile.write(f"data: {raw}\n\n".encode())
+            self.wfile.flush()
+
+        if chat:
+            event({"index": 0, "delta": {"role": "assistant"}, "finish_reason": None})
+        for piece in pieces:
+            if chat:
+                event({"index": 0, "delta": {"content": piece}, "finish_reason": None})
+            else:
+                event({"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
+        if chat:
+            event({"index": 0, "delta": {}, "finish_reason": "stop"})
+        else:
+            event({"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"})
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def load(state, directory):
+    try:
+        state.model = Model.load(directory)
+        print(f"loaded {directory}: {state.model.config}", flush=True)
+    except (OSError, ValueError) as e:
+        state.error = str(e)
+        print(f"error: cannot load the model at {directory}: {e}", flush=True)
+    finally:
+        state.loaded.set()
+
+
+def server(directory, port, name, host="0.0.0.0"):
+    """A server bound to `port` that loads the model in the background."""
+    state = State(name)
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=load, args=(state, directory), daemon=True).start()
+    return httpd, state
+
+
+def main():
+    directory = os.environ.get("MODEL", "/content/model")
+    port = int(os.environ.get("PORT", "8080"))
+    name = os.environ.get("SERVER_MODEL_NAME") or socket.gethostname()
+    httpd, _ = server(directory, port, name)
+    print(f"serving {directory} as {name} on :{port}", flush=True)
+    httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
