@@ -3,7 +3,7 @@
 # runc (the container runtime), the CNI plugins (bridge, host-local, portmap, loopback),
 # iptables (kube-proxy and the bridge's masquerade), a static busybox (the test workloads'
 # image), s3fs and FUSE (the S3 CSI plugin's mounter), gcc (the pause image), debootstrap
-# (the Python base image). Idempotent;
+# (the Python base image), pip (the notebook image's wheels). Idempotent;
 # needs root. Prints nothing when everything is there.
 set -euo pipefail
 
@@ -23,6 +23,8 @@ need=()
 for path in "${!want[@]}"; do
   [[ -e "$path" ]] || need+=("${want[$path]}")
 done
+# pip, which fetches the notebook image's Jupyter wheels: Debian's when this Python has none.
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [[ ${#need[@]} -gt 0 ]]; then
   if [[ $(id -u) -ne 0 ]]; then
     echo "the real node needs ${need[*]} (Debian packages) and root to install them" >&2

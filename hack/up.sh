@@ -46,17 +46,20 @@ s3_endpoint="$(cat .s3.endpoint)"
 s3_port="${s3_endpoint##*:}"
 
 if [[ $real_node == 1 ]]; then
-  echo "==> building the operator image (release build) and the workload image"
+  echo "==> building the operator image (release build) and the workload images"
   t0=$(date +%s)
   cargo build -q --release -p substratus-operator
   operator_image="$("$devcluster" image-build operator --binary "$target/release/substratus-operator" --tag dev)"
   busybox_image="$("$devcluster" image-build busybox)"
   kaniko_image="$("$devcluster" image-build kaniko)"
   python_image="$("$devcluster" image-build python)"
+  tinylm_image="$("$devcluster" image-build tinylm)"
+  notebook_image="$("$devcluster" image-build notebook)"
   echo "    images ready in $(( $(date +%s) - t0 ))s"
   echo "==> starting the cluster: a real node, GKE and kind GPU pools simulated"
   SUBSTRATUS_PROFILE="${SUBSTRATUS_PROFILE:-gcp,kind}" hack/cluster-up.sh --real-node \
     --node-image "$operator_image" --node-image "$busybox_image" --node-image "$kaniko_image" \
+    --node-image "$tinylm_image" --node-image "$notebook_image" \
     --node-forward "$s3_port"
   # The base images of examples/local/custom-model and examples/custom-model, in the registry
   # kaniko pulls from (python:3.11-slim through the builder's registry mirror).
@@ -114,11 +117,17 @@ if [[ $real_node == 1 ]]; then
   echo
   $kubectl get ai -A
   echo
-  echo "==> what the fine-tuned Model's Server answers (kubectl port-forward)"
+  echo "==> what the fine-tuned Model's Server answers (kubectl port-forward, /v1/completions)"
   port="$(free_port)"
   $kubectl port-forward service/local-server-server "$port:8080" --address 127.0.0.1 >/dev/null 2>&1 &
   fwd=$!
-  for _ in $(seq 1 50); do curl -fs "127.0.0.1:$port/" 2>/dev/null && break; sleep 0.2; done
+  for _ in $(seq 1 50); do curl -fs "127.0.0.1:$port/" >/dev/null 2>&1 && break; sleep 0.2; done
+  prompt='Q: What does a Server do?\nA:'
+  echo "    prompt: $prompt"
+  curl -fs "127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"prompt\": \"$prompt\", \"max_tokens\": 40, \"temperature\": 0, \"stop\": [\"\\n\"]}" \
+    | python3 -c 'import json, sys; print("    completion:", repr(json.load(sys.stdin)["choices"][0]["text"]))' \
+    || { echo "    no completion"; ready=0; }
   kill "$fwd" 2>/dev/null || true
   echo
   echo "Objects in the bucket (.s3/substratus-artifacts):"

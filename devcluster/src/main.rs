@@ -214,12 +214,16 @@ fn main() -> Result<()> {
                 "busybox" => recipes::busybox()?,
                 "kaniko" => recipes::kaniko(&locate_binaries()?)?,
                 "python" => recipes::python()?,
+                "tinylm" => recipes::tinylm()?,
+                "notebook" => recipes::notebook()?,
                 "operator" => {
                     let binary = binary.context("--binary: the operator binary is required")?;
                     recipes::operator(&binary, &tag)?
                 }
                 other => {
-                    bail!("unknown image {other:?}; expected pause, busybox, kaniko or operator")
+                    bail!(
+                        "unknown image {other:?}; expected pause, busybox, kaniko, python, tinylm, notebook or operator"
+                    )
                 }
             };
             eprintln!(

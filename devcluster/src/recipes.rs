@@ -287,6 +287,20 @@ fn add_tree(r: &mut Recipe, root: &Path, dir: &Path) -> Result<()> {
 /// mirror setting reads instead of Docker Hub. The root filesystem is made once (about a
 /// minute) and kept in the cache.
 pub fn python() -> Result<Built> {
+    let rootfs = python_rootfs()?;
+    let mut r = Recipe::new(PYTHON_REFERENCE);
+    add_tree(&mut r, &rootfs, &rootfs)?;
+    r.files.remove(".complete");
+    r.config.env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "LANG=C.UTF-8".into(),
+    ];
+    r.config.cmd = vec!["python3".into()];
+    image::build(&r, &cache_dir())
+}
+
+/// The Python image's root filesystem, made by debootstrap once and kept in the cache.
+fn python_rootfs() -> Result<PathBuf> {
     let cache = cache_dir();
     let key = format!(
         "{PYTHON_SUITE}-minbase-{}",
@@ -322,15 +336,215 @@ pub fn python() -> Result<Built> {
         std::fs::rename(&partial, &rootfs)?;
         std::fs::write(rootfs.join(".complete"), "")?;
     }
-    let mut r = Recipe::new(PYTHON_REFERENCE);
+    Ok(rootfs)
+}
+
+/// The reference workloads' image: the Python image plus `images/tinylm` at `/opt/tinylm`
+/// (and its sample records at `/opt/tinylm/data`), with one command per role on `$PATH`
+/// (`load-dataset`, `load-model`, `train`, `serve`); `serve` is the default. The tag is the
+/// package's version.
+pub const TINYLM_REPOSITORY: &str = "localhost/substratus/tinylm";
+
+/// The version in `images/tinylm/tinylm/__init__.py`.
+pub fn tinylm_version() -> Result<String> {
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/tinylm/tinylm/__init__.py");
+    let text =
+        std::fs::read_to_string(&init).with_context(|| format!("reading {}", init.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("__version__ = \"")?.strip_suffix('"'))
+        .map(str::to_owned)
+        .with_context(|| format!("no __version__ in {}", init.display()))
+}
+
+pub fn tinylm() -> Result<Built> {
+    image::build(&tinylm_recipe()?, &cache_dir())
+}
+
+fn tinylm_recipe() -> Result<Recipe> {
+    let rootfs = python_rootfs()?;
+    let mut r = Recipe::new(format!("{TINYLM_REPOSITORY}:{}", tinylm_version()?));
     add_tree(&mut r, &rootfs, &rootfs)?;
     r.files.remove(".complete");
+    let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/tinylm/tinylm");
+    let mut sources: Vec<_> = std::fs::read_dir(&package)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("py" | "txt")))
+        .collect();
+    sources.sort();
+    for path in sources {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(name) = name else { continue };
+        r.add(
+            &format!("opt/tinylm/tinylm/{name}"),
+            Source::File(path, 0o644),
+        );
+    }
+    for (command, module) in [
+        ("load-dataset", "load_dataset"),
+        ("load-model", "load_model"),
+        ("train", "train"),
+        ("serve", "serve"),
+    ] {
+        let script = format!("#!/bin/sh\nexec python3 -m tinylm.{module} \"$@\"\n");
+        r.add(
+            &format!("usr/local/bin/{command}"),
+            Source::Bytes(script.into_bytes(), 0o755),
+        );
+    }
+    // The sample records the local examples' Dataset copies.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/tinylm/data");
+    for e in std::fs::read_dir(&data)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        r.add(
+            &format!("opt/tinylm/data/{name}"),
+            Source::File(e.path(), 0o644),
+        );
+    }
+    r.add("content", Source::Dir(0o755));
     r.config.env = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         "LANG=C.UTF-8".into(),
+        "PYTHONPATH=/opt/tinylm".into(),
+        "PYTHONUNBUFFERED=1".into(),
     ];
-    r.config.cmd = vec!["python3".into()];
-    image::build(&r, &cache)
+    r.config.working_dir = "/content".into();
+    r.config.cmd = vec!["serve".into()];
+    r.config.exposed_ports = vec![8080];
+    Ok(r)
+}
+
+/// The notebook image: the reference workloads' image with Jupyter (notebook and ipykernel,
+/// from PyPI wheels for CPython 3.11 on x86_64 Linux, downloaded once into the cache) on
+/// `$PYTHONPATH`, serving on 8888 with the operator's default command (`jupyter lab
+/// --NotebookApp.token=$(NOTEBOOK_TOKEN) --notebook-dir=/content`).
+pub const NOTEBOOK_REPOSITORY: &str = "localhost/substratus/tinylm-notebook";
+/// The Jupyter packages of the notebook image.
+const JUPYTER_PACKAGES: [&str; 2] = ["notebook==7.2.2", "ipykernel==6.29.5"];
+
+/// `pip` options that pick wheels for the image's Python, whatever this machine runs.
+const WHEEL_TARGET: [&str; 13] = [
+    "--only-binary=:all:",
+    "--implementation",
+    "cp",
+    "--python-version",
+    "3.11",
+    "--platform",
+    "manylinux2014_x86_64",
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--platform",
+    "manylinux_2_28_x86_64",
+    "--platform",
+    "any",
+];
+
+/// The Jupyter packages installed into a directory for `$PYTHONPATH`, made once and cached
+/// by the package versions.
+fn jupyter_site() -> Result<PathBuf> {
+    let cache = cache_dir();
+    let key = JUPYTER_PACKAGES.join("-").replace("==", "-");
+    let site = cache.join("site").join(&key);
+    if site.join(".complete").is_file() {
+        return Ok(site);
+    }
+    let wheels = cache.join("wheels").join(&key);
+    if !wheels.join(".complete").is_file() {
+        std::fs::create_dir_all(&wheels)?;
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "-d",
+            ])
+            .arg(&wheels)
+            .args(WHEEL_TARGET)
+            .args(JUPYTER_PACKAGES))
+        .context("downloading the Jupyter wheels (python3 -m pip)")?;
+        std::fs::write(wheels.join(".complete"), "")?;
+    }
+    let partial = cache.join("site").join(format!("{key}.partial"));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)?;
+    }
+    std::fs::create_dir_all(&partial)?;
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-index",
+        ])
+        .args(["--no-compile", "--find-links"])
+        .arg(&wheels)
+        .arg("--target")
+        .arg(&partial)
+        .args(WHEEL_TARGET)
+        .args(JUPYTER_PACKAGES))
+    .context("installing the Jupyter wheels")?;
+    if site.exists() {
+        std::fs::remove_dir_all(&site)?;
+    }
+    std::fs::rename(&partial, &site)?;
+    std::fs::write(site.join(".complete"), "")?;
+    Ok(site)
+}
+
+pub fn notebook() -> Result<Built> {
+    let base = tinylm_recipe()?;
+    let site = jupyter_site()?;
+    let mut r = base;
+    r.reference = format!("{NOTEBOOK_REPOSITORY}:{}", tinylm_version()?);
+    // The wheels' own scripts name this machine's Python; the image runs the modules.
+    let mut jupyter = Recipe::new("");
+    add_tree(&mut jupyter, &site, &site)?;
+    for (path, source) in jupyter.files {
+        if path == ".complete" || path == "bin" || path.starts_with("bin/") {
+            continue;
+        }
+        r.files.insert(format!("opt/jupyter/{path}"), source);
+    }
+    r.files.insert("opt/jupyter".into(), Source::Dir(0o755));
+    // `jupyter X` runs `jupyter-X` from $PATH.
+    for (command, module) in [
+        ("jupyter", "jupyter"),
+        ("jupyter-lab", "jupyterlab"),
+        ("jupyter-notebook", "notebook"),
+        ("jupyter-server", "jupyter_server"),
+        ("jupyter-kernel", "jupyter_client.kernelapp"),
+    ] {
+        let script = format!("#!/bin/sh\nexec python3 -m {module} \"$@\"\n");
+        r.add(
+            &format!("usr/local/bin/{command}"),
+            Source::Bytes(script.into_bytes(), 0o755),
+        );
+    }
+    r.config.env = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "LANG=C.UTF-8".into(),
+        "PYTHONPATH=/opt/tinylm:/opt/jupyter".into(),
+        "PYTHONUNBUFFERED=1".into(),
+        "JUPYTER_PATH=/opt/jupyter/share/jupyter".into(),
+        "JUPYTER_DATA_DIR=/tmp/jupyter-data".into(),
+        "JUPYTER_RUNTIME_DIR=/tmp/jupyter-runtime".into(),
+    ];
+    r.config.cmd = [
+        "jupyter",
+        "lab",
+        "--allow-root",
+        "--ip=0.0.0.0",
+        "--no-browser",
+        "--notebook-dir=/content",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    r.config.exposed_ports = vec![8888];
+    image::build(&r, &cache_dir())
 }
 
 #[cfg(test)]

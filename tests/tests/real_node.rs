@@ -17,6 +17,9 @@ use substratus_devcluster::s3::S3Server;
 use substratus_tests::cluster::{self, TestNamespace, wait_for};
 use substratus_tests::operator::{RunningOperator, csi_secret, kind_cloud_on_real_node};
 
+#[path = "real_node/workloads.rs"]
+mod workloads;
+
 /// What the machine holds that a real node could leave behind.
 #[derive(Debug, PartialEq, Eq)]
 struct MachineState {
@@ -921,6 +924,7 @@ async fn a_real_node_runs_containers_and_leaves_nothing_behind() {
         .expect("relaying the S3 port into the node's namespace");
         apply(&csi_secret(&s3));
         the_operator_runs_models_servers_and_notebooks_on_the_real_node(&s3).await;
+        workloads::the_reference_workloads_load_train_and_serve_a_model(&s3).await;
         uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run(&s3).await;
         the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(&s3).await;
     }

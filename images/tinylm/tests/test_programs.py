@@ -23,7 +23,8 @@ def run(program, content, params=None):
     if params is not None:
         with open(os.path.join(content, "params.json"), "w") as f:
             json.dump(params, f)
-    env = dict(os.environ, CONTENT_DIR=content, PYTHONPATH=HERE)
+    env = dict(os.environ, CONTENT_DIR=content, PYTHONPATH=HERE,
+               TERMINATION_LOG=os.path.join(content, "termination-log"))
     return subprocess.run(
         [sys.executable, "-m", f"tinylm.{program}"], env=env, capture_output=True, text=True, timeout=120
     )
@@ -72,6 +73,8 @@ class ProgramsTest(unittest.TestCase):
             r = run("load_dataset", self.content("bad"), params)
             self.assertEqual(r.returncode, 1, params)
             self.assertIn(named, r.stderr)
+            # The same words in the termination log, for the Job's failure message.
+            self.assertIn(named, open(os.path.join(self.content("bad"), "termination-log")).read())
 
     def test_a_base_model_is_made_then_fine_tuned_into_other_weights_with_checkpoints(self):
         base = self.content("base")
@@ -139,7 +142,10 @@ class ServerTest(unittest.TestCase):
             return e.code, e.read().decode()
 
     def test_ready_and_models(self):
-        self.assertEqual(self.call("/")[0], 200)
+        code, body = self.call("/")
+        self.assertEqual(code, 200)
+        # What is loaded: the model's own config.
+        self.assertEqual(json.loads(body)["config"]["name"], "t")
         code, body = self.call("/v1/models")
         self.assertEqual(code, 200)
         self.assertEqual(json.loads(body)["data"][0]["id"], "tiny")

@@ -43,9 +43,9 @@ def main():
         if not os.path.exists(src):
             contract.fail(f"params.path: {src} does not exist in the image")
         if os.path.isdir(src):
-            shutil.copytree(src, out, dirs_exist_ok=True)
+            contract.copy_tree(src, out)
         else:
-            shutil.copy(src, out)
+            shutil.copyfile(src, os.path.join(out, os.path.basename(src)))
         contract.log(f"copied {src} -> {out}")
     else:
         contract.fail("params: set url (or urls) to fetch, or path to copy from the image")
@@ -54,4 +54,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    contract.main(main)

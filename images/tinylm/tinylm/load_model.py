@@ -3,7 +3,6 @@ the image when it holds one, else created and pre-trained on `params.corpus` (or
 that ships with the image) for `params.epochs` passes."""
 
 import os
-import shutil
 import time
 
 from . import contract
@@ -22,7 +21,7 @@ def main():
             Model.load(src)
         except (OSError, ValueError) as e:
             contract.fail(f"params.path: {src} holds no model: {e}")
-        shutil.copytree(src, out, dirs_exist_ok=True)
+        contract.copy_tree(src, out)
         contract.log(f"imported the model at {src}")
         return
     corpus = p.get("corpus")
@@ -42,4 +41,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    contract.main(main)

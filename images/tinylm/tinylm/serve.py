@@ -88,7 +88,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.error(500, f"the model did not load: {s.error}", "server_error")
             if not s.loaded.is_set():
                 return self.error(503, "loading the model", "server_error")
-            return self.reply(200, {"status": "ok", "model": s.name})
+            config = s.model.config if s.model else {}
+            return self.reply(200, {"status": "ok", "model": s.name, "config": config})
         if self.path == "/v1/models":
             data = [{"id": s.name, "object": "model", "created": 0, "owned_by": "substratus"}]
             return self.reply(200, {"object": "list", "data": data if s.loaded.is_set() else []})

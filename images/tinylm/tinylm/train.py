@@ -97,4 +97,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    contract.main(main)
