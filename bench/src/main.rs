@@ -308,7 +308,7 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
             uid: uid.to_owned(),
             generation: Some(1),
         };
-        let prefix = substratus_core::plan::storage::artifact_prefix(&parent, None, &cloud);
+        let prefix = substratus_core::plan::storage::artifact_prefix(&parent, &cloud);
         let objects =
             substratus_core::plan::storage::owned_prefix_objects(&parent, &prefix, &cloud);
         let claim = substratus_clouds::kind::KindCloud::claim_name(&prefix.artifacts());

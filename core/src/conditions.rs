@@ -57,6 +57,8 @@ pub mod reasons {
     pub const DATASET_CHANGED: &str = "DatasetChanged";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const CLOUD_ERROR: &str = "CloudError";
+    /// `status.artifacts.url` names a location that is not the object's own.
+    pub const FOREIGN_ARTIFACTS_URL: &str = "ForeignArtifactsURL";
 }
 
 /// A condition as a planner wants it; [`merge`] turns it into a `metav1.Condition`.

@@ -404,7 +404,6 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                         uploaded: c.flag,
                         job: c.job.as_ref().map(ObservedBuildJob::from_job),
                         pods: &[],
-                        artifacts_url: c.artifacts_url.as_deref(),
                         settings: &settings,
                     };
                     let p = build::plan(&input, cloud);

@@ -297,7 +297,6 @@ fn plans(name: &str, ns: &str, spec: &Value, cloud: &dyn Cloud) -> Vec<(Kind, Va
                     uploaded: true,
                     job: None,
                     pods: &[],
-                    artifacts_url: None,
                     settings: &settings,
                 },
                 cloud,

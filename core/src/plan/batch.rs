@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use substratus_crds::{Params, Resources};
 
 use super::job::{JobOutcome, ObservedJob};
-use super::storage::{artifact_prefix, owned_prefix_objects};
+use super::storage::{artifact_prefix, foreign_location, owned_prefix_objects};
 use super::{
     Blocked, Child, Deletable, GENERATION_ANNOTATION, Parent, Plan, RefState, SOON, Workload,
     input_generation_annotation, params_config_map, pod_problem, pod_template, stamp_hash,
@@ -35,7 +35,7 @@ pub struct BatchInput<'a> {
     pub spec: BatchSpec<'a>,
     /// Conditions currently in status.
     pub conditions: &'a [Condition],
-    /// `status.artifacts.url`, honoured once set.
+    /// `status.artifacts.url`: accepted only when it is the object's own location.
     pub artifacts_url: Option<&'a str>,
     /// `spec.model` (Model only), `None` when not referenced.
     pub base_model: Option<RefState>,
@@ -156,10 +156,16 @@ fn complete(status: bool, reason: &'static str, message: impl Into<String>) -> V
 pub fn plan(input: &BatchInput<'_>, cloud: &dyn Cloud) -> BatchPlan {
     let parent = &input.parent;
     let generation = parent.generation;
-    let prefix = artifact_prefix(parent, input.artifacts_url, cloud);
+    let prefix = artifact_prefix(parent, cloud);
     let mut plan = Plan::new(BatchExtra {
         artifacts_url: prefix.url.to_string(),
     });
+    if let Some(why) = foreign_location(input.artifacts_url, &prefix) {
+        // Kept as recorded, so that what was there is not lost; no child, no Job.
+        plan.extra.artifacts_url = input.artifacts_url.unwrap_or_default().to_owned();
+        plan.conditions = complete(false, reasons::FOREIGN_ARTIFACTS_URL, why);
+        return plan;
+    }
 
     let Some(image) = input.spec.image else {
         plan.conditions = complete(
@@ -652,12 +658,59 @@ mod tests {
     }
 
     #[test]
-    fn a_recorded_artifacts_url_is_honoured() {
+    fn its_own_recorded_location_is_accepted() {
         let f = fixture();
-        let mut i = input(&f, Kind::Model, 1);
-        i.artifacts_url = Some("fake://old-bucket/abc");
-        let p = plan(&i, &FakeCloud::default());
-        assert_eq!(p.extra.artifacts_url, "fake://old-bucket/abc");
+        let cloud = FakeCloud::default();
+        let own = plan(&input(&f, Kind::Model, 1), &cloud).extra.artifacts_url;
+        for recorded in [own.clone(), format!("{own}/")] {
+            let mut i = input(&f, Kind::Model, 1);
+            i.artifacts_url = Some(&recorded);
+            let p = plan(&i, &cloud);
+            assert_eq!(p.extra.artifacts_url, own);
+            assert!(p.job().is_some(), "{recorded}");
+        }
+    }
+
+    #[test]
+    fn a_recorded_location_not_its_own_is_a_condition_never_a_mount() {
+        let f = fixture();
+        let cloud = FakeCloud::default();
+        let own = plan(&input(&f, Kind::Model, 1), &cloud).extra.artifacts_url;
+        let bucket = own.rsplit_once('/').unwrap().0.to_owned();
+        for forged in [
+            // Another object's prefix, the bucket's root, a path below its own, another
+            // bucket, mount options through a comma, and what does not parse.
+            format!("{bucket}/0123456789abcdef0123456789abcdef"),
+            bucket.clone(),
+            format!("{own}/artifacts"),
+            "fake://old-bucket/abc".to_owned(),
+            format!("{own},implicit-dirs,uid=0"),
+            "not a url".to_owned(),
+        ] {
+            let mut i = input(&f, Kind::Model, 1);
+            i.artifacts_url = Some(&forged);
+            let p = plan(&i, &cloud);
+            assert!(
+                p.children.is_empty() && p.create.is_empty() && p.job().is_none(),
+                "{forged}: {p:?}"
+            );
+            assert_eq!(
+                reason(&p),
+                (reasons::FOREIGN_ARTIFACTS_URL, false),
+                "{forged}"
+            );
+            assert_eq!(p.extra.artifacts_url, forged, "the recorded value is kept");
+            let c = p
+                .conditions
+                .iter()
+                .find(|c| c.type_ == types::COMPLETE)
+                .unwrap();
+            assert!(
+                c.message.contains(&own) && c.message.contains("remove"),
+                "{}",
+                c.message
+            );
+        }
     }
 
     #[test]

@@ -70,7 +70,6 @@ pub struct BuildInput<'a> {
     pub job: Option<ObservedBuildJob>,
     /// Pods of the build Job, to explain a wait or a failure.
     pub pods: &'a [Pod],
-    pub artifacts_url: Option<&'a str>,
     pub settings: &'a BuildSettings,
 }
 
@@ -207,7 +206,7 @@ pub fn plan(input: &BuildInput<'_>, cloud: &dyn Cloud) -> BuildPlan {
             }
         },
         None => {
-            let prefix = super::storage::artifact_prefix(parent, input.artifacts_url, cloud);
+            let prefix = super::storage::artifact_prefix(parent, cloud);
             match build_job(input, &prefix, &target, &source, &attempt, cloud) {
                 Ok((job, objects)) => {
                     plan.children = objects;
@@ -470,7 +469,6 @@ mod tests {
             uploaded: true,
             job: None,
             pods: &[],
-            artifacts_url: None,
             settings: s,
         }
     }

@@ -14,7 +14,7 @@ use super::{
 use crate::cloud::Cloud;
 use crate::conditions::reasons;
 use crate::names::{self, Kind, KindChildren};
-use crate::plan::storage::{artifact_prefix, owned_prefix_objects};
+use crate::plan::storage::{artifact_prefix, foreign_location, owned_prefix_objects};
 
 /// Jupyter's port, ready when `/api` answers.
 pub const NOTEBOOK_PORT: ServingPort = ServingPort {
@@ -100,13 +100,19 @@ pub type NotebookPlan = Plan<NotebookExtra>;
 /// Plans a Notebook.
 pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
     let parent = &input.parent;
-    let prefix = artifact_prefix(parent, input.artifacts_url, cloud);
+    let prefix = artifact_prefix(parent, cloud);
     let token_secret = names::notebook_token_secret(&parent.name);
     let pod_name = Kind::Notebook.workload_name(&parent.name);
     let mut plan = Plan::new(NotebookExtra {
         artifacts_url: prefix.url.to_string(),
         token_secret: token_secret.clone(),
     });
+    if let Some(why) = foreign_location(input.artifacts_url, &prefix) {
+        // Kept as recorded, so that what was there is not lost; no child, no Pod.
+        plan.extra.artifacts_url = input.artifacts_url.unwrap_or_default().to_owned();
+        plan.conditions = serving(false, reasons::FOREIGN_ARTIFACTS_URL, why);
+        return plan;
+    }
     let Some(image) = input.spec.image.as_deref() else {
         plan.conditions = serving(
             false,
@@ -326,6 +332,33 @@ mod tests {
                 }
             })
             .expect("a Pod")
+    }
+
+    #[test]
+    fn a_recorded_location_not_its_own_gets_no_pod_no_volume_and_says_so() {
+        let s = spec(None);
+        let cloud = FakeCloud::default();
+        let own = plan(&input(&s, None, true), &cloud).extra.artifacts_url;
+        let forged = format!("{},rw", own.rsplit_once('/').unwrap().0);
+        let mut i = input(&s, None, true);
+        i.artifacts_url = Some(&forged);
+        let p = plan(&i, &cloud);
+        assert!(p.children.is_empty() && p.create.is_empty(), "{p:?}");
+        assert_eq!(p.extra.artifacts_url, forged);
+        let c = p
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::conditions::types::SERVING)
+            .unwrap();
+        assert_eq!(
+            (c.reason, c.status),
+            (reasons::FOREIGN_ARTIFACTS_URL, false)
+        );
+        i.artifacts_url = Some(&own);
+        assert!(
+            !plan(&i, &cloud).create.is_empty(),
+            "its own location is accepted"
+        );
     }
 
     #[test]

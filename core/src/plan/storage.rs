@@ -2,15 +2,14 @@
 //! (static volumes, claims) as children of the object.
 
 use super::{Child, Parent};
-use crate::cloud::{ArtifactPrefix, BucketUrl, Cloud};
+use crate::cloud::{ArtifactPrefix, Cloud};
 use crate::names;
 
-/// The storage prefix of an object: the URL recorded in status if any, else computed.
-pub fn artifact_prefix(
-    parent: &Parent,
-    recorded: Option<&str>,
-    cloud: &dyn Cloud,
-) -> ArtifactPrefix {
+/// The storage prefix of an object: the configured bucket and the hash of the object's
+/// identity. Nothing in its status changes it: a status is writable by whoever may write
+/// `*/status`, and a location taken from it would point the operator's credentials (mounts,
+/// volumes, signed URLs) at any path of the bucket.
+pub fn artifact_prefix(parent: &Parent, cloud: &dyn Cloud) -> ArtifactPrefix {
     let config = cloud.config();
     let hash = names::storage_prefix(
         &config.cluster_name,
@@ -18,14 +17,28 @@ pub fn artifact_prefix(
         parent.kind,
         &parent.name,
     );
-    let url = recorded
-        .and_then(|u| BucketUrl::parse(u).ok())
-        .unwrap_or_else(|| config.artifact_bucket.join(&hash));
     ArtifactPrefix {
         namespace: parent.namespace.clone(),
+        url: config.artifact_bucket.join(&hash),
         hash,
-        url,
     }
+}
+
+/// Why a recorded `status.artifacts.url` is refused: it is not the object's own location
+/// (`prefix`). `None` when nothing is recorded or it is that location (the operator wrote it).
+pub fn foreign_location(recorded: Option<&str>, prefix: &ArtifactPrefix) -> Option<String> {
+    let recorded = recorded?;
+    let own = prefix.url.to_string();
+    if recorded.trim_end_matches('/') == own {
+        return None;
+    }
+    Some(format!(
+        "status.artifacts.url is {recorded:?}, not this object's location {own} (the configured \
+         bucket and the object's prefix): nothing is mounted, built or signed for it. To use \
+         {own}, remove the field: kubectl patch --subresource=status --type=json \
+         -p '[{{\"op\":\"remove\",\"path\":\"/status/artifacts/url\"}}]'; artifacts kept \
+         elsewhere must be copied there first"
+    ))
 }
 
 /// Prefix objects from the cloud, owned by `parent` when namespaced.

@@ -11,6 +11,7 @@ use super::{Context, Error, parent_of};
 use crate::names::{Kind, KindChildren};
 use crate::plan::batch::{self, BatchInput, BatchSpec};
 use crate::plan::job::{JobOutcome, ObservedJob};
+use crate::plan::storage::{artifact_prefix, foreign_location};
 use crate::plan::{Parent, RefState};
 
 /// What a Model or Dataset reconcile needs to read first.
@@ -98,14 +99,15 @@ where
     let artifacts_url = status
         .and_then(|s| s.artifacts.as_ref())
         .and_then(|a| a.url.as_deref());
+    // A location not its own builds nothing: the planner says why.
+    let foreign = foreign_location(artifacts_url, &artifact_prefix(&parent, ctx.cloud.as_ref()));
     let built = super::build::reconcile_build(
         ctx,
         obj,
         &parent,
         spec.image(),
-        spec.build(),
+        spec.build().filter(|_| foreign.is_none()),
         status.and_then(|s| s.build_upload.as_deref()),
-        artifacts_url,
     )
     .await?;
     let (base_model, dataset) = references;
@@ -123,9 +125,7 @@ where
             resources: spec.resources(),
         },
         conditions: status.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-        artifacts_url: status
-            .and_then(|s| s.artifacts.as_ref())
-            .and_then(|a| a.url.as_deref()),
+        artifacts_url,
         base_model,
         dataset,
         job: observed_job(&observed),

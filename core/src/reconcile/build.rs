@@ -107,9 +107,8 @@ async fn handshake(
     parent: &Parent,
     upload: &BuildUpload,
     status: Option<&UploadStatus>,
-    artifacts_url: Option<&str>,
 ) -> Handshake {
-    let prefix = artifact_prefix(parent, artifacts_url, ctx.cloud.as_ref());
+    let prefix = artifact_prefix(parent, ctx.cloud.as_ref());
     let key = prefix.upload_key();
     if !upload::upload_needs_storage(upload, status) {
         // Recorded already: the Uploaded condition written then stays as it is.
@@ -212,7 +211,6 @@ pub async fn reconcile_build<K>(
     image: Option<&str>,
     build: Option<&Build>,
     upload_status: Option<&UploadStatus>,
-    artifacts_url: Option<&str>,
 ) -> Result<BuildOutcome, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -235,7 +233,7 @@ where
     let built = build::effective_image(parent, image, Some(build), cloud).is_some();
     let mut uploaded = true;
     if let (Some(upload), false) = (&build.upload, built) {
-        let h = handshake(ctx, parent, upload, upload_status, artifacts_url).await;
+        let h = handshake(ctx, parent, upload, upload_status).await;
         uploaded = h.uploaded;
         if let Some(c) = h.condition {
             if !h.uploaded {
@@ -258,7 +256,6 @@ where
         uploaded,
         job: job.as_ref().map(ObservedBuildJob::from_job),
         pods: &pods,
-        artifacts_url,
         settings: &ctx.build,
     };
     let plan = build::plan(&input, cloud);

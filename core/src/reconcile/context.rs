@@ -460,8 +460,7 @@ impl Context {
             uid: uid.unwrap_or_default(),
             generation: None,
         };
-        let recorded = status.artifacts.and_then(|a| a.url);
-        let prefix = artifact_prefix(&parent, recorded.as_deref(), self.cloud.as_ref());
+        let prefix = artifact_prefix(&parent, self.cloud.as_ref());
         Ok(RefState::Ready {
             artifacts: prefix.artifacts(),
             generation: completed_generation(&status.conditions),

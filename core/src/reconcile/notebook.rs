@@ -12,6 +12,7 @@ use super::{Context, Error, kube_err, parent_of};
 use crate::names::{self, Kind, KindChildren};
 use crate::plan::Parent;
 use crate::plan::notebook::{self, NotebookInput, ObservedPod};
+use crate::plan::storage::{artifact_prefix, foreign_location};
 
 /// A random token for Jupyter: 32 hex characters from the OS's generator.
 fn new_token() -> Result<String, Error> {
@@ -52,14 +53,15 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
     let artifacts_url = status
         .and_then(|s| s.artifacts.as_ref())
         .and_then(|a| a.url.as_deref());
+    // A location not its own builds nothing: the planner says why.
+    let foreign = foreign_location(artifacts_url, &artifact_prefix(&parent, ctx.cloud.as_ref()));
     let built = super::build::reconcile_build(
         &ctx,
         nb.as_ref(),
         &parent,
         nb.spec.image.as_deref(),
-        nb.spec.build.as_deref(),
+        nb.spec.build.as_deref().filter(|_| foreign.is_none()),
         status.and_then(|s| s.build_upload.as_deref()),
-        artifacts_url,
     )
     .await?;
     let parent = Parent {

@@ -44,7 +44,6 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         srv.spec.image.as_deref(),
         srv.spec.build.as_deref(),
         status.and_then(|s| s.build_upload.as_deref()),
-        None,
     )
     .await?;
     let parent = Parent {

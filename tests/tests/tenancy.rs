@@ -1,0 +1,196 @@
+//! Tenancy on the real control plane: what a tenant may write cannot widen what the
+//! operator's credentials reach. Tenant A holds a Role allowing everything on `substratus.ai`
+//! in its namespace, status included, and acts through impersonation as its ServiceAccount.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+use substratus_core::names::{self, Kind};
+use substratus_tests::cluster::{TestNamespace, client, kubectl};
+use substratus_tests::objects::{wait_ready, wait_reason};
+use substratus_tests::operator::{RunningOperator, kind_cloud};
+
+/// `kubectl <args>`, with `stdin` if any; the output or the error.
+fn run(args: &[&str], stdin: Option<&Value>) -> Result<String, String> {
+    let mut child = kubectl()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut input = child.stdin.take().unwrap();
+    if let Some(v) = stdin {
+        input.write_all(v.to_string().as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Tenant A: a ServiceAccount with every verb on every `substratus.ai` resource of its
+/// namespace, `*/status` included.
+fn tenant(ns: &str) -> String {
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "tenant", "namespace": ns}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "tenant", "namespace": ns},
+            "rules": [{"apiGroups": ["substratus.ai"], "resources": ["*"], "verbs": ["*"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "tenant", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                "name": "tenant"},
+            "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}]},
+    ]});
+    run(&["apply", "-f", "-"], Some(&objects)).unwrap();
+    format!("--as=system:serviceaccount:{ns}:tenant")
+}
+
+fn model(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "substratus.ai/v1", "kind": "Model",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+#[tokio::test]
+async fn a_forged_artifacts_url_gets_no_volume_no_job_and_no_signed_url() {
+    let ns = TestNamespace::new("tenant-a");
+    let ns = ns.name.as_str();
+    let c = client().await;
+    let as_tenant = tenant(ns);
+    let can = |verb: &str, what: &str| {
+        run(&["auth", "can-i", verb, what, "-n", ns, &as_tenant], None)
+            .unwrap_or_else(|e| e)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(can("patch", "models.substratus.ai/status"), "yes");
+    assert_eq!(can("create", "persistentvolumeclaims"), "no");
+
+    let cloud = kind_cloud("kind");
+    let config = cloud.config().clone();
+    let bucket = config.artifact_bucket.to_string();
+    let own = |name: &str| {
+        config
+            .artifact_bucket
+            .join(&names::storage_prefix(
+                &config.cluster_name,
+                ns,
+                Kind::Model,
+                name,
+            ))
+            .to_string()
+    };
+    let b_prefix = names::storage_prefix(&config.cluster_name, "tenant-b", Kind::Model, "weights");
+    let forged = [
+        ("into-b", format!("{bucket}/{b_prefix}")),
+        ("the-root", bucket.clone()),
+        ("comma", format!("{},implicit-dirs,uid=0", own("comma"))),
+        ("upload", format!("{bucket}/{b_prefix}")),
+    ];
+    // Made and forged while no operator runs, so that nothing was made before the forgery.
+    for (name, url) in &forged {
+        let spec = if *name == "upload" {
+            json!({"build": {"upload": {"md5Checksum": "0123456789abcdef0123456789abcdef",
+                "requestID": "r1"}}})
+        } else {
+            json!({"image": "loader"})
+        };
+        run(
+            &["create", "-f", "-", &as_tenant],
+            Some(&model(ns, name, spec)),
+        )
+        .unwrap();
+        let patch = json!({"status": {"artifacts": {"url": url}}}).to_string();
+        run(
+            &[
+                "patch",
+                "model",
+                name,
+                "-n",
+                ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+                &as_tenant,
+            ],
+            None,
+        )
+        .unwrap();
+    }
+
+    let _op = RunningOperator::start(ns, cloud.clone()).await;
+    for (name, url) in &forged {
+        let message = wait_reason(&c, ns, "Model", name, "ForeignArtifactsURL").await;
+        assert!(message.contains(&own(name)), "{message}");
+        let o: Value = serde_json::from_str(
+            &run(&["get", "model", name, "-n", ns, "-o", "json"], None).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            o["status"]["artifacts"]["url"],
+            url.as_str(),
+            "kept as written"
+        );
+        assert!(
+            o["status"]["buildUpload"]["signedURL"].is_null(),
+            "a URL was signed: {o}"
+        );
+    }
+    // Nothing was made for any of them: no Job, no claim, and no volume names a forged place.
+    let jobs = Api::<Job>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(jobs.items.is_empty(), "{:?}", jobs.items);
+    let claims = Api::<PersistentVolumeClaim>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(claims.items.is_empty(), "{:?}", claims.items);
+    let volumes = serde_json::to_string(
+        &Api::<PersistentVolume>::all(c.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    )
+    .unwrap();
+    for needle in [b_prefix.as_str(), "implicit-dirs", &own("the-root")] {
+        assert!(!volumes.contains(needle), "a volume names {needle}");
+    }
+
+    // Removing the field, as the condition says, lets the object run in its own place.
+    let remove = r#"[{"op":"remove","path":"/status/artifacts/url"}]"#;
+    run(
+        &[
+            "patch",
+            "model",
+            "into-b",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            remove,
+            &as_tenant,
+        ],
+        None,
+    )
+    .unwrap();
+    wait_ready(&c, ns, "Model", "into-b").await;
+    let o: Value = serde_json::from_str(
+        &run(&["get", "model", "into-b", "-n", ns, "-o", "json"], None).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(o["status"]["artifacts"]["url"], own("into-b").as_str());
+}
