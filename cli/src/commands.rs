@@ -232,7 +232,7 @@ pub async fn run(cluster: &Cluster, args: &RunArgs) -> Result<()> {
         (!args.no_logs).then(|| logs::follow(cluster.client.clone(), ns, kind, name.clone()));
     let outcome = objects::wait(&api, kind, &name, args.timeout).await;
     if let Some(f) = follower {
-        f.abort();
+        f.finish().await;
     }
     match outcome? {
         Outcome::Ready => Ok(()),

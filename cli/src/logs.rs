@@ -11,18 +11,33 @@ use crate::manifest::Kind;
 
 const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 
-/// Follows, until dropped, the logs of every pod labelled `<kind>=<name>` (build pods first,
-/// then run pods), each line prefixed with the pod's role.
-pub fn follow(
-    client: kube::Client,
-    ns: String,
-    kind: Kind,
-    name: String,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// Follows the logs of every pod labelled `<kind>=<name>` (build pods first, then run pods),
+/// each line prefixed with the pod's role, until [`Follower::finish`].
+pub struct Follower {
+    done: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How long [`Follower::finish`] waits for the last lines of pods that have ended.
+const DRAIN: Duration = Duration::from_secs(10);
+
+impl Follower {
+    /// Stops looking for new pods, streams those not seen yet (a Job can start and end
+    /// between two looks), and waits, for a bounded time, until their logs are printed.
+    pub async fn finish(self) {
+        let _ = self.done.send(());
+        let _ = self.task.await;
+    }
+}
+
+pub fn follow(client: kube::Client, ns: String, kind: Kind, name: String) -> Follower {
+    let (done, mut finished) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
         let pods: Api<Pod> = Api::namespaced(client, &ns);
         let selector = format!("{}={name}", kind.lower());
         let mut seen = HashSet::new();
+        let mut streams = tokio::task::JoinSet::new();
+        let mut last = false;
         loop {
             if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
                 let mut items = list.items;
@@ -37,12 +52,25 @@ pub fn follow(
                     if phase == "Pending" || !seen.insert(uid) {
                         continue;
                     }
-                    tokio::spawn(stream_pod(pods.clone(), p));
+                    streams.spawn(stream_pod(pods.clone(), p));
                 }
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            if last {
+                // Pods that ended have their whole log; running ones (a Server's) do not end.
+                let _ = tokio::time::timeout(DRAIN, async {
+                    while streams.join_next().await.is_some() {}
+                })
+                .await;
+                streams.abort_all();
+                return;
+            }
+            last = tokio::select! {
+                _ = &mut finished => true,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            };
         }
-    })
+    });
+    Follower { done, task }
 }
 
 async fn stream_pod(pods: Api<Pod>, pod: Pod) {

@@ -1,6 +1,7 @@
 //! Test support for the compatibility and cluster tests in `tests/tests/`.
 
 pub mod audit;
+pub mod binaries;
 pub mod cluster;
 pub mod fake_api;
 pub mod kubelet;

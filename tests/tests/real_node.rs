@@ -17,6 +17,8 @@ use substratus_devcluster::s3::S3Server;
 use substratus_tests::cluster::{self, TestNamespace, wait_for};
 use substratus_tests::operator::{RunningOperator, csi_secret, kind_cloud_on_real_node};
 
+#[path = "real_node/cli.rs"]
+mod cli;
 #[path = "real_node/workloads.rs"]
 mod workloads;
 
@@ -831,6 +833,37 @@ async fn upload_build(ns: &str, dir: &Path, changes: Value) -> Value {
     done
 }
 
+/// `sub run DIR` as a user runs it: it packs and uploads DIR, the Model is built by kaniko
+/// and run, and the run's log lines reach the terminal before `sub` exits; returns the Model.
+async fn sub_run_builds_runs_and_streams_the_logs(ns: &str, dir: &Path) -> Value {
+    let mut cmd = cli::sub(ns);
+    cmd.args(["run", "--timeout", "5m"]).arg(dir);
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("running sub run"))
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sub run: {}\n{stderr}", out.status);
+    eprintln!(
+        "sub run {}: upload → kaniko build → push → run → Ready in {:.1}s",
+        dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    for line in ["[run] epoch 1/3", "[run] epoch 3/3"] {
+        assert!(stderr.contains(line), "no {line:?} from sub run:\n{stderr}");
+    }
+    let manifest: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("model.yaml")).unwrap()).unwrap();
+    let name = manifest["metadata"]["name"].as_str().unwrap();
+    let done = kubectl_json(&["get", "model", name, "-n", ns]).unwrap();
+    let image = done["spec"]["image"].as_str().unwrap_or_default();
+    assert!(
+        image.starts_with(&format!("{}/", node::REGISTRY_HOST)),
+        "the Model runs {image}, not an image built in the cluster"
+    );
+    done
+}
+
 /// Pushes an image archive `localhost/substratus/<name>:<tag>` to the node's registry as
 /// `<repository>:<tag>`.
 fn seed_registry(image: &substratus_devcluster::image::Built, repository: &str) {
@@ -862,7 +895,9 @@ async fn uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run
     let op = RunningOperator::start_with(&ns.name, kind_cloud_on_real_node(s3), build).await;
     let examples = substratus_tests::manifests::repo_root().join("examples");
 
-    let local = upload_build(&ns.name, &examples.join("local/custom-model"), json!({})).await;
+    let local =
+        sub_run_builds_runs_and_streams_the_logs(&ns.name, &examples.join("local/custom-model"))
+            .await;
     // The Job ran the built image: the script baked into it wrote the artifacts.
     assert_eq!(
         stored(s3, &format!("{}/artifacts/result.txt", prefix_of(&local))).trim(),
