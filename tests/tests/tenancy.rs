@@ -66,11 +66,13 @@ async fn a_forged_artifacts_url_gets_no_volume_no_job_and_no_signed_url() {
     let ns = ns.name.as_str();
     let c = client().await;
     let as_tenant = tenant(ns);
+    // `kubectl auth can-i` prints yes or no; "no" exits 1.
     let can = |verb: &str, what: &str| {
-        run(&["auth", "can-i", verb, what, "-n", ns, &as_tenant], None)
-            .unwrap_or_else(|e| e)
-            .trim()
-            .to_owned()
+        let out = kubectl()
+            .args(["auth", "can-i", verb, what, "-n", ns, &as_tenant])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     assert_eq!(can("patch", "models.substratus.ai/status"), "yes");
     assert_eq!(can("create", "persistentvolumeclaims"), "no");
