@@ -454,7 +454,6 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                     artifacts_url: c.artifacts_url.as_deref(),
                     model: c.model.clone(),
                     dataset: c.dataset.clone(),
-                    token_secret_exists: c.flag,
                     new_token: "0123456789abcdef0123456789abcdef",
                     pod: c.job.as_ref().map(|_| ObservedPod {
                         spec_hash: c.stored.clone(),

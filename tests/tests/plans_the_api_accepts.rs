@@ -276,7 +276,6 @@ fn plans(name: &str, ns: &str, spec: &Value, cloud: &dyn Cloud) -> Vec<(Kind, Va
                         artifacts_url: None,
                         model: Some(model_ref.clone()),
                         dataset: Some(model_ref.clone()),
-                        token_secret_exists: false,
                         new_token: "0123456789abcdef0123456789abcdef",
                         pod: None,
                         pods: &[],

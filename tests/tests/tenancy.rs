@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use substratus_core::names::{self, Kind};
 use substratus_tests::cluster::{TestNamespace, client, kubectl};
 use substratus_tests::objects::{wait_ready, wait_reason};
-use substratus_tests::operator::{RunningOperator, kind_cloud};
+use substratus_tests::operator::{OPERATOR_USER, RunningOperator, kind_cloud};
 
 /// `kubectl <args>`, with `stdin` if any; the output or the error.
 fn run(args: &[&str], stdin: Option<&Value>) -> Result<String, String> {
@@ -131,6 +131,19 @@ async fn a_forged_artifacts_url_gets_no_volume_no_job_and_no_signed_url() {
     }
 
     let _op = RunningOperator::start(ns, cloud.clone()).await;
+    // The operator's own account (the chart's RBAC) creates notebook tokens and reads none.
+    let operator = format!("--as={OPERATOR_USER}");
+    let operator_can = |verb: &str| {
+        let out = kubectl()
+            .args(["auth", "can-i", verb, "secrets", "-n", ns, &operator])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for verb in ["get", "list", "watch", "update", "delete"] {
+        assert_eq!(operator_can(verb), "no", "the operator can {verb} Secrets");
+    }
+    assert_eq!(operator_can("create"), "yes");
     for (name, url) in &forged {
         let message = wait_reason(&c, ns, "Model", name, "ForeignArtifactsURL").await;
         assert!(message.contains(&own(name)), "{message}");

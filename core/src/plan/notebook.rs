@@ -79,9 +79,8 @@ pub struct NotebookInput<'a> {
     pub artifacts_url: Option<&'a str>,
     pub model: Option<RefState>,
     pub dataset: Option<RefState>,
-    /// The token Secret exists already (it is never rewritten).
-    pub token_secret_exists: bool,
-    /// A fresh random token, used only when the Secret is missing.
+    /// A fresh random token, for the Secret created with each new Pod: the operator may not
+    /// read Secrets, so a Secret that exists already answers 409 and is kept as it is.
     pub new_token: &'a str,
     pub pod: Option<ObservedPod>,
     pub pods: &'a [Pod],
@@ -127,17 +126,6 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
     )));
     plan.children
         .extend(owned_prefix_objects(parent, &prefix, cloud));
-    if !input.token_secret_exists {
-        plan.create.push(Child::Secret(Secret {
-            metadata: parent.child_meta(token_secret.clone()),
-            string_data: Some(BTreeMap::from([(
-                TOKEN_KEY.to_owned(),
-                input.new_token.to_owned(),
-            )])),
-            type_: Some("Opaque".into()),
-            ..Default::default()
-        }));
-    }
 
     if input.spec.is_suspended() {
         if input.pod.is_some() {
@@ -235,6 +223,16 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
 
     match &input.pod {
         None => {
+            // The token first, then the Pod that reads it.
+            plan.create.push(Child::Secret(Secret {
+                metadata: parent.child_meta(token_secret.clone()),
+                string_data: Some(BTreeMap::from([(
+                    TOKEN_KEY.to_owned(),
+                    input.new_token.to_owned(),
+                )])),
+                type_: Some("Opaque".into()),
+                ..Default::default()
+            }));
             plan.start(Kind::Notebook.run_role(), Child::Pod(pod));
             plan.conditions = serving(
                 false,
@@ -301,7 +299,7 @@ mod tests {
         }
     }
 
-    fn input(spec: &NotebookSpec, pod: Option<ObservedPod>, secret: bool) -> NotebookInput<'_> {
+    fn input(spec: &NotebookSpec, pod: Option<ObservedPod>) -> NotebookInput<'_> {
         NotebookInput {
             parent: Parent {
                 kind: Kind::Notebook,
@@ -314,7 +312,6 @@ mod tests {
             artifacts_url: None,
             model: None,
             dataset: None,
-            token_secret_exists: secret,
             new_token: "0123abcd",
             pod,
             pods: &[],
@@ -338,9 +335,9 @@ mod tests {
     fn a_recorded_location_not_its_own_gets_no_pod_no_volume_and_says_so() {
         let s = spec(None);
         let cloud = FakeCloud::default();
-        let own = plan(&input(&s, None, true), &cloud).extra.artifacts_url;
+        let own = plan(&input(&s, None), &cloud).extra.artifacts_url;
         let forged = format!("{},rw", own.rsplit_once('/').unwrap().0);
-        let mut i = input(&s, None, true);
+        let mut i = input(&s, None);
         i.artifacts_url = Some(&forged);
         let p = plan(&i, &cloud);
         assert!(p.children.is_empty() && p.create.is_empty(), "{p:?}");
@@ -364,7 +361,7 @@ mod tests {
     #[test]
     fn a_running_notebook_gets_a_pod_with_its_token_from_a_secret() {
         let s = spec(None);
-        let p = plan(&input(&s, None, false), &FakeCloud::default());
+        let p = plan(&input(&s, None), &FakeCloud::default());
         let secret = p
             .create
             .iter()
@@ -416,9 +413,17 @@ mod tests {
             Some("/api")
         );
         assert_eq!(p.extra.token_secret, "nb-notebook-token");
-        // An existing Secret is never replaced.
-        let p = plan(&input(&s, None, true), &FakeCloud::default());
-        assert!(!p.create.iter().any(|c| matches!(c, Child::Secret(_))));
+        // The Secret is created with each new Pod, before it (one that exists answers 409
+        // and is kept: the operator never reads Secrets); a running Pod needs none.
+        let secrets_first: Vec<bool> = p
+            .create
+            .iter()
+            .map(|c| matches!(c, Child::Secret(_)))
+            .collect();
+        assert_eq!(secrets_first, [true, false]);
+        let observed = ObservedPod::from_pod(&pod);
+        let p = plan(&input(&s, Some(observed)), &FakeCloud::default());
+        assert!(p.create.is_empty(), "{:?}", p.create);
     }
 
     #[test]
@@ -430,7 +435,7 @@ mod tests {
             failed: false,
         };
         let s = spec(Some(true));
-        let p = plan(&input(&s, Some(running), true), &FakeCloud::default());
+        let p = plan(&input(&s, Some(running)), &FakeCloud::default());
         assert_eq!(
             p.delete,
             vec![Deletion {
@@ -443,26 +448,20 @@ mod tests {
             (reasons::SUSPENDED, false)
         );
         let s = spec(Some(false));
-        let p = plan(&input(&s, None, true), &FakeCloud::default());
+        let p = plan(&input(&s, None), &FakeCloud::default());
         created_pod(&p);
     }
 
     #[test]
     fn a_changed_spec_replaces_the_pod_and_an_unchanged_one_keeps_it() {
         let s = spec(None);
-        let first = created_pod(&plan(&input(&s, None, true), &FakeCloud::default()));
+        let first = created_pod(&plan(&input(&s, None), &FakeCloud::default()));
         let observed = ObservedPod::from_pod(&first);
-        let p = plan(
-            &input(&s, Some(observed.clone()), true),
-            &FakeCloud::default(),
-        );
+        let p = plan(&input(&s, Some(observed.clone())), &FakeCloud::default());
         assert!(p.delete.is_empty() && p.create.is_empty());
         let mut changed = spec(None);
         changed.image = Some("substratusai/base:v2".into());
-        let p = plan(
-            &input(&changed, Some(observed), true),
-            &FakeCloud::default(),
-        );
+        let p = plan(&input(&changed, Some(observed)), &FakeCloud::default());
         assert_eq!(
             p.delete,
             vec![Deletion {
@@ -476,10 +475,10 @@ mod tests {
     #[test]
     fn ready_when_the_pod_is_ready() {
         let s = spec(None);
-        let first = created_pod(&plan(&input(&s, None, true), &FakeCloud::default()));
+        let first = created_pod(&plan(&input(&s, None), &FakeCloud::default()));
         let mut observed = ObservedPod::from_pod(&first);
         observed.running_and_ready = true;
-        let p = plan(&input(&s, Some(observed), true), &FakeCloud::default());
+        let p = plan(&input(&s, Some(observed)), &FakeCloud::default());
         assert!(p.ready);
         assert_eq!(p.conditions[0].reason, reasons::POD_READY);
         assert!(!p.conditions[0].message.contains("0123abcd"));

@@ -2,13 +2,11 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use substratus_crds::Notebook;
 
 use super::pipeline::{apply, finish};
-use super::{Context, Error, kube_err, parent_of};
+use super::{Context, Error, parent_of};
 use crate::names::{self, Kind, KindChildren};
 use crate::plan::Parent;
 use crate::plan::notebook::{self, NotebookInput, ObservedPod};
@@ -34,16 +32,10 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
         Some(r) => Some(ctx.reference(&ns, Kind::Dataset, &r.name)?),
         None => None,
     };
-    let secret_name = names::notebook_token_secret(&parent.name);
     let pod_name = Kind::Notebook.workload_name(&parent.name);
-    // Secrets are not cached (that would need the right to list every Secret): one read.
-    let secret_exists = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .get_metadata_opt(&secret_name)
-        .await
-        .map_err(kube_err("reading Secret", format!("{ns}/{secret_name}")))?
-        .is_some();
     let pod = ctx.caches().pod(&ns, &pod_name);
-    let token = if secret_exists {
+    // Used only with a new Pod; a token Secret that exists already is kept.
+    let token = if pod.is_some() {
         String::new()
     } else {
         new_token()?
@@ -76,7 +68,6 @@ pub async fn reconcile_notebook(nb: Arc<Notebook>, ctx: Arc<Context>) -> Result<
         artifacts_url,
         model,
         dataset,
-        token_secret_exists: secret_exists,
         new_token: &token,
         pod: pod.as_ref().map(ObservedPod::from_pod),
         pods: pod.as_slice(),
