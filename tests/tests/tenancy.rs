@@ -209,3 +209,56 @@ async fn a_forged_artifacts_url_gets_no_volume_no_job_and_no_signed_url() {
     .unwrap();
     assert_eq!(o["status"]["artifacts"]["url"], own("into-b").as_str());
 }
+
+#[tokio::test]
+async fn a_role_account_someone_else_made_is_never_taken_over() {
+    let ns = TestNamespace::new("tenant-sa");
+    let ns = ns.name.as_str();
+    let c = client().await;
+    // The namespace's own `modeller` account, unrelated to Substratus.
+    let theirs = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "modeller", "namespace": ns, "labels": {"team": "a"}}});
+    run(&["create", "-f", "-"], Some(&theirs)).unwrap();
+    let _op = RunningOperator::start(ns, kind_cloud("kind")).await;
+    run(
+        &["create", "-f", "-"],
+        Some(&model(ns, "m", json!({"image": "loader"}))),
+    )
+    .unwrap();
+    let message = wait_reason(&c, ns, "Model", "m", "ServiceAccountNotManaged").await;
+    assert!(message.contains(&format!("{ns}/modeller")), "{message}");
+    let sa: Value = serde_json::from_str(
+        &run(
+            &["get", "serviceaccount", "modeller", "-n", ns, "-o", "json"],
+            None,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        sa["metadata"]["labels"],
+        json!({"team": "a"}),
+        "the account was changed: {sa}"
+    );
+    assert!(sa["metadata"]["annotations"].is_null(), "{sa}");
+    let jobs = Api::<Job>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(jobs.items.is_empty(), "a Job runs as their account");
+    // Once the name is free, the next retry makes the operator's own and the Model runs.
+    run(&["delete", "serviceaccount", "modeller", "-n", ns], None).unwrap();
+    wait_ready(&c, ns, "Model", "m").await;
+    let sa: Value = serde_json::from_str(
+        &run(
+            &["get", "serviceaccount", "modeller", "-n", ns, "-o", "json"],
+            None,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        sa["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "substratus"
+    );
+}

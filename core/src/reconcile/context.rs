@@ -207,26 +207,27 @@ impl Context {
                 ..Default::default()
             });
         let wanted = self.cloud.service_account_annotations(role);
-        let annotations = existing
-            .as_ref()
-            .map(|sa| sa.annotations().clone())
-            .unwrap_or_default();
-        let needs_apply =
-            existing.is_none() || wanted.iter().any(|(k, v)| annotations.get(k) != Some(v));
-        if needs_apply {
-            let sa = ServiceAccount {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(sa_name.to_owned()),
-                    namespace: Some(namespace.to_owned()),
-                    labels: Some(BTreeMap::from([(
-                        MANAGED_BY_LABEL.to_owned(),
-                        MANAGED_BY.to_owned(),
-                    )])),
-                    annotations: Some(wanted.clone()),
-                    ..Default::default()
-                },
+        let sa = ServiceAccount {
+            metadata: kube::api::ObjectMeta {
+                name: Some(sa_name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                labels: Some(BTreeMap::from([(
+                    MANAGED_BY_LABEL.to_owned(),
+                    MANAGED_BY.to_owned(),
+                )])),
+                annotations: Some(wanted.clone()),
                 ..Default::default()
-            };
+            },
+            ..Default::default()
+        };
+        let annotations = match existing {
+            Some(found) => found.annotations().clone(),
+            // Not among the accounts it manages: create it, and never take over an account
+            // of that name that someone else made (its pods would run as our role).
+            None => self.create_service_account(&api, namespace, &sa).await?,
+        };
+        let needs_apply = wanted.iter().any(|(k, v)| annotations.get(k) != Some(v));
+        if needs_apply {
             api.patch(sa_name, &self.patch_params(), &Patch::Apply(&sa))
                 .await
                 .map_err(kube_err(
@@ -261,6 +262,39 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, std::time::Instant::now());
         Ok(())
+    }
+
+    /// Creates a role's ServiceAccount; one that exists already is taken only when it carries
+    /// the managed-by label (made by the operator, not yet in its cache). Returns the
+    /// annotations the account has.
+    async fn create_service_account(
+        &self,
+        api: &Api<ServiceAccount>,
+        namespace: &str,
+        sa: &ServiceAccount,
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let name = sa.name_any();
+        let object = format!("{namespace}/{name}");
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&params, sa).await {
+            Ok(made) => {
+                self.count_child_write("ServiceAccount");
+                return Ok(made.annotations().clone());
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(kube_err("creating ServiceAccount", object)(e)),
+        }
+        let found = api
+            .get_metadata(&name)
+            .await
+            .map_err(kube_err("reading ServiceAccount", object.clone()))?;
+        if found.labels().get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGED_BY) {
+            return Err(Error::AccountNotManaged(object));
+        }
+        Ok(found.annotations().clone())
     }
 
     /// Forgets that a ServiceAccount was ensured: it was deleted.
@@ -691,8 +725,14 @@ mod tests {
         let ctx = Context::test(&api, StubCaches::new().caches);
         let sa = Role::Modeller.service_account();
         let path = format!("/api/v1/namespaces/ns/serviceaccounts/{sa}");
-        // The account, then the cloud identity bound to it, recorded on it.
-        api.expect(Method::PATCH, &path, 200, json!({"metadata": {"name": sa}}));
+        // The account created, then the cloud identity bound to it, recorded on it.
+        let wanted = ctx.cloud.service_account_annotations(Role::Modeller);
+        api.expect(
+            Method::POST,
+            "/api/v1/namespaces/ns/serviceaccounts",
+            201,
+            json!({"metadata": {"name": sa, "annotations": wanted}}),
+        );
         api.expect(Method::PATCH, &path, 200, json!({"metadata": {"name": sa}}));
         ctx.ensure_service_account("ns", Role::Modeller)
             .await
@@ -712,6 +752,60 @@ mod tests {
             seen[1].body["metadata"]["annotations"][IDENTITY_BOUND_ANNOTATION],
             principal.as_str()
         );
+    }
+
+    #[tokio::test]
+    async fn an_account_of_the_role_s_name_made_by_someone_else_is_never_taken_over() {
+        let sa = Role::Notebook.service_account();
+        let path = format!("/api/v1/namespaces/ns/serviceaccounts/{sa}");
+        let meta = |labels: serde_json::Value| {
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": {"name": sa, "namespace": "ns", "labels": labels}})
+        };
+        // Someone else's: refused, and nothing written to it.
+        let api = ScriptedApi::default();
+        let ctx = Context::test(&api, StubCaches::new().caches);
+        api.refuse(
+            Method::POST,
+            "/api/v1/namespaces/ns/serviceaccounts",
+            409,
+            "AlreadyExists",
+        );
+        api.expect(Method::GET, &path, 200, meta(json!({"team": "a"})));
+        let err = ctx
+            .ensure_service_account("ns", Role::Notebook)
+            .await
+            .unwrap_err();
+        api.done();
+        assert!(
+            matches!(err, Error::AccountNotManaged(ref o) if o == &format!("ns/{sa}")),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("not managed by Substratus"),
+            "{err}"
+        );
+        // The operator's own, not yet in its cache: taken, the cloud's annotations applied.
+        let api = ScriptedApi::default();
+        let ctx = Context::test(&api, StubCaches::new().caches);
+        api.refuse(
+            Method::POST,
+            "/api/v1/namespaces/ns/serviceaccounts",
+            409,
+            "AlreadyExists",
+        );
+        api.expect(
+            Method::GET,
+            &path,
+            200,
+            meta(json!({MANAGED_BY_LABEL: MANAGED_BY})),
+        );
+        api.expect(Method::PATCH, &path, 200, json!({"metadata": {"name": sa}}));
+        api.expect(Method::PATCH, &path, 200, json!({"metadata": {"name": sa}}));
+        ctx.ensure_service_account("ns", Role::Notebook)
+            .await
+            .unwrap();
+        api.done();
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Invalid(String),
+    /// A role's ServiceAccount exists and is not the operator's: it is never taken over.
+    #[error(
+        "ServiceAccount {0} exists and is not managed by Substratus (no label app.kubernetes.io/managed-by=substratus); pods of this role would run as it, so nothing runs until it is renamed or deleted, or labelled to be managed"
+    )]
+    AccountNotManaged(String),
     #[error("the reconcile did not finish within {0:?}")]
     Timeout(Duration),
     /// Models that name each other as their base: none can ever start.
@@ -36,6 +41,7 @@ impl Error {
         match self {
             Error::Kube { step, .. } | Error::Cloud { step, .. } => step,
             Error::Invalid(_) => "invalid",
+            Error::AccountNotManaged(_) => "service account not managed",
             Error::Timeout(_) => "timeout",
             Error::ReferenceCycle(_) => "reference cycle",
         }

@@ -30,6 +30,8 @@ pub mod reasons {
     pub const RECONCILE_TIMEOUT: &str = "ReconcileTimeout";
     /// Models name each other as their base.
     pub const REFERENCE_CYCLE: &str = "ReferenceCycle";
+    /// A role's ServiceAccount name is taken by an account the operator does not manage.
+    pub const ACCOUNT_NOT_MANAGED: &str = "ServiceAccountNotManaged";
     pub use crate::conditions::reasons::{CLOUD_ERROR, INVALID_SPEC};
 }
 
@@ -84,6 +86,8 @@ pub fn classify(err: &Error) -> Failure {
         Error::Cloud { .. } => (reasons::CLOUD_ERROR, Retry::Backoff, false),
         Error::Timeout(_) => (reasons::RECONCILE_TIMEOUT, Retry::Backoff, false),
         Error::ReferenceCycle(_) => (reasons::REFERENCE_CYCLE, Retry::OnChange, true),
+        // Fixed outside the object: keep retrying, slowly.
+        Error::AccountNotManaged(_) => (reasons::ACCOUNT_NOT_MANAGED, Retry::Backoff, true),
     };
     Failure {
         reason,
