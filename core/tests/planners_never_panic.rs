@@ -308,6 +308,27 @@ fn check(parent: &Parent, own: Option<&str>, children: &[Value]) {
         } else {
             pod
         };
+        if pod["containers"].is_array() {
+            assert_eq!(
+                pod["automountServiceAccountToken"],
+                json!(false),
+                "{name}: a pod with an API token"
+            );
+            assert_eq!(
+                pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+                "{name}: a pod without the runtime's seccomp profile"
+            );
+            let containers = pod["containers"].as_array().into_iter().flatten();
+            let init = pod["initContainers"].as_array().into_iter().flatten();
+            for c in containers.chain(init) {
+                assert_eq!(
+                    c["securityContext"]["allowPrivilegeEscalation"],
+                    json!(false),
+                    "{name}: container {} may escalate privileges",
+                    c["name"]
+                );
+            }
+        }
         for volume in pod["volumes"].as_array().into_iter().flatten() {
             let csi = &volume["csi"];
             if csi.is_null() || csi["readOnly"] == json!(true) {
@@ -532,6 +553,16 @@ fn the_invariant_check_refuses_what_it_must() {
         vec![json!({"metadata": {"name": "pv-cluster-scoped"}})],
         None
     ));
+    let pod = |automount: bool, seccomp: &str, escalate: bool| {
+        json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {
+            "automountServiceAccountToken": automount,
+            "securityContext": {"seccompProfile": {"type": seccomp}},
+            "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": escalate}}]}})
+    };
+    assert!(!fails(vec![pod(false, "RuntimeDefault", false)], None));
+    assert!(fails(vec![pod(true, "RuntimeDefault", false)], None));
+    assert!(fails(vec![pod(false, "Unconfined", false)], None));
+    assert!(fails(vec![pod(false, "RuntimeDefault", true)], None));
 }
 
 #[test]

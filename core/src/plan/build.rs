@@ -391,7 +391,7 @@ fn build_job(
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
     ]);
     labels.extend(cloud.pod_identity_labels());
-    let builder = Container {
+    let mut builder = Container {
         name: "builder".into(),
         image: Some(input.settings.builder_image.clone()),
         args: Some(args),
@@ -402,6 +402,8 @@ fn build_job(
         }),
         ..Default::default()
     };
+    super::harden(&mut builder);
+    init_containers.iter_mut().for_each(super::harden);
     let mut meta = parent.child_meta(job_name);
     meta.labels
         .get_or_insert_with(BTreeMap::new)
@@ -429,6 +431,7 @@ fn build_job(
                     containers: vec![builder],
                     volumes: (!volumes.is_empty()).then_some(volumes),
                     service_account_name: Some(Role::ContainerBuilder.service_account().into()),
+                    automount_service_account_token: Some(false),
                     restart_policy: Some("Never".into()),
                     // The builder unpacks base images as root; it runs in its own pod with
                     // no access to the workloads' storage.
@@ -436,6 +439,7 @@ fn build_job(
                         run_as_user: Some(0),
                         run_as_group: Some(0),
                         fs_group: Some(super::CONTENT_FS_GROUP),
+                        seccomp_profile: Some(super::runtime_default_seccomp()),
                         ..Default::default()
                     }),
                     ..Default::default()

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, Pod,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -414,7 +415,7 @@ pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSp
     let mut env = crate::env::container_env(w.env);
     env.extend(w.extra_env.iter().cloned());
 
-    let container = Container {
+    let mut container = Container {
         name: container_name.to_owned(),
         image: Some(w.image.to_owned()),
         command: (!w.command.is_empty()).then(|| w.command.to_vec()),
@@ -444,6 +445,7 @@ pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSp
         }),
         ..Default::default()
     };
+    harden(&mut container);
 
     let placement = placement.unwrap_or_default();
     Ok(PodTemplateSpec {
@@ -456,9 +458,11 @@ pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSp
             containers: vec![container],
             volumes: Some(volumes),
             service_account_name: Some(kind.run_role().service_account().to_owned()),
+            automount_service_account_token: Some(false),
             restart_policy: Some(w.restart_policy.to_owned()),
             security_context: Some(PodSecurityContext {
                 fs_group: Some(CONTENT_FS_GROUP),
+                seccomp_profile: Some(runtime_default_seccomp()),
                 ..Default::default()
             }),
             node_selector: (!placement.node_selector.is_empty()).then_some(placement.node_selector),
@@ -467,6 +471,28 @@ pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSp
             ..Default::default()
         }),
     })
+}
+
+/// The container runtime's default seccomp profile, for every pod the operator makes.
+pub fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+/// Every container the operator makes: no privilege gained through setuid binaries or file
+/// capabilities (`allowPrivilegeEscalation: false`).
+///
+/// Pods also mount no Kubernetes API token (`automountServiceAccountToken: false`): no
+/// workload talks to the API server, and each cloud's workload identity brings its own
+/// credential (GKE's metadata server, the projected tokens that EKS's and AKS's identity
+/// webhooks inject), so the token would only be something to steal.
+pub fn harden(container: &mut Container) {
+    container
+        .security_context
+        .get_or_insert_with(SecurityContext::default)
+        .allow_privilege_escalation = Some(false);
 }
 
 /// The state of a referenced Model or Dataset.
