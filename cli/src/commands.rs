@@ -308,22 +308,51 @@ pub struct NotebookArgs {
     pub timeout: Duration,
 }
 
-/// Opens `url` in a browser, or says where to go.
-fn open_browser(url: &str, skip: bool) {
+/// A page in `dir` that sends the browser on to `url`, readable by its owner only: the
+/// browser opener gets the page's path, so a URL holding a token never shows in the process
+/// list (as Jupyter's own `jpserver-*-open.html` does).
+pub fn redirect_page(dir: &Path, url: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("open.html");
+    let escaped = url.replace('&', "&amp;").replace('"', "&quot;");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    writeln!(
+        f,
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={escaped}\"></head>\
+         <body><a href=\"{escaped}\">Open</a></body></html>"
+    )?;
+    Ok(path)
+}
+
+/// Opens `url` in a browser (through a private redirect page, kept while the returned
+/// folder lives), or says where to go.
+fn open_browser(url: &str, skip: bool) -> Option<tempfile::TempDir> {
     eprintln!("→ {url}");
     if skip {
-        return;
+        return None;
     }
+    let dir = tempfile::Builder::new()
+        .prefix("sub-open-")
+        .tempdir()
+        .ok()?;
+    let page = redirect_page(dir.path(), url).ok()?;
     let opener = if cfg!(target_os = "macos") {
         "open"
     } else {
         "xdg-open"
     };
     let _ = std::process::Command::new(opener)
-        .arg(url)
+        .arg(&page)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
+    Some(dir)
 }
 
 /// Waits for Ctrl-C, or `q` + Enter on stdin.
@@ -440,7 +469,7 @@ pub async fn open_notebook(
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
     let pod = format!("{name}-notebook");
     let fwd = portforward::start(pods.clone(), &pod, args.port, 8888).await?;
-    open_browser(
+    let _page = open_browser(
         &format!("http://localhost:{}/?token={token}", fwd.local.port()),
         args.no_open_browser,
     );
@@ -522,7 +551,7 @@ pub async fn serve(cluster: &Cluster, args: &ServeArgs) -> Result<()> {
         .and_then(|p| p.metadata.name.clone())
         .with_context(|| format!("no Ready pod of Server {name}"))?;
     let fwd = portforward::start(pods, &pod, args.port, 8080).await?;
-    open_browser(
+    let _page = open_browser(
         &format!("http://localhost:{}/", fwd.local.port()),
         args.no_open_browser,
     );
@@ -542,6 +571,29 @@ pub async fn serve(cluster: &Cluster, args: &ServeArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redirect_page_holds_the_url_for_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let url = "http://localhost:8888/?token=abc&x=\"y";
+        let page = redirect_page(dir.path(), url).unwrap();
+        assert!(
+            !page.to_string_lossy().contains("abc"),
+            "the token in the path"
+        );
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert!(
+            html.contains("url=http://localhost:8888/?token=abc&amp;x=&quot;y\""),
+            "{html}"
+        );
+        let mode = std::fs::metadata(&page).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            redirect_page(dir.path(), url).is_err(),
+            "never over a planted file"
+        );
+    }
 
     #[test]
     fn durations() {

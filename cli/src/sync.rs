@@ -40,12 +40,35 @@ pub fn parse_listing(out: &str) -> Listing {
 pub const LIST: &str = "find . -mindepth 1 \\( -path ./data -o -path ./model -o -path ./artifacts \
     -o -name '.*' \\) -prune -o -type f -exec stat -c '%Y %s %n' {} +";
 
-/// A relative path that stays inside the directory.
+/// A relative path that stays inside the directory and has no hidden component: the pod's
+/// listing is the image's to write, and a name like `.git/hooks/pre-commit` or
+/// `.bashrc` would run code on this machine.
 pub fn safe_relative(p: &str) -> bool {
     !p.is_empty()
-        && Path::new(p)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
+        && Path::new(p).components().all(|c| match c {
+            Component::Normal(name) => !name.to_string_lossy().starts_with('.'),
+            _ => false,
+        })
+}
+
+/// Makes the folders of `rel` below `dir`, refusing one that is a symbolic link (or not a
+/// folder): nothing is written through a link to outside `dir`. Returns the target's folder.
+fn folders_within(dir: &Path, rel: &str) -> Result<PathBuf> {
+    let mut at = dir.to_owned();
+    let parent = Path::new(rel).parent().unwrap_or(Path::new(""));
+    for part in parent.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => bail!(
+                "refusing to write {rel:?}: {} is not a folder (a link?)",
+                at.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(&at)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(at)
 }
 
 /// What changed between two listings: `(copy, remove)`.
@@ -161,32 +184,60 @@ fn unpack(
         if !wanted.contains(&rel) || !safe_relative(&rel) {
             bail!("the notebook sent {rel:?}, which was not asked for");
         }
+        let folder = folders_within(dir, &rel)?;
         let target = dir.join(&rel);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+        if std::fs::symlink_metadata(&target).is_ok_and(|m| !m.file_type().is_file()) {
+            bail!("refusing to write {rel:?}: it is not a regular file here (a link?)");
         }
-        let tmp = target.with_extension("substratus-sync");
-        let mut out = std::fs::File::create(&tmp)?;
+        // A new file of a fresh name (never an existing one, nor a link planted there),
+        // renamed over the target once complete.
+        let mut out = tempfile::NamedTempFile::new_in(&folder)?;
         std::io::copy(&mut entry, &mut out)?;
-        drop(out);
-        std::fs::rename(&tmp, &target)?;
+        out.persist(&target)?;
     }
     Ok(())
 }
 
-/// One round: list, copy what changed, remove what went. Returns the new listing.
-pub async fn round(pods: &Api<Pod>, pod: &str, dir: &Path, before: &Listing) -> Result<Listing> {
+/// One round: list, copy what changed, remove what went. `written` holds what the sync
+/// wrote: a file removed in the notebook is removed here only if the sync wrote it (and it is
+/// still a regular file), never a file of the user's. Returns the new listing.
+pub async fn round(
+    pods: &Api<Pod>,
+    pod: &str,
+    dir: &Path,
+    before: &Listing,
+    written: &mut std::collections::BTreeSet<String>,
+) -> Result<Listing> {
     let after = list(pods, pod).await?;
     let (copy, remove) = diff(before, &after);
     copy_down(pods, pod, &copy, dir).await?;
     for rel in copy {
         eprintln!("⇣ {rel}");
+        written.insert(rel);
     }
-    for rel in remove {
-        let _ = tokio::fs::remove_file(dir.join(&rel)).await;
+    for rel in remove_written(dir, remove, written) {
         eprintln!("✗ {rel} (removed in the notebook)");
     }
     Ok(after)
+}
+
+/// Removes the files of `remove` that the sync wrote (leaving `written`), when they are
+/// still regular files reached through no link; returns those removed.
+fn remove_written(
+    dir: &Path,
+    remove: Vec<String>,
+    written: &mut std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    remove
+        .into_iter()
+        .filter(|rel| written.remove(rel))
+        .filter(|rel| {
+            let path = dir.join(rel);
+            std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file())
+                && folders_within(dir, rel).is_ok()
+                && std::fs::remove_file(&path).is_ok()
+        })
+        .collect()
 }
 
 /// Syncs until aborted. Files present when it starts are the baseline (not copied).
@@ -208,9 +259,10 @@ pub fn start(pods: Api<Pod>, pod: String, dir: PathBuf) -> tokio::task::JoinHand
             }
         };
         eprintln!("syncing files changed in the notebook to {}", dir.display());
+        let mut written = std::collections::BTreeSet::new();
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            match round(&pods, &pod, &dir, &last).await {
+            match round(&pods, &pod, &dir, &last, &mut written).await {
                 Ok(l) => last = l,
                 Err(e) => eprintln!("file sync: {e:#}"),
             }
@@ -234,6 +286,76 @@ mod tests {
         assert_eq!(copy, ["src/x.py"]);
         assert_eq!(remove, ["new.txt"]);
         assert!(parse_listing("1.0 1 file with spaces.txt\n").contains_key("file with spaces.txt"));
+    }
+
+    #[test]
+    fn hidden_components_absolute_paths_and_parents_are_refused() {
+        for bad in [
+            ".git/hooks/pre-commit",
+            "src/.env",
+            ".bashrc",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "",
+        ] {
+            assert!(!safe_relative(bad), "{bad}");
+        }
+        let listed = parse_listing("1 1 ./.git/hooks/pre-commit\n1 1 ./ok.py\n1 1 ./a/.hidden/x\n");
+        assert_eq!(listed.keys().collect::<Vec<_>>(), ["ok.py"]);
+    }
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut built = tar::Builder::new(Vec::new());
+        for (path, body) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            built.append_data(&mut h, path, *body).unwrap();
+        }
+        built.into_inner().unwrap()
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_link_in_the_local_directory() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("src")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("t"), dir.path().join("nb.ipynb")).unwrap();
+        let bytes = tar_of(&[("src/x.py", b"evil")]);
+        let wanted = ["src/x.py".to_owned()].into_iter().collect();
+        let err = unpack(&bytes[..], &wanted, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a folder"), "{err}");
+        let bytes = tar_of(&[("nb.ipynb", b"evil")]);
+        let wanted = ["nb.ipynb".to_owned()].into_iter().collect();
+        assert!(unpack(&bytes[..], &wanted, dir.path()).is_err());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn only_files_the_sync_wrote_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["mine.py", "synced.ipynb", "linked"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), "x").unwrap();
+        std::fs::remove_file(dir.path().join("linked")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("keep"), dir.path().join("linked")).unwrap();
+        let mut written: std::collections::BTreeSet<String> = ["synced.ipynb", "linked"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let removed = remove_written(
+            dir.path(),
+            vec!["mine.py".into(), "synced.ipynb".into(), "linked".into()],
+            &mut written,
+        );
+        assert_eq!(removed, ["synced.ipynb"]);
+        assert!(dir.path().join("mine.py").exists(), "a file of the user's");
+        assert!(outside.path().join("keep").exists());
+        assert!(written.is_empty());
     }
 
     #[test]
