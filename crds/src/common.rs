@@ -343,6 +343,10 @@ pub struct ServerStatus {
     /// Replicas that are ready (the scale subresource reads it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+    /// The label selector of the Server's pods (`server=<name>,role=run`), read through the
+    /// scale subresource by `kubectl scale`, the HorizontalPodAutoscaler and KEDA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -174,7 +174,7 @@ workload_spec! {
         printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
         printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
         printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-        scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas"),
+        scale(spec_replicas_path = ".spec.replicas", status_replicas_path = ".status.replicas", label_selector_path = ".status.selector"),
         selectable = ".spec.model.name",
         validation = kube::core::Rule::new("self.metadata.name.size() <= 49")
             .message("metadata.name of a Server must be at most 49 characters so that its children's names fit in 63"),
@@ -198,9 +198,10 @@ workload_spec! {
             regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
         )]
         pub model_name: Option<String>,
-        /// Number of serving replicas (default 1).
+        /// Number of serving replicas (default 1). Defaulted by the API server, so that the
+        /// scale subresource (`kubectl scale`, autoscalers) always finds it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[schemars(range(min = 0, max = 1000))]
+        #[schemars(range(min = 0, max = 1000), extend("default" = 1))]
         pub replicas: Option<i32>,
     }
 }

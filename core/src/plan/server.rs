@@ -44,6 +44,8 @@ pub struct ServerInput<'a> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServerExtra {
     pub ready_replicas: i32,
+    /// The pods' label selector, for the scale subresource.
+    pub selector: String,
 }
 
 /// What to do for a Server.
@@ -52,7 +54,15 @@ pub type ServerPlan = Plan<ServerExtra>;
 /// Plans a Server.
 pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
     let parent = &input.parent;
-    let mut plan = Plan::new(ServerExtra::default());
+    let selector = names::run_labels(Kind::Server, &parent.name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut plan = Plan::new(ServerExtra {
+        ready_replicas: 0,
+        selector,
+    });
     let Some(image) = input.spec.image.as_deref() else {
         plan.conditions = serving(
             false,
@@ -305,6 +315,7 @@ mod tests {
         );
         assert!(p.ready);
         assert_eq!(p.extra.ready_replicas, 1);
+        assert_eq!(p.extra.selector, "role=run,server=falcon");
         assert_eq!(
             (p.conditions[0].reason, p.conditions[0].status),
             (reasons::DEPLOYMENT_READY, true)

@@ -86,6 +86,7 @@ impl KindStatus for ServerStatus {
             conditions,
             build_upload: upload.map(Box::new),
             replicas: Some(plan.extra.ready_replicas),
+            selector: Some(plan.extra.selector.clone()),
             observed_generation: generation,
         }
     }
