@@ -121,6 +121,10 @@ pub struct RunArgs {
         default_value = "cgr.dev/chainguard/git:latest"
     )]
     pub git_image: String,
+    /// Image that checks and unpacks an uploaded build context before the builder reads it
+    /// (this operator's own image; the chart sets it). Unset: the builder gets the archive.
+    #[arg(long, env = "CONTEXT_IMAGE")]
+    pub context_image: Option<String>,
     /// Seconds a signed upload URL stays valid.
     #[arg(long, env = "UPLOAD_URL_TTL_SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(30..=604800))]
@@ -176,6 +180,7 @@ impl RunArgs {
         substratus_core::plan::build::BuildSettings {
             builder_image: self.builder_image.clone(),
             git_image: self.git_image.clone(),
+            context_image: self.context_image.clone().filter(|s| !s.is_empty()),
             upload_url_ttl: std::time::Duration::from_secs(self.upload_url_ttl_seconds),
         }
     }

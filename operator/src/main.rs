@@ -3,6 +3,7 @@
 mod config;
 mod http;
 mod leader;
+mod unpack;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +42,18 @@ enum Command {
     },
     /// Print the API reference (Markdown) generated from the CRD schemas: `docs/api.md`.
     ApiReference,
+    /// Check and unpack an uploaded build context (the first step of a build Job).
+    UnpackContext {
+        /// The gzipped tar, as uploaded.
+        #[arg(long)]
+        archive: std::path::PathBuf,
+        /// The md5 the object declares (spec.build.upload.md5Checksum).
+        #[arg(long)]
+        md5: String,
+        /// The builder's workspace.
+        #[arg(long)]
+        into: std::path::PathBuf,
+    },
 }
 
 /// With `--features dhat-heap`, every allocation is counted and `dhat-heap.json` is written
@@ -65,6 +78,23 @@ fn main() -> Result<()> {
         Command::ApiReference => {
             print!("{}", substratus_crds::api_reference());
             Ok(())
+        }
+        Command::UnpackContext { archive, md5, into } => {
+            match unpack::unpack_context(&archive, &md5, &into) {
+                Ok(n) => {
+                    println!(
+                        "{n} entries of {} unpacked into {}",
+                        archive.display(),
+                        into.display()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    // The pod's termination message: the build's condition quotes it.
+                    let _ = std::fs::write("/dev/termination-log", e.to_string());
+                    Err(e.into())
+                }
+            }
         }
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

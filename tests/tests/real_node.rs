@@ -887,9 +887,17 @@ async fn uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run
         "library/python",
     );
 
+    // Uploaded contexts are checked and unpacked by the operator's image before kaniko runs.
+    let binary = std::env::var("SUBSTRATUS_OPERATOR_BIN")
+        .expect("SUBSTRATUS_OPERATOR_BIN: a release build of substratus-operator");
+    let checker = substratus_devcluster::recipes::operator(Path::new(&binary), "context")
+        .expect("the operator image");
+    node::ctr(&["images", "import", &checker.archive.to_string_lossy()]).unwrap();
+
     let ns = TestNamespace::new("real-build");
     let build = substratus_core::plan::build::BuildSettings {
         builder_image: kaniko.reference.clone(),
+        context_image: Some(checker.reference.clone()),
         ..Default::default()
     };
     let op = RunningOperator::start_with(&ns.name, kind_cloud_on_real_node(s3), build).await;
@@ -919,6 +927,7 @@ async fn uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run
             .all(|w| (w.as_f64().unwrap() - 0.3).abs() < 1e-9),
         "3 epochs of +0.1: {model}"
     );
+    an_archive_leaving_its_context_is_refused_before_the_builder_runs(&ns.name).await;
     op.stop().await;
     kubectl(&[
         "delete",
@@ -928,6 +937,111 @@ async fn uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run
         "--timeout=60s",
     ])
     .ok();
+}
+
+/// A gzipped tar written header by header (a tar library refuses to write these names).
+fn raw_archive(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, body, link) in entries {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &out).unwrap();
+    gz.finish().unwrap()
+}
+
+/// An upload whose archive holds `../` and absolute-link entries: the check before the
+/// builder refuses it, the build fails naming the entry, and kaniko never starts.
+async fn an_archive_leaving_its_context_is_refused_before_the_builder_runs(ns: &str) {
+    use md5::Digest as _;
+    let context = raw_archive(&[
+        (
+            "Dockerfile",
+            tar::EntryType::Regular,
+            b"FROM registry.substratus.svc.cluster.local:5000/busybox:1.35.0\nCOPY . /x\n",
+            "",
+        ),
+        ("etc", tar::EntryType::Symlink, b"", "/etc"),
+        ("../../escape.txt", tar::EntryType::Regular, b"outside", ""),
+    ]);
+    let md5 = substratus_core::names::hex(&md5::Md5::digest(&context));
+    apply(&object(
+        "Model",
+        "traversal",
+        ns,
+        json!({"build": {"upload": {"md5Checksum": md5, "requestID": "r1"}},
+            "resources": small()}),
+    ));
+    let url = wait_for("a signed upload URL", Duration::from_secs(60), || async {
+        let o = kubectl_json(&["get", "model", "traversal", "-n", ns])?;
+        Ok(o["status"]["buildUpload"]["signedURL"]
+            .as_str()
+            .map(str::to_owned))
+    })
+    .await;
+    let b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        md5::Md5::digest(&context),
+    );
+    let put = reqwest::Client::new()
+        .put(&url)
+        .header("Content-MD5", b64)
+        .body(context)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "PUT: {}", put.status());
+    let touched = format!("substratus.ai/upload-timestamp={}", jiff::Timestamp::now());
+    kubectl(&[
+        "annotate",
+        "model",
+        "traversal",
+        "-n",
+        ns,
+        "--overwrite",
+        &touched,
+    ])
+    .unwrap();
+    let failed = until_ready(ns, "Model", "traversal", "False", Some("BuildFailed")).await;
+    let message = failed["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Built")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("container context exited")
+            && message.contains("leaves the build context"),
+        "{message}"
+    );
+    // The builder container never ran.
+    let pods =
+        kubectl_json(&["get", "pods", "-n", ns, "-l", "model=traversal,role=build"]).unwrap();
+    for pod in pods["items"].as_array().into_iter().flatten() {
+        for cs in pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert!(
+                cs["state"]["terminated"]["startedAt"].is_null()
+                    && cs["state"]["running"].is_null(),
+                "the builder ran: {cs}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

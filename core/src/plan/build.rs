@@ -47,6 +47,11 @@ pub struct BuildSettings {
     pub git_image: String,
     /// Lifetime of a signed upload URL.
     pub upload_url_ttl: std::time::Duration,
+    /// Image whose `unpack-context` command checks a mounted upload before the builder reads
+    /// it (the operator's own image): the bytes must have the declared md5, and no entry may
+    /// leave the context (`..`, absolute paths, links out, hard links, devices). kaniko's own
+    /// unpacking follows such entries. `None` hands the archive to the builder as it is.
+    pub context_image: Option<String>,
 }
 
 impl Default for BuildSettings {
@@ -55,6 +60,7 @@ impl Default for BuildSettings {
             builder_image: "cgr.dev/chainguard/kaniko:latest".into(),
             git_image: "cgr.dev/chainguard/git:latest".into(),
             upload_url_ttl: std::time::Duration::from_secs(300),
+            context_image: None,
         }
     }
 }
@@ -354,18 +360,59 @@ fn build_job(
                 args.push(format!("--context-sub-path={path}"));
             }
         }
-        (None, Some(_)) => {
+        (None, Some(upload)) => {
             let ctx = cloud.upload_context(prefix)?;
-            args.push(format!("--context={}", ctx.context));
-            if let Some((mut volume, dir)) = ctx.mount {
-                volume.name = "upload".into();
-                volumes.push(volume);
-                mounts.push(VolumeMount {
-                    name: "upload".into(),
-                    mount_path: dir,
-                    read_only: Some(true),
-                    ..Default::default()
-                });
+            let archive = ctx.context.strip_prefix("tar://").map(str::to_owned);
+            match (ctx.mount, archive, &input.settings.context_image) {
+                (Some((mut volume, dir)), Some(archive), Some(image)) => {
+                    volume.name = "upload".into();
+                    volumes.push(volume);
+                    volumes.push(Volume {
+                        name: "workspace".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Default::default()
+                    });
+                    let workspace = VolumeMount {
+                        name: "workspace".into(),
+                        mount_path: WORKSPACE.into(),
+                        ..Default::default()
+                    };
+                    init_containers.push(Container {
+                        name: "context".into(),
+                        image: Some(image.clone()),
+                        args: Some(vec![
+                            "unpack-context".into(),
+                            format!("--archive={archive}"),
+                            format!("--md5={}", upload.md5_checksum),
+                            format!("--into={WORKSPACE}"),
+                        ]),
+                        volume_mounts: Some(vec![
+                            VolumeMount {
+                                name: "upload".into(),
+                                mount_path: dir,
+                                read_only: Some(true),
+                                ..Default::default()
+                            },
+                            workspace.clone(),
+                        ]),
+                        ..Default::default()
+                    });
+                    mounts.push(workspace);
+                    args.push(format!("--context=dir://{WORKSPACE}"));
+                }
+                (mount, _, _) => {
+                    args.push(format!("--context={}", ctx.context));
+                    if let Some((mut volume, dir)) = mount {
+                        volume.name = "upload".into();
+                        volumes.push(volume);
+                        mounts.push(VolumeMount {
+                            name: "upload".into(),
+                            mount_path: dir,
+                            read_only: Some(true),
+                            ..Default::default()
+                        });
+                    }
+                }
             }
             objects = own_objects(parent, ctx.objects);
         }
