@@ -128,6 +128,7 @@ if [[ $real_node == 1 ]]; then
     -d "{\"prompt\": \"$prompt\", \"max_tokens\": 40, \"temperature\": 0, \"stop\": [\"\\n\"]}" \
     | python3 -c 'import json, sys; print("    completion:", repr(json.load(sys.stdin)["choices"][0]["text"]))' \
     || { echo "    no completion"; ready=0; }
+  echo "    first completion $(( $(date +%s) - t0 ))s after kubectl apply"
   kill "$fwd" 2>/dev/null || true
   echo
   echo "Objects in the bucket (.s3/substratus-artifacts):"
