@@ -347,3 +347,70 @@ async fn azure_backend_on_aks_pools() {
         format!("system:serviceaccount:{}:modeller", ns.name)
     );
 }
+
+/// Under SSE-KMS an object's ETag is not its MD5: the stored checksum of an upload is read
+/// from its bytes (an S3 fake answering as S3 does for a KMS-encrypted object).
+#[tokio::test]
+async fn an_upload_in_an_sse_kms_bucket_is_verified_by_reading_it() {
+    use md5::Digest as _;
+    let body = "the uploaded build context";
+    let md5 = substratus_core::names::hex(&md5::Md5::digest(body.as_bytes()));
+    // What S3 returns as the ETag of a KMS-encrypted object: 32 hex digits, not the MD5.
+    let kms_etag = "\"9f1a0c5e3b2d4f60718293a4b5c6d7e8\"";
+    for (sse, expect_get) in [("aws:kms", true), ("AES256", false)] {
+        let s3 = Fake::start(move |s| {
+            let headers = vec![
+                ("etag", kms_etag.to_owned()),
+                ("x-amz-server-side-encryption", sse.to_owned()),
+                ("content-length", body.len().to_string()),
+            ];
+            match s.method.as_str() {
+                "HEAD" => (200, headers, String::new()),
+                "GET" => (200, headers, body.to_owned()),
+                _ => status(400, "unexpected"),
+            }
+        })
+        .await;
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-west-2"))
+            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+                aws_sdk_s3::config::Credentials::new("AKID", "secret", None, None, "test"),
+            ))
+            .build();
+        let cloud = substratus_clouds::aws::AwsCloud::new(
+            CloudConfig {
+                cluster_name: "eks-1".into(),
+                artifact_bucket: BucketUrl::parse("s3://bucket").unwrap(),
+                registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
+                principal: Some("arn:aws:iam::123456789012:role/substratus".into()),
+            },
+            substratus_clouds::aws::AwsSettings {
+                region: "us-west-2".into(),
+                account_id: "123456789012".into(),
+                partition: "aws".into(),
+                identity: substratus_clouds::aws::IdentityMode::Irsa {
+                    oidc_issuer: "https://oidc.example".into(),
+                },
+                s3_endpoint: Some(s3.endpoint.clone()),
+                iam_endpoint: None,
+                eks_endpoint: None,
+                force_path_style: true,
+            },
+            GpuCatalog::aws(),
+            &sdk,
+        )
+        .unwrap();
+        let stored = cloud.stored_md5("p/uploads/latest.tar.gz").await.unwrap();
+        let read = !s3
+            .seen_at("GET", "/bucket/p/uploads/latest.tar.gz")
+            .is_empty();
+        assert_eq!(read, expect_get, "{sse}: read the object: {read}");
+        let want = if expect_get {
+            md5.clone()
+        } else {
+            kms_etag.trim_matches('"').to_owned()
+        };
+        assert_eq!(stored.as_deref(), Some(want.as_str()), "{sse}");
+    }
+}

@@ -398,10 +398,17 @@ impl Cloud for AwsCloud {
             .send()
             .await
         {
-            Ok(head) => match head.e_tag().and_then(etag_md5) {
-                Some(md5) => Ok(Some(md5)),
-                None => self.md5_by_reading(key).await.map(Some),
-            },
+            Ok(head) => {
+                // Under SSE-KMS (a bucket's default encryption, often) the ETag of a single
+                // PUT is not the MD5 of the object: read it instead.
+                let kms = head
+                    .server_side_encryption()
+                    .is_some_and(|s| s.as_str().starts_with("aws:kms"));
+                match head.e_tag().and_then(etag_md5).filter(|_| !kms) {
+                    Some(md5) => Ok(Some(md5)),
+                    None => self.md5_by_reading(key).await.map(Some),
+                }
+            }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(sdk_error(&format!("reading the metadata of {key}"), e)),
         }
