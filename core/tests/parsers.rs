@@ -70,7 +70,7 @@ proptest! {
         tag in proptest::option::of(any::<String>()),
         other_url in any::<String>(),
     ) {
-        let git = BuildGit { url, path, branch, tag };
+        let git = BuildGit { url, path, branch, tag, credentials_secret: None };
         let build = Build { git: Some(git.clone()), upload: None };
         let t = image_tag(&build);
         let valid = t.len() <= 128

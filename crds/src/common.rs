@@ -22,11 +22,23 @@ pub struct Build {
 }
 
 /// A git repository to build an image from. `tag` wins over `branch`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("!self.url.matches('^(https?://[^/@]+@|[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@)')")
+    .message("spec.build.git.url must not hold credentials (they would show in the build Job): put them in a Secret and name it in spec.build.git.credentialsSecret"))]
 pub struct BuildGit {
-    /// Repository URL, e.g. `https://github.com/substratusai/images` (at most 2,048 characters).
+    /// Repository URL, e.g. `https://github.com/substratusai/images` (at most 2,048
+    /// characters). No password in it: see `credentialsSecret`.
     #[schemars(length(min = 1, max = 2048))]
     pub url: String,
+    /// A Secret of this namespace whose key `.git-credentials` holds git's credential store
+    /// lines (`https://<user>:<token>@github.com`), for a private repository. It is mounted
+    /// into the clone step only; the operator never reads it.
+    #[serde(
+        rename = "credentialsSecret",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub credentials_secret: Option<ObjectRef>,
     /// Sub-directory of the repository used as the build context (at most 1,024 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]

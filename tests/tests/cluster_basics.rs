@@ -57,6 +57,20 @@ async fn invalid_objects_are_rejected_with_the_field_named() {
         ),
         (
             model(
+                "password-in-url",
+                json!({"build": {"git": {"url": "https://bot:ghp_secret@github.com/org/private"}}}),
+            ),
+            "spec.build.git.url must not hold credentials",
+        ),
+        (
+            model(
+                "token-in-url",
+                json!({"build": {"git": {"url": "https://ghp_secret@github.com/org/private"}}}),
+            ),
+            "spec.build.git.credentialsSecret",
+        ),
+        (
+            model(
                 "bad-md5",
                 json!({"build": {"upload": {"md5Checksum": "not-hex", "requestID": "1"}}}),
             ),

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, Pod, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, KeyToPath, Pod, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -281,16 +281,66 @@ fn clone_container(git: &BuildGit, image: &str) -> Container {
         args.push(format!("--branch={r}"));
     }
     args.extend(["--".to_owned(), git.url.clone(), WORKSPACE.to_owned()]);
+    let mut mounts = vec![VolumeMount {
+        name: "workspace".into(),
+        mount_path: WORKSPACE.into(),
+        ..Default::default()
+    }];
+    let env_var = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    };
+    // Never wait for a password on a terminal that is not there.
+    let mut env = vec![env_var("GIT_TERMINAL_PROMPT", "0")];
+    if git.credentials_secret.is_some() {
+        // git's own credential store, read from the mounted Secret: no shell, and the
+        // token is in no argument, environment value or message.
+        mounts.push(VolumeMount {
+            name: GIT_CREDENTIALS_VOLUME.into(),
+            mount_path: GIT_CREDENTIALS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        env.extend([
+            env_var("GIT_CONFIG_COUNT", "1"),
+            env_var("GIT_CONFIG_KEY_0", "credential.helper"),
+            env_var(
+                "GIT_CONFIG_VALUE_0",
+                &format!("store --file={GIT_CREDENTIALS_DIR}/{GIT_CREDENTIALS_KEY}"),
+            ),
+        ]);
+    }
     Container {
         name: "git-clone".into(),
         image: Some(image.to_owned()),
         command: Some(vec!["git".into()]),
         args: Some(args),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "workspace".into(),
-            mount_path: WORKSPACE.into(),
+        env: Some(env),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+const GIT_CREDENTIALS_VOLUME: &str = "git-credentials";
+const GIT_CREDENTIALS_DIR: &str = "/etc/substratus/git";
+/// The key of a `credentialsSecret`: git's credential store file.
+pub const GIT_CREDENTIALS_KEY: &str = ".git-credentials";
+
+/// The volume of a git build's `credentialsSecret`: its one key, readable by its owner only.
+fn git_credentials_volume(secret: &str) -> Volume {
+    Volume {
+        name: GIT_CREDENTIALS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            items: Some(vec![KeyToPath {
+                key: GIT_CREDENTIALS_KEY.into(),
+                path: GIT_CREDENTIALS_KEY.into(),
+                mode: Some(0o400),
+            }]),
+            default_mode: Some(0o400),
             ..Default::default()
-        }]),
+        }),
         ..Default::default()
     }
 }
@@ -341,6 +391,9 @@ fn build_job(
                 mount_path: WORKSPACE.into(),
                 ..Default::default()
             });
+            if let Some(secret) = &git.credentials_secret {
+                volumes.push(git_credentials_volume(&secret.name));
+            }
             init_containers.push(clone_container(git, &input.settings.git_image));
             args.push(format!("--context=dir://{WORKSPACE}"));
             if let Some(path) = git
@@ -549,6 +602,72 @@ mod tests {
             ..Default::default()
         };
         ObservedBuildJob::from_job(&job)
+    }
+
+    #[test]
+    fn a_private_repository_s_credentials_reach_the_clone_step_only_as_a_mounted_file() {
+        let cloud = FakeCloud::default();
+        let (p, s) = (parent(), settings());
+        let mut b = git(Some("v1"), None, None);
+        b.git.as_mut().unwrap().credentials_secret = Some(substratus_crds::ObjectRef {
+            name: "repo-token".into(),
+            ..Default::default()
+        });
+        let job = plan(&input(&p, &b, &s), &cloud).job().cloned().unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == GIT_CREDENTIALS_VOLUME)
+            .expect("the credentials volume");
+        let secret = volume.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("repo-token"));
+        let item = &secret.items.as_ref().unwrap()[0];
+        assert_eq!(
+            (item.key.as_str(), item.mode),
+            (GIT_CREDENTIALS_KEY, Some(0o400))
+        );
+        let clone = &pod.init_containers.as_ref().unwrap()[0];
+        let mount = clone
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == GIT_CREDENTIALS_VOLUME)
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let env: BTreeMap<_, _> = clone
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(env["GIT_CONFIG_KEY_0"], "credential.helper");
+        assert_eq!(
+            env["GIT_CONFIG_VALUE_0"],
+            format!("store --file={GIT_CREDENTIALS_DIR}/{GIT_CREDENTIALS_KEY}")
+        );
+        assert_eq!(env["GIT_TERMINAL_PROMPT"], "0");
+        // The builder, which runs the repository's Dockerfile, never sees them.
+        assert!(
+            pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != GIT_CREDENTIALS_VOLUME)
+        );
+        // Without a Secret, no volume and no helper.
+        let b = git(Some("v1"), None, None);
+        let job = plan(&input(&p, &b, &s), &cloud).job().cloned().unwrap();
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert!(
+            pod.volumes
+                .iter()
+                .flatten()
+                .all(|v| v.name != GIT_CREDENTIALS_VOLUME)
+        );
+        let env = pod.init_containers.unwrap()[0].env.clone().unwrap();
+        assert!(env.iter().all(|e| e.name != "GIT_CONFIG_COUNT"));
     }
 
     #[test]

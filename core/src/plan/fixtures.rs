@@ -33,6 +33,7 @@ pub fn git(tag: Option<&str>, branch: Option<&str>, path: Option<&str>) -> Build
             path: path.map(Into::into),
             branch: branch.map(Into::into),
             tag: tag.map(Into::into),
+            credentials_secret: None,
         }),
         upload: None,
     }

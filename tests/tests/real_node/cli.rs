@@ -102,8 +102,19 @@ fn write(dir: &Path, name: &str, value: &Value) {
     std::fs::write(dir.join(name), value.to_string()).unwrap();
 }
 
-fn gone(ns: &str, what: &str) -> bool {
-    kubectl(&["get", what, "-n", ns]).is_err_and(|e| e.contains("NotFound"))
+/// Waits until `what` is gone (a deletion by `sub` waits for no dependant).
+async fn gone(ns: &str, what: &str) {
+    wait_for(
+        &format!("{what} to be gone"),
+        Duration::from_secs(60),
+        || async {
+            match kubectl(&["get", what, "-n", ns]) {
+                Err(e) if e.contains("NotFound") => Ok(Some(())),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
 }
 
 /// `sub serve` of a directory holding the Server `srv` (as running): the forward answers a
@@ -137,10 +148,7 @@ pub async fn sub_serve_forwards_to_the_server_and_a_completion_comes_back(ns: &s
     assert_eq!(answer["object"], "text_completion", "{answer}");
     let out = serving.quit().await;
     assert!(out.contains("Server srv deleted"), "{out}");
-    assert!(
-        gone(ns, "server/srv"),
-        "the Server outlived --on-exit delete"
-    );
+    gone(ns, "server/srv").await;
 }
 
 /// `sub notebook` of a directory holding a Notebook over the fine-tuned Model and the
@@ -231,5 +239,5 @@ pub async fn sub_notebook_opens_jupyter_and_brings_saved_files_home(
     }
     let out = notebook.quit().await;
     assert!(out.contains("Notebook explore deleted"), "{out}");
-    assert!(gone(ns, "notebook/explore"));
+    gone(ns, "notebook/explore").await;
 }
