@@ -14,6 +14,7 @@ fn kubectl_in(args: &[&str], input: &Value) {
     let mut child = kubectl()
         .args(args)
         .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     child
