@@ -131,6 +131,34 @@ class Module:
                     problems.append(f"{self.path.relative_to(ROOT)}: module.{name} sets {arg}, which {child.path.relative_to(ROOT)} does not declare")
 
 
+# The account every namespace's workloads act as, per module: it may hold no IAM role (an
+# iam.* role would let any tenant's container rewrite IAM policies or mint tokens).
+WORKLOAD_IDENTITIES = {"gcp": "google_service_account.substratus"}
+
+
+def check_workload_identity(module):
+    workload = WORKLOAD_IDENTITIES.get(module.path.name)
+    if workload is None:
+        return
+    if (tuple(workload.split(".")) not in module.resources):
+        problems.append(f"{module.path.relative_to(ROOT)}: no {workload} (the workloads' identity)")
+        return
+    for tf, doc in module.bodies:
+        for block in doc.get("resource", []):
+            for rtype, named in block.items():
+                if not unquote(rtype).endswith(("_iam_member", "_iam_binding")):
+                    continue
+                for name, body in named.items():
+                    role = unquote(body.get("role", ""))
+                    members = [body.get("member", "")] + list(body.get("members", []))
+                    grantee = any(f"{workload}.email" in str(m) for m in members)
+                    if grantee and str(role).startswith("roles/iam."):
+                        problems.append(
+                            f"{module.rel(tf)}: {unquote(rtype)}.{unquote(name)} grants {role} to "
+                            f"{workload}, the identity of every workload"
+                        )
+
+
 def check_values(value, schema, where, rel):
     """Keys must exist in the schema; literal values must have its type and enum."""
     if isinstance(value, dict):
@@ -175,6 +203,7 @@ def main(terraform=None, quiet=False):
         module = Module(cloud)
         module.check_declarations()
         module.check_references()
+        check_workload_identity(module)
         if "helm_values" not in module.locals:
             problems.append(f"{cloud.relative_to(ROOT)}: no local.helm_values passed to the chart")
         else:
@@ -221,6 +250,9 @@ def self_test():
         ("aws/examples/existing-cluster/main.tf", "create_cluster               = false", "create_clusters = false", "sets create_clusters, which terraform/aws does not declare"),
         ("gcp/variables.tf", 'description = "Region of the cluster', 'label = "Region of the cluster', "variable region has no description"),
         ("aws/README.md", "| `subnet_ids` |", "| subnet ids |", "README.md: variable subnet_ids has no row"),
+        ("gcp/main.tf", 'member             = "serviceAccount:${google_service_account.operator.email}"\n}\n\n# The operator adds',
+         'member             = "serviceAccount:${google_service_account.substratus.email}"\n}\n\n# The operator adds',
+         "grants roles/iam.serviceAccountTokenCreator to google_service_account.substratus"),
     ]
     failures = 0
     for rel, old, new, expected in cases:

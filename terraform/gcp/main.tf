@@ -36,7 +36,7 @@ locals {
     serviceAccount = {
       name = "substratus-operator"
       annotations = {
-        "iam.gke.io/gcp-service-account" = google_service_account.substratus.email
+        "iam.gke.io/gcp-service-account" = google_service_account.operator.email
       }
     }
   }
@@ -135,12 +135,22 @@ resource "google_artifact_registry_repository" "substratus" {
   format        = "DOCKER"
 }
 
-# One Google service account: the operator and the workloads it starts act as it through
-# Workload Identity. The operator binds each namespace's role KSAs to it.
+# Two Google service accounts. The workloads' (`substratus`, the PRINCIPAL): every role KSA
+# of every namespace acts as it, so it holds the bucket and the registry and no IAM role at
+# all — a container can neither rewrite an IAM policy nor mint another account's tokens.
+# The operator's (`substratus-operator`): only the operator pod acts as it; it manages the
+# Workload Identity bindings on the workloads' account, signs upload URLs as it, and reads
+# upload checksums. hack/terraform_check.py fails if the workloads' account gains an iam.* role.
 resource "google_service_account" "substratus" {
   project      = var.project_id
   account_id   = "substratus"
-  display_name = "Substratus operator and workloads"
+  display_name = "Substratus workloads"
+}
+
+resource "google_service_account" "operator" {
+  project      = var.project_id
+  account_id   = "substratus-operator"
+  display_name = "Substratus operator"
 }
 
 resource "google_storage_bucket_iam_member" "artifacts" {
@@ -157,23 +167,31 @@ resource "google_artifact_registry_repository_iam_member" "push" {
   member     = "serviceAccount:${google_service_account.substratus.email}"
 }
 
-# Signed upload URLs without a key file: signBlob through the IAM Credentials API.
-resource "google_service_account_iam_member" "sign_blob" {
-  service_account_id = google_service_account.substratus.name
-  role               = "roles/iam.serviceAccountTokenCreator"
-  member             = "serviceAccount:${google_service_account.substratus.email}"
+# The operator reads an upload's md5 (object metadata, or the bytes of a composite object).
+resource "google_storage_bucket_iam_member" "operator_reads_uploads" {
+  bucket = google_storage_bucket.artifacts.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.operator.email}"
 }
 
-# The operator adds roles/iam.workloadIdentityUser bindings on this account for the role
-# KSAs of each namespace (get/set IAM policy on the account itself, nothing wider).
-resource "google_service_account_iam_member" "manage_bindings" {
+# Signed upload URLs without a key file: the operator calls signBlob as the workloads' account
+# (the URL then writes as it), through the IAM Credentials API.
+resource "google_service_account_iam_member" "operator_signs_uploads" {
+  service_account_id = google_service_account.substratus.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:${google_service_account.operator.email}"
+}
+
+# The operator adds roles/iam.workloadIdentityUser bindings on the workloads' account for the
+# role KSAs of each namespace (get/set IAM policy on that account, nothing wider).
+resource "google_service_account_iam_member" "operator_manages_bindings" {
   service_account_id = google_service_account.substratus.name
   role               = "roles/iam.serviceAccountAdmin"
-  member             = "serviceAccount:${google_service_account.substratus.email}"
+  member             = "serviceAccount:${google_service_account.operator.email}"
 }
 
 resource "google_service_account_iam_member" "operator_workload_identity" {
-  service_account_id = google_service_account.substratus.name
+  service_account_id = google_service_account.operator.name
   role               = "roles/iam.workloadIdentityUser"
   member             = "serviceAccount:${var.project_id}.svc.id.goog[${var.operator_namespace}/substratus-operator]"
   # The workload pool exists once the cluster does.

@@ -25,8 +25,13 @@ output "registry_url" {
 }
 
 output "principal" {
-  description = "Google service account the operator and workloads act as."
+  description = "Google service account the workloads act as (no IAM role)."
   value       = google_service_account.substratus.email
+}
+
+output "operator_service_account" {
+  description = "Google service account the operator acts as."
+  value       = google_service_account.operator.email
 }
 
 output "cluster_ca_certificate" {
