@@ -199,41 +199,7 @@ fn clear(dir: &Path) {
 mod tests {
     use super::*;
 
-    enum E<'a> {
-        File(&'a str, &'a [u8]),
-        Dir(&'a str),
-        Symlink(&'a str, &'a str),
-        Hard(&'a str, &'a str),
-        Fifo(&'a str),
-    }
-
-    /// A gzipped tar of `entries`, written raw (the tar crate's builder refuses `..`).
-    fn archive(entries: &[E]) -> Vec<u8> {
-        let mut tar = Vec::new();
-        for e in entries {
-            let mut h = tar::Header::new_old();
-            let (name, kind, body, link): (&str, tar::EntryType, &[u8], &str) = match e {
-                E::File(n, b) => (n, tar::EntryType::Regular, b, ""),
-                E::Dir(n) => (n, tar::EntryType::Directory, b"", ""),
-                E::Symlink(n, t) => (n, tar::EntryType::Symlink, b"", t),
-                E::Hard(n, t) => (n, tar::EntryType::Link, b"", t),
-                E::Fifo(n) => (n, tar::EntryType::Fifo, b"", ""),
-            };
-            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-            h.set_entry_type(kind);
-            h.set_size(body.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            tar.extend_from_slice(h.as_bytes());
-            tar.extend_from_slice(body);
-            tar.resize(tar.len().div_ceil(512) * 512, 0);
-        }
-        tar.resize(tar.len() + 1024, 0);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        io::Write::write_all(&mut gz, &tar).unwrap();
-        gz.finish().unwrap()
-    }
+    use substratus_tests::archives::{Entry as E, raw_tar_gz as archive};
 
     /// Unpacks `bytes` (as uploaded, with their md5) into a fresh folder inside a parent
     /// folder that stands for everything outside the context.
@@ -313,7 +279,7 @@ mod tests {
                     E::File("x/escape.txt", b"x"),
                 ],
             ),
-            ("hard link", vec![E::Hard("passwd", "/etc/passwd")]),
+            ("hard link", vec![E::HardLink("passwd", "/etc/passwd")]),
             ("fifo", vec![E::Fifo("pipe")]),
         ];
         for (what, entries) in cases {

@@ -165,6 +165,38 @@ pub fn kubectl() -> Command {
     substratus_devcluster::kubectl(&c.bin_dir, &c.kubeconfig)
 }
 
+/// `kubectl <args>` on the shared cluster, with `stdin` (JSON) if any: its output, or its
+/// error output.
+pub fn kubectl_with(args: &[&str], stdin: Option<&serde_json::Value>) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = kubectl()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut input = child.stdin.take().expect("kubectl's stdin");
+    if let Some(v) = stdin {
+        input
+            .write_all(v.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    drop(input);
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `kubectl get <what> <name> -n <ns> -o json`.
+pub fn kubectl_json(what: &str, name: &str, ns: &str) -> Result<serde_json::Value, String> {
+    let out = kubectl_with(&["get", what, name, "-n", ns, "-o", "json"], None)?;
+    serde_json::from_str(&out).map_err(|e| e.to_string())
+}
+
 fn run(mut cmd: Command) -> Result<String> {
     let out = cmd
         .stdin(Stdio::null())

@@ -1,5 +1,6 @@
 //! Test support for the compatibility and cluster tests in `tests/tests/`.
 
+pub mod archives;
 pub mod audit;
 pub mod binaries;
 pub mod cluster;

@@ -98,6 +98,46 @@ async fn claimed_csi(c: &kube::Client, ns: &str, pod: &Pod) -> Value {
     serde_json::to_value(pvs[0].spec.as_ref().unwrap()).unwrap()
 }
 
+/// The AWS backend of account 123456789012 in us-west-2 (IRSA with `issuer`, workloads as
+/// the role `substratus`), its S3 and IAM calls sent to the given endpoints.
+fn aws_cloud(
+    bucket: &str,
+    issuer: &str,
+    s3: Option<String>,
+    iam: Option<String>,
+) -> substratus_clouds::aws::AwsCloud {
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-west-2"))
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+            aws_sdk_s3::config::Credentials::new("AKID", "secret", None, None, "test"),
+        ))
+        .build();
+    substratus_clouds::aws::AwsCloud::new(
+        CloudConfig {
+            cluster_name: "eks-1".into(),
+            artifact_bucket: BucketUrl::parse(bucket).unwrap(),
+            registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
+            principal: Some("arn:aws:iam::123456789012:role/substratus".into()),
+        },
+        substratus_clouds::aws::AwsSettings {
+            region: "us-west-2".into(),
+            account_id: "123456789012".into(),
+            partition: "aws".into(),
+            identity: substratus_clouds::aws::IdentityMode::Irsa {
+                oidc_issuer: issuer.into(),
+            },
+            s3_endpoint: s3,
+            iam_endpoint: iam,
+            eks_endpoint: None,
+            force_path_style: true,
+        },
+        GpuCatalog::aws(),
+        &sdk,
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn gcp_backend_on_gke_pools() {
     let ns = TestNamespace::new("gke");
@@ -209,36 +249,12 @@ async fn aws_backend_on_eks_pools() {
         }
     })
     .await;
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-west-2"))
-        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
-            aws_sdk_s3::config::Credentials::new("AKID", "secret", None, None, "test"),
-        ))
-        .build();
-    let cloud = substratus_clouds::aws::AwsCloud::new(
-        CloudConfig {
-            cluster_name: "eks-1".into(),
-            artifact_bucket: BucketUrl::parse("s3://123456789012-substratus-artifacts").unwrap(),
-            registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
-            principal: Some(role.into()),
-        },
-        substratus_clouds::aws::AwsSettings {
-            region: "us-west-2".into(),
-            account_id: "123456789012".into(),
-            partition: "aws".into(),
-            identity: substratus_clouds::aws::IdentityMode::Irsa {
-                oidc_issuer: issuer.into(),
-            },
-            s3_endpoint: Some("http://127.0.0.1:9".into()),
-            iam_endpoint: Some(iam.endpoint.clone()),
-            eks_endpoint: None,
-            force_path_style: true,
-        },
-        GpuCatalog::aws(),
-        &sdk,
-    )
-    .unwrap();
+    let cloud = aws_cloud(
+        "s3://123456789012-substratus-artifacts",
+        issuer,
+        Some("http://127.0.0.1:9".into()),
+        Some(iam.endpoint.clone()),
+    );
     let op = RunningOperator::start(&ns.name, Arc::new(cloud) as Arc<dyn Cloud>).await;
     gpu_model(&c, &ns.name, "nvidia-l4").await;
     let (pod, node) = run_pod(&c, &ns.name).await;
@@ -371,36 +387,12 @@ async fn an_upload_in_an_sse_kms_bucket_is_verified_by_reading_it() {
             }
         })
         .await;
-        let sdk = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-west-2"))
-            .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
-                aws_sdk_s3::config::Credentials::new("AKID", "secret", None, None, "test"),
-            ))
-            .build();
-        let cloud = substratus_clouds::aws::AwsCloud::new(
-            CloudConfig {
-                cluster_name: "eks-1".into(),
-                artifact_bucket: BucketUrl::parse("s3://bucket").unwrap(),
-                registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
-                principal: Some("arn:aws:iam::123456789012:role/substratus".into()),
-            },
-            substratus_clouds::aws::AwsSettings {
-                region: "us-west-2".into(),
-                account_id: "123456789012".into(),
-                partition: "aws".into(),
-                identity: substratus_clouds::aws::IdentityMode::Irsa {
-                    oidc_issuer: "https://oidc.example".into(),
-                },
-                s3_endpoint: Some(s3.endpoint.clone()),
-                iam_endpoint: None,
-                eks_endpoint: None,
-                force_path_style: true,
-            },
-            GpuCatalog::aws(),
-            &sdk,
-        )
-        .unwrap();
+        let cloud = aws_cloud(
+            "s3://bucket",
+            "https://oidc.example",
+            Some(s3.endpoint.clone()),
+            None,
+        );
         let stored = cloud.stored_md5("p/uploads/latest.tar.gz").await.unwrap();
         let read = !s3
             .seen_at("GET", "/bucket/p/uploads/latest.tar.gz")

@@ -772,25 +772,12 @@ fn pack(dir: &Path) -> Vec<u8> {
     tar.into_inner().unwrap().finish().unwrap()
 }
 
-/// Applies the Model of `dir/model.yaml` (with `changes` merged into its spec) as an upload
-/// build of `dir`, PUTs the packed directory to the signed URL as `sub` does, and waits until
-/// the Model is Ready; returns it.
-async fn upload_build(ns: &str, dir: &Path, changes: Value) -> Value {
+/// PUTs `context` to the signed URL the Model `name` is given, as `sub` does (with its
+/// Content-MD5), and touches the Model so that the upload is checked at once.
+async fn put_upload(ns: &str, name: &str, context: Vec<u8>) {
     use md5::Digest as _;
-    let context = pack(dir);
-    let md5 = substratus_core::names::hex(&md5::Md5::digest(&context));
-    let mut manifest: Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("model.yaml")).unwrap()).unwrap();
-    let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
-    manifest["metadata"]["namespace"] = json!(ns);
-    for (k, v) in changes.as_object().into_iter().flatten() {
-        manifest["spec"][k] = v.clone();
-    }
-    manifest["spec"]["build"] = json!({"upload": {"md5Checksum": md5, "requestID": "first"}});
-    let started = std::time::Instant::now();
-    apply(&manifest);
     let url = wait_for("a signed upload URL", Duration::from_secs(60), || async {
-        let o = kubectl_json(&["get", "model", &name, "-n", ns])?;
+        let o = kubectl_json(&["get", "model", name, "-n", ns])?;
         Ok(o["status"]["buildUpload"]["signedURL"]
             .as_str()
             .map(str::to_owned))
@@ -809,16 +796,27 @@ async fn upload_build(ns: &str, dir: &Path, changes: Value) -> Value {
         .expect("the PUT to the signed URL");
     assert!(put.status().is_success(), "PUT: {}", put.status());
     let touched = format!("substratus.ai/upload-timestamp={}", jiff::Timestamp::now());
-    kubectl(&[
-        "annotate",
-        "model",
-        &name,
-        "-n",
-        ns,
-        "--overwrite",
-        &touched,
-    ])
-    .unwrap();
+    kubectl(&["annotate", "model", name, "-n", ns, "--overwrite", &touched]).unwrap();
+}
+
+/// Applies the Model of `dir/model.yaml` (with `changes` merged into its spec) as an upload
+/// build of `dir`, PUTs the packed directory to the signed URL as `sub` does, and waits until
+/// the Model is Ready; returns it.
+async fn upload_build(ns: &str, dir: &Path, changes: Value) -> Value {
+    use md5::Digest as _;
+    let context = pack(dir);
+    let md5 = substratus_core::names::hex(&md5::Md5::digest(&context));
+    let mut manifest: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("model.yaml")).unwrap()).unwrap();
+    let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
+    manifest["metadata"]["namespace"] = json!(ns);
+    for (k, v) in changes.as_object().into_iter().flatten() {
+        manifest["spec"][k] = v.clone();
+    }
+    manifest["spec"]["build"] = json!({"upload": {"md5Checksum": md5, "requestID": "first"}});
+    let started = std::time::Instant::now();
+    apply(&manifest);
+    put_upload(ns, &name, context).await;
     let done = until_ready(ns, "Model", &name, "True", None).await;
     eprintln!(
         "{}: upload → kaniko build → push → run → Ready in {:.1}s",
@@ -939,40 +937,18 @@ async fn uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run
     .ok();
 }
 
-/// A gzipped tar written header by header (a tar library refuses to write these names).
-fn raw_archive(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (name, kind, body, link) in entries {
-        let mut h = tar::Header::new_old();
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_entry_type(*kind);
-        h.set_size(body.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(body);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.resize(out.len() + 1024, 0);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &out).unwrap();
-    gz.finish().unwrap()
-}
-
 /// An upload whose archive holds `../` and absolute-link entries: the check before the
 /// builder refuses it, the build fails naming the entry, and kaniko never starts.
 async fn an_archive_leaving_its_context_is_refused_before_the_builder_runs(ns: &str) {
     use md5::Digest as _;
-    let context = raw_archive(&[
-        (
+    use substratus_tests::archives::{Entry, raw_tar_gz};
+    let context = raw_tar_gz(&[
+        Entry::File(
             "Dockerfile",
-            tar::EntryType::Regular,
             b"FROM registry.substratus.svc.cluster.local:5000/busybox:1.35.0\nCOPY . /x\n",
-            "",
         ),
-        ("etc", tar::EntryType::Symlink, b"", "/etc"),
-        ("../../escape.txt", tar::EntryType::Regular, b"outside", ""),
+        Entry::Symlink("etc", "/etc"),
+        Entry::File("../../escape.txt", b"outside"),
     ]);
     let md5 = substratus_core::names::hex(&md5::Md5::digest(&context));
     apply(&object(
@@ -982,36 +958,7 @@ async fn an_archive_leaving_its_context_is_refused_before_the_builder_runs(ns: &
         json!({"build": {"upload": {"md5Checksum": md5, "requestID": "r1"}},
             "resources": small()}),
     ));
-    let url = wait_for("a signed upload URL", Duration::from_secs(60), || async {
-        let o = kubectl_json(&["get", "model", "traversal", "-n", ns])?;
-        Ok(o["status"]["buildUpload"]["signedURL"]
-            .as_str()
-            .map(str::to_owned))
-    })
-    .await;
-    let b64 = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        md5::Md5::digest(&context),
-    );
-    let put = reqwest::Client::new()
-        .put(&url)
-        .header("Content-MD5", b64)
-        .body(context)
-        .send()
-        .await
-        .unwrap();
-    assert!(put.status().is_success(), "PUT: {}", put.status());
-    let touched = format!("substratus.ai/upload-timestamp={}", jiff::Timestamp::now());
-    kubectl(&[
-        "annotate",
-        "model",
-        "traversal",
-        "-n",
-        ns,
-        "--overwrite",
-        &touched,
-    ])
-    .unwrap();
+    put_upload(ns, "traversal", context).await;
     let failed = until_ready(ns, "Model", "traversal", "False", Some("BuildFailed")).await;
     let message = failed["status"]["conditions"]
         .as_array()

@@ -4,36 +4,12 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use serde_json::{Value, json};
-use substratus_tests::cluster::{TestNamespace, client, kubectl, wait_for};
+use substratus_tests::cluster::{TestNamespace, client, kubectl_json, kubectl_with, wait_for};
 use substratus_tests::objects::{WAIT, create, wait_ready};
 use substratus_tests::operator::{RunningOperator, kind_cloud};
 
-/// `kubectl <args>` with `input` on stdin.
-fn kubectl_in(args: &[&str], input: &Value) {
-    use std::io::Write;
-    let mut child = kubectl()
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "kubectl {args:?}");
-}
-
 fn kubectl_ok(args: &[&str]) -> String {
-    let out = kubectl().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    kubectl_with(args, None).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
 }
 
 #[tokio::test]
@@ -109,14 +85,12 @@ async fn kubectl_scale_and_an_autoscaler_drive_a_server_through_its_scale_subres
             "minReplicas": 1, "maxReplicas": 4,
             "metrics": [{"type": "Resource", "resource": {"name": "cpu",
                 "target": {"type": "Utilization", "averageUtilization": 50}}}]}});
-    kubectl_in(&["create", "-f", "-"], &hpa);
+    kubectl_with(&["create", "-f", "-"], Some(&hpa)).unwrap();
     let conditions = wait_for(
         "the autoscaler to read the Server's scale",
         WAIT,
         || async {
-            let h: Value =
-                serde_json::from_str(&kubectl_ok(&["get", "hpa", "srv", "-n", ns, "-o", "json"]))
-                    .unwrap();
+            let h = kubectl_json("hpa", "srv", ns)?;
             let conditions = h["status"]["conditions"].clone();
             let able = conditions
                 .as_array()
@@ -136,15 +110,9 @@ async fn kubectl_scale_and_an_autoscaler_drive_a_server_through_its_scale_subres
         !text.contains("InvalidSelector") && !text.contains("FailedGetScale"),
         "{text}"
     );
+    let h = kubectl_json("hpa", "srv", ns).unwrap();
     assert_eq!(
-        h_current(ns),
-        3,
-        "the autoscaler counts the Server's replicas"
+        h["status"]["currentReplicas"], 3,
+        "the autoscaler counts the Server's replicas: {h}"
     );
-}
-
-fn h_current(ns: &str) -> i64 {
-    let h: Value =
-        serde_json::from_str(&kubectl_ok(&["get", "hpa", "srv", "-n", ns, "-o", "json"])).unwrap();
-    h["status"]["currentReplicas"].as_i64().unwrap_or(-1)
 }

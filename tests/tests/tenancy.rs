@@ -2,39 +2,16 @@
 //! operator's credentials reach. Tenant A holds a Role allowing everything on `substratus.ai`
 //! in its namespace, status included, and acts through impersonation as its ServiceAccount.
 
-use std::io::Write;
-use std::process::Stdio;
-
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use substratus_core::names::{self, Kind};
-use substratus_tests::cluster::{TestNamespace, client, kubectl};
+use substratus_tests::cluster::{
+    TestNamespace, client, kubectl, kubectl_json, kubectl_with as run,
+};
 use substratus_tests::objects::{wait_ready, wait_reason};
 use substratus_tests::operator::{OPERATOR_USER, RunningOperator, kind_cloud};
-
-/// `kubectl <args>`, with `stdin` if any; the output or the error.
-fn run(args: &[&str], stdin: Option<&Value>) -> Result<String, String> {
-    let mut child = kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut input = child.stdin.take().unwrap();
-    if let Some(v) = stdin {
-        input.write_all(v.to_string().as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 /// Tenant A: a ServiceAccount with every verb on every `substratus.ai` resource of its
 /// namespace, `*/status` included.
@@ -147,10 +124,7 @@ async fn a_forged_artifacts_url_gets_no_volume_no_job_and_no_signed_url() {
     for (name, url) in &forged {
         let message = wait_reason(&c, ns, "Model", name, "ForeignArtifactsURL").await;
         assert!(message.contains(&own(name)), "{message}");
-        let o: Value = serde_json::from_str(
-            &run(&["get", "model", name, "-n", ns, "-o", "json"], None).unwrap(),
-        )
-        .unwrap();
+        let o = kubectl_json("model", name, ns).unwrap();
         assert_eq!(
             o["status"]["artifacts"]["url"],
             url.as_str(),
@@ -203,10 +177,7 @@ async fn a_forged_artifacts_url_gets_no_volume_no_job_and_no_signed_url() {
     )
     .unwrap();
     wait_ready(&c, ns, "Model", "into-b").await;
-    let o: Value = serde_json::from_str(
-        &run(&["get", "model", "into-b", "-n", ns, "-o", "json"], None).unwrap(),
-    )
-    .unwrap();
+    let o = kubectl_json("model", "into-b", ns).unwrap();
     assert_eq!(o["status"]["artifacts"]["url"], own("into-b").as_str());
 }
 
