@@ -198,14 +198,7 @@ async fn a_role_account_someone_else_made_is_never_taken_over() {
     .unwrap();
     let message = wait_reason(&c, ns, "Model", "m", "ServiceAccountNotManaged").await;
     assert!(message.contains(&format!("{ns}/modeller")), "{message}");
-    let sa: Value = serde_json::from_str(
-        &run(
-            &["get", "serviceaccount", "modeller", "-n", ns, "-o", "json"],
-            None,
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let sa = kubectl_json("serviceaccount", "modeller", ns).unwrap();
     assert_eq!(
         sa["metadata"]["labels"],
         json!({"team": "a"}),
@@ -220,14 +213,7 @@ async fn a_role_account_someone_else_made_is_never_taken_over() {
     // Once the name is free, the next retry makes the operator's own and the Model runs.
     run(&["delete", "serviceaccount", "modeller", "-n", ns], None).unwrap();
     wait_ready(&c, ns, "Model", "m").await;
-    let sa: Value = serde_json::from_str(
-        &run(
-            &["get", "serviceaccount", "modeller", "-n", ns, "-o", "json"],
-            None,
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let sa = kubectl_json("serviceaccount", "modeller", ns).unwrap();
     assert_eq!(
         sa["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "substratus"

@@ -762,16 +762,21 @@ mod tests {
             json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
                 "metadata": {"name": sa, "namespace": "ns", "labels": labels}})
         };
+        // The create answers 409; the account found carries `labels`.
+        let taken = |labels: serde_json::Value| {
+            let api = ScriptedApi::default();
+            let ctx = Context::test(&api, StubCaches::new().caches);
+            api.refuse(
+                Method::POST,
+                "/api/v1/namespaces/ns/serviceaccounts",
+                409,
+                "AlreadyExists",
+            );
+            api.expect(Method::GET, &path, 200, meta(labels));
+            (api, ctx)
+        };
         // Someone else's: refused, and nothing written to it.
-        let api = ScriptedApi::default();
-        let ctx = Context::test(&api, StubCaches::new().caches);
-        api.refuse(
-            Method::POST,
-            "/api/v1/namespaces/ns/serviceaccounts",
-            409,
-            "AlreadyExists",
-        );
-        api.expect(Method::GET, &path, 200, meta(json!({"team": "a"})));
+        let (api, ctx) = taken(json!({"team": "a"}));
         let err = ctx
             .ensure_service_account("ns", Role::Notebook)
             .await
@@ -786,20 +791,7 @@ mod tests {
             "{err}"
         );
         // The operator's own, not yet in its cache: taken, the cloud's annotations applied.
-        let api = ScriptedApi::default();
-        let ctx = Context::test(&api, StubCaches::new().caches);
-        api.refuse(
-            Method::POST,
-            "/api/v1/namespaces/ns/serviceaccounts",
-            409,
-            "AlreadyExists",
-        );
-        api.expect(
-            Method::GET,
-            &path,
-            200,
-            meta(json!({MANAGED_BY_LABEL: MANAGED_BY})),
-        );
+        let (api, ctx) = taken(json!({MANAGED_BY_LABEL: MANAGED_BY}));
         api.expect(Method::PATCH, &path, 200, json!({"metadata": {"name": sa}}));
         api.expect(Method::PATCH, &path, 200, json!({"metadata": {"name": sa}}));
         ctx.ensure_service_account("ns", Role::Notebook)
