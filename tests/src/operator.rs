@@ -298,3 +298,43 @@ impl Drop for RunningOperator {
 pub fn audit_log() -> PathBuf {
     substratus_devcluster::audit_log_of(&shared().kubeconfig)
 }
+
+/// The AWS backend of account 123456789012 in us-west-2 (IRSA with `issuer`, workloads as
+/// the role `substratus`), its S3 and IAM calls sent to the given endpoints.
+pub fn aws_cloud(
+    bucket: &str,
+    issuer: &str,
+    s3: Option<String>,
+    iam: Option<String>,
+) -> substratus_clouds::aws::AwsCloud {
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-west-2"))
+        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
+            aws_sdk_s3::config::Credentials::new("AKID", "secret", None, None, "test"),
+        ))
+        .build();
+    substratus_clouds::aws::AwsCloud::new(
+        substratus_core::cloud::CloudConfig {
+            cluster_name: "eks-1".into(),
+            artifact_bucket: substratus_core::cloud::BucketUrl::parse(bucket).unwrap(),
+            registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
+            principal: Some("arn:aws:iam::123456789012:role/substratus".into()),
+        },
+        substratus_clouds::aws::AwsSettings {
+            region: "us-west-2".into(),
+            account_id: "123456789012".into(),
+            partition: "aws".into(),
+            identity: substratus_clouds::aws::IdentityMode::Irsa {
+                oidc_issuer: issuer.into(),
+            },
+            s3_endpoint: s3,
+            iam_endpoint: iam,
+            eks_endpoint: None,
+            force_path_style: true,
+        },
+        substratus_clouds::gpu::GpuCatalog::aws(),
+        &sdk,
+    )
+    .unwrap()
+}

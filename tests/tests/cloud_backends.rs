@@ -17,7 +17,7 @@ use substratus_core::cloud::{BucketUrl, CloudConfig};
 use substratus_crds::Model;
 use substratus_tests::cluster::{TestNamespace, client, wait_for};
 use substratus_tests::fake_api::{Fake, json_ok, status};
-use substratus_tests::operator::RunningOperator;
+use substratus_tests::operator::{RunningOperator, aws_cloud};
 
 async fn gpu_model(c: &kube::Client, ns: &str, gpu: &str) {
     let m: Model = serde_json::from_value(json!({
@@ -96,46 +96,6 @@ async fn claimed_csi(c: &kube::Client, ns: &str, pod: &Pod) -> Value {
         .items;
     assert_eq!(pvs.len(), 1, "one static volume for claim {claim}");
     serde_json::to_value(pvs[0].spec.as_ref().unwrap()).unwrap()
-}
-
-/// The AWS backend of account 123456789012 in us-west-2 (IRSA with `issuer`, workloads as
-/// the role `substratus`), its S3 and IAM calls sent to the given endpoints.
-fn aws_cloud(
-    bucket: &str,
-    issuer: &str,
-    s3: Option<String>,
-    iam: Option<String>,
-) -> substratus_clouds::aws::AwsCloud {
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-west-2"))
-        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
-            aws_sdk_s3::config::Credentials::new("AKID", "secret", None, None, "test"),
-        ))
-        .build();
-    substratus_clouds::aws::AwsCloud::new(
-        CloudConfig {
-            cluster_name: "eks-1".into(),
-            artifact_bucket: BucketUrl::parse(bucket).unwrap(),
-            registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
-            principal: Some("arn:aws:iam::123456789012:role/substratus".into()),
-        },
-        substratus_clouds::aws::AwsSettings {
-            region: "us-west-2".into(),
-            account_id: "123456789012".into(),
-            partition: "aws".into(),
-            identity: substratus_clouds::aws::IdentityMode::Irsa {
-                oidc_issuer: issuer.into(),
-            },
-            s3_endpoint: s3,
-            iam_endpoint: iam,
-            eks_endpoint: None,
-            force_path_style: true,
-        },
-        GpuCatalog::aws(),
-        &sdk,
-    )
-    .unwrap()
 }
 
 #[tokio::test]

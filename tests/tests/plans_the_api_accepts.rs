@@ -137,39 +137,12 @@ fn gcp() -> Arc<dyn Cloud> {
 }
 
 fn aws() -> Arc<dyn Cloud> {
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-west-2"))
-        .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(
-            aws_sdk_s3::config::Credentials::new("AKID", "secret", None, None, "test"),
-        ))
-        .build();
-    Arc::new(
-        substratus_clouds::aws::AwsCloud::new(
-            CloudConfig {
-                cluster_name: "eks-1".into(),
-                artifact_bucket: BucketUrl::parse("s3://123456789012-substratus-artifacts")
-                    .unwrap(),
-                registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
-                principal: Some("arn:aws:iam::123456789012:role/substratus".into()),
-            },
-            substratus_clouds::aws::AwsSettings {
-                region: "us-west-2".into(),
-                account_id: "123456789012".into(),
-                partition: "aws".into(),
-                identity: substratus_clouds::aws::IdentityMode::Irsa {
-                    oidc_issuer: "oidc.eks.us-west-2.amazonaws.com/id/ABC".into(),
-                },
-                s3_endpoint: Some("http://127.0.0.1:9".into()),
-                iam_endpoint: Some("http://127.0.0.1:9".into()),
-                eks_endpoint: None,
-                force_path_style: true,
-            },
-            GpuCatalog::aws(),
-            &sdk,
-        )
-        .unwrap(),
-    )
+    Arc::new(substratus_tests::operator::aws_cloud(
+        "s3://123456789012-substratus-artifacts",
+        "oidc.eks.us-west-2.amazonaws.com/id/ABC",
+        Some("http://127.0.0.1:9".into()),
+        Some("http://127.0.0.1:9".into()),
+    ))
 }
 
 /// Creates `obj` with `dryRun=All`; the API server's refusal, if any.
