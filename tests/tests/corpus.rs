@@ -47,7 +47,7 @@ async fn every_corpus_shape_runs_on_the_gke_profile() {
             objects.push((kind, name, suspended));
         }
     }
-    assert_eq!(objects.len(), 18, "{objects:?}");
+    assert_eq!(objects.len(), 19, "{objects:?}");
     for (kind, name, suspended) in &objects {
         if *suspended {
             wait_reason(&c, &ns.name, kind, name, "Suspended").await;
