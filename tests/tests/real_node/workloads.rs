@@ -287,9 +287,10 @@ pub async fn the_reference_workloads_load_train_and_serve_a_model(s3: &S3Server)
     )
     .await;
 
-    // The same Server through `sub serve`, which deletes it on exit (freeing a core).
-    super::cli::sub_serve_forwards_to_the_server_and_a_completion_comes_back(ns, srv).await;
     a_notebook_runs_jupyter_with_its_token_over_the_artifacts(ns, s3).await;
+    // The same Server through `sub serve`, which deletes it on exit (freeing a core for the
+    // next Notebook).
+    super::cli::sub_serve_forwards_to_the_server_and_a_completion_comes_back(ns, srv).await;
     let notebook = substratus_devcluster::recipes::notebook().expect("the notebook image");
     super::cli::sub_notebook_opens_jupyter_and_brings_saved_files_home(
         ns,
