@@ -32,6 +32,7 @@ pub mod reasons {
     pub const JOB_FAILED: &str = "JobFailed";
     pub const DEPLOYMENT_NOT_READY: &str = "DeploymentNotReady";
     pub const DEPLOYMENT_READY: &str = "DeploymentReady";
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
     pub const SUSPENDED: &str = "Suspended";
     pub const POD_NOT_READY: &str = "PodNotReady";
     pub const POD_READY: &str = "PodReady";

@@ -437,3 +437,88 @@ mod tests {
         assert_eq!(ours.get("type"), Some(&json!("object")));
     }
 }
+
+/// How the gateway scales a Server with the requests it holds and forwards.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas")
+    .message("spec.autoscaling.minReplicas must not exceed spec.autoscaling.maxReplicas"))]
+pub struct Autoscaling {
+    /// Fewest replicas (default 1). 0 scales the Server to zero when idle: the gateway starts
+    /// a replica on the next request and holds the request until it is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_replicas: Option<i32>,
+    /// Most replicas.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// In-flight requests one replica is sized for (default 8): the gateway asks for
+    /// ceil(in-flight / target) replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub target_requests: Option<i32>,
+    /// Seconds the load must stay lower before replicas are removed (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_delay_seconds: Option<i32>,
+}
+
+impl Autoscaling {
+    pub const DEFAULT_TARGET_REQUESTS: i32 = 8;
+    pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: i32 = 300;
+
+    pub fn min_replicas(&self) -> i32 {
+        self.min_replicas.unwrap_or(1)
+    }
+
+    pub fn target_requests(&self) -> i32 {
+        self.target_requests
+            .unwrap_or(Self::DEFAULT_TARGET_REQUESTS)
+            .max(1)
+    }
+
+    pub fn scale_down_delay_seconds(&self) -> i32 {
+        self.scale_down_delay_seconds
+            .unwrap_or(Self::DEFAULT_SCALE_DOWN_DELAY_SECONDS)
+            .max(0)
+    }
+}
+
+/// How the gateway picks a replica for a request.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RoutingStrategy {
+    /// The replica with the fewest requests in flight.
+    #[default]
+    LeastLoad,
+    /// Requests that share a prompt prefix go to the same replica (its KV cache holds the
+    /// prefix), unless that replica carries more than `loadFactor` percent of the mean load.
+    PrefixHash,
+}
+
+/// Routing of requests among a Server's replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Routing {
+    /// `LeastLoad` (default) or `PrefixHash`.
+    #[serde(default)]
+    pub strategy: RoutingStrategy,
+    /// Characters of the prompt (or of the first message) hashed by `PrefixHash` (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub prefix_length: Option<i32>,
+    /// Under `PrefixHash`, the most a replica may carry, in percent of the mean in-flight load
+    /// (default 125): beyond it the request goes to the next replica on the ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 10000))]
+    pub load_factor: Option<i32>,
+}
+
+impl Routing {
+    pub fn prefix_length(&self) -> usize {
+        self.prefix_length.unwrap_or(100).max(1) as usize
+    }
+
+    pub fn load_factor(&self) -> u32 {
+        self.load_factor.unwrap_or(125).max(100) as u32
+    }
+}

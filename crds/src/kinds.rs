@@ -9,7 +9,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    ArtifactObjectStatus, Build, NotebookStatus, ObjectRef, Params, Resources, ServerStatus,
+    ArtifactObjectStatus, Autoscaling, Build, NotebookStatus, ObjectRef, Params, Resources,
+    Routing, ServerStatus,
 };
 
 /// Longest suffix the controllers append to an object's name, per kind
@@ -203,6 +204,18 @@ workload_spec! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schemars(range(min = 0, max = 1000), extend("default" = 1))]
         pub replicas: Option<i32>,
+        /// Names the gateway routes to this Server, besides its own name (a request's
+        /// `model`). At most 16, each a DNS subdomain.
+        #[serde(rename = "servedModelNames", default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(length(max = 16), inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")))]
+        pub served_model_names: Vec<String>,
+        /// Replicas driven by the gateway's in-flight requests. When set, the gateway owns
+        /// `spec.replicas` (through the scale subresource).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub autoscaling: Option<Autoscaling>,
+        /// How the gateway spreads requests over the replicas.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub routing: Option<Routing>,
     }
 }
 

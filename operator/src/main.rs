@@ -1,6 +1,7 @@
 //! `substratus-operator`: runs the Substratus controllers, and prints the CRDs.
 
 mod config;
+mod gateway;
 mod http;
 mod leader;
 mod unpack;
@@ -34,6 +35,9 @@ struct Cli {
 enum Command {
     /// Run the controllers.
     Run(Box<config::RunArgs>),
+    /// Run the OpenAI-compatible gateway: routes requests by `model` to Servers, holds them
+    /// while a replica starts, scales autoscaled Servers with their load.
+    Gateway(Box<gateway::GatewayArgs>),
     /// Print the CustomResourceDefinitions of substratus.ai/v1 as YAML.
     Crd {
         /// As the Helm chart ships them: kept when the release is uninstalled.
@@ -96,6 +100,11 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Gateway(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(gateway::run(*args)),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -104,7 +113,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn init_logging(format: &str) {
+pub(crate) fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -116,7 +125,7 @@ fn init_logging(format: &str) {
 }
 
 /// Completes on SIGTERM or Ctrl-C.
-async fn termination() {
+pub(crate) async fn termination() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

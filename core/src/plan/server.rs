@@ -184,6 +184,18 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
                 input.spec.replicas()
             ),
         )
+    } else if input.spec.replicas() == 0
+        && input
+            .spec
+            .autoscaling
+            .as_ref()
+            .is_some_and(|a| a.min_replicas() == 0)
+    {
+        serving(
+            false,
+            reasons::SCALED_TO_ZERO,
+            "scaled to zero while idle: the gateway starts a replica on the next request",
+        )
     } else if input.spec.replicas() == 0 {
         serving(false, reasons::DEPLOYMENT_NOT_READY, "spec.replicas is 0")
     } else if let Some(b) = pod_problem(input.pods) {
