@@ -295,7 +295,25 @@ async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut failure = String::new();
-    for attempt in 0..gw.opts.attempts.max(1) {
+    // A replica's 502/503/504, passed on if no other replica answers better.
+    let mut refusal: Option<(hyper::Response<hyper::body::Incoming>, InFlight)> = None;
+    let pass_on = |resp: hyper::Response<hyper::body::Incoming>, guard: InFlight| {
+        count(
+            &route.key.name,
+            &route.key.namespace,
+            resp.status().as_u16(),
+        );
+        let ttfb = gw.metrics.time_to_first_byte.get_or_create(&labels).clone();
+        let (mut parts, incoming) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = Tracked {
+            inner: incoming,
+            guard: Some(guard),
+            first: Some((arrived, ttfb)),
+        };
+        Response::from_parts(parts, Body::new(body))
+    };
+    for _ in 0..gw.opts.attempts.max(1) {
         let candidates: Vec<Candidate> = route
             .endpoints
             .iter()
@@ -309,8 +327,10 @@ async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         let Some(addr) = pick(&route.routing, &candidates, &inbound.prefix, turn) else {
             break;
         };
+        if !tried.is_empty() {
+            gw.metrics.retries.get_or_create(&labels).inc();
+        }
         tried.push(addr);
-        let last = attempt + 1 >= gw.opts.attempts || candidates.len() <= 1;
         let guard = gw.loads.forward(&route.key, addr);
         let mut upstream = hyper::Request::builder()
             .method(parts.method.clone())
@@ -320,38 +340,25 @@ async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         *upstream.headers_mut() = headers.clone();
         match gw.client.request(upstream).await {
             Ok(resp)
-                if last
-                    || !matches!(
-                        resp.status(),
-                        StatusCode::BAD_GATEWAY
-                            | StatusCode::SERVICE_UNAVAILABLE
-                            | StatusCode::GATEWAY_TIMEOUT
-                    ) =>
+                if matches!(
+                    resp.status(),
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ) =>
             {
-                count(
-                    &route.key.name,
-                    &route.key.namespace,
-                    resp.status().as_u16(),
-                );
-                let ttfb = gw.metrics.time_to_first_byte.get_or_create(&labels).clone();
-                let (mut parts, incoming) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                let body = Tracked {
-                    inner: incoming,
-                    guard: Some(guard),
-                    first: Some((arrived, ttfb)),
-                };
-                return Response::from_parts(parts, Body::new(body));
-            }
-            Ok(resp) => {
                 failure = format!("replica {addr} answered {}", resp.status());
+                refusal = Some((resp, guard));
             }
+            Ok(resp) => return pass_on(resp, guard),
             Err(e) => {
                 failure = format!("replica {addr}: {e}");
             }
         }
         tracing::debug!(server = %route.key, %failure, "trying another replica");
-        gw.metrics.retries.get_or_create(&labels).inc();
+    }
+    if let Some((resp, guard)) = refusal {
+        return pass_on(resp, guard);
     }
     let e = ApiError::bad_gateway(format!(
         "no replica of Server {} answered ({} tried): {failure}",
