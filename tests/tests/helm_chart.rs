@@ -483,3 +483,99 @@ fn the_kind_install_values_render_and_its_manifests_parse() {
         );
     }
 }
+
+#[test]
+fn the_gateway_is_off_by_default_and_when_on_runs_hardened_with_the_rights_it_needs() {
+    let off = render(&[]).unwrap();
+    assert!(
+        !off.iter()
+            .any(|d| d["metadata"]["name"] == "substratus-gateway"),
+        "the gateway is rendered only when gateway.enabled"
+    );
+    let docs = render(&["gateway.enabled=true", "gateway.holdTimeoutSeconds=120"]).unwrap();
+    let named = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == "substratus-gateway")
+            .unwrap_or_else(|| panic!("no gateway {kind}"))
+    };
+    let d = named("Deployment");
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["args"], serde_json::json!(["gateway"]));
+    assert_eq!(pod["serviceAccountName"], "substratus-gateway");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(env("HOLD_TIMEOUT_SECONDS"), Some("120".into()));
+    assert_eq!(env("WATCH_NAMESPACE"), None);
+    // The operator's selectors (its Service, PDB) never count the gateway's pods.
+    let operator = docs
+        .iter()
+        .find(|x| x["kind"] == "Deployment" && x["metadata"]["name"] == "substratus")
+        .unwrap();
+    let gateway_labels = &d["spec"]["template"]["metadata"]["labels"];
+    let operator_selector = operator["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(
+        operator_selector
+            .iter()
+            .any(|(k, v)| &gateway_labels[k] != v),
+        "{gateway_labels} matches the operator's selector {operator_selector:?}"
+    );
+    assert_eq!(
+        named("Service")["spec"]["selector"],
+        d["spec"]["selector"]["matchLabels"]
+    );
+    // Rights: read Servers and slices, write only the scale subresource.
+    let rules = named("ClusterRole")["rules"].as_array().unwrap().clone();
+    let verbs = |resource: &str| {
+        rules
+            .iter()
+            .find(|r| {
+                r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+            })
+            .map(|r| r["verbs"].clone())
+            .unwrap_or_else(|| panic!("no rule for {resource}"))
+    };
+    assert_eq!(
+        verbs("servers"),
+        serde_json::json!(["get", "list", "watch"])
+    );
+    assert_eq!(verbs("servers/scale"), serde_json::json!(["get", "patch"]));
+    assert_eq!(
+        verbs("endpointslices"),
+        serde_json::json!(["list", "watch"])
+    );
+    assert_eq!(
+        named("ClusterRoleBinding")["roleRef"]["name"],
+        "substratus-gateway"
+    );
+
+    // One namespace: a RoleBinding there, and the gateway routes only it.
+    let docs = render(&["gateway.enabled=true", "gateway.watchNamespace=team"]).unwrap();
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "substratus-gateway")
+        .expect("a RoleBinding");
+    assert_eq!(binding["metadata"]["namespace"], "team");
+    assert!(!docs.iter().any(
+        |d| d["kind"] == "ClusterRoleBinding" && d["metadata"]["name"] == "substratus-gateway"
+    ));
+    let err = render(&["gateway.enabled=true", "gateway.service.type=Ingress"]).unwrap_err();
+    assert!(
+        err.contains("gateway.service.type") || err.contains("type"),
+        "{err}"
+    );
+}

@@ -315,6 +315,32 @@ mod tests {
     }
 
     #[test]
+    fn at_zero_replicas_the_status_says_whether_the_gateway_will_start_one() {
+        let mut s = spec();
+        s.replicas = Some(0);
+        let p = plan(&input(&s, ready_model(), None), &FakeCloud::default());
+        assert_eq!(p.conditions[0].reason, reasons::DEPLOYMENT_NOT_READY);
+        assert!(p.conditions[0].message.contains("spec.replicas is 0"));
+        s.autoscaling = Some(substratus_crds::Autoscaling {
+            min_replicas: Some(0),
+            max_replicas: 2,
+            target_requests: None,
+            scale_down_delay_seconds: None,
+        });
+        let p = plan(&input(&s, ready_model(), None), &FakeCloud::default());
+        assert!(!p.ready);
+        assert_eq!(p.conditions[0].reason, reasons::SCALED_TO_ZERO);
+        let Child::Deployment(d) = &p.children[2] else {
+            panic!("Deployment")
+        };
+        assert_eq!(d.spec.as_ref().unwrap().replicas, Some(0));
+        // A floor above zero: zero replicas is not the gateway's doing.
+        s.autoscaling.as_mut().unwrap().min_replicas = Some(1);
+        let p = plan(&input(&s, ready_model(), None), &FakeCloud::default());
+        assert_eq!(p.conditions[0].reason, reasons::DEPLOYMENT_NOT_READY);
+    }
+
+    #[test]
     fn ready_with_one_ready_replica() {
         let s = spec();
         let p = plan(

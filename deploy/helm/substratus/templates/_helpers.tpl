@@ -15,6 +15,13 @@ app.kubernetes.io/name: substratus
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{- /* The gateway's pods: a name of their own, so that the operator's Service, PodDisruptionBudget
+and ServiceMonitor (which select app.kubernetes.io/name: substratus) never count them. */ -}}
+{{- define "substratus.gatewaySelector" -}}
+app.kubernetes.io/name: substratus-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{- define "substratus.image" -}}
 {{- if .Values.image.digest -}}
 {{ .Values.image.repository }}@{{ .Values.image.digest }}
