@@ -19,6 +19,8 @@ use substratus_tests::operator::{RunningOperator, csi_secret, kind_cloud_on_real
 
 #[path = "real_node/cli.rs"]
 mod cli;
+#[path = "real_node/gateway.rs"]
+mod gateway;
 #[path = "real_node/workloads.rs"]
 mod workloads;
 
@@ -687,6 +689,10 @@ async fn the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(s3: &S
             "kind.credentialsSecret=s3-credentials".into(),
             format!("kind.csiDriver={}", node::CSI_DRIVER),
             format!("watchNamespace={}", watched.name),
+            // The gateway, routing the watched namespace's Servers.
+            "gateway.enabled=true".into(),
+            format!("gateway.watchNamespace={}", watched.name),
+            "gateway.holdTimeoutSeconds=150".into(),
         ] {
             args.push("--set".into());
             args.push(v);
@@ -730,6 +736,13 @@ async fn the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(s3: &S
     apply(&model("after-upgrade"));
     until_ready(&watched.name, "Model", "after-upgrade", "True", None).await;
     assert!(status_written_by(&user, &watched.name, "after-upgrade"));
+
+    gateway::the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
+        &watched.name,
+        release_ns,
+        "sub-pod-substratus-gateway",
+    )
+    .await;
 
     helm(&[
         "uninstall",
