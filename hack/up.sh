@@ -105,7 +105,8 @@ if [[ $real_node == 1 ]]; then
     --set kind.s3Endpoint="http://$node_ip:$s3_port" --set kind.s3PublicEndpoint="$s3_endpoint" \
     --set kind.credentialsSecret=s3-credentials --set kind.csiDriver=s3.csi.substratus.ai \
     --set build.builderImage=localhost/substratus/kaniko:v1.23.2 \
-    --set kind.registryMirror=registry.substratus.svc.cluster.local:5000 >/dev/null
+    --set kind.registryMirror=registry.substratus.svc.cluster.local:5000 \
+    --set gateway.enabled=true >/dev/null
   $kubectl -n substratus get pods -o wide
 
   echo "==> applying examples/local/ (real containers on the real node)"
@@ -130,6 +131,18 @@ if [[ $real_node == 1 ]]; then
     || { echo "    no completion"; ready=0; }
   echo "    first completion $(( $(date +%s) - t0 ))s after kubectl apply"
   kill "$fwd" 2>/dev/null || true
+  echo
+  echo "==> the same Server through the gateway (OpenAI-compatible, routes by model; docs/gateway.md)"
+  gw_port="$(free_port)"
+  $kubectl -n substratus port-forward service/substratus-gateway "$gw_port:80" --address 127.0.0.1 >/dev/null 2>&1 &
+  gw_fwd=$!
+  for _ in $(seq 1 50); do curl -fs "127.0.0.1:$gw_port/v1/models" >/dev/null 2>&1 && break; sleep 0.2; done
+  echo "    GET /v1/models: $(curl -fs "127.0.0.1:$gw_port/v1/models" | python3 -c 'import json, sys; print([m["id"] for m in json.load(sys.stdin)["data"]])' || echo unavailable)"
+  curl -fs "127.0.0.1:$gw_port/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"model\": \"local-server\", \"prompt\": \"$prompt\", \"max_tokens\": 40, \"temperature\": 0, \"stop\": [\"\\n\"]}" \
+    | python3 -c 'import json, sys; print("    completion through the gateway:", repr(json.load(sys.stdin)["choices"][0]["text"]))' \
+    || { echo "    no completion through the gateway"; ready=0; }
+  kill "$gw_fwd" 2>/dev/null || true
   echo
   echo "Objects in the bucket (.s3/substratus-artifacts):"
   (cd .s3/substratus-artifacts && find . -type f -path '*artifacts*' | sort | head -20)

@@ -6,12 +6,14 @@
 //! - [`pick`]: which replica takes a request, least-load or prefix-hash with bounded load (pure);
 //! - [`scale`]: how many replicas the load asks for, with the scale-down delay (pure);
 //! - [`load`]: requests in flight and held, per Server and replica;
+//! - [`peers`]: replicas of the gateway add up their loads;
 //! - [`proxy`]: the HTTP front: hold, forward, retry, stream back;
 //! - [`run`]: the watches that keep the table and the loop that writes `spec.replicas`.
 
 pub mod load;
 pub mod metrics;
 pub mod openai;
+pub mod peers;
 pub mod pick;
 pub mod proxy;
 pub mod run;

@@ -106,6 +106,7 @@ impl Gateway {
             .route("/v1/completions", post(forward))
             .route("/v1/chat/completions", post(forward))
             .route("/v1/embeddings", post(forward))
+            .route("/internal/load", get(load))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self)
     }
@@ -201,6 +202,11 @@ impl Gateway {
 async fn models(State(gw): State<Arc<Gateway>>) -> Response {
     let table = gw.table.borrow().clone();
     axum::Json(openai::model_list(table.model_ids())).into_response()
+}
+
+/// This replica's load, for its peers (see [`crate::peers`]).
+async fn load(State(gw): State<Arc<Gateway>>) -> Response {
+    axum::Json(crate::peers::report(&gw.loads.snapshot())).into_response()
 }
 
 fn error_response(e: &ApiError) -> Response {

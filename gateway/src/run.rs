@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::load::Loads;
 use crate::metrics::{Metrics, ScaleLabels, ServerLabels};
+use crate::peers::{PeerClient, PeerSource};
 use crate::proxy::{Gateway, Options};
 use crate::scale::{Policy, Recommender};
 use crate::table::{SERVICE_NAME_LABEL, ServerKey, Table};
@@ -31,6 +32,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// How often the scaler looks at the load.
     pub scale_every: Duration,
+    /// Other replicas of the gateway, whose loads count too.
+    pub peers: PeerSource,
     pub options: Options,
 }
 
@@ -76,10 +79,11 @@ impl Prepared {
             settings.namespace.clone(),
             table_tx,
         ));
+        let peers = crate::peers::follow(client.clone(), settings.peers.clone());
         let scaling = tokio::spawn(scale(
             client,
             table_rx,
-            loads,
+            Load { own: loads, peers },
             metrics,
             wake,
             settings.scale_every,
@@ -154,12 +158,18 @@ pub async fn keep_table(
     }
 }
 
+/// The load a scaler sizes Servers for: this replica's and its peers'.
+pub struct Load {
+    pub own: Loads,
+    pub peers: watch::Receiver<Vec<SocketAddr>>,
+}
+
 /// Every `every` (or at once when a request is held), sizes each autoscaled Server for its
 /// load and writes `spec.replicas` where it differs.
 pub async fn scale(
     client: kube::Client,
     table: watch::Receiver<Arc<Table>>,
-    loads: Loads,
+    load: Load,
     metrics: Metrics,
     wake: Arc<Notify>,
     every: Duration,
@@ -167,6 +177,7 @@ pub async fn scale(
     let mut recommenders: HashMap<ServerKey, Recommender> = HashMap::new();
     // What this gateway last wrote, until the watched Server shows it.
     let mut written: HashMap<ServerKey, i32> = HashMap::new();
+    let peer_client = Arc::new(PeerClient::default());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -174,10 +185,19 @@ pub async fn scale(
         }
         let now = Instant::now();
         let snapshot = table.borrow().clone();
-        let load = loads.snapshot();
+        let own = load.own.snapshot();
+        let peers = load.peers.borrow().clone();
+        let others = if peers.is_empty() {
+            HashMap::new()
+        } else {
+            crate::peers::sum(
+                &crate::peers::fetch(&peer_client, &peers, Duration::from_millis(400)).await,
+            )
+        };
         for route in snapshot.routes() {
             let labels = ServerLabels::from(&route.key);
-            let (in_flight, held) = load.get(&route.key).copied().unwrap_or_default();
+            let (in_flight, held) = own.get(&route.key).copied().unwrap_or_default();
+            let peer_load = others.get(&route.key).copied().unwrap_or(0);
             metrics
                 .in_flight
                 .get_or_create(&labels)
@@ -191,7 +211,7 @@ pub async fn scale(
             let desired = recommenders
                 .entry(route.key.clone())
                 .or_insert_with(|| Recommender::new(now, route.replicas))
-                .observe(now, in_flight + held, &policy);
+                .observe(now, in_flight + held + peer_load, &policy);
             metrics
                 .desired_replicas
                 .get_or_create(&labels)
@@ -219,7 +239,7 @@ pub async fn scale(
                         "down"
                     };
                     tracing::info!(server = %route.key, from = route.replicas, to = desired,
-                        in_flight, held, "scaling");
+                        in_flight, held, peer_load, "scaling");
                     metrics
                         .scale
                         .get_or_create(&ScaleLabels {

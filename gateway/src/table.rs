@@ -157,7 +157,7 @@ impl Table {
 }
 
 /// The ready, not terminating addresses of a slice, on its `http` port.
-fn ready_addresses(slice: &EndpointSlice) -> Vec<SocketAddr> {
+pub(crate) fn ready_addresses(slice: &EndpointSlice) -> Vec<SocketAddr> {
     let Some(port) = slice.ports.as_ref().and_then(|ports| {
         ports
             .iter()

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use futures::FutureExt;
 use prometheus_client::registry::Registry;
+use substratus_gateway::peers::PeerSource;
 use substratus_gateway::run::Settings;
 
 use crate::http;
@@ -43,6 +44,13 @@ pub struct GatewayArgs {
     /// Milliseconds between two looks of the scaler at the load.
     #[arg(long, env = "SCALE_INTERVAL_MS", default_value_t = 1000)]
     pub scale_interval_ms: u64,
+    /// The gateway's own Service: its other ready endpoints are peers whose loads count too
+    /// (several replicas of the gateway agree on load). POD_NAMESPACE and POD_IP place it.
+    #[arg(long, env = "PEERS_SERVICE")]
+    pub peers_service: Option<String>,
+    /// Fixed peers' addresses (host:port of their API), instead of a Service.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<SocketAddr>,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -70,7 +78,17 @@ pub async fn run(args: GatewayArgs) -> Result<()> {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
+    let peers = match (&args.peers_service, args.peers.is_empty()) {
+        (Some(name), _) => PeerSource::Service {
+            namespace: std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into()),
+            name: name.clone(),
+            own: std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok()),
+        },
+        (None, false) => PeerSource::Fixed(args.peers.clone()),
+        (None, true) => PeerSource::None,
+    };
     let settings = Settings {
+        peers,
         listen: args.listen,
         namespace: args.watch_namespace.clone(),
         scale_every: Duration::from_millis(args.scale_interval_ms.max(50)),

@@ -1,7 +1,8 @@
 //! The gateway against the real API server and the operator: a request for a Server scaled
 //! to zero is held, the gateway writes `spec.replicas: 1` through the scale subresource, the
 //! pod waits for a GPU node that never comes, and the request fails with the Server's own
-//! reason; once idle for the delay, the Server goes back to zero. The Servers here never get a
+//! reason; once idle for the delay, the Server goes back to zero. Two replicas of the
+//! gateway add up their loads and agree on the replicas. The Servers here never get a
 //! ready replica (their pods need 16 GPUs, more than any node has), so nothing is forwarded:
 //! forwarding to real replicas is tested on the real node (`real_node/gateway.rs`) and
 //! against loopback replicas (`gateway/tests/forwarding.rs`).
@@ -9,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use substratus_gateway::peers::PeerSource;
 use substratus_gateway::run::Settings;
 use substratus_tests::cluster::{TestNamespace, client, wait_for};
 use substratus_tests::objects::{WAIT, create, object, status, wait_ready, wait_reason};
@@ -54,22 +56,31 @@ async fn a_held_request_scales_a_server_from_zero_and_fails_with_its_reason_when
     let message = wait_reason(&c, ns, "Server", "big", "ScaledToZero").await;
     assert!(message.contains("next request"), "{message}");
 
-    let port = free_port();
-    let settings = Settings {
-        listen: ([127, 0, 0, 1], port).into(),
-        namespace: Some(ns.to_owned()),
-        scale_every: Duration::from_millis(200),
-        options: substratus_gateway::Options {
-            hold_timeout: Duration::from_secs(20),
-            ..Default::default()
-        },
-    };
-    let mut registry = prometheus_client::registry::Registry::default();
-    let gateway = substratus_gateway::run::prepare(c.clone(), settings, &mut registry);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(gateway.serve(async {
-        let _ = stop_rx.await;
-    }));
+    // Two replicas of the gateway, each counting the other's load.
+    let (port, peer_port) = (free_port(), free_port());
+    let mut registries = Vec::new();
+    let mut stops = Vec::new();
+    let mut servings = Vec::new();
+    for (own, peer) in [(port, peer_port), (peer_port, port)] {
+        let settings = Settings {
+            listen: ([127, 0, 0, 1], own).into(),
+            namespace: Some(ns.to_owned()),
+            scale_every: Duration::from_millis(200),
+            peers: PeerSource::Fixed(vec![([127, 0, 0, 1], peer).into()]),
+            options: substratus_gateway::Options {
+                hold_timeout: Duration::from_secs(20),
+                ..Default::default()
+            },
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        let gateway = substratus_gateway::run::prepare(c.clone(), settings, &mut registry);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        servings.push(tokio::spawn(gateway.serve(async {
+            let _ = stop_rx.await;
+        })));
+        registries.push(registry);
+        stops.push(stop_tx);
+    }
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 
@@ -162,24 +173,99 @@ async fn a_held_request_scales_a_server_from_zero_and_fails_with_its_reason_when
     let s = status(&c, ns, "Server", "big").await;
     assert_eq!(s["ready"], false, "{s}");
 
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    for line in [
-        format!(
-            r#"substratus_gateway_scale_total{{namespace="{ns}",server="big",direction="up"}} 1"#
+    // Between them, the two replicas wrote each change once or more, and the request's 503
+    // and the unknown model's 404 were counted where they were answered.
+    let sum = |line: &str| -> f64 {
+        registries
+            .iter()
+            .map(|r| {
+                let mut text = String::new();
+                prometheus_client::encoding::text::encode(&mut text, r).unwrap();
+                text.lines()
+                    .find_map(|l| {
+                        l.strip_prefix(line)
+                            .map(|v| v.trim().parse::<f64>().unwrap())
+                    })
+                    .unwrap_or(0.0)
+            })
+            .sum()
+    };
+    for (line, at_least) in [
+        (
+            format!(
+                r#"substratus_gateway_scale_total{{namespace="{ns}",server="big",direction="up"}}"#
+            ),
+            1.0,
         ),
-        format!(
-            r#"substratus_gateway_scale_total{{namespace="{ns}",server="big",direction="down"}} 1"#
+        (
+            format!(
+                r#"substratus_gateway_scale_total{{namespace="{ns}",server="big",direction="down"}}"#
+            ),
+            1.0,
         ),
-        format!(
-            r#"substratus_gateway_requests_total{{namespace="{ns}",server="big",code="503"}} 1"#
+        (
+            format!(
+                r#"substratus_gateway_requests_total{{namespace="{ns}",server="big",code="503"}}"#
+            ),
+            1.0,
         ),
-        r#"substratus_gateway_requests_total{namespace="",server="",code="404"} 1"#.to_owned(),
+        (
+            r#"substratus_gateway_requests_total{namespace="",server="",code="404"}"#.to_owned(),
+            1.0,
+        ),
     ] {
-        assert!(text.contains(&line), "{line} in:\n{text}");
+        assert!(sum(&line) >= at_least, "{line}");
+    }
+
+    // Two requests held on each replica of a Server sized for one request per replica: each
+    // replica counts four, and the Server gets four replicas (two each if they did not agree).
+    create(
+        &c,
+        ns,
+        object(
+            "Server",
+            "wide",
+            json!({"image": "srv", "model": {"name": "base"}, "replicas": 0, "resources": gpus,
+                   "autoscaling": {"minReplicas": 0, "maxReplicas": 6, "targetRequests": 1,
+                                   "scaleDownDelaySeconds": 60}}),
+        ),
+    )
+    .await;
+    wait_reason(&c, ns, "Server", "wide", "ScaledToZero").await;
+    let mut held = Vec::new();
+    for p in [port, port, peer_port, peer_port] {
+        let http = http.clone();
+        held.push(tokio::spawn(async move {
+            http.post(format!("http://127.0.0.1:{p}/v1/completions"))
+                .json(&json!({"model": "wide", "prompt": "x"}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    wait_for(
+        "the agreeing gateways to write spec.replicas 4",
+        WAIT,
+        || async {
+            match spec_replicas(&c, ns, "wide").await? {
+                4 => Ok(Some(())),
+                n => Err(format!("spec.replicas {n}")),
+            }
+        },
+    )
+    .await;
+    // And they stay there: no replica writes its own half.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(spec_replicas(&c, ns, "wide").await.unwrap(), 4);
+    for h in held {
+        h.abort();
     }
     eprintln!("scaled 0 → 1 {scaled_after:?} after the request arrived");
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for serving in servings {
+        let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+    }
     op.stop().await;
 }

@@ -515,6 +515,7 @@ fn the_gateway_is_off_by_default_and_when_on_runs_hardened_with_the_rights_it_ne
     };
     assert_eq!(env("HOLD_TIMEOUT_SECONDS"), Some("120".into()));
     assert_eq!(env("WATCH_NAMESPACE"), None);
+    assert_eq!(env("PEERS_SERVICE"), None, "one replica has no peers");
     // The operator's selectors (its Service, PDB) never count the gateway's pods.
     let operator = docs
         .iter()
@@ -573,6 +574,34 @@ fn the_gateway_is_off_by_default_and_when_on_runs_hardened_with_the_rights_it_ne
     assert!(!docs.iter().any(
         |d| d["kind"] == "ClusterRoleBinding" && d["metadata"]["name"] == "substratus-gateway"
     ));
+    // Two replicas add up their loads: each finds the other through the gateway's Service.
+    let docs = render(&[
+        "gateway.enabled=true",
+        "gateway.replicaCount=2",
+        "gateway.watchNamespace=team",
+    ])
+    .unwrap();
+    let d = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "substratus-gateway")
+        .unwrap();
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let value = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
+    assert_eq!(
+        value("PEERS_SERVICE").unwrap()["value"],
+        "substratus-gateway"
+    );
+    assert_eq!(
+        value("POD_IP").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    let peers = docs
+        .iter()
+        .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "substratus-gateway-peers")
+        .expect("rights to the gateway's own EndpointSlices");
+    assert_eq!(peers["metadata"]["namespace"], "substratus");
     let err = render(&["gateway.enabled=true", "gateway.service.type=Ingress"]).unwrap_err();
     assert!(
         err.contains("gateway.service.type") || err.contains("type"),
