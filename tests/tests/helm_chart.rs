@@ -353,6 +353,13 @@ fn the_chart_follows_the_conventions_of_well_kept_operators() {
         "substratus_cached_objects",
         "process_resident_memory_bytes",
         "substratus_leader",
+        "substratus_gateway_requests_total",
+        "substratus_gateway_in_flight",
+        "substratus_gateway_held",
+        "substratus_gateway_time_to_first_byte_seconds_bucket",
+        "substratus_gateway_queue_wait_seconds_bucket",
+        "substratus_gateway_desired_replicas",
+        "substratus_gateway_scale_total",
     ] {
         assert!(exprs.contains(metric), "the dashboard shows {metric}");
     }
