@@ -599,7 +599,16 @@ fn helm(args: &[&str]) -> Result<String, String> {
 
 /// The image and node of each of the operator's pods.
 fn operator_pods(ns: &str) -> Vec<(String, String)> {
-    let pods = kubectl_json(&["get", "pods", "-n", ns]).unwrap();
+    // The gateway runs the same image under a selector of its own.
+    let pods = kubectl_json(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/name=substratus",
+    ])
+    .unwrap();
     pods["items"]
         .as_array()
         .into_iter()
