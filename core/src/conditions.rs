@@ -27,6 +27,9 @@ pub mod reasons {
     pub const DATASET_NOT_READY: &str = "DatasetNotReady";
     pub const MODEL_NOT_FOUND: &str = "ModelNotFound";
     pub const MODEL_NOT_READY: &str = "ModelNotReady";
+    pub const ADAPTER_NOT_FOUND: &str = "AdapterNotFound";
+    pub const ADAPTER_NOT_READY: &str = "AdapterNotReady";
+    pub const ADAPTER_NOT_OF_BASE: &str = "AdapterNotOfBase";
     pub const JOB_NOT_COMPLETE: &str = "JobNotComplete";
     pub const JOB_COMPLETE: &str = "JobComplete";
     pub const JOB_FAILED: &str = "JobFailed";

@@ -133,7 +133,12 @@ impl Wired for Server {
     const REFERS: &'static [Kind] = &[Kind::Model];
     fn refers(&self, kind: Kind) -> Vec<&str> {
         match kind {
-            Kind::Model => self.spec.model_name().into_iter().collect(),
+            Kind::Model => self
+                .spec
+                .model_name()
+                .into_iter()
+                .chain(self.spec.adapters.iter().map(|a| a.model.name.as_str()))
+                .collect(),
             _ => Vec::new(),
         }
     }

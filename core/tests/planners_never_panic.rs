@@ -18,7 +18,7 @@ use substratus_core::plan::batch::{self, BatchInput, BatchSpec};
 use substratus_core::plan::build::{self, BuildInput, BuildSettings, ObservedBuildJob};
 use substratus_core::plan::job::ObservedJob;
 use substratus_core::plan::notebook::{self, NotebookInput, ObservedPod};
-use substratus_core::plan::server::{self, ObservedDeployment, ServerInput};
+use substratus_core::plan::server::{self, AdapterInput, ObservedDeployment, ServerInput};
 use substratus_core::plan::upload;
 use substratus_core::plan::{Child, Parent, RefState};
 use substratus_crds::{ModelSpec, NotebookSpec, ServerSpec, UploadStatus};
@@ -118,15 +118,33 @@ fn spec() -> impl Strategy<Value = Value> {
         proptest::option::of(text()),
         proptest::option::of(any::<bool>()),
         proptest::option::of(-2i32..5),
+        proptest::collection::vec((text(), text()), 0..3),
     )
         .prop_map(
-            |(image, build, command, env, params, resources, model, dataset, suspend, replicas)| {
+            |(
+                image,
+                build,
+                command,
+                env,
+                params,
+                resources,
+                model,
+                dataset,
+                suspend,
+                replicas,
+                adapters,
+            )| {
+                // A Server's adapters (other kinds have no such field and ignore it).
+                let adapters: Vec<Value> = adapters
+                    .into_iter()
+                    .map(|(a, m)| json!({"name": a, "model": {"name": m}}))
+                    .collect();
                 let mut s = json!({
                     "image": image, "build": build, "command": command, "env": env,
                     "params": params, "resources": resources,
                     "model": model.map(|n| json!({"name": n})),
                     "dataset": dataset.map(|n| json!({"name": n})),
-                    "suspend": suspend, "replicas": replicas,
+                    "suspend": suspend, "replicas": replicas, "adapters": adapters,
                 });
                 // Absent, not null, as the API server would store it.
                 s.as_object_mut().unwrap().retain(|_, v| !v.is_null());
@@ -443,10 +461,24 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                 let Ok(spec) = serde_json::from_value::<ServerSpec>(c.spec.clone()) else {
                     continue;
                 };
+                // The adapters' Models: in the sampled state, trained from the base or not.
+                let adapters = spec
+                    .adapters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| AdapterInput {
+                        name: a.name.clone(),
+                        model: a.model.name.clone(),
+                        state: c.dataset.clone().unwrap_or(RefState::NotFound),
+                        base: (i % 2 == 0)
+                            .then(|| spec.model_name().unwrap_or_default().to_owned()),
+                    })
+                    .collect();
                 let input = ServerInput {
                     parent,
                     spec: &spec,
                     model: c.model.clone().unwrap_or(RefState::NotFound),
+                    adapters,
                     deployment: c.generation.map(|g| ObservedDeployment {
                         ready_replicas: (g % 3) as i32,
                     }),

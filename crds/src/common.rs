@@ -438,6 +438,22 @@ mod tests {
     }
 }
 
+/// A fine-tuned Model a Server serves next to its base: mounted read-only at
+/// `/content/adapters/<name>`, and answering at the gateway to `<server>/<name>`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Adapter {
+    /// The adapter's name: the directory under `/content/adapters` and the part after `/`
+    /// in a request's `model`. A DNS label of at most 40 characters.
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The Model holding the adapter: one trained from the Server's Model (its
+    /// `spec.model.name` names the Server's Model).
+    pub model: ObjectRef,
+}
+
 /// How the gateway scales a Server with the requests it holds and forwards.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

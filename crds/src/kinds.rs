@@ -9,8 +9,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    ArtifactObjectStatus, Autoscaling, Build, NotebookStatus, ObjectRef, Params, Resources,
-    Routing, ServerStatus,
+    Adapter, ArtifactObjectStatus, Autoscaling, Build, NotebookStatus, ObjectRef, Params,
+    Resources, Routing, ServerStatus,
 };
 
 /// Longest suffix the controllers append to an object's name, per kind
@@ -209,6 +209,11 @@ workload_spec! {
         #[serde(rename = "servedModelNames", default, skip_serializing_if = "Vec::is_empty")]
         #[schemars(length(max = 16), inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")))]
         pub served_model_names: Vec<String>,
+        /// Fine-tuned Models served next to `model`, each from `/content/adapters/<name>`,
+        /// answering at the gateway to `<server>/<name>`. At most 16, names unique.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+        pub adapters: Vec<Adapter>,
         /// Replicas driven by the gateway's in-flight requests. When set, the gateway owns
         /// `spec.replicas` (through the scale subresource).
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -51,6 +51,21 @@ pub fn read(body: &[u8]) -> Result<Inbound, ApiError> {
     Ok(Inbound { model, prefix })
 }
 
+/// The adapter a `model` of the form `<server>/<adapter>` names.
+pub fn adapter_of(model: &str) -> Option<&str> {
+    model.split_once('/').map(|(_, adapter)| adapter)
+}
+
+/// `body` with its `model` replaced: what the replica is asked for (an adapter answers to its
+/// own name there). `body` was read by [`read`], so it is a JSON object.
+pub fn with_model(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
+    let mut value: serde_json::Map<String, Value> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a JSON object: {e}"), None))?;
+    value.insert("model".into(), Value::String(model.to_owned()));
+    serde_json::to_vec(&value)
+        .map_err(|e| ApiError::bad_request(format!("the body cannot be written: {e}"), None))
+}
+
 /// A string, the first string of a list, or the first text part of a content list.
 fn first_text(v: Option<&Value>) -> Option<String> {
     match v? {
@@ -101,7 +116,7 @@ impl ApiError {
         ApiError {
             status: 404,
             message: format!(
-                "The model `{model}` does not exist: no Server has this name or lists it in spec.servedModelNames (GET /v1/models lists the models served)"
+                "The model `{model}` does not exist: no Server has this name or lists it in spec.servedModelNames, and no Server has an adapter answering to it as `<server>/<adapter>` (GET /v1/models lists the models served)"
             ),
             kind: "invalid_request_error",
             param: Some("model"),
@@ -156,6 +171,18 @@ pub fn model_list<'a>(ids: impl IntoIterator<Item = &'a str>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_adapter_request_is_rewritten_to_the_adapter_keeping_every_other_field() {
+        assert_eq!(adapter_of("tiny/sql"), Some("sql"));
+        assert_eq!(adapter_of("tiny"), None);
+        let body = br#"{"model": "tiny/sql", "prompt": "x", "stream": true, "n": 2}"#;
+        let out: Value = serde_json::from_slice(&with_model(body, "sql").unwrap()).unwrap();
+        assert_eq!(
+            out,
+            json!({"model": "sql", "prompt": "x", "stream": true, "n": 2})
+        );
+    }
 
     #[test]
     fn model_and_routing_text_come_from_each_request_kind() {

@@ -288,6 +288,17 @@ async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             return error_response(&e);
         }
     };
+    // `<server>/<adapter>`: the replica is asked for the adapter by its own name.
+    let body = match openai::adapter_of(&inbound.model) {
+        Some(adapter) => match openai::with_model(&body, adapter) {
+            Ok(b) => axum::body::Bytes::from(b),
+            Err(e) => {
+                count(&route.key.name, &route.key.namespace, e.status);
+                return error_response(&e);
+            }
+        },
+        None => body,
+    };
     let labels = ServerLabels::from(&route.key);
     let path = parts
         .uri

@@ -111,6 +111,18 @@ impl Table {
             names.extend(server.spec.served_model_names.iter().cloned());
             names.sort();
             names.dedup();
+            // Each adapter answers to `<name>/<adapter>` under every name of its Server.
+            let adapters: Vec<String> = names
+                .iter()
+                .flat_map(|n| {
+                    server
+                        .spec
+                        .adapters
+                        .iter()
+                        .map(move |a| format!("{n}/{}", a.name))
+                })
+                .collect();
+            names.extend(adapters);
             for id in names {
                 table.ids.entry(id).or_default().push(key.clone());
             }
@@ -259,6 +271,25 @@ mod tests {
             t.model_ids().collect::<Vec<_>>(),
             ["gpt-tiny", "other", "tiny"]
         );
+    }
+
+    #[test]
+    fn adapters_answer_to_server_slash_adapter_under_every_name_of_their_server() {
+        let servers = [server(
+            "a",
+            "tiny",
+            json!({"servedModelNames": ["gpt-tiny"],
+                   "adapters": [{"name": "sql", "model": {"name": "tiny-sql"}}]}),
+        )];
+        let t = Table::build(&servers, &[]);
+        assert_eq!(
+            t.model_ids().collect::<Vec<_>>(),
+            ["gpt-tiny", "gpt-tiny/sql", "tiny", "tiny/sql"]
+        );
+        assert!(matches!(t.lookup("gpt-tiny/sql"), Lookup::Found(r) if r.key.name == "tiny"));
+        // The adapter's Model is not a name of the Server.
+        assert_eq!(t.lookup("tiny-sql"), Lookup::Unknown);
+        assert_eq!(t.lookup("tiny/other"), Lookup::Unknown);
     }
 
     #[test]

@@ -191,7 +191,12 @@ async fn requests_reach_the_server_their_model_names_and_unknown_models_get_404(
     let (b, _) = start_replica("beta-0", 200).await;
     let servers = [
         server("alpha", json!({}), None),
-        server("beta", json!({"servedModelNames": ["b-alias"]}), None),
+        server(
+            "beta",
+            json!({"servedModelNames": ["b-alias"],
+                   "adapters": [{"name": "sql", "model": {"name": "beta-sql"}}]}),
+            None,
+        ),
     ];
     let slices = [slice("alpha", &[a]), slice("beta", &[b])].concat();
     let g = gateway(Table::build(&servers, &slices), Options::default()).await;
@@ -220,6 +225,25 @@ async fn requests_reach_the_server_their_model_names_and_unknown_models_get_404(
     );
     // The model field reaches the replica unchanged.
     assert_eq!(body["model"], "b-alias");
+    // An adapter's request reaches its Server's replica, asking for the adapter by its name.
+    let (s, _, body) = post_json(
+        &g.url,
+        "/v1/completions",
+        json!({"model": "b-alias/sql", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (s, body["replica"].as_str(), body["model"].as_str()),
+        (200, Some("beta-0"), Some("sql")),
+        "{body}"
+    );
+    let (s, _, body) = post_json(
+        &g.url,
+        "/v1/completions",
+        json!({"model": "beta/chat", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(s, 404, "an adapter the Server does not name: {body}");
 
     let (s, _, body) = post_json(
         &g.url,
@@ -253,7 +277,7 @@ async fn requests_reach_the_server_their_model_names_and_unknown_models_get_404(
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["alpha", "b-alias", "beta"]);
+    assert_eq!(ids, ["alpha", "b-alias", "b-alias/sql", "beta", "beta/sql"]);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &g.registry).unwrap();
     assert!(

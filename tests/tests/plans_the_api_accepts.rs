@@ -19,7 +19,7 @@ use substratus_core::names::Kind;
 use substratus_core::plan::batch::{self, BatchInput, BatchSpec};
 use substratus_core::plan::build::{self, BuildInput, BuildSettings};
 use substratus_core::plan::notebook::{self, NotebookInput};
-use substratus_core::plan::server::{self, ServerInput};
+use substratus_core::plan::server::{self, AdapterInput, ServerInput};
 use substratus_core::plan::{Child, Parent, RefState};
 use substratus_crds::{ModelSpec, NotebookSpec, ServerSpec};
 use substratus_tests::cluster::{TestNamespace, client};
@@ -221,12 +221,30 @@ fn plans(name: &str, ns: &str, spec: &Value, cloud: &dyn Cloud) -> Vec<(Kind, Va
             Kind::Server => {
                 let mut spec = spec.clone();
                 spec["model"] = json!({"name": "base"});
+                // Adapters: one named as long as the schema allows, one as short (sampled
+                // names start with a letter: never "0").
+                let long: String = name.chars().take(40).collect();
+                let adapter_names = [long.trim_end_matches('-').to_owned(), "0".to_owned()];
+                spec["adapters"] = adapter_names
+                    .iter()
+                    .map(|a| json!({"name": a, "model": {"name": format!("{a}-tuned")}}))
+                    .collect();
                 let s: ServerSpec = serde_json::from_value(spec).unwrap();
+                let adapters = adapter_names
+                    .iter()
+                    .map(|a| AdapterInput {
+                        name: a.clone(),
+                        model: format!("{a}-tuned"),
+                        state: model_ref.clone(),
+                        base: Some("base".into()),
+                    })
+                    .collect();
                 let p = server::plan(
                     &ServerInput {
                         parent: parent.clone(),
                         spec: &s,
                         model: model_ref.clone(),
+                        adapters,
                         deployment: None,
                         pods: &[],
                     },

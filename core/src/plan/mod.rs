@@ -233,8 +233,8 @@ pub fn params_config_map(parent: &Parent, params: &Params) -> ConfigMap {
 /// A bucket prefix mounted at `/content/<subdir>`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mount {
-    /// `artifacts`, `data` or `model`.
-    pub subdir: &'static str,
+    /// `artifacts`, `data`, `model` or `adapters/<name>`.
+    pub subdir: std::borrow::Cow<'static, str>,
     pub url: BucketUrl,
     pub access: Access,
     /// For a reference's artifacts: the generation of the run that wrote them.
@@ -259,7 +259,7 @@ pub fn content_mounts(
     model: &Option<RefState>,
 ) -> Vec<Mount> {
     let mut mounts = vec![Mount {
-        subdir: "artifacts",
+        subdir: "artifacts".into(),
         url: own,
         access: Access::ReadWrite,
         generation: None,
@@ -270,7 +270,7 @@ pub fn content_mounts(
     }) = dataset
     {
         mounts.push(Mount {
-            subdir: "data",
+            subdir: "data".into(),
             url: artifacts.clone(),
             access: Access::ReadOnly,
             generation: Some(*generation),
@@ -282,7 +282,7 @@ pub fn content_mounts(
     }) = model
     {
         mounts.push(Mount {
-            subdir: "model",
+            subdir: "model".into(),
             url: artifacts.clone(),
             access: Access::ReadOnly,
             generation: Some(*generation),
@@ -367,14 +367,16 @@ pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSp
     for m in &w.mounts {
         let bv = cloud.bucket_volume(&m.url, m.access)?;
         let mut volume = bv.volume;
-        volume.name = m.subdir.to_owned();
+        // `adapters/<name>` is volume `adapters-<name>`.
+        let volume_name = m.subdir.replace('/', "-");
+        volume.name = volume_name.clone();
         volumes.push(volume);
         annotations.extend(bv.pod_annotations);
         if let Some(g) = m.generation.filter(|g| *g > 1) {
-            annotations.insert(input_generation_annotation(m.subdir), g.to_string());
+            annotations.insert(input_generation_annotation(&volume_name), g.to_string());
         }
         mounts.push(VolumeMount {
-            name: m.subdir.to_owned(),
+            name: volume_name,
             mount_path: format!("/content/{}", m.subdir),
             read_only: Some(m.access == Access::ReadOnly),
             ..Default::default()

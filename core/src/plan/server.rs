@@ -30,12 +30,26 @@ pub struct ObservedDeployment {
     pub ready_replicas: i32,
 }
 
+/// An entry of `spec.adapters` as found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterInput {
+    /// The entry's `name`.
+    pub name: String,
+    /// The Model it names.
+    pub model: String,
+    pub state: RefState,
+    /// That Model's own base (`spec.model.name`), when it exists.
+    pub base: Option<String>,
+}
+
 /// Everything the planner looks at.
 #[derive(Clone, Debug)]
 pub struct ServerInput<'a> {
     pub parent: Parent,
     pub spec: &'a ServerSpec,
     pub model: RefState,
+    /// `spec.adapters`, in order.
+    pub adapters: Vec<AdapterInput>,
     pub deployment: Option<ObservedDeployment>,
     pub pods: &'a [Pod],
 }
@@ -98,6 +112,20 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
         } => (artifacts.clone(), *generation),
     };
 
+    let mut mounts = vec![Mount {
+        subdir: "model".into(),
+        url: artifacts,
+        access: Access::ReadOnly,
+        generation: Some(model_generation),
+    }];
+    match adapter_mounts(input) {
+        Ok(more) => mounts.extend(more),
+        Err((reason, message)) => {
+            plan.conditions = serving(false, reason, message);
+            return plan;
+        }
+    }
+
     let name = Kind::Server.workload_name(&parent.name);
     let workload = Workload {
         parent,
@@ -106,12 +134,7 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
         env: &input.spec.env,
         extra_env: Vec::new(),
         resources: input.spec.resources.as_ref(),
-        mounts: vec![Mount {
-            subdir: "model",
-            url: artifacts,
-            access: Access::ReadOnly,
-            generation: Some(model_generation),
-        }],
+        mounts,
         port: Some(SERVE_PORT),
         restart_policy: "Always",
     };
@@ -210,6 +233,54 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
     plan
 }
 
+/// The adapters' mounts at `/content/adapters/<name>`, or why the Server must wait (or
+/// cannot serve them): every adapter is a Ready Model trained from the Server's Model.
+fn adapter_mounts(input: &ServerInput<'_>) -> Result<Vec<Mount>, (&'static str, String)> {
+    let base = input.spec.model_name().unwrap_or_default();
+    let mut mounts = Vec::new();
+    for (i, a) in input.adapters.iter().enumerate() {
+        let field = format!("spec.adapters[{i}] ({})", a.name);
+        let (artifacts, generation) = match &a.state {
+            RefState::NotFound => {
+                return Err((
+                    reasons::ADAPTER_NOT_FOUND,
+                    format!("Model {} of {field} not found", a.model),
+                ));
+            }
+            RefState::NotReady => {
+                return Err((
+                    reasons::ADAPTER_NOT_READY,
+                    format!("waiting for Model {} of {field} to be ready", a.model),
+                ));
+            }
+            RefState::Ready {
+                artifacts,
+                generation,
+            } => (artifacts, *generation),
+        };
+        if a.base.as_deref() != Some(base) {
+            let trained_from = match &a.base {
+                Some(b) => format!("was trained from Model {b}"),
+                None => "names no base Model".to_owned(),
+            };
+            return Err((
+                reasons::ADAPTER_NOT_OF_BASE,
+                format!(
+                    "Model {} of {field} {trained_from}, not from this Server's Model {base}",
+                    a.model
+                ),
+            ));
+        }
+        mounts.push(Mount {
+            subdir: format!("adapters/{}", a.name).into(),
+            url: artifacts.clone(),
+            access: Access::ReadOnly,
+            generation: Some(generation),
+        });
+    }
+    Ok(mounts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,8 +316,116 @@ mod tests {
             },
             spec,
             model,
+            adapters: Vec::new(),
             deployment,
             pods: &[],
+        }
+    }
+
+    fn adapter(name: &str, state: RefState, base: Option<&str>) -> AdapterInput {
+        AdapterInput {
+            name: name.into(),
+            model: format!("{name}-model"),
+            state,
+            base: base.map(Into::into),
+        }
+    }
+
+    fn adapter_at(name: &str, generation: i64) -> RefState {
+        RefState::Ready {
+            artifacts: BucketUrl::parse(&format!("fake://artifacts/{name}/artifacts")).unwrap(),
+            generation,
+        }
+    }
+
+    #[test]
+    fn adapters_trained_from_the_model_are_mounted_under_content_adapters() {
+        let s = spec();
+        let mut i = input(&s, ready_model(), None);
+        i.adapters = vec![
+            adapter("sql", adapter_at("sql", 1), Some("falcon")),
+            adapter("chat", adapter_at("chat", 3), Some("falcon")),
+        ];
+        let p = plan(&i, &FakeCloud::default());
+        let d = p
+            .children
+            .iter()
+            .find_map(|c| match c {
+                Child::Deployment(d) => Some(d),
+                _ => None,
+            })
+            .expect("a Deployment");
+        let template = d.spec.as_ref().unwrap().template.clone();
+        let pod = template.spec.unwrap();
+        let mounts: Vec<(String, String, Option<bool>)> = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone(), m.read_only))
+            .collect();
+        for (volume, path) in [
+            ("adapters-sql", "/content/adapters/sql"),
+            ("adapters-chat", "/content/adapters/chat"),
+        ] {
+            assert!(
+                mounts.contains(&(volume.into(), path.into(), Some(true))),
+                "{mounts:?}"
+            );
+            assert!(
+                pod.volumes.iter().flatten().any(|v| v.name == volume),
+                "no volume {volume}"
+            );
+        }
+        // A rerun of an adapter rolls the replicas, as one of the Model does.
+        let annotations = template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(
+            annotations
+                .get("substratus.ai/adapters-chat-generation")
+                .map(String::as_str),
+            Some("3")
+        );
+        assert!(!annotations.contains_key("substratus.ai/adapters-sql-generation"));
+    }
+
+    #[test]
+    fn a_missing_unready_or_foreign_adapter_holds_the_server_naming_the_entry() {
+        let s = spec();
+        for (a, reason, says) in [
+            (
+                adapter("sql", RefState::NotFound, None),
+                reasons::ADAPTER_NOT_FOUND,
+                "Model sql-model of spec.adapters[1] (sql) not found",
+            ),
+            (
+                adapter("sql", RefState::NotReady, Some("falcon")),
+                reasons::ADAPTER_NOT_READY,
+                "spec.adapters[1] (sql)",
+            ),
+            (
+                adapter("sql", adapter_at("sql", 1), Some("llama")),
+                reasons::ADAPTER_NOT_OF_BASE,
+                "was trained from Model llama, not from this Server's Model falcon",
+            ),
+            (
+                adapter("sql", adapter_at("sql", 1), None),
+                reasons::ADAPTER_NOT_OF_BASE,
+                "names no base Model",
+            ),
+        ] {
+            let mut i = input(&s, ready_model(), None);
+            i.adapters = vec![adapter("chat", adapter_at("chat", 1), Some("falcon")), a];
+            let p = plan(&i, &FakeCloud::default());
+            let ready = p
+                .conditions
+                .iter()
+                .find(|c| c.type_ == types::READY)
+                .unwrap();
+            assert_eq!(ready.reason, reason);
+            assert!(ready.message.contains(says), "{}", ready.message);
+            assert!(
+                !p.children.iter().any(|c| matches!(c, Child::Deployment(_))),
+                "no replica starts without its adapters"
+            );
         }
     }
 

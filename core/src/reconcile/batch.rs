@@ -144,12 +144,7 @@ pub async fn reconcile_model(model: Arc<Model>, ctx: Arc<Context>) -> Result<Act
     // they ran again since): from the caches, at no cost.
     let mut references = (None, None);
     if observed.job.is_none() && model.spec.model.is_some() {
-        let base_of = |name: &str| {
-            ctx.caches()
-                .models
-                .get(&kube::runtime::reflector::ObjectRef::new(name).within(&parent.namespace))
-                .and_then(|m| m.spec.model.as_ref().map(|r| r.name.clone()))
-        };
+        let base_of = |name: &str| ctx.base_of(&parent.namespace, name);
         if let Some(cycle) = crate::plan::base_cycle(&parent.name, base_of) {
             return Err(Error::ReferenceCycle(cycle));
         }

@@ -462,6 +462,13 @@ impl Context {
             .pods_with(namespace, &[(kind.lower(), name), ("role", "run")]))
     }
 
+    /// The base (`spec.model.name`) of Model `namespace/name`, from the cache.
+    pub fn base_of(&self, namespace: &str, name: &str) -> Option<String> {
+        (self.caches.models)
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+            .and_then(|m| m.spec.model.as_ref().map(|r| r.name.clone()))
+    }
+
     /// The state of a referenced Model (`kind` Model) or Dataset.
     pub fn reference(&self, namespace: &str, kind: Kind, name: &str) -> Result<RefState, Error> {
         use kube::runtime::reflector::ObjectRef;

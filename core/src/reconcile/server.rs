@@ -10,7 +10,7 @@ use super::{Context, Error, parent_of};
 use crate::names::{Kind, KindChildren};
 use crate::plan::Parent;
 use crate::plan::RefState;
-use crate::plan::server::{self, ObservedDeployment, ServerInput};
+use crate::plan::server::{self, AdapterInput, ObservedDeployment, ServerInput};
 
 /// Reconciles a Server.
 pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -19,6 +19,19 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         Some(name) => ctx.reference(&parent.namespace, Kind::Model, name)?,
         None => RefState::NotFound,
     };
+    let adapters = srv
+        .spec
+        .adapters
+        .iter()
+        .map(|a| {
+            Ok(AdapterInput {
+                name: a.name.clone(),
+                model: a.model.name.clone(),
+                state: ctx.reference(&parent.namespace, Kind::Model, &a.model.name)?,
+                base: ctx.base_of(&parent.namespace, &a.model.name),
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     let name = Kind::Server.workload_name(&parent.name);
     let deployment = ctx.caches().deployment(&parent.namespace, &name);
     let observed = deployment.as_ref().map(|d| ObservedDeployment {
@@ -56,6 +69,7 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         parent: parent.clone(),
         spec: &spec,
         model,
+        adapters,
         deployment: observed,
         pods: &pods,
     };

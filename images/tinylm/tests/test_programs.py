@@ -198,6 +198,72 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(self.call("/v1/nothing", {})[0], 404)
 
 
+def trained(directory, text, name):
+    m = Model(config={"name": name})
+    for _ in range(30):
+        m.train_step(m.tokenizer.encode(text), 1.0)
+    m.save(directory)
+
+
+class AdapterTest(unittest.TestCase):
+    """Adapters from the folders of the adapters directory, and loaded at run time."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        root = cls.tmp.name
+        trained(os.path.join(root, "model"), "ping pong ping pong ", "base")
+        trained(os.path.join(root, "adapters", "ding"), "ping ding ping ding ", "ding")
+        trained(os.path.join(root, "later"), "ping zing ping zing ", "zing")
+        cls.httpd, cls.state = serve.server(os.path.join(root, "model"), 0, "tiny", host="127.0.0.1",
+                                            adapters=os.path.join(root, "adapters"))
+        threading.Thread(target=cls.httpd.serve_forever, daemon=True).start()
+        cls.base = f"http://127.0.0.1:{cls.httpd.server_address[1]}"
+        cls.state.loaded.wait(30)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.httpd.shutdown()
+        cls.httpd.server_close()
+        cls.tmp.cleanup()
+
+    call = ServerTest.call
+
+    def complete(self, model):
+        code, body = self.call("/v1/completions", {"model": model, "prompt": "ping", "max_tokens": 5,
+                                                   "temperature": 0})
+        self.assertEqual(code, 200, body)
+        answer = json.loads(body)
+        return answer["model"], answer["choices"][0]["text"]
+
+    def test_the_adapters_folders_are_listed_and_selected_by_model(self):
+        self.assertEqual(self.call("/")[0], 200)
+        data = json.loads(self.call("/v1/models")[1])["data"]
+        self.assertEqual([(m["id"], m.get("parent")) for m in data][:2], [("tiny", None), ("ding", "tiny")])
+        self.assertEqual(self.complete("ding"), ("ding", " ding"))
+        # Any other name is the model itself.
+        self.assertEqual(self.complete("tiny"), ("tiny", " pong"))
+        self.assertEqual(self.complete("other"), ("tiny", " pong"))
+
+    def test_adapters_load_and_unload_at_run_time_and_bad_requests_name_the_field(self):
+        later = os.path.join(self.tmp.name, "later")
+        code, body = self.call("/v1/load_lora_adapter", {"lora_name": "zing", "lora_path": later})
+        self.assertEqual(code, 200, body)
+        self.assertEqual(self.complete("zing"), ("zing", " zing"))
+        self.assertIn("zing", [m["id"] for m in json.loads(self.call("/v1/models")[1])["data"]])
+        code, body = self.call("/v1/unload_lora_adapter", {"lora_name": "zing"})
+        self.assertEqual(code, 200, body)
+        self.assertEqual(self.complete("zing"), ("tiny", " pong"))
+        self.assertEqual(self.call("/v1/unload_lora_adapter", {"lora_name": "zing"})[0], 404)
+        for body, named in [({"lora_name": "../x", "lora_path": later}, "lora_name"),
+                            ({"lora_name": "tiny", "lora_path": later}, "lora_name"),
+                            ({"lora_name": "x"}, "lora_path"),
+                            ({"lora_name": "x", "lora_path": "/nonexistent"}, "lora_path")]:
+            code, text = self.call("/v1/load_lora_adapter", body)
+            self.assertEqual(code, 400, body)
+            self.assertIn(named, json.loads(text)["error"]["message"])
+
+
 class ServerLoadingTest(unittest.TestCase):
     def test_not_ready_until_loaded_and_a_missing_model_is_an_error_on_ready(self):
         state = serve.State("x")

@@ -1,15 +1,20 @@
 """Server: an OpenAI-compatible HTTP API over the model at `/content/model` (env `MODEL`),
-on port 8080 (env `PORT`). `GET /` answers 200 only once the weights are loaded (503
-before), so a readiness probe on `/` waits for them.
+on port 8080 (env `PORT`), and the fine-tuned adapters in the folders of
+`/content/adapters` (env `ADAPTERS`), each served under its folder's name. `GET /` answers
+200 only once the weights are loaded (503 before), so a readiness probe on `/` waits for them.
 
-- `GET /v1/models`
-- `POST /v1/completions`: `prompt`, `max_tokens` (16), `temperature` (1.0), `seed`, `stop`,
-  `stream` (server-sent events, ending with `data: [DONE]`)
+- `GET /v1/models`: the model, then the adapters (`parent` names the model)
+- `POST /v1/completions`: `model` (an adapter's name selects it; anything else is the
+  model), `prompt`, `max_tokens` (16), `temperature` (1.0), `seed`, `stop`, `stream`
+  (server-sent events, ending with `data: [DONE]`)
 - `POST /v1/chat/completions`: `messages` ([{role, content}]), the same options
+- `POST /v1/load_lora_adapter` (`lora_name`, `lora_path`) and `POST /v1/unload_lora_adapter`
+  (`lora_name`): adapters loaded and dropped at run time, as vLLM's API does
 """
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -31,6 +36,36 @@ class State:
         self.model = None
         self.error = None
         self.loaded = threading.Event()
+        # Adapter name -> Model, replaced whole under the lock (readers take a reference).
+        self.adapters = {}
+        self.lock = threading.Lock()
+
+    def pick(self, requested):
+        """The model a request's `model` selects, and the name it answers as."""
+        adapter = self.adapters.get(requested) if isinstance(requested, str) else None
+        if adapter is not None:
+            return adapter, requested
+        return self.model, self.name
+
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
+
+
+def load_adapter(state, name, directory):
+    """Loads the model at `directory` as adapter `name`; raises BadRequest naming the field."""
+    if not isinstance(name, str) or not ADAPTER_NAME.match(name):
+        raise BadRequest("lora_name: letters, digits, '-', '_' and '.', at most 63")
+    if name == state.name:
+        raise BadRequest(f"lora_name: {name} is the model's own name")
+    if not isinstance(directory, str) or not directory:
+        raise BadRequest("lora_path: the folder of the adapter is required")
+    try:
+        model = Model.load(directory)
+    except (OSError, ValueError) as e:
+        raise BadRequest(f"lora_path: cannot load {directory}: {e}") from e
+    with state.lock:
+        state.adapters = {**state.adapters, name: model}
+    print(f"loaded adapter {name} from {directory}: {model.config}", flush=True)
 
 
 def chat_prompt(messages):
@@ -91,21 +126,47 @@ class Handler(BaseHTTPRequestHandler):
             config = s.model.config if s.model else {}
             return self.reply(200, {"status": "ok", "model": s.name, "config": config})
         if self.path == "/v1/models":
+            if not s.loaded.is_set():
+                return self.reply(200, {"object": "list", "data": []})
             data = [{"id": s.name, "object": "model", "created": 0, "owned_by": "substratus"}]
-            return self.reply(200, {"object": "list", "data": data if s.loaded.is_set() else []})
+            data += [{"id": a, "object": "model", "created": 0, "owned_by": "substratus", "parent": s.name}
+                     for a in sorted(s.adapters)]
+            return self.reply(200, {"object": "list", "data": data})
         self.error(404, f"no route {self.path}")
+
+    def body(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    def adapter_api(self):
+        s = self.state
+        try:
+            body = self.body()
+            if self.path == "/v1/load_lora_adapter":
+                load_adapter(s, body.get("lora_name"), body.get("lora_path"))
+                return self.reply(200, {"status": "loaded", "lora_name": body["lora_name"]})
+            name = body.get("lora_name")
+            with s.lock:
+                if name not in s.adapters:
+                    return self.error(404, f"lora_name: no adapter {name!r} is loaded")
+                s.adapters = {k: v for k, v in s.adapters.items() if k != name}
+            return self.reply(200, {"status": "unloaded", "lora_name": name})
+        except (ValueError, BadRequest) as e:
+            return self.error(400, str(e))
 
     def do_POST(self):
         s = self.state
+        if self.path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            return self.adapter_api()
         if self.path not in ("/v1/completions", "/v1/chat/completions"):
             return self.error(404, f"no route {self.path}")
         if not s.loaded.is_set() or s.model is None:
             return self.error(503, "the model is not loaded yet", "server_error")
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length) or b"{}")
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
+            body = self.body()
             chat = self.path == "/v1/chat/completions"
             if chat:
                 prompt = chat_prompt(body.get("messages"))
@@ -118,9 +179,10 @@ class Handler(BaseHTTPRequestHandler):
             opts = options(body)
         except (ValueError, BadRequest) as e:
             return self.error(400, str(e))
-        pieces = s.model.generate(prompt, **opts)
+        model, answering_as = s.pick(body.get("model"))
+        pieces = model.generate(prompt, **opts)
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        common = {"id": ident, "created": int(time.time()), "model": s.name}
+        common = {"id": ident, "created": int(time.time()), "model": answering_as}
         if body.get("stream"):
             return self.stream(pieces, chat, common)
         text = "".join(pieces)
@@ -162,10 +224,20 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def load(state, directory):
+def load(state, directory, adapters=None):
+    """Loads the model, then each folder of `adapters` as the adapter of its name; ready
+    (or failed, saying what) once all are loaded."""
     try:
         state.model = Model.load(directory)
         print(f"loaded {directory}: {state.model.config}", flush=True)
+        names = sorted(os.listdir(adapters)) if adapters and os.path.isdir(adapters) else []
+        for name in names:
+            path = os.path.join(adapters, name)
+            if os.path.isdir(path):
+                try:
+                    load_adapter(state, name, path)
+                except BadRequest as e:
+                    raise ValueError(f"adapter {name}: {e}") from e
     except (OSError, ValueError) as e:
         state.error = str(e)
         print(f"error: cannot load the model at {directory}: {e}", flush=True)
@@ -173,21 +245,22 @@ def load(state, directory):
         state.loaded.set()
 
 
-def server(directory, port, name, host="0.0.0.0"):
-    """A server bound to `port` that loads the model in the background."""
+def server(directory, port, name, host="0.0.0.0", adapters=None):
+    """A server bound to `port` that loads the model (and adapters) in the background."""
     state = State(name)
     handler = type("BoundHandler", (Handler,), {"state": state})
     httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
-    threading.Thread(target=load, args=(state, directory), daemon=True).start()
+    threading.Thread(target=load, args=(state, directory, adapters), daemon=True).start()
     return httpd, state
 
 
 def main():
     directory = os.environ.get("MODEL", "/content/model")
+    adapters = os.environ.get("ADAPTERS", "/content/adapters")
     port = int(os.environ.get("PORT", "8080"))
     name = os.environ.get("SERVER_MODEL_NAME") or socket.gethostname()
-    httpd, _ = server(directory, port, name)
+    httpd, _ = server(directory, port, name, adapters=adapters)
     print(f"serving {directory} as {name} on :{port}", flush=True)
     httpd.serve_forever()
 
