@@ -118,7 +118,7 @@ if [[ $real_node == 1 ]]; then
   echo
   $kubectl get ai -A
   echo
-  echo "==> what the fine-tuned Model's Server answers (kubectl port-forward, /v1/completions)"
+  echo "==> what the Server's fine-tuned adapter answers (kubectl port-forward, /v1/completions)"
   port="$(free_port)"
   $kubectl port-forward service/local-server-server "$port:8080" --address 127.0.0.1 >/dev/null 2>&1 &
   fwd=$!
@@ -126,20 +126,20 @@ if [[ $real_node == 1 ]]; then
   prompt='Q: What does a Server do?\nA:'
   echo "    prompt: $prompt"
   curl -fs "127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
-    -d "{\"prompt\": \"$prompt\", \"max_tokens\": 40, \"temperature\": 0, \"stop\": [\"\\n\"]}" \
+    -d "{\"model\": \"finetuned\", \"prompt\": \"$prompt\", \"max_tokens\": 40, \"temperature\": 0, \"stop\": [\"\\n\"]}" \
     | python3 -c 'import json, sys; print("    completion:", repr(json.load(sys.stdin)["choices"][0]["text"]))' \
     || { echo "    no completion"; ready=0; }
   echo "    first completion $(( $(date +%s) - t0 ))s after kubectl apply"
   kill "$fwd" 2>/dev/null || true
   echo
-  echo "==> the same Server through the gateway (OpenAI-compatible, routes by model; docs/gateway.md)"
+  echo "==> the same adapter through the gateway as local-server/finetuned (OpenAI-compatible, routes by model; docs/gateway.md)"
   gw_port="$(free_port)"
   $kubectl -n substratus port-forward service/substratus-gateway "$gw_port:80" --address 127.0.0.1 >/dev/null 2>&1 &
   gw_fwd=$!
   for _ in $(seq 1 50); do curl -fs "127.0.0.1:$gw_port/v1/models" >/dev/null 2>&1 && break; sleep 0.2; done
   echo "    GET /v1/models: $(curl -fs "127.0.0.1:$gw_port/v1/models" | python3 -c 'import json, sys; print([m["id"] for m in json.load(sys.stdin)["data"]])' || echo unavailable)"
   curl -fs "127.0.0.1:$gw_port/v1/completions" -H 'Content-Type: application/json' \
-    -d "{\"model\": \"local-server\", \"prompt\": \"$prompt\", \"max_tokens\": 40, \"temperature\": 0, \"stop\": [\"\\n\"]}" \
+    -d "{\"model\": \"local-server/finetuned\", \"prompt\": \"$prompt\", \"max_tokens\": 40, \"temperature\": 0, \"stop\": [\"\\n\"]}" \
     | python3 -c 'import json, sys; print("    completion through the gateway:", repr(json.load(sys.stdin)["choices"][0]["text"]))' \
     || { echo "    no completion through the gateway"; ready=0; }
   kill "$gw_fwd" 2>/dev/null || true

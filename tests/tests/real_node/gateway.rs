@@ -1,5 +1,5 @@
 //! The gateway from the chart, as a pod on the real node, in front of a tinylm Server that
-//! autoscales from zero. Requests are sent from inside the node's network namespace to the
+//! autoscales from zero and serves a fine-tuned adapter of its Model. Requests are sent from inside the node's network namespace to the
 //! gateway's Service, as a pod of the cluster would send them.
 
 use std::future::Future;
@@ -111,12 +111,31 @@ pub async fn the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
         json!({"image": tinylm, "command": ["load-model"],
             "params": {"name": "tiny-gw", "epochs": 1}, "resources": light}),
     ));
+    // An adapter: the base fine-tuned on the questions the image ships.
+    apply(&object(
+        "Dataset",
+        "qa",
+        ns,
+        json!({"image": tinylm, "command": ["load-dataset"],
+            "params": {"path": "/opt/tinylm/data"}, "resources": light}),
+    ));
+    apply(&object(
+        "Model",
+        "lm-qa",
+        ns,
+        json!({"image": tinylm, "command": ["train"], "model": {"name": "lm"},
+            "dataset": {"name": "qa"}, "resources": light,
+            "params": {"name": "tiny-qa", "num_train_epochs": 20,
+                       "prompt_template": "Q: {question}\nA: {answer}\n"}}),
+    ));
     until_ready(ns, "Model", "lm", "True", None).await;
+    until_ready(ns, "Model", "lm-qa", "True", None).await;
     apply(&object(
         "Server",
         "auto",
         ns,
         json!({"image": tinylm, "command": ["serve"], "model": {"name": "lm"},
+            "adapters": [{"name": "qa", "model": {"name": "lm-qa"}}],
             "replicas": 0, "servedModelNames": ["tiny"], "resources": light,
             "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "targetRequests": 1,
                             "scaleDownDelaySeconds": 8}}),
@@ -141,7 +160,7 @@ pub async fn the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
                 .await;
                 if let Some(v) = got
                     .clone()
-                    .filter(|v| v["data"].as_array().is_some_and(|d| d.len() == 2))
+                    .filter(|v| v["data"].as_array().is_some_and(|d| d.len() == 4))
                 {
                     return v;
                 }
@@ -160,7 +179,7 @@ pub async fn the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["auto", "tiny"]);
+    assert_eq!(ids, ["auto", "auto/qa", "tiny", "tiny/qa"]);
 
     // The first request finds the Server at zero: it is held while a replica starts, then
     // answered, streaming.
@@ -185,6 +204,22 @@ pub async fn the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
         })
         .await
     };
+    // The same greedy completion from the base and from its adapter, through the gateway.
+    let (from_base, from_adapter) = {
+        let base = base.clone();
+        in_node(move || async move {
+            let ask = |model: &'static str| {
+                post(
+                    &format!("{base}/v1/completions"),
+                    json!({"model": model, "prompt": "Q: What runs the containers?\nA:",
+                           "max_tokens": 24, "temperature": 0}),
+                    Duration::from_secs(30),
+                )
+            };
+            (ask("auto").await, ask("tiny/qa").await)
+        })
+        .await
+    };
     let (code, body) = first.expect("the first request");
     let cold = t0.elapsed();
     assert_eq!(code, 200, "{body}");
@@ -197,6 +232,27 @@ pub async fn the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
     let error: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(error["error"]["code"], "model_not_found");
     eprintln!("scale from zero: the first completion arrived {cold:?} after the request");
+    let answer = |r: Result<(u16, String), String>| {
+        let (code, body) = r.expect("a completion");
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        (
+            v["model"].as_str().unwrap_or_default().to_owned(),
+            v["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let (base_name, base_text) = answer(from_base);
+    let (adapter_name, adapter_text) = answer(from_adapter);
+    // The replica answered as the adapter: it had it loaded (an unknown name is the base).
+    assert!(base_name.starts_with("auto-server-"), "{base_name}");
+    assert_eq!(adapter_name, "qa");
+    assert_ne!(
+        adapter_text, base_text,
+        "the adapter's weights answer otherwise than the base's"
+    );
 
     // Four clients without pause, one in flight per replica wanted: two replicas.
     let stop = Arc::new(AtomicBool::new(false));
