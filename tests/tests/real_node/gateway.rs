@@ -208,9 +208,10 @@ pub async fn the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
     let (from_base, from_adapter) = {
         let base = base.clone();
         in_node(move || async move {
+            let url = format!("{base}/v1/completions");
             let ask = |model: &'static str| {
                 post(
-                    &format!("{base}/v1/completions"),
+                    &url,
                     json!({"model": model, "prompt": "Q: What runs the containers?\nA:",
                            "max_tokens": 24, "temperature": 0}),
                     Duration::from_secs(30),
