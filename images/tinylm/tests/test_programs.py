@@ -113,15 +113,19 @@ class ProgramsTest(unittest.TestCase):
         self.assertIn("params.prompt_template names 'prompt'", r.stderr)
 
 
-class ServerTest(unittest.TestCase):
+def trained(directory, text, name):
+    m = Model(config={"name": name})
+    for _ in range(30):
+        m.train_step(m.tokenizer.encode(text), 1.0)
+    m.save(directory)
+
+
+class Served(unittest.TestCase):
+    """A server named `tiny` on a loopback port, over the model at `directory`."""
+
     @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory()
-        m = Model(config={"name": "t"})
-        for _ in range(30):
-            m.train_step(m.tokenizer.encode("ping pong ping pong "), 1.0)
-        m.save(cls.tmp.name)
-        cls.httpd, cls.state = serve.server(cls.tmp.name, 0, "tiny", host="127.0.0.1")
+    def serve(cls, directory, adapters=None):
+        cls.httpd, cls.state = serve.server(directory, 0, "tiny", host="127.0.0.1", adapters=adapters)
         threading.Thread(target=cls.httpd.serve_forever, daemon=True).start()
         cls.base = f"http://127.0.0.1:{cls.httpd.server_address[1]}"
         cls.state.loaded.wait(30)
@@ -140,6 +144,14 @@ class ServerTest(unittest.TestCase):
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+
+
+class ServerTest(Served):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        trained(cls.tmp.name, "ping pong ping pong ", "t")
+        cls.serve(cls.tmp.name)
 
     def test_ready_and_models(self):
         code, body = self.call("/")
@@ -198,14 +210,7 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(self.call("/v1/nothing", {})[0], 404)
 
 
-def trained(directory, text, name):
-    m = Model(config={"name": name})
-    for _ in range(30):
-        m.train_step(m.tokenizer.encode(text), 1.0)
-    m.save(directory)
-
-
-class AdapterTest(unittest.TestCase):
+class AdapterTest(Served):
     """Adapters from the folders of the adapters directory, and loaded at run time."""
 
     @classmethod
@@ -215,19 +220,7 @@ class AdapterTest(unittest.TestCase):
         trained(os.path.join(root, "model"), "ping pong ping pong ", "base")
         trained(os.path.join(root, "adapters", "ding"), "ping ding ping ding ", "ding")
         trained(os.path.join(root, "later"), "ping zing ping zing ", "zing")
-        cls.httpd, cls.state = serve.server(os.path.join(root, "model"), 0, "tiny", host="127.0.0.1",
-                                            adapters=os.path.join(root, "adapters"))
-        threading.Thread(target=cls.httpd.serve_forever, daemon=True).start()
-        cls.base = f"http://127.0.0.1:{cls.httpd.server_address[1]}"
-        cls.state.loaded.wait(30)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.httpd.shutdown()
-        cls.httpd.server_close()
-        cls.tmp.cleanup()
-
-    call = ServerTest.call
+        cls.serve(os.path.join(root, "model"), adapters=os.path.join(root, "adapters"))
 
     def complete(self, model):
         code, body = self.call("/v1/completions", {"model": model, "prompt": "ping", "max_tokens": 5,
