@@ -91,10 +91,14 @@ if [[ $real_node == 1 ]]; then
   $kubectl -n substratus create secret generic s3-credentials \
     --from-literal=AWS_ACCESS_KEY_ID=substratus --from-literal=AWS_SECRET_ACCESS_KEY=substratus-local \
     --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
-  $kubectl -n kube-system create secret generic csi-s3-secret \
-    --from-literal=endpoint="http://127.0.0.1:$s3_port" --from-literal=region=us-east-1 \
-    --from-literal=accessKeyID=substratus --from-literal=secretAccessKey=substratus-local \
-    --dry-run=client -o yaml | $kubectl apply -f - >/dev/null
+  # The node's S3 plugin mounts inline volumes with credentials of its own (root-only files).
+  creds=/var/lib/substratus-node/csi-s3/credentials
+  install -d -m 0700 "$creds"
+  (umask 077
+   printf '%s' "http://127.0.0.1:$s3_port" >"$creds/endpoint"
+   printf '%s' us-east-1 >"$creds/region"
+   printf '%s' substratus >"$creds/accessKeyID"
+   printf '%s' substratus-local >"$creds/secretAccessKey")
   # --take-ownership: the CRDs applied above become the release's (the chart upgrades them).
   $helm upgrade --install substratus deploy/helm/substratus -n substratus --wait --timeout 180s \
     --take-ownership \
@@ -104,6 +108,7 @@ if [[ $real_node == 1 ]]; then
     --set registryURL=registry.substratus.svc.cluster.local:5000 \
     --set kind.s3Endpoint="http://$node_ip:$s3_port" --set kind.s3PublicEndpoint="$s3_endpoint" \
     --set kind.credentialsSecret=s3-credentials --set kind.csiDriver=s3.csi.substratus.ai \
+    --set kind.volumes=inline \
     --set build.builderImage=localhost/substratus/kaniko:v1.23.2 \
     --set kind.registryMirror=registry.substratus.svc.cluster.local:5000 \
     --set gateway.enabled=true >/dev/null

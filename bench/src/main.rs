@@ -71,6 +71,20 @@ struct Args {
     /// reconcile start.
     #[arg(long, default_value = "warn")]
     operator_log: String,
+    /// How the kind backend mounts prefixes (S3_CSI_VOLUMES), for the operator and the
+    /// floor alike: `inline` (substratus-csi-s3's inline volumes) or `claims` (a static
+    /// PersistentVolume and claim per prefix, which pods wait for the volume controller to
+    /// bind).
+    #[arg(long, default_value = "inline")]
+    volumes: substratus_clouds::kind::KindVolumes,
+}
+
+/// The kind backend's CSI driver for a way of mounting.
+fn csi_driver(volumes: substratus_clouds::kind::KindVolumes) -> &'static str {
+    match volumes {
+        substratus_clouds::kind::KindVolumes::Inline => "s3.csi.substratus.ai",
+        substratus_clouds::kind::KindVolumes::Claims => "ru.yandex.s3.csi",
+    }
 }
 
 const WAIT: Duration = Duration::from_secs(3600);
@@ -235,8 +249,10 @@ async fn wait_all_ready(client: &Client, ns: &str, total: usize) -> Result<()> {
 
 type ReadyEvents = futures::stream::BoxStream<'static, Result<(String, bool), watcher::Error>>;
 
-/// The kind backend as the operator under test is configured (its defaults).
-fn floor_cloud() -> Result<substratus_clouds::kind::KindCloud> {
+/// The kind backend as the operator under test is configured.
+fn floor_cloud(
+    volumes: substratus_clouds::kind::KindVolumes,
+) -> Result<substratus_clouds::kind::KindCloud> {
     let config = substratus_core::cloud::CloudConfig {
         cluster_name: "kind".into(),
         artifact_bucket: substratus_core::cloud::BucketUrl::parse("s3://substratus-artifacts")
@@ -250,9 +266,10 @@ fn floor_cloud() -> Result<substratus_clouds::kind::KindCloud> {
         region: "us-east-1".into(),
         access_key_id: "bench".into(),
         secret_access_key: "bench".into(),
-        csi_driver: "ru.yandex.s3.csi".into(),
+        csi_driver: csi_driver(volumes).into(),
         csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
         registry_mirror: None,
+        volumes,
     };
     substratus_clouds::kind::KindCloud::new(
         config,
@@ -285,7 +302,13 @@ where
 }
 
 /// The floor: the same children and status writes, by a plain client, no operator logic.
-async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> Result<Duration> {
+async fn floor(
+    client: &Client,
+    ns: &str,
+    w: &Workload,
+    concurrency: usize,
+    volumes: substratus_clouds::kind::KindVolumes,
+) -> Result<Duration> {
     let started = Instant::now();
     create_workload(client, ns, w, concurrency).await?;
     let models = uids::<Model>(client, ns).await?;
@@ -297,10 +320,14 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
     let deps: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let svcs: Api<Service> = Api::namespaced(client.clone(), ns);
     let mut children = Vec::new();
-    // The same storage objects the operator's kind backend makes: a PersistentVolume and a
-    // claim per artifacts prefix, mounted by the workloads.
-    let cloud = floor_cloud()?;
-    let claim_of = |kind: substratus_core::names::Kind, name: &str, uid: &str| {
+    // The same storage the operator's kind backend makes: the objects of each artifacts
+    // prefix (with claims, a PersistentVolume and its claim), and the pod volume mounting it.
+    let cloud = floor_cloud(volumes)?;
+    let storage_of = |kind: substratus_core::names::Kind,
+                      name: &str,
+                      uid: &str,
+                      access: substratus_core::cloud::Access|
+     -> Result<(Vec<substratus_core::plan::Child>, Value)> {
         let parent = substratus_core::plan::Parent {
             kind,
             name: name.to_owned(),
@@ -311,8 +338,10 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
         let prefix = substratus_core::plan::storage::artifact_prefix(&parent, &cloud);
         let objects =
             substratus_core::plan::storage::owned_prefix_objects(&parent, &prefix, &cloud);
-        let claim = substratus_clouds::kind::KindCloud::claim_name(&prefix.artifacts());
-        (objects, claim)
+        let volume =
+            substratus_core::cloud::Cloud::bucket_volume(&cloud, &prefix.artifacts(), access)?
+                .volume;
+        Ok((objects, serde_json::to_value(volume)?))
     };
     for (kind, lower, job_suffix, names) in [
         ("Model", "model", "modeller", &models),
@@ -324,7 +353,9 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
             substratus_core::names::Kind::Dataset
         };
         for (name, uid) in names.iter() {
-            let (objects, claim) = claim_of(k, name, uid);
+            let (objects, mut volume) =
+                storage_of(k, name, uid, substratus_core::cloud::Access::ReadWrite)?;
+            volume["name"] = json!("artifacts");
             for o in objects {
                 if let substratus_core::plan::Child::Raw(v) = o {
                     children.push((
@@ -340,7 +371,7 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
             children.push(("cm", json!({"metadata": {"name": format!("{name}-{lower}-params"), "ownerReferences": owner(kind, name, uid)}, "data": {"params.json": "{}"}})));
             children.push(("job", json!({"metadata": {"name": format!("{name}-{job_suffix}"), "labels": {lower: name}, "ownerReferences": owner(kind, name, uid)},
                 "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {lower: name, "role": "run"}}, "spec": {"restartPolicy": "Never",
-                    "volumes": [{"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}}],
+                    "volumes": [volume],
                     "containers": [{"name": "main", "image": "img", "volumeMounts": [{"name": "artifacts", "mountPath": "/content/artifacts"}],
                         "resources": {"requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"}}}]}}}})));
         }
@@ -352,17 +383,26 @@ async fn floor(client: &Client, ns: &str, w: &Workload, concurrency: usize) -> R
             .find(|(n, _)| n == name)
             .map(|(_, m)| m.clone())
             .unwrap_or_default();
-        let model_claim = models
-            .get(&model)
-            .map(|muid| claim_of(substratus_core::names::Kind::Model, &model, muid).1)
-            .unwrap_or_default();
+        let mut model_volume = match models.get(&model) {
+            Some(muid) => {
+                storage_of(
+                    substratus_core::names::Kind::Model,
+                    &model,
+                    muid,
+                    substratus_core::cloud::Access::ReadOnly,
+                )?
+                .1
+            }
+            None => bail!("Server {name}'s Model {model} is missing"),
+        };
+        model_volume["name"] = json!("model");
         children.push(("cm", json!({"metadata": {"name": format!("{name}-server-params"), "ownerReferences": owner("Server", name, uid)}, "data": {"params.json": "{}"}})));
         children.push(("svc", json!({"metadata": {"name": format!("{name}-server"), "ownerReferences": owner("Server", name, uid)},
             "spec": {"selector": {"server": name}, "ports": [{"name": "http", "port": 8080}]}})));
         children.push(("deploy", json!({"metadata": {"name": format!("{name}-server"), "labels": {"server": name}, "ownerReferences": owner("Server", name, uid)},
             "spec": {"replicas": 1, "selector": {"matchLabels": {"server": name}}, "template": {"metadata": {"labels": {"server": name, "role": "run"}},
                 "spec": {"nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
-                    "volumes": [{"name": "model", "persistentVolumeClaim": {"claimName": model_claim, "readOnly": true}}],
+                    "volumes": [model_volume],
                     "containers": [{"name": "serve", "image": "img", "volumeMounts": [{"name": "model", "mountPath": "/content/model", "readOnly": true}],
                     "resources": {"requests": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}]}}}})));
     }
@@ -590,6 +630,8 @@ fn start_operator(args: &Args, bin: &Path, ns: &str, log: &Path) -> Result<Opera
         .env("CLOUD", "kind")
         .env("GPU_CATALOG", "gcp")
         .env("S3_ENDPOINT", "http://127.0.0.1:9")
+        .env("S3_CSI_VOLUMES", args.volumes.as_str())
+        .env("S3_CSI_DRIVER", csi_driver(args.volumes))
         .env("AWS_ACCESS_KEY_ID", "bench")
         .env("AWS_SECRET_ACCESS_KEY", "bench")
         .env("WATCH_NAMESPACE", ns)
@@ -746,7 +788,7 @@ async fn run(args: Args) -> Result<()> {
 
     create_namespace(&client, "bench-floor").await?;
     let floor_since = jiff::Timestamp::now();
-    let floor_time = floor(&client, "bench-floor", &w, args.concurrency).await?;
+    let floor_time = floor(&client, "bench-floor", &w, args.concurrency, args.volumes).await?;
     println!(
         "floor (plain client, same children and status writes): {:.2}s",
         floor_time.as_secs_f64()

@@ -1,6 +1,8 @@
 //! The kind backend: a local cluster whose bucket is an S3-compatible server (MinIO in the
-//! kind install), mounted into pods through an S3 CSI driver (k8s-csi-s3) with a static
-//! PersistentVolume per prefix. No cloud identity; images go to an in-cluster registry.
+//! kind install), mounted into pods through an S3 CSI driver: with a static PersistentVolume
+//! and claim per prefix (any driver, e.g. k8s-csi-s3), or with inline volumes that name the
+//! object (`substratus-csi-s3`, which derives the prefix from the object and the pod's
+//! namespace). No cloud identity; images go to an in-cluster registry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use http::{HeaderName, HeaderValue, Method};
+use k8s_openapi::api::core::v1::{CSIVolumeSource, Volume};
 use md5::{Digest, Md5};
 use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -16,7 +19,7 @@ use object_store::signer::{SignedUrlOptions, Signer};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError,
-    DefaultResources, GpuPlacement, SignedUrl, UploadContext,
+    DefaultResources, GpuPlacement, PrefixFolder, SignedUrl, UploadContext,
 };
 use substratus_core::names;
 use substratus_crds::GpuType;
@@ -42,6 +45,60 @@ pub struct KindSettings {
     /// Registry the builder pulls Docker Hub images from instead of Docker Hub (a pull-through
     /// cache, or a registry holding copies: an offline cluster's).
     pub registry_mirror: Option<String>,
+    /// How pods mount prefixes.
+    pub volumes: KindVolumes,
+}
+
+/// How pods mount a prefix on the kind backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KindVolumes {
+    /// A static PersistentVolume (`Retain`) and its claim per prefix, for any S3 CSI driver:
+    /// two more objects per prefix, and pods start once the volume controller has bound the
+    /// claim.
+    #[default]
+    Claims,
+    /// An inline CSI volume naming the object, for `substratus-csi-s3`: the driver derives
+    /// the prefix from the object's kind and name and the pod's own namespace, with its own
+    /// credentials, so a pod can mount only prefixes of its namespace. Nothing to create or
+    /// bind.
+    Inline,
+}
+
+impl KindVolumes {
+    /// `claims` or `inline`, as `S3_CSI_VOLUMES` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KindVolumes::Claims => "claims",
+            KindVolumes::Inline => "inline",
+        }
+    }
+}
+
+impl std::str::FromStr for KindVolumes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "claims" => Ok(KindVolumes::Claims),
+            "inline" => Ok(KindVolumes::Inline),
+            other => Err(format!(
+                "{other:?} is not a way to mount prefixes: claims (any S3 CSI driver) or \
+                 inline (substratus-csi-s3)"
+            )),
+        }
+    }
+}
+
+/// The attributes of an inline volume, read by `substratus-csi-s3` (`csi/s3/inline.go`).
+pub mod inline_attributes {
+    pub const BUCKET: &str = "bucket";
+    /// The configured bucket URL's path, under which prefixes live (may be empty).
+    pub const ROOT: &str = "root";
+    pub const CLUSTER: &str = "cluster";
+    pub const KIND: &str = "kind";
+    pub const NAME: &str = "name";
+    /// `artifacts` or `uploads`.
+    pub const FOLDER: &str = "folder";
+    pub const OPTIONS: &str = "options";
 }
 
 /// The kind backend.
@@ -106,6 +163,36 @@ impl KindCloud {
         static_pv::claim_name(url)
     }
 
+    /// The inline volume of a folder: the object's identity, not its location, which the
+    /// driver derives with the pod's namespace.
+    fn inline_volume(&self, folder: &PrefixFolder, access: Access) -> Volume {
+        use inline_attributes as a;
+        let config = &self.config;
+        let attributes = [
+            (a::BUCKET, config.artifact_bucket.bucket.as_str()),
+            (a::ROOT, config.artifact_bucket.path.as_str()),
+            (a::CLUSTER, config.cluster_name.as_str()),
+            (a::KIND, folder.kind.name()),
+            (a::NAME, folder.name.as_str()),
+            (a::FOLDER, folder.folder),
+            (a::OPTIONS, "--dir-mode 0777 --file-mode 0666"),
+        ];
+        Volume {
+            csi: Some(CSIVolumeSource {
+                driver: self.settings.csi_driver.clone(),
+                read_only: Some(access == Access::ReadOnly),
+                volume_attributes: Some(
+                    attributes
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
     /// A static PersistentVolume (Retain) for `url` and its claim in `namespace`.
     fn claim_objects(&self, namespace: &str, url: &BucketUrl) -> Vec<Value> {
         let (secret_ns, secret_name) = &self.settings.csi_secret;
@@ -162,21 +249,36 @@ impl Cloud for KindCloud {
 
     fn bucket_volume(
         &self,
-        prefix: &BucketUrl,
+        folder: &PrefixFolder,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
-        Ok(static_pv::claim_volume(prefix, access))
+        Ok(match self.settings.volumes {
+            KindVolumes::Claims => static_pv::claim_volume(&folder.url, access),
+            KindVolumes::Inline => BucketVolume {
+                volume: self.inline_volume(folder, access),
+                pod_annotations: Default::default(),
+            },
+        })
     }
 
     fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
-        self.claim_objects(&prefix.namespace, &prefix.artifacts())
+        match self.settings.volumes {
+            KindVolumes::Claims => self.claim_objects(&prefix.namespace, &prefix.artifacts().url),
+            KindVolumes::Inline => Vec::new(),
+        }
     }
 
     /// The builder reads the archive from a read-only mount of the prefix's `uploads/`.
     fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
-        Ok(static_pv::mounted_upload_context(prefix, |ns, url| {
-            self.claim_objects(ns, url)
-        }))
+        Ok(match self.settings.volumes {
+            KindVolumes::Claims => {
+                static_pv::claimed_upload_context(prefix, |ns, url| self.claim_objects(ns, url))
+            }
+            KindVolumes::Inline => static_pv::mounted_upload_context(
+                self.inline_volume(&prefix.uploads(), Access::ReadOnly),
+                Vec::new(),
+            ),
+        })
     }
 
     /// The in-cluster registry (and a mirror) speak plain HTTP.
@@ -268,6 +370,7 @@ mod tests {
                 csi_driver: "ru.yandex.s3.csi".into(),
                 csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
                 registry_mirror: None,
+                volumes: KindVolumes::Claims,
             },
             GpuCatalog::kind(),
         )
@@ -376,7 +479,9 @@ mod tests {
     fn a_prefix_gets_a_retained_volume_and_a_claim_pods_mount() {
         let c = cloud();
         let prefix = ArtifactPrefix {
+            kind: substratus_core::names::Kind::Model,
             namespace: "ns".into(),
+            name: "m".into(),
             hash: "h".into(),
             url: BucketUrl::parse("s3://artifacts/h").unwrap(),
         };
@@ -394,6 +499,57 @@ mod tests {
         assert_eq!(pvc.claim_name, claim);
         assert_eq!(pvc.read_only, Some(true));
         assert!(claim.len() <= 63);
+    }
+
+    #[test]
+    fn inline_volumes_name_the_object_and_need_no_claim() {
+        let mut c = cloud();
+        c.settings.volumes = KindVolumes::Inline;
+        c.settings.csi_driver = "s3.csi.substratus.ai".into();
+        c.config.artifact_bucket = BucketUrl::parse("s3://artifacts/team").unwrap();
+        let prefix = ArtifactPrefix {
+            kind: substratus_core::names::Kind::Dataset,
+            namespace: "ns".into(),
+            name: "d".into(),
+            hash: "h".into(),
+            url: BucketUrl::parse("s3://artifacts/team/h").unwrap(),
+        };
+        assert!(c.prefix_objects(&prefix).is_empty());
+        let csi = c
+            .bucket_volume(&prefix.artifacts(), Access::ReadWrite)
+            .unwrap()
+            .volume
+            .csi
+            .unwrap();
+        assert_eq!(csi.driver, "s3.csi.substratus.ai");
+        assert_eq!(csi.read_only, Some(false));
+        let attrs = csi.volume_attributes.unwrap();
+        let attr = |k: &str| attrs.get(k).map(String::as_str);
+        use inline_attributes as a;
+        assert_eq!(attr(a::BUCKET), Some("artifacts"));
+        assert_eq!(attr(a::ROOT), Some("team"));
+        assert_eq!(attr(a::CLUSTER), Some("kind"));
+        assert_eq!(attr(a::KIND), Some("Dataset"));
+        assert_eq!(attr(a::NAME), Some("d"));
+        assert_eq!(attr(a::FOLDER), Some("artifacts"));
+        // No location: the driver derives it from the object and the pod's namespace.
+        assert!(!attrs.values().any(|v| v.contains("h/")), "{attrs:?}");
+        let upload = c.upload_context(&prefix).unwrap();
+        assert!(upload.objects.is_empty());
+        let (volume, at) = upload.mount.unwrap();
+        let csi = volume.csi.unwrap();
+        assert_eq!(at, "/upload");
+        assert_eq!(csi.read_only, Some(true));
+        assert_eq!(
+            csi.volume_attributes
+                .unwrap()
+                .get(a::FOLDER)
+                .map(String::as_str),
+            Some("uploads")
+        );
+        assert_eq!("inline".parse::<KindVolumes>(), Ok(KindVolumes::Inline));
+        let err = "pvc".parse::<KindVolumes>().unwrap_err();
+        assert!(err.contains("claims") && err.contains("inline"), "{err}");
     }
 
     #[test]

@@ -43,21 +43,27 @@ pub fn claim_volume(prefix: &BucketUrl, access: Access) -> BucketVolume {
     }
 }
 
-/// The build context read from a read-only mount of the prefix's `uploads/` at `/upload`;
-/// `claim_objects` makes the volume and claim of a location in a namespace.
-pub fn mounted_upload_context(
+/// The build context read from a read-only mount of the prefix's `uploads/` at `/upload`,
+/// through `volume`; `objects` are what the mount needs (a volume and its claim, or none).
+pub fn mounted_upload_context(volume: Volume, objects: Vec<Value>) -> UploadContext {
+    UploadContext {
+        context: "tar:///upload/latest.tar.gz".into(),
+        mount: Some((volume, "/upload".into())),
+        objects,
+    }
+}
+
+/// [`mounted_upload_context`] through a static volume and claim; `claim_objects` makes the
+/// volume and claim of a location in a namespace.
+pub fn claimed_upload_context(
     prefix: &ArtifactPrefix,
     claim_objects: impl FnOnce(&str, &BucketUrl) -> Vec<Value>,
 ) -> UploadContext {
-    let uploads = prefix.url.join("uploads");
-    UploadContext {
-        context: "tar:///upload/latest.tar.gz".into(),
-        mount: Some((
-            claim_volume(&uploads, Access::ReadOnly).volume,
-            "/upload".into(),
-        )),
-        objects: claim_objects(&prefix.namespace, &uploads),
-    }
+    let uploads = prefix.uploads().url;
+    mounted_upload_context(
+        claim_volume(&uploads, Access::ReadOnly).volume,
+        claim_objects(&prefix.namespace, &uploads),
+    )
 }
 
 /// The CSI part of a static volume.

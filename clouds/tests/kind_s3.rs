@@ -32,6 +32,7 @@ fn cloud(s3: &S3Server) -> KindCloud {
             csi_driver: "ru.yandex.s3.csi".into(),
             csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
             registry_mirror: None,
+            volumes: Default::default(),
         },
         GpuCatalog::kind(),
     )

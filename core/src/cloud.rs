@@ -106,22 +106,51 @@ pub enum Access {
 /// The storage prefix of one object (Model, Dataset or Notebook).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArtifactPrefix {
+    pub kind: Kind,
     pub namespace: String,
+    pub name: String,
     /// The hex MD5 of the object's identity ([`crate::names::storage_prefix`]).
     pub hash: String,
-    /// `<bucket URL>/<hash>`, or the URL recorded in the object's status.
+    /// `<bucket URL>/<hash>`.
     pub url: BucketUrl,
 }
 
 impl ArtifactPrefix {
     /// The `artifacts/` folder under the prefix.
-    pub fn artifacts(&self) -> BucketUrl {
-        self.url.join("artifacts")
+    pub fn artifacts(&self) -> PrefixFolder {
+        self.folder("artifacts")
+    }
+    /// The `uploads/` folder under the prefix.
+    pub fn uploads(&self) -> PrefixFolder {
+        self.folder("uploads")
+    }
+    fn folder(&self, folder: &'static str) -> PrefixFolder {
+        PrefixFolder {
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            folder,
+            url: self.url.join(folder),
+        }
     }
     /// Key of the uploaded build context.
     pub fn upload_key(&self) -> String {
         self.url.key("uploads/latest.tar.gz")
     }
+}
+
+/// One folder (`artifacts` or `uploads`) of an object's prefix: what a pod mounts. It names
+/// the object as well as the location, so that a backend can mount it by identity: an inline
+/// volume whose driver derives the location from the object and the pod's own namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefixFolder {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    /// `artifacts` or `uploads`.
+    pub folder: &'static str,
+    /// `<bucket URL>/<hash>/<folder>`.
+    pub url: BucketUrl,
 }
 
 /// What a pod needs to mount a prefix.
@@ -215,9 +244,12 @@ pub trait Cloud: Send + Sync {
         }
     }
 
-    /// The pod volume for a prefix of the artifact bucket, read-only or read-write.
-    fn bucket_volume(&self, prefix: &BucketUrl, access: Access)
-    -> Result<BucketVolume, CloudError>;
+    /// The pod volume for a folder of an object's prefix, read-only or read-write.
+    fn bucket_volume(
+        &self,
+        folder: &PrefixFolder,
+        access: Access,
+    ) -> Result<BucketVolume, CloudError>;
 
     /// Objects the owner of a prefix keeps so that pods can mount it (e.g. a static
     /// PersistentVolume and its claim); empty for inline CSI volumes. Each is applied by the
@@ -380,11 +412,15 @@ mod tests {
     #[test]
     fn prefix_keys() {
         let p = ArtifactPrefix {
+            kind: Kind::Model,
             namespace: "ns".into(),
+            name: "m".into(),
             hash: "h".into(),
             url: BucketUrl::parse("s3://b/h").unwrap(),
         };
-        assert_eq!(p.artifacts().to_string(), "s3://b/h/artifacts");
+        assert_eq!(p.artifacts().url.to_string(), "s3://b/h/artifacts");
+        assert_eq!(p.uploads().url.to_string(), "s3://b/h/uploads");
+        assert_eq!(p.artifacts().name, "m");
         assert_eq!(p.upload_key(), "h/uploads/latest.tar.gz");
     }
 }

@@ -11,7 +11,7 @@ use substratus_crds::GpuType;
 
 use crate::cloud::{
     Access, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, DefaultResources,
-    GpuPlacement, SignedUrl,
+    GpuPlacement, PrefixFolder, SignedUrl,
 };
 use crate::names::Role;
 
@@ -116,7 +116,7 @@ impl Cloud for FakeCloud {
 
     fn bucket_volume(
         &self,
-        prefix: &BucketUrl,
+        folder: &PrefixFolder,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
         Ok(BucketVolume {
@@ -126,7 +126,7 @@ impl Cloud for FakeCloud {
                     read_only: Some(access == Access::ReadOnly),
                     volume_attributes: Some(BTreeMap::from([(
                         "url".to_owned(),
-                        prefix.to_string(),
+                        folder.url.to_string(),
                     )])),
                     ..Default::default()
                 }),

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
-use substratus_core::cloud::BucketUrl;
+use substratus_core::cloud::{BucketUrl, PrefixFolder};
 use substratus_core::fake::FakeCloud;
 use substratus_core::names::Kind;
 use substratus_core::plan::batch::{self, BatchInput, BatchSpec};
@@ -159,10 +159,16 @@ fn ref_state() -> impl Strategy<Value = Option<RefState>> {
         Just(Some(RefState::NotFound)),
         Just(Some(RefState::NotReady)),
         (text(), any::<i64>()).prop_map(|(p, generation)| Some(RefState::Ready {
-            artifacts: BucketUrl {
-                scheme: "s3".into(),
-                bucket: "b".into(),
-                path: p,
+            artifacts: PrefixFolder {
+                kind: Kind::Model,
+                namespace: "ns".into(),
+                name: "ref".into(),
+                folder: "artifacts",
+                url: BucketUrl {
+                    scheme: "s3".into(),
+                    bucket: "b".into(),
+                    path: p,
+                },
             },
             generation,
         })),

@@ -23,6 +23,7 @@ type Driver struct {
 	csi.UnimplementedNodeServer
 	Name, Version, NodeID, StateDir string
 	Mounter                         Mounter
+	Inline                          InlineConfig
 	// One publish or unpublish at a time per target path.
 	locks sync.Map
 }
@@ -145,11 +146,21 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 	if req.GetVolumeCapability().GetMount() == nil {
 		return nil, status.Error(codes.InvalidArgument, "only filesystem volumes are served")
 	}
-	bucket, prefix, err := SplitHandle(req.GetVolumeId())
-	if err != nil {
+	attrs := req.GetVolumeContext()
+	var bucket, prefix string
+	var err error
+	secrets := req.GetSecrets()
+	if IsInline(attrs) {
+		// The volume id is the kubelet's own; the prefix comes from the object and the pod.
+		if bucket, prefix, err = d.Inline.InlinePrefix(attrs); err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		if secrets, err = d.Inline.Credentials(); err != nil {
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
+	} else if bucket, prefix, err = SplitHandle(req.GetVolumeId()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	attrs := req.GetVolumeContext()
 	// The kind backend names geesefs (k8s-csi-s3's mounter); s3fs serves the same mounts.
 	if m := attrs["mounter"]; m != "" && m != "geesefs" && m != "s3fs" {
 		return nil, status.Errorf(codes.InvalidArgument, "volume attribute mounter: %q is not served (geesefs, s3fs)", m)
@@ -158,10 +169,9 @@ func (d *Driver) NodePublishVolume(_ context.Context, req *csi.NodePublishVolume
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	secrets := req.GetSecrets()
 	endpoint := secrets["endpoint"]
 	if endpoint == "" || secrets["accessKeyID"] == "" || secrets["secretAccessKey"] == "" {
-		return nil, status.Error(codes.InvalidArgument, "the node-publish Secret needs endpoint, accessKeyID and secretAccessKey")
+		return nil, status.Error(codes.InvalidArgument, "the node-publish Secret (or the inline credentials) needs endpoint, accessKeyID and secretAccessKey")
 	}
 	region := secrets["region"]
 	if region == "" {

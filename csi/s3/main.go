@@ -2,7 +2,8 @@
 // pods, for local clusters (kind, the devcluster's real node) whose operator uses the kind
 // backend. It registers itself with the kubelet through the plugin-registration socket, so
 // no node-driver-registrar sidecar is needed, and serves the CSI Identity and Node services.
-// It has no controller service: volumes are static PersistentVolumes, attach is not required.
+// It has no controller service: volumes are static PersistentVolumes or inline volumes
+// naming an object (inline.go), attach is not required.
 package main
 
 import (
@@ -30,6 +31,9 @@ func main() {
 	nodeID := flag.String("node-id", "", "the node's name (default: the host name)")
 	stateDir := flag.String("state-dir", "/var/lib/substratus-csi-s3", "where mount caches live")
 	s3fs := flag.String("s3fs", "s3fs", "the s3fs binary that mounts prefixes")
+	inlineCredentials := flag.String("inline-credentials", "", "directory with endpoint, accessKeyID, secretAccessKey and region files: the S3 credentials of inline volumes (none: inline volumes are refused)")
+	inlineCluster := flag.String("inline-cluster", "", "the only cluster name inline volumes may name (default: any)")
+	inlineBucket := flag.String("inline-bucket", "", "the only bucket inline volumes may name (default: any the credentials reach)")
 	flag.Parse()
 	if *nodeID == "" {
 		h, err := os.Hostname()
@@ -44,6 +48,7 @@ func main() {
 		NodeID:   *nodeID,
 		StateDir: *stateDir,
 		Mounter:  &S3fsMounter{Binary: *s3fs},
+		Inline:   InlineConfig{CredentialsDir: *inlineCredentials, Cluster: *inlineCluster, Bucket: *inlineBucket},
 	}
 	pluginDir := filepath.Join(*kubeletRoot, "plugins", *driverName)
 	csiSocket := filepath.Join(pluginDir, "csi.sock")

@@ -55,6 +55,10 @@ pub const RUN: &str = "/run/substratus-node";
 pub const CGROUP: &str = "substratus-node";
 /// The CSI driver of the node's S3 plugin (`csi/s3`), which mounts bucket prefixes.
 pub const CSI_DRIVER: &str = "s3.csi.substratus.ai";
+/// Where the node's S3 plugin reads the credentials of inline volumes: the files `endpoint`,
+/// `accessKeyID`, `secretAccessKey` and `region` ([`write_csi_credentials`]), the layout of a
+/// Secret mounted as a volume.
+pub const CSI_CREDENTIALS: &str = "/var/lib/substratus-node/csi-s3/credentials";
 /// The in-cluster registry: its Service name and port (the kind backend's registry URL).
 pub const REGISTRY_HOST: &str = "registry.substratus.svc.cluster.local:5000";
 /// The registry's port on the node's address.
@@ -242,6 +246,7 @@ impl RealNode {
                 format!("--kubelet-root={ROOT}/kubelet"),
                 format!("--node-id={NODE_NAME}"),
                 format!("--state-dir={ROOT}/csi-s3"),
+                format!("--inline-credentials={CSI_CREDENTIALS}"),
                 "--s3fs=/usr/bin/s3fs".into(),
             ],
         )?;
@@ -289,11 +294,13 @@ impl RealNode {
              "addressType": "IPv4",
              "endpoints": [{"addresses": [NODE_IP.to_string()], "conditions": {"ready": true}}],
              "ports": [{"name": "http", "port": REGISTRY_PORT, "protocol": "TCP"}]},
-            // Static volumes only, nothing to attach: the kubelet publishes them directly.
+            // Static and inline volumes, nothing to attach: the kubelet publishes them
+            // directly, telling the plugin the pod's namespace (inline volumes are derived
+            // from it).
             {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
              "metadata": {"name": CSI_DRIVER},
-             "spec": {"attachRequired": false, "podInfoOnMount": false, "fsGroupPolicy": "None",
-                      "volumeLifecycleModes": ["Persistent"]}},
+             "spec": {"attachRequired": false, "podInfoOnMount": true, "fsGroupPolicy": "None",
+                      "volumeLifecycleModes": ["Persistent", "Ephemeral"]}},
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
              "metadata": {"name": "substratus-dns"},
              "rules": [
@@ -714,6 +721,34 @@ pub fn push_to_registry(archive: &Path, name: &str, tag: &str) -> Result<String>
         dial: push_dial,
     }
     .push_archive(archive, name, tag)
+}
+
+/// Gives the node's S3 plugin the credentials of inline volumes ([`CSI_CREDENTIALS`]),
+/// readable by root alone.
+pub fn write_csi_credentials(endpoint: &str, access_key: &str, secret_key: &str) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(CSI_CREDENTIALS)
+        .with_context(|| format!("creating {CSI_CREDENTIALS}"))?;
+    for (file, value) in [
+        ("endpoint", endpoint),
+        ("accessKeyID", access_key),
+        ("secretAccessKey", secret_key),
+        ("region", "us-east-1"),
+    ] {
+        let path = Path::new(CSI_CREDENTIALS).join(file);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::io::Write::write_all(&mut f, value.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Runs `ctr` against the node's containerd (namespace `k8s.io`).

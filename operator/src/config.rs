@@ -52,7 +52,12 @@ pub struct RunArgs {
     /// kind: CSI driver mounting S3 prefixes into pods.
     #[arg(long, env = "S3_CSI_DRIVER", default_value = "ru.yandex.s3.csi")]
     pub s3_csi_driver: String,
-    /// kind: `namespace/name` of the Secret with the CSI driver's S3 credentials.
+    /// kind: how pods mount prefixes: `claims` (a static PersistentVolume and claim per
+    /// prefix, any S3 CSI driver) or `inline` (inline volumes naming the object, for
+    /// substratus-csi-s3, which derives the prefix itself: no claim to bind).
+    #[arg(long, env = "S3_CSI_VOLUMES", default_value = "claims")]
+    pub s3_csi_volumes: substratus_clouds::kind::KindVolumes,
+    /// kind: `namespace/name` of the Secret with the CSI driver's S3 credentials (claims).
     #[arg(
         long,
         env = "S3_CSI_SECRET",
@@ -239,6 +244,7 @@ impl RunArgs {
                         .map(|(a, b)| (a.to_owned(), b.to_owned()))
                         .context("S3_CSI_SECRET must be namespace/name")?,
                     registry_mirror: self.registry_mirror.clone().filter(|m| !m.is_empty()),
+                    volumes: self.s3_csi_volumes,
                 };
                 Ok(Arc::new(
                     KindCloud::new(config, settings, gpus).map_err(anyhow::Error::msg)?,

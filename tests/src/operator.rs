@@ -8,7 +8,7 @@ use futures::FutureExt;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use substratus_clouds::gpu::GpuCatalog;
-use substratus_clouds::kind::{KindCloud, KindSettings};
+use substratus_clouds::kind::{KindCloud, KindSettings, KindVolumes};
 use substratus_core::Cloud;
 use substratus_core::cloud::{BucketUrl, CloudConfig};
 use substratus_core::controllers::{self, ControllerOptions};
@@ -158,23 +158,32 @@ pub fn kind_cloud_on(catalog: &str, s3: &substratus_devcluster::s3::S3Server) ->
 }
 
 /// The kind backend as the local cluster with a real node runs it: prefixes mounted by the
-/// node's own S3 CSI plugin, which reads `kube-system/csi-s3-secret` ([`csi_secret`]).
+/// node's own S3 CSI plugin as inline volumes, with the credentials the node was given
+/// ([`substratus_devcluster::node::write_csi_credentials`]).
 /// Built images go to the node's registry, which also serves Docker Hub images to the
 /// builder (its registry mirror).
 pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<dyn Cloud> {
-    kind_cloud_with(
-        "kind",
+    let mut settings = kind_settings(
         &s3.endpoint(),
         substratus_devcluster::s3::ACCESS_KEY,
         substratus_devcluster::s3::SECRET_KEY,
-        substratus_devcluster::node::CSI_DRIVER,
-        substratus_devcluster::node::REGISTRY_HOST,
-        Some(substratus_devcluster::node::REGISTRY_HOST),
-    )
+    );
+    settings.csi_driver = substratus_devcluster::node::CSI_DRIVER.into();
+    settings.registry_mirror = Some(substratus_devcluster::node::REGISTRY_HOST.into());
+    settings.volumes = KindVolumes::Inline;
+    kind_cloud_with("kind", substratus_devcluster::node::REGISTRY_HOST, settings)
 }
 
-/// The Secret the S3 CSI plugin mounts with: the S3 server's endpoint (a loopback port the
-/// real node's namespace relays to the host) and its credentials.
+/// [`kind_cloud`] mounting prefixes with substratus-csi-s3's inline volumes.
+pub fn kind_cloud_inline(catalog: &str) -> Arc<dyn Cloud> {
+    let mut settings = kind_settings("http://127.0.0.1:9", "test", "test");
+    settings.csi_driver = substratus_devcluster::node::CSI_DRIVER.into();
+    settings.volumes = KindVolumes::Inline;
+    kind_cloud_with(catalog, "registry.test:5000", settings)
+}
+
+/// The Secret the S3 CSI plugin mounts static volumes with: the S3 server's endpoint (a
+/// loopback port the real node's namespace relays to the host) and its credentials.
 pub fn csi_secret(s3: &substratus_devcluster::s3::S3Server) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
@@ -191,40 +200,33 @@ pub fn csi_secret(s3: &substratus_devcluster::s3::S3Server) -> serde_json::Value
 fn kind_cloud_at(catalog: &str, endpoint: &str, access: &str, secret: &str) -> Arc<dyn Cloud> {
     kind_cloud_with(
         catalog,
-        endpoint,
-        access,
-        secret,
-        "ru.yandex.s3.csi",
         "registry.test:5000",
-        None,
+        kind_settings(endpoint, access, secret),
     )
 }
 
-fn kind_cloud_with(
-    catalog: &str,
-    endpoint: &str,
-    access: &str,
-    secret: &str,
-    csi_driver: &str,
-    registry: &str,
-    registry_mirror: Option<&str>,
-) -> Arc<dyn Cloud> {
+/// The kind backend's settings for an S3 server: k8s-csi-s3's static volumes and claims.
+fn kind_settings(endpoint: &str, access: &str, secret: &str) -> KindSettings {
+    KindSettings {
+        endpoint: endpoint.into(),
+        public_endpoint: None,
+        region: "us-east-1".into(),
+        access_key_id: access.into(),
+        secret_access_key: secret.into(),
+        csi_driver: "ru.yandex.s3.csi".into(),
+        csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
+        registry_mirror: None,
+        volumes: KindVolumes::Claims,
+    }
+}
+
+fn kind_cloud_with(catalog: &str, registry: &str, settings: KindSettings) -> Arc<dyn Cloud> {
     crate::cluster::install_crypto_provider();
     let config = CloudConfig {
         cluster_name: "test".into(),
         artifact_bucket: BucketUrl::parse("s3://substratus-artifacts").expect("bucket URL"),
         registry: registry.into(),
         principal: None,
-    };
-    let settings = KindSettings {
-        endpoint: endpoint.into(),
-        public_endpoint: None,
-        region: "us-east-1".into(),
-        access_key_id: access.into(),
-        secret_access_key: secret.into(),
-        csi_driver: csi_driver.into(),
-        csi_secret: ("kube-system".into(), "csi-s3-secret".into()),
-        registry_mirror: registry_mirror.map(str::to_owned),
     };
     let gpus = GpuCatalog::builtin(catalog).expect("a built-in GPU catalogue");
     Arc::new(KindCloud::new(config, settings, gpus).expect("kind backend"))

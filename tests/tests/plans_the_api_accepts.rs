@@ -14,7 +14,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 use substratus_clouds::gpu::GpuCatalog;
-use substratus_core::cloud::{BucketUrl, Cloud, CloudConfig};
+use substratus_core::cloud::{BucketUrl, Cloud, CloudConfig, PrefixFolder};
 use substratus_core::names::Kind;
 use substratus_core::plan::batch::{self, BatchInput, BatchSpec};
 use substratus_core::plan::build::{self, BuildInput, BuildSettings};
@@ -23,7 +23,7 @@ use substratus_core::plan::server::{self, AdapterInput, ServerInput};
 use substratus_core::plan::{Child, Parent, RefState};
 use substratus_crds::{ModelSpec, NotebookSpec, ServerSpec};
 use substratus_tests::cluster::{TestNamespace, client};
-use substratus_tests::operator::kind_cloud;
+use substratus_tests::operator::{kind_cloud, kind_cloud_inline};
 
 fn gpu() -> impl Strategy<Value = Value> {
     let ty = prop_oneof![
@@ -176,11 +176,17 @@ async fn dry_run(c: &kube::Client, ns: &str, obj: &Value) -> Result<(), String> 
 fn plans(name: &str, ns: &str, spec: &Value, cloud: &dyn Cloud) -> Vec<(Kind, Value)> {
     let settings = BuildSettings::default();
     let model_ref = RefState::Ready {
-        artifacts: BucketUrl::parse(&format!(
-            "{}/0123abcd/artifacts",
-            cloud.config().artifact_bucket
-        ))
-        .unwrap(),
+        artifacts: PrefixFolder {
+            kind: Kind::Model,
+            namespace: ns.into(),
+            name: "base".into(),
+            folder: "artifacts",
+            url: BucketUrl::parse(&format!(
+                "{}/0123abcd/artifacts",
+                cloud.config().artifact_bucket
+            ))
+            .unwrap(),
+        },
         generation: 3,
     };
     let mut out = Vec::new();
@@ -327,7 +333,12 @@ async fn every_child_planned_for_a_valid_spec_is_accepted_by_the_api_server() {
             serde_json::from_value(json!({"metadata": {"name": role.service_account()}})).unwrap();
         accounts.create(&PostParams::default(), &sa).await.unwrap();
     }
-    let clouds = [("kind", kind_cloud("kind")), ("gcp", gcp()), ("aws", aws())];
+    let clouds = [
+        ("kind", kind_cloud("kind")),
+        ("kind, inline volumes", kind_cloud_inline("kind")),
+        ("gcp", gcp()),
+        ("aws", aws()),
+    ];
     let (mut objects, mut children, mut refused_by_schema) = (0, 0, 0);
     let mut failures = Vec::new();
     for (name, spec) in &samples {

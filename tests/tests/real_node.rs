@@ -1041,6 +1041,12 @@ async fn a_real_node_runs_containers_and_leaves_nothing_behind() {
         )
         .expect("relaying the S3 port into the node's namespace");
         apply(&csi_secret(&s3));
+        node::write_csi_credentials(
+            &s3.endpoint(),
+            substratus_devcluster::s3::ACCESS_KEY,
+            substratus_devcluster::s3::SECRET_KEY,
+        )
+        .expect("the S3 plugin's inline credentials");
         the_operator_runs_models_servers_and_notebooks_on_the_real_node(&s3).await;
         workloads::the_reference_workloads_load_train_and_serve_a_model(&s3).await;
         uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run(&s3).await;

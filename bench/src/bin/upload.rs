@@ -57,6 +57,7 @@ fn cloud(endpoint: &str) -> Result<KindCloud> {
             csi_driver: "unused".into(),
             csi_secret: ("unused".into(), "unused".into()),
             registry_mirror: None,
+            volumes: Default::default(),
         },
         GpuCatalog::kind(),
     )

@@ -23,7 +23,7 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
-    SignedUrl,
+    PrefixFolder, SignedUrl,
 };
 use substratus_core::conditions::reasons;
 use substratus_core::names::Role;
@@ -347,14 +347,14 @@ impl Cloud for AwsCloud {
 
     fn bucket_volume(
         &self,
-        prefix: &BucketUrl,
+        folder: &PrefixFolder,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
-        Ok(static_pv::claim_volume(prefix, access))
+        Ok(static_pv::claim_volume(&folder.url, access))
     }
 
     fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
-        self.claim_objects(&prefix.namespace, &prefix.artifacts())
+        self.claim_objects(&prefix.namespace, &prefix.artifacts().url)
     }
 
     fn gpu_placement(
@@ -473,7 +473,9 @@ mod tests {
     fn a_prefix_gets_a_retained_mountpoint_volume_scoped_to_it() {
         let c = cloud(IdentityMode::PodIdentity);
         let prefix = ArtifactPrefix {
+            kind: substratus_core::names::Kind::Model,
             namespace: "ns".into(),
+            name: "m".into(),
             hash: "h".into(),
             url: BucketUrl::parse("s3://123-substratus-artifacts/h").unwrap(),
         };

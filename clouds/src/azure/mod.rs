@@ -35,7 +35,7 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
-    SignedUrl, UploadContext,
+    PrefixFolder, SignedUrl, UploadContext,
 };
 use substratus_core::conditions::reasons;
 use substratus_core::names::Role;
@@ -238,18 +238,18 @@ impl Cloud for AzureCloud {
 
     fn bucket_volume(
         &self,
-        prefix: &BucketUrl,
+        folder: &PrefixFolder,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
-        Ok(static_pv::claim_volume(prefix, access))
+        Ok(static_pv::claim_volume(&folder.url, access))
     }
 
     fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
-        self.claim_objects(&prefix.namespace, &prefix.artifacts())
+        self.claim_objects(&prefix.namespace, &prefix.artifacts().url)
     }
 
     fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
-        Ok(static_pv::mounted_upload_context(prefix, |ns, url| {
+        Ok(static_pv::claimed_upload_context(prefix, |ns, url| {
             self.claim_objects(ns, url)
         }))
     }

@@ -24,7 +24,8 @@ use k8s_openapi::api::core::v1::{CSIVolumeSource, Volume};
 use md5::{Digest, Md5};
 use serde_json::json;
 use substratus_core::cloud::{
-    Access, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement, SignedUrl,
+    Access, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement, PrefixFolder,
+    SignedUrl,
 };
 use substratus_core::names::Role;
 use substratus_crds::GpuType;
@@ -197,10 +198,10 @@ impl Cloud for GcpCloud {
 
     fn bucket_volume(
         &self,
-        prefix: &BucketUrl,
+        folder: &PrefixFolder,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
-        Ok(gcsfuse_volume(prefix, access))
+        Ok(gcsfuse_volume(&folder.url, access))
     }
 
     fn gpu_placement(

@@ -319,7 +319,6 @@ mod tests {
         template.spec.clone().expect("a pod spec")
     }
     use super::*;
-    use crate::cloud::BucketUrl;
     use crate::fake::{FAKE_GPU_LABEL, FakeCloud};
     use crate::names;
     use substratus_crds::{GpuResources, GpuType};
@@ -454,7 +453,7 @@ mod tests {
         let mut i = input(&f, Kind::Model, 1);
         let ready = |g| {
             Some(RefState::Ready {
-                artifacts: BucketUrl::parse("fake://artifacts/base/artifacts").unwrap(),
+                artifacts: crate::plan::fixtures::folder("fake://artifacts/base/artifacts"),
                 generation: g,
             })
         };
@@ -513,7 +512,7 @@ mod tests {
         assert!(p.job().is_none());
         assert_eq!(reason(&p), (reasons::BASE_MODEL_NOT_FOUND, false));
         i.base_model = Some(RefState::Ready {
-            artifacts: BucketUrl::parse("fake://artifacts/base/artifacts").unwrap(),
+            artifacts: crate::plan::fixtures::folder("fake://artifacts/base/artifacts"),
             generation: 1,
         });
         assert_eq!(
@@ -521,7 +520,7 @@ mod tests {
             (reasons::DATASET_NOT_READY, false)
         );
         i.dataset = Some(RefState::Ready {
-            artifacts: BucketUrl::parse("fake://artifacts/data/artifacts").unwrap(),
+            artifacts: crate::plan::fixtures::folder("fake://artifacts/data/artifacts"),
             generation: 1,
         });
         let p = plan(&i, &cloud);

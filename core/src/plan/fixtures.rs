@@ -4,6 +4,17 @@ use substratus_crds::{Build, BuildGit, BuildUpload};
 
 use super::Parent;
 
+/// The `artifacts/` folder of a referenced Model at `url`.
+pub fn folder(url: &str) -> crate::cloud::PrefixFolder {
+    crate::cloud::PrefixFolder {
+        kind: crate::names::Kind::Model,
+        namespace: "ns".into(),
+        name: "ref".into(),
+        folder: "artifacts",
+        url: crate::cloud::BucketUrl::parse(url).unwrap(),
+    }
+}
+
 pub const MD5: &str = "0123456789abcdef0123456789ABCDEF";
 
 pub fn parent() -> Parent {

@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use substratus_crds::{Params, Resources};
 
-use crate::cloud::{Access, BucketUrl, Cloud, CloudError};
+use crate::cloud::{Access, Cloud, CloudError, PrefixFolder};
 use crate::conditions::{Desired, reasons};
 use crate::names::{
     self, DEFAULT_CONTAINER_ANNOTATION, Kind, KindChildren, MANAGED_BY, MANAGED_BY_LABEL, Role,
@@ -235,7 +235,7 @@ pub fn params_config_map(parent: &Parent, params: &Params) -> ConfigMap {
 pub struct Mount {
     /// `artifacts`, `data`, `model` or `adapters/<name>`.
     pub subdir: std::borrow::Cow<'static, str>,
-    pub url: BucketUrl,
+    pub folder: PrefixFolder,
     pub access: Access,
     /// For a reference's artifacts: the generation of the run that wrote them.
     pub generation: Option<i64>,
@@ -254,13 +254,13 @@ pub fn input_generation_annotation(subdir: &str) -> String {
 /// `/content/artifacts`, and the Ready references' artifacts read-only at `/content/data`
 /// (Dataset) and `/content/model` (Model).
 pub fn content_mounts(
-    own: crate::cloud::BucketUrl,
+    own: PrefixFolder,
     dataset: &Option<RefState>,
     model: &Option<RefState>,
 ) -> Vec<Mount> {
     let mut mounts = vec![Mount {
         subdir: "artifacts".into(),
-        url: own,
+        folder: own,
         access: Access::ReadWrite,
         generation: None,
     }];
@@ -271,7 +271,7 @@ pub fn content_mounts(
     {
         mounts.push(Mount {
             subdir: "data".into(),
-            url: artifacts.clone(),
+            folder: artifacts.clone(),
             access: Access::ReadOnly,
             generation: Some(*generation),
         });
@@ -283,7 +283,7 @@ pub fn content_mounts(
     {
         mounts.push(Mount {
             subdir: "model".into(),
-            url: artifacts.clone(),
+            folder: artifacts.clone(),
             access: Access::ReadOnly,
             generation: Some(*generation),
         });
@@ -365,7 +365,7 @@ pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSp
         ..Default::default()
     }];
     for m in &w.mounts {
-        let bv = cloud.bucket_volume(&m.url, m.access)?;
+        let bv = cloud.bucket_volume(&m.folder, m.access)?;
         let mut volume = bv.volume;
         // `adapters/<name>` is volume `adapters-<name>`.
         let volume_name = m.subdir.replace('/', "-");
@@ -502,10 +502,10 @@ pub fn harden(container: &mut Container) {
 pub enum RefState {
     NotFound,
     NotReady,
-    /// Ready, with the bucket URL of its `artifacts/` folder and the generation of the run
-    /// that wrote them (0 when not known).
+    /// Ready, with its `artifacts/` folder and the generation of the run that wrote them (0
+    /// when not known).
     Ready {
-        artifacts: BucketUrl,
+        artifacts: PrefixFolder,
         generation: i64,
     },
 }

@@ -114,7 +114,7 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
 
     let mut mounts = vec![Mount {
         subdir: "model".into(),
-        url: artifacts,
+        folder: artifacts,
         access: Access::ReadOnly,
         generation: Some(model_generation),
     }];
@@ -273,7 +273,7 @@ fn adapter_mounts(input: &ServerInput<'_>) -> Result<Vec<Mount>, (&'static str, 
         }
         mounts.push(Mount {
             subdir: format!("adapters/{}", a.name).into(),
-            url: artifacts.clone(),
+            folder: artifacts.clone(),
             access: Access::ReadOnly,
             generation: Some(generation),
         });
@@ -284,7 +284,6 @@ fn adapter_mounts(input: &ServerInput<'_>) -> Result<Vec<Mount>, (&'static str, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::BucketUrl;
     use crate::conditions::types;
     use crate::fake::FakeCloud;
     use substratus_crds::ObjectRef;
@@ -333,7 +332,7 @@ mod tests {
 
     fn adapter_at(name: &str, generation: i64) -> RefState {
         RefState::Ready {
-            artifacts: BucketUrl::parse(&format!("fake://artifacts/{name}/artifacts")).unwrap(),
+            artifacts: crate::plan::fixtures::folder(&format!("fake://artifacts/{name}/artifacts")),
             generation,
         }
     }
@@ -431,7 +430,7 @@ mod tests {
 
     fn ready_model() -> RefState {
         RefState::Ready {
-            artifacts: BucketUrl::parse("fake://artifacts/h/artifacts").unwrap(),
+            artifacts: crate::plan::fixtures::folder("fake://artifacts/h/artifacts"),
             generation: 1,
         }
     }
@@ -545,7 +544,7 @@ mod tests {
         let s = spec();
         let template_of = |generation| {
             let model = RefState::Ready {
-                artifacts: BucketUrl::parse("fake://artifacts/h/artifacts").unwrap(),
+                artifacts: crate::plan::fixtures::folder("fake://artifacts/h/artifacts"),
                 generation,
             };
             let p = plan(&input(&s, model, None), &FakeCloud::default());

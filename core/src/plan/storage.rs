@@ -18,7 +18,9 @@ pub fn artifact_prefix(parent: &Parent, cloud: &dyn Cloud) -> ArtifactPrefix {
         &parent.name,
     );
     ArtifactPrefix {
+        kind: parent.kind,
         namespace: parent.namespace.clone(),
+        name: parent.name.clone(),
         url: config.artifact_bucket.join(&hash),
         hash,
     }

@@ -855,7 +855,14 @@ mod tests {
                 generation,
             } => {
                 assert_eq!(generation, 4, "the generation whose run completed");
-                assert!(artifacts.to_string().ends_with("/artifacts"), "{artifacts}");
+                assert!(
+                    artifacts.url.to_string().ends_with("/artifacts"),
+                    "{artifacts:?}"
+                );
+                assert_eq!(
+                    (artifacts.kind, artifacts.name.as_str()),
+                    (Kind::Model, "base")
+                );
             }
             other => panic!("{other:?}"),
         }
