@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod original;
+
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -77,6 +79,10 @@ struct Args {
     /// bind).
     #[arg(long, default_value = "inline")]
     volumes: substratus_clouds::kind::KindVolumes,
+    /// Also run the original operator (v0.10.1, built by hack/build-original.sh) with the same
+    /// workload on a cluster of the same recipe, and print it beside ours.
+    #[arg(long)]
+    against_original: bool,
 }
 
 /// The kind backend's CSI driver for a way of mounting.
@@ -750,15 +756,22 @@ async fn run(args: Args) -> Result<()> {
         "starting the cluster: GKE profile x{scale} ({} GPU nodes)",
         scale * 4
     );
-    let t = Instant::now();
-    let cluster = Cluster::start(&Options {
+    // Built first: a build that fails should not cost a benchmark run.
+    let original = if args.against_original {
+        Some(original::Original::build()?)
+    } else {
+        None
+    };
+    let options = Options {
         bin_dir: bins,
         state_dir: state.clone(),
         profiles: vec![Profile::Gcp],
         scale,
         real_node: false,
         node_images: vec![],
-    })?;
+    };
+    let t = Instant::now();
+    let cluster = Cluster::start(&options)?;
     println!("  ready in {:.1}s", t.elapsed().as_secs_f64());
     let mut cluster = cluster;
     // The test fixture attaches to this cluster (CRDs, the operator's identity and RBAC).
@@ -820,16 +833,21 @@ async fn run(args: Args) -> Result<()> {
     let usage = process_usage(pid);
     let steady_reconciles = operator.reconciles().await? - reconciles_converged;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mine = audit::entries(&audit_log, OPERATOR_USER, since);
-    let mine = in_namespace(&mine, "bench-operator");
-    let (convergence, steady): (Vec<_>, Vec<_>) = mine.into_iter().partition(|e| {
-        e.request_received_timestamp
-            .parse::<jiff::Timestamp>()
-            .is_ok_and(|t| t < converged_at)
-    });
+    let mine = in_namespace(
+        &audit::entries(&audit_log, OPERATOR_USER, since),
+        "bench-operator",
+    );
     let mut latencies =
         reaction_latencies(&audit_log, "bench-operator", Some(OPERATOR_USER), since);
     latencies.sort_by(|a, b| a.total_cmp(b));
+    let ours = Measured::new(
+        op_time,
+        mine,
+        converged_at,
+        usage,
+        usage_converged,
+        latencies,
+    );
     // The same measure for the floor: a plain client that patches a Model's status as soon
     // as its watch shows the Job complete.
     let mut floor_latencies = reaction_latencies(&audit_log, "bench-floor", None, floor_since);
@@ -837,11 +855,12 @@ async fn run(args: Args) -> Result<()> {
 
     println!();
     println!(
-        "== {} Models, {} Datasets, {} Servers on {} GPU nodes ==",
+        "== {} Models, {} Datasets, {} Servers on {} GPU nodes ({} volumes) ==",
         w.models.len(),
         w.datasets.len(),
         w.servers.len(),
-        scale * 4
+        scale * 4,
+        args.volumes.as_str()
     );
     println!(
         "  (a) operator, until all Ready   {:>10.2} s",
@@ -856,19 +875,26 @@ async fn run(args: Args) -> Result<()> {
         op_time.as_secs_f64() / floor_time.as_secs_f64()
     );
     println!("  (d) API requests of the operator:");
-    print_requests("during convergence", &convergence);
+    print_requests("during convergence", &ours.convergence);
     print_requests(
         &format!(
             "during {}s of steady state (from {}s after all Ready)",
             args.steady_seconds,
             SETTLE.as_secs()
         ),
-        &steady,
+        &ours.steady,
     );
-    print_resyncs(args.resync_seconds, steady_reconciles, w.total(), &steady);
-    if let (Some((hwm, cpu)), Some((_, cpu_conv))) = (usage, usage_converged) {
+    print_resyncs(
+        args.resync_seconds,
+        steady_reconciles,
+        w.total(),
+        &ours.steady,
+    );
+    if let (Some(hwm), Some(cpu), Some(cpu_conv)) =
+        (ours.peak_rss_kib, ours.cpu_total, ours.cpu_converged)
+    {
         println!(
-            "  (e) operator peak RSS            {:>10.1} MiB   (goal <= 64 MiB at 10,000)",
+            "  (e) operator peak RSS            {:>10.1} MiB   (goal <= 40 MiB at 10,000)",
             hwm as f64 / 1024.0
         );
         println!(
@@ -877,10 +903,10 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     println!(
-        "  (f) Job complete -> Model status  p50 {:.1} ms, p99 {:.1} ms over {} Models   (goal p99 <= 100 ms at 1,000)",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.len()
+        "  (f) Job complete -> Model status  p50 {:.1} ms, p99 {:.1} ms over {} Models   (goal p99 <= floor's)",
+        percentile(&ours.latencies, 0.5),
+        percentile(&ours.latencies, 0.99),
+        ours.latencies.len()
     );
     println!(
         "      the floor, same measure       p50 {:.1} ms, p99 {:.1} ms over {} Models",
@@ -891,8 +917,138 @@ async fn run(args: Args) -> Result<()> {
     drop(operator);
     drop(cluster);
     keep(&args, &audit_log, &op_log)?;
+    if let Some(original) = original {
+        let options = Options {
+            state_dir: state.join("original"),
+            ..options
+        };
+        let theirs = original::measure(
+            &original,
+            &options,
+            &w,
+            args.concurrency,
+            Duration::from_secs(args.steady_seconds),
+        )
+        .await;
+        let theirs = match theirs {
+            Ok(m) => m,
+            Err(e) => {
+                let log = options.state_dir.join("original.log");
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(20).collect();
+                let _ = std::fs::remove_dir_all(&state);
+                return Err(e.context(format!(
+                    "the original (its log, last lines first):\n{}",
+                    tail.join("\n")
+                )));
+            }
+        };
+        println!();
+        println!("  the original's API requests:");
+        print_requests("during convergence", &theirs.convergence);
+        print_requests(
+            &format!("during {}s of steady state", args.steady_seconds),
+            &theirs.steady,
+        );
+        side_by_side(floor_time, &floor_latencies, &ours, &theirs);
+    }
     let _ = std::fs::remove_dir_all(&state);
     Ok(())
+}
+
+/// One operator's numbers from one run.
+struct Measured {
+    time: Duration,
+    convergence: Vec<AuditEntry>,
+    steady: Vec<AuditEntry>,
+    peak_rss_kib: Option<u64>,
+    cpu_converged: Option<f64>,
+    cpu_total: Option<f64>,
+    /// Job complete -> Model status, sorted.
+    latencies: Vec<f64>,
+}
+
+impl Measured {
+    fn new(
+        time: Duration,
+        requests: Vec<AuditEntry>,
+        converged_at: jiff::Timestamp,
+        usage: Option<(u64, f64)>,
+        usage_converged: Option<(u64, f64)>,
+        latencies: Vec<f64>,
+    ) -> Measured {
+        let (convergence, steady) = requests.into_iter().partition(|e| {
+            e.request_received_timestamp
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|t| t < converged_at)
+        });
+        Measured {
+            time,
+            convergence,
+            steady,
+            peak_rss_kib: usage.map(|u| u.0),
+            cpu_converged: usage_converged.map(|u| u.1),
+            cpu_total: usage.map(|u| u.1),
+            latencies,
+        }
+    }
+
+    fn requests_and_writes(entries: &[AuditEntry]) -> String {
+        let writes = entries.iter().filter(|e| e.is_write()).count();
+        format!("{} / {writes}", entries.len())
+    }
+}
+
+/// The floor, ours and the original's in one table.
+fn side_by_side(floor: Duration, floor_latencies: &[f64], ours: &Measured, theirs: &Measured) {
+    let secs = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    let mib = |m: &Measured| {
+        m.peak_rss_kib
+            .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+    };
+    let cpu = |m: &Measured| {
+        m.cpu_converged
+            .zip(m.cpu_total)
+            .map_or("-".into(), |(c, t)| format!("{c:.2} / {t:.2} s"))
+    };
+    let tail = |l: &[f64]| format!("{:.1} / {:.1} ms", percentile(l, 0.5), percentile(l, 0.99));
+    let rows = [
+        (
+            "time to all Ready",
+            secs(floor),
+            secs(ours.time),
+            secs(theirs.time),
+        ),
+        (
+            "requests / writes to converge",
+            "-".into(),
+            Measured::requests_and_writes(&ours.convergence),
+            Measured::requests_and_writes(&theirs.convergence),
+        ),
+        (
+            "steady-state requests / writes",
+            "-".into(),
+            Measured::requests_and_writes(&ours.steady),
+            Measured::requests_and_writes(&theirs.steady),
+        ),
+        ("peak RSS", "-".into(), mib(ours), mib(theirs)),
+        ("CPU converged / total", "-".into(), cpu(ours), cpu(theirs)),
+        (
+            "Job -> status p50 / p99",
+            tail(floor_latencies),
+            tail(&ours.latencies),
+            tail(&theirs.latencies),
+        ),
+    ];
+    println!();
+    println!("== side by side ==");
+    println!(
+        "  {:<32} {:>18} {:>18} {:>18}",
+        "", "floor", "ours", "original"
+    );
+    for (name, f, o, t) in rows {
+        println!("  {name:<32} {f:>18} {o:>18} {t:>18}");
+    }
 }
 
 /// What the resyncs of the steady-state window cost: reconciles run (counted by the
