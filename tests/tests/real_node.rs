@@ -442,6 +442,76 @@ async fn a_fine_tune_reads_its_base_model_read_only(ns: &str, s3: &S3Server, bas
     );
 }
 
+/// A pod of another namespace given the very volume the operator mounts `base` with (an
+/// inline volume naming Model `base`) gets the prefix of Model `base` of its own namespace:
+/// it sees none of the files of `ns`'s Model, and what it writes lands in its own prefix.
+async fn an_inline_volume_naming_another_namespace_s_model_mounts_the_pod_s_own(
+    ns: &str,
+    s3: &S3Server,
+    base: &Value,
+) {
+    let folder = substratus_core::cloud::PrefixFolder {
+        kind: substratus_core::names::Kind::Model,
+        namespace: ns.into(),
+        name: "base".into(),
+        folder: "artifacts",
+        url: substratus_core::cloud::BucketUrl::parse("s3://substratus-artifacts/unused").unwrap(),
+    };
+    let cloud = kind_cloud_on_real_node(s3);
+    let mut volume = serde_json::to_value(
+        cloud
+            .bucket_volume(&folder, substratus_core::cloud::Access::ReadWrite)
+            .unwrap()
+            .volume,
+    )
+    .unwrap();
+    assert!(volume["csi"]["volumeAttributes"].is_object(), "{volume}");
+    volume["name"] = json!("stolen");
+    let other = TestNamespace::new("other-tenant");
+    let mut p = pod(
+        &other.name,
+        "borrower",
+        "echo \"entries=$(ls -A /stolen | wc -l)\"; echo mine > /stolen/from-other-tenant",
+    );
+    p["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "stolen", "mountPath": "/stolen"}]);
+    p["spec"]["volumes"] = json!([volume]);
+    apply(&p);
+    let done = finished(&other.name, "borrower").await;
+    let logs = kubectl(&["logs", "borrower", "-n", &other.name]).unwrap_or_default();
+    assert_eq!(done["status"]["phase"], "Succeeded", "{logs}");
+    assert!(logs.contains("entries=0"), "{logs}");
+    let own = substratus_core::names::storage_prefix(
+        &cloud.config().cluster_name,
+        &other.name,
+        substratus_core::names::Kind::Model,
+        "base",
+    );
+    wait_for(
+        "the other tenant's file in its own prefix",
+        Duration::from_secs(30),
+        || {
+            let path = s3.object_path(&format!("{own}/artifacts/from-other-tenant"));
+            async move { Ok::<_, String>(path.exists().then_some(())) }
+        },
+    )
+    .await;
+    let base_prefix = prefix_of(base);
+    assert!(
+        !s3.object_path(&format!("{base_prefix}/artifacts/from-other-tenant"))
+            .exists(),
+        "a pod of another namespace wrote into {ns}'s Model"
+    );
+    kubectl(&[
+        "delete",
+        "namespace",
+        &other.name,
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .ok();
+}
+
 /// `kubectl port-forward` to `target` and a GET of `path` through it.
 async fn get_through_port_forward(ns: &str, target: &str, remote: u16, path: &str) -> String {
     let port = substratus_devcluster::ports::free_loopback_port().unwrap();
@@ -565,6 +635,8 @@ async fn the_operator_runs_models_servers_and_notebooks_on_the_real_node(s3: &S3
         a_model_job_sees_the_container_contract_and_its_artifacts_reach_the_bucket(&ns.name, s3)
             .await;
     a_fine_tune_reads_its_base_model_read_only(&ns.name, s3, &base).await;
+    an_inline_volume_naming_another_namespace_s_model_mounts_the_pod_s_own(&ns.name, s3, &base)
+        .await;
     a_server_is_ready_once_its_http_server_answers(&ns.name).await;
     a_notebook_serves_on_8888_with_its_token(&ns.name).await;
     a_failing_model_job_reports_job_failed(&ns.name).await;
