@@ -71,6 +71,15 @@ fn the_chart_renders_for_every_cloud() {
     assert_eq!(config["CLOUD"], "kind");
     assert!(config["S3_ENDPOINT"].as_str().unwrap().starts_with("http"));
     assert_eq!(config["RESYNC_SECONDS"], "600");
+    assert_eq!(
+        config["S3_CSI_VOLUMES"], "claims",
+        "any S3 CSI driver by default"
+    );
+    let inline = render(&["kind.volumes=inline"]).unwrap();
+    assert_eq!(
+        find(&inline, "ConfigMap")["data"]["S3_CSI_VOLUMES"],
+        "inline"
+    );
 
     let gcp = render(GCP).unwrap();
     let config = &find(&gcp, "ConfigMap")["data"];
@@ -168,6 +177,7 @@ fn bad_values_are_refused_naming_them() {
             "leaderElection.enabled must be true",
         ),
         (vec!["logFormat=xml"], "logFormat"),
+        (vec!["kind.volumes=pvc"], "kind/volumes"),
         (vec!["resyncSeconds=5"], "resyncSeconds"),
         (
             vec!["gpuCatalogOverrides.nvidia-v100.nodeSelector.a=b"],
