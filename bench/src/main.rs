@@ -219,7 +219,7 @@ async fn wait_all_ready(client: &Client, ns: &str, total: usize) -> Result<()> {
             .map_ok(move |o| (format!("{kind}/{}", o.name_any()), ready(&o)))
             .boxed()
     }
-    let mut events = stream::select_all([
+    let events = stream::select_all([
         readiness(Api::<Model>::namespaced(client.clone(), ns), "Model", |m| {
             m.status.as_ref().is_some_and(|s| s.ready)
         }),
@@ -234,6 +234,15 @@ async fn wait_all_ready(client: &Client, ns: &str, total: usize) -> Result<()> {
             |s| s.status.as_ref().is_some_and(|s| s.ready),
         ),
     ]);
+    until_all_ready(events, total, ns).await
+}
+
+/// Follows `(object, ready)` events until `total` objects are ready at once.
+async fn until_all_ready(
+    mut events: impl futures::Stream<Item = Result<(String, bool), watcher::Error>> + Unpin,
+    total: usize,
+    ns: &str,
+) -> Result<()> {
     let deadline = Instant::now() + WAIT;
     let mut ready = std::collections::HashSet::new();
     while ready.len() < total {

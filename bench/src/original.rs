@@ -22,7 +22,7 @@ use substratus_crds::Kind;
 use substratus_devcluster::{Cluster, Options, Profile};
 use substratus_tests::audit;
 
-use super::{Measured, WAIT, Workload};
+use super::{Measured, Workload};
 
 /// The namespace and ServiceAccount the original runs as.
 const NAMESPACE: &str = "substratus-original";
@@ -67,22 +67,13 @@ impl Original {
     }
 }
 
-fn kubectl(bins: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut cmd = Command::new(bins.join("kubectl"));
-    cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+/// Runs kubectl on `kubeconfig`'s cluster and returns what it printed.
+fn kubectl(bins: &Path, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = substratus_devcluster::kubectl(bins, kubeconfig)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("running kubectl")?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        std::io::Write::write_all(&mut pipe, text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
+        .stdin(Stdio::null())
+        .output()
+        .context("running kubectl")?;
     if !out.status.success() {
         bail!(
             "kubectl {}: {}",
@@ -97,7 +88,7 @@ fn kubectl(bins: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -
 fn install(original: &Original, bins: &Path, cluster: &Cluster, state: &Path) -> Result<PathBuf> {
     let admin = cluster.kubeconfig();
     let crds = original.crds.to_string_lossy().into_owned();
-    kubectl(bins, admin, &["apply", "--server-side", "-f", &crds], None)?;
+    kubectl(bins, admin, &["apply", "--server-side", "-f", &crds])?;
     kubectl(
         bins,
         admin,
@@ -109,18 +100,21 @@ fn install(original: &Original, bins: &Path, cluster: &Cluster, state: &Path) ->
             "crd/datasets.substratus.ai",
             "crd/servers.substratus.ai",
         ],
-        None,
     )?;
     let role = original.rbac.to_string_lossy().into_owned();
-    kubectl(bins, admin, &["apply", "-f", &role], None)?;
-    let objects = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n---\n\
-         apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {SERVICE_ACCOUNT}, namespace: {NAMESPACE}}}\n---\n\
-         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: original-manager}}\n\
-         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: manager-role}}\n\
-         subjects: [{{kind: ServiceAccount, name: {SERVICE_ACCOUNT}, namespace: {NAMESPACE}}}]\n"
-    );
-    kubectl(bins, admin, &["apply", "-f", "-"], Some(&objects))?;
+    kubectl(bins, admin, &["apply", "-f", &role])?;
+    let objects = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "original-manager"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "manager-role"},
+         "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": NAMESPACE}]},
+    ]});
+    let mut apply = substratus_devcluster::kubectl(bins, admin);
+    apply.args(["apply", "-f", "-"]);
+    substratus_devcluster::pipe_json(apply, &objects).context("the original's account")?;
     let token = kubectl(
         bins,
         admin,
@@ -132,7 +126,6 @@ fn install(original: &Original, bins: &Path, cluster: &Cluster, state: &Path) ->
             NAMESPACE,
             "--duration=6h",
         ],
-        None,
     )?;
     let admin_config: serde_json::Value = serde_json::from_slice(&std::fs::read(admin)?)?;
     let kc = serde_json::json!({
@@ -208,26 +201,7 @@ async fn wait_all_ready(client: &Client, total: usize) -> Result<()> {
             })
             .boxed()
     });
-    let mut events = stream::select_all(events);
-    let deadline = Instant::now() + WAIT;
-    let mut ready = std::collections::HashSet::new();
-    while ready.len() < total {
-        let next = tokio::time::timeout_at(deadline.into(), events.next())
-            .await
-            .with_context(|| {
-                format!("the original: not all {total} objects Ready within {WAIT:?}")
-            })?;
-        let Some(event) = next else {
-            bail!("the watches of {BENCH_NS} ended")
-        };
-        let (key, is_ready) = event?;
-        if is_ready {
-            ready.insert(key);
-        } else {
-            ready.remove(&key);
-        }
-    }
-    Ok(())
+    super::until_all_ready(stream::select_all(events), total, BENCH_NS).await
 }
 
 /// Runs the original on a fresh cluster of `options`' recipe and measures it as ours is.
@@ -271,7 +245,6 @@ async fn measure_on(
         bins,
         cluster.kubeconfig(),
         &["create", "namespace", BENCH_NS],
-        None,
     )?;
     let log = std::fs::File::create(options.state_dir.join("original.log"))?;
     let metrics_port = substratus_devcluster::ports::free_loopback_port()?;

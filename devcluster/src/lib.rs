@@ -740,7 +740,7 @@ fn apply_node_list(bin_dir: &Path, kubeconfig: &Path, nodes: &[serde_json::Value
 
 /// Runs `cmd` (a `kubectl … -f -`) with `value` as JSON on its standard input; fails with
 /// what it wrote to standard error.
-pub(crate) fn pipe_json(mut cmd: Command, value: &serde_json::Value) -> Result<()> {
+pub fn pipe_json(mut cmd: Command, value: &serde_json::Value) -> Result<()> {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
