@@ -450,14 +450,16 @@ async fn an_inline_volume_naming_another_namespace_s_model_mounts_the_pod_s_own(
     s3: &S3Server,
     base: &Value,
 ) {
-    let folder = substratus_core::cloud::PrefixFolder {
-        kind: substratus_core::names::Kind::Model,
-        namespace: ns.into(),
-        name: "base".into(),
-        folder: "artifacts",
-        url: substratus_core::cloud::BucketUrl::parse("s3://substratus-artifacts/unused").unwrap(),
-    };
     let cloud = kind_cloud_on_real_node(s3);
+    let model = substratus_core::plan::Parent {
+        kind: substratus_core::names::Kind::Model,
+        name: "base".into(),
+        namespace: ns.into(),
+        uid: base["metadata"]["uid"].as_str().unwrap_or_default().into(),
+        generation: None,
+    };
+    let folder =
+        substratus_core::plan::storage::artifact_prefix(&model, cloud.as_ref()).artifacts();
     let mut volume = serde_json::to_value(
         cloud
             .bucket_volume(&folder, substratus_core::cloud::Access::ReadWrite)
