@@ -275,7 +275,10 @@ impl Cloud for KindCloud {
                 static_pv::claimed_upload_context(prefix, |ns, url| self.claim_objects(ns, url))
             }
             KindVolumes::Inline => static_pv::mounted_upload_context(
-                self.inline_volume(&prefix.uploads(), Access::ReadOnly),
+                BucketVolume {
+                    volume: self.inline_volume(&prefix.uploads(), Access::ReadOnly),
+                    pod_annotations: Default::default(),
+                },
                 Vec::new(),
             ),
         })
@@ -379,76 +382,16 @@ mod tests {
 
     #[test]
     fn a_mounted_upload_is_checked_and_unpacked_before_the_builder_reads_a_directory() {
-        use substratus_core::plan::Parent;
-        use substratus_core::plan::build::{BuildInput, BuildSettings, plan};
-        use substratus_crds::{Build, BuildUpload};
-        let parent = Parent {
-            kind: substratus_core::names::Kind::Model,
-            name: "m".into(),
-            namespace: "ns".into(),
-            uid: "u".into(),
-            generation: Some(1),
-        };
-        let md5 = "0123456789abcdef0123456789abcdef";
-        let build = Build {
-            git: None,
-            upload: Some(BuildUpload {
-                md5_checksum: md5.into(),
-                request_id: "r1".into(),
-            }),
-        };
-        let job_pod = |settings: &BuildSettings| {
-            let input = BuildInput {
-                parent: &parent,
-                build: &build,
-                spec_image: None,
-                uploaded: true,
-                job: None,
-                pods: &[],
-                settings,
-            };
-            plan(&input, &cloud())
-                .job()
-                .cloned()
-                .unwrap()
-                .spec
-                .unwrap()
-                .template
-                .spec
-                .unwrap()
-        };
-        let checked = job_pod(&BuildSettings {
-            context_image: Some("operator:1".into()),
-            ..Default::default()
-        });
-        let init = &checked.init_containers.as_ref().unwrap()[0];
-        assert_eq!(init.image.as_deref(), Some("operator:1"));
-        assert_eq!(
-            init.args.as_ref().unwrap(),
-            &[
-                "unpack-context".to_owned(),
-                "--archive=/upload/latest.tar.gz".into(),
-                format!("--md5={md5}"),
-                "--into=/workspace".into(),
-            ]
-        );
-        let builder = &checked.containers[0];
-        assert!(
-            builder
-                .args
-                .as_ref()
-                .unwrap()
-                .contains(&"--context=dir:///workspace".to_owned())
-        );
-        let mounted: Vec<_> = builder
-            .volume_mounts
-            .iter()
-            .flatten()
-            .map(|m| m.name.as_str())
-            .collect();
-        assert_eq!(mounted, ["workspace"], "the builder never sees the archive");
+        use crate::static_pv::upload_check;
+        for volumes in [KindVolumes::Claims, KindVolumes::Inline] {
+            let mut c = cloud();
+            c.settings.volumes = volumes;
+            upload_check::checked_before_the_builder(&c);
+        }
         // Without the image, the archive goes to the builder as it is.
-        let plain = job_pod(&BuildSettings::default());
+        let plain = upload_check::build_pod(&cloud(), &Default::default())
+            .spec
+            .unwrap();
         assert!(plain.init_containers.is_none());
         assert!(
             plain.containers[0]

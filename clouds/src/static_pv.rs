@@ -45,11 +45,12 @@ pub fn claim_volume(prefix: &BucketUrl, access: Access) -> BucketVolume {
 
 /// The build context read from a read-only mount of the prefix's `uploads/` at `/upload`,
 /// through `volume`; `objects` are what the mount needs (a volume and its claim, or none).
-pub fn mounted_upload_context(volume: Volume, objects: Vec<Value>) -> UploadContext {
+pub fn mounted_upload_context(volume: BucketVolume, objects: Vec<Value>) -> UploadContext {
     UploadContext {
         context: "tar:///upload/latest.tar.gz".into(),
-        mount: Some((volume, "/upload".into())),
+        mount: Some((volume.volume, "/upload".into())),
         objects,
+        pod_annotations: volume.pod_annotations,
     }
 }
 
@@ -61,7 +62,7 @@ pub fn claimed_upload_context(
 ) -> UploadContext {
     let uploads = prefix.uploads().url;
     mounted_upload_context(
-        claim_volume(&uploads, Access::ReadOnly).volume,
+        claim_volume(&uploads, Access::ReadOnly),
         claim_objects(&prefix.namespace, &uploads),
     )
 }
@@ -163,5 +164,121 @@ mod tests {
         // Another namespace mounting the same prefix gets its own volume.
         assert_ne!(volume_name("ns", &url), volume_name("other", &url));
         assert!(claim_name(&url).len() <= 63);
+    }
+}
+
+/// What every backend's build of an uploaded context must look like: the archive mounted
+/// read-only for the operator's image, which checks and unpacks it into a workspace, and a
+/// builder that reads only that workspace.
+#[cfg(test)]
+pub(crate) mod upload_check {
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
+    use substratus_core::cloud::Cloud;
+    use substratus_core::plan::Parent;
+    use substratus_core::plan::build::{BuildInput, BuildPlan, BuildSettings, plan};
+    use substratus_crds::{Build, BuildUpload};
+
+    pub const MD5: &str = "0123456789abcdef0123456789abcdef";
+
+    /// The pod template of the build Job of Model `ns/m` from an upload.
+    pub fn build_pod(cloud: &dyn Cloud, settings: &BuildSettings) -> PodTemplateSpec {
+        build_plan(cloud, settings)
+            .job()
+            .cloned()
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+    }
+
+    /// The build plan of Model `ns/m` from an upload.
+    pub fn build_plan(cloud: &dyn Cloud, settings: &BuildSettings) -> BuildPlan {
+        let parent = Parent {
+            kind: substratus_core::names::Kind::Model,
+            name: "m".into(),
+            namespace: "ns".into(),
+            uid: "u".into(),
+            generation: Some(1),
+        };
+        let build = Build {
+            git: None,
+            upload: Some(BuildUpload {
+                md5_checksum: MD5.into(),
+                request_id: "r1".into(),
+            }),
+        };
+        let input = BuildInput {
+            parent: &parent,
+            build: &build,
+            spec_image: None,
+            uploaded: true,
+            job: None,
+            pods: &[],
+            settings,
+        };
+        plan(&input, cloud)
+    }
+
+    /// Asserts the archive is checked and unpacked before the builder runs, and returns the
+    /// pod template for the backend's own checks of the volume.
+    pub fn checked_before_the_builder(cloud: &dyn Cloud) -> PodTemplateSpec {
+        let template = build_pod(
+            cloud,
+            &BuildSettings {
+                context_image: Some("operator:1".into()),
+                ..Default::default()
+            },
+        );
+        let pod = template.spec.as_ref().unwrap();
+        let init = &pod.init_containers.as_ref().expect("an init container")[0];
+        assert_eq!(init.image.as_deref(), Some("operator:1"));
+        assert_eq!(
+            init.args.as_ref().unwrap(),
+            &[
+                "unpack-context".to_owned(),
+                "--archive=/upload/latest.tar.gz".into(),
+                format!("--md5={MD5}"),
+                "--into=/workspace".into(),
+            ]
+        );
+        let upload = init
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "upload")
+            .expect("the upload mounted for the check");
+        assert_eq!(upload.read_only, Some(true));
+        let builder = &pod.containers[0];
+        let args = builder.args.as_ref().unwrap();
+        assert!(
+            args.contains(&"--context=dir:///workspace".to_owned()),
+            "{args:?}"
+        );
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.contains("://") && a.contains("uploads")),
+            "the builder is never pointed at the archive: {args:?}"
+        );
+        let mounted: Vec<_> = builder
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(mounted, ["workspace"], "the builder never sees the archive");
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "upload")
+            .expect("the upload volume");
+        if let Some(csi) = &volume.csi {
+            assert_eq!(csi.read_only, Some(true));
+        }
+        if let Some(claim) = &volume.persistent_volume_claim {
+            assert_eq!(claim.read_only, Some(true));
+        }
+        template
     }
 }

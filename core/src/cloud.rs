@@ -190,6 +190,8 @@ pub struct UploadContext {
     /// Objects the mount needs (e.g. a PersistentVolume and its claim), applied and owned
     /// like [`Cloud::prefix_objects`].
     pub objects: Vec<serde_json::Value>,
+    /// Annotations the build pod needs for the mount (e.g. GKE's gcsfuse sidecar).
+    pub pod_annotations: BTreeMap<String, String>,
 }
 
 /// Errors of a backend, classified for the reconcilers.

@@ -23,7 +23,7 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
-    PrefixFolder, SignedUrl,
+    PrefixFolder, SignedUrl, UploadContext,
 };
 use substratus_core::conditions::reasons;
 use substratus_core::names::Role;
@@ -357,6 +357,15 @@ impl Cloud for AwsCloud {
         self.claim_objects(&prefix.namespace, &prefix.artifacts().url)
     }
 
+    /// The build reads the archive from a read-only Mountpoint volume of the prefix's
+    /// `uploads/`, so the operator's image checks and unpacks it before kaniko runs (kaniko
+    /// never reads the archive from `s3://` itself).
+    fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
+        Ok(static_pv::claimed_upload_context(prefix, |ns, url| {
+            self.claim_objects(ns, url)
+        }))
+    }
+
     fn gpu_placement(
         &self,
         gpu_type: Option<GpuType>,
@@ -518,5 +527,30 @@ mod tests {
                 .service_account_annotations(Role::Modeller)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn an_upload_is_mounted_through_mountpoint_and_checked_before_the_builder() {
+        let c = cloud(IdentityMode::PodIdentity);
+        let template = crate::static_pv::upload_check::checked_before_the_builder(&c);
+        let pod = template.spec.unwrap();
+        let upload = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "upload")
+            .unwrap();
+        assert!(upload.persistent_volume_claim.is_some(), "{upload:?}");
+        // The claim and its volume are the build's own objects, scoped to the uploads folder.
+        let build = crate::static_pv::upload_check::build_plan(&c, &Default::default());
+        let pv = build
+            .children
+            .iter()
+            .chain(&build.create)
+            .map(|c| c.to_value())
+            .find(|o| o["kind"] == "PersistentVolume")
+            .expect("a volume for the uploads folder");
+        let prefix = pv["spec"]["mountOptions"].to_string();
+        assert!(prefix.contains("/uploads"), "{pv}");
     }
 }

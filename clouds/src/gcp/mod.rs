@@ -24,8 +24,8 @@ use k8s_openapi::api::core::v1::{CSIVolumeSource, Volume};
 use md5::{Digest, Md5};
 use serde_json::json;
 use substratus_core::cloud::{
-    Access, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement, PrefixFolder,
-    SignedUrl,
+    Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
+    PrefixFolder, SignedUrl, UploadContext,
 };
 use substratus_core::names::Role;
 use substratus_crds::GpuType;
@@ -33,6 +33,7 @@ use substratus_crds::GpuType;
 use crate::checksum::{md5_base64, md5_hex_of_base64};
 use crate::gpu::GpuCatalog;
 use crate::rest;
+use crate::static_pv;
 
 /// The GCS FUSE CSI driver of GKE.
 pub const GCSFUSE_DRIVER: &str = "gcsfuse.csi.storage.gke.io";
@@ -204,6 +205,16 @@ impl Cloud for GcpCloud {
         Ok(gcsfuse_volume(&folder.url, access))
     }
 
+    /// The build reads the archive from a read-only gcsfuse mount of the prefix's `uploads/`,
+    /// so the operator's image checks and unpacks it before kaniko runs (kaniko never reads
+    /// the archive from `gs://` itself).
+    fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
+        Ok(static_pv::mounted_upload_context(
+            gcsfuse_volume(&prefix.uploads().url, Access::ReadOnly),
+            Vec::new(),
+        ))
+    }
+
     fn gpu_placement(
         &self,
         gpu_type: Option<GpuType>,
@@ -331,5 +342,45 @@ mod tests {
         assert_eq!(v.pod_annotations[GCSFUSE_ANNOTATION], "true");
         let rw = gcsfuse_volume(&BucketUrl::parse("gs://b/x").unwrap(), Access::ReadWrite);
         assert_eq!(rw.volume.csi.unwrap().read_only, Some(false));
+    }
+
+    #[test]
+    fn an_upload_is_mounted_through_gcs_fuse_and_checked_before_the_builder() {
+        let cloud = GcpCloud::new(
+            CloudConfig {
+                cluster_name: "gke-1".into(),
+                artifact_bucket: BucketUrl::parse("gs://artifacts").unwrap(),
+                registry: "us-central1-docker.pkg.dev/p/substratus".into(),
+                principal: Some("workloads@p.iam.gserviceaccount.com".into()),
+            },
+            GcpSettings {
+                project: "p".into(),
+                storage_endpoint: "http://127.0.0.1:9".into(),
+                signed_url_endpoint: None,
+                iam_endpoint: "http://127.0.0.1:9".into(),
+                iam_credentials_endpoint: "http://127.0.0.1:9".into(),
+                metadata_endpoint: "http://127.0.0.1:9".into(),
+            },
+            GpuCatalog::gcp(),
+        )
+        .unwrap();
+        let template = crate::static_pv::upload_check::checked_before_the_builder(&cloud);
+        // The gcsfuse sidecar is injected only into pods that ask for it.
+        let annotations = template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations[GCSFUSE_ANNOTATION], "true");
+        let pod = template.spec.unwrap();
+        let upload = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "upload")
+            .unwrap();
+        let attrs = upload.csi.unwrap().volume_attributes.unwrap();
+        assert_eq!(attrs["bucketName"], "artifacts");
+        let options = &attrs["mountOptions"];
+        assert!(
+            options.ends_with("/uploads") && options.contains("only-dir="),
+            "only the object's uploads folder: {options}"
+        );
     }
 }

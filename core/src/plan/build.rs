@@ -378,6 +378,10 @@ fn build_job(
     let mut mounts = Vec::new();
     let mut init_containers = Vec::new();
     let mut objects = Vec::new();
+    let mut pod_annotations = BTreeMap::from([(
+        names::DEFAULT_CONTAINER_ANNOTATION.to_owned(),
+        "builder".to_owned(),
+    )]);
     let mut args = Vec::new();
     match (&input.build.git, &input.build.upload) {
         (Some(git), _) => {
@@ -414,7 +418,8 @@ fn build_job(
             }
         }
         (None, Some(upload)) => {
-            let ctx = cloud.upload_context(prefix)?;
+            let mut ctx = cloud.upload_context(prefix)?;
+            pod_annotations.extend(std::mem::take(&mut ctx.pod_annotations));
             let archive = ctx.context.strip_prefix("tar://").map(str::to_owned);
             match (ctx.mount, archive, &input.settings.context_image) {
                 (Some((mut volume, dir)), Some(archive), Some(image)) => {
@@ -520,10 +525,7 @@ fn build_job(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        names::DEFAULT_CONTAINER_ANNOTATION.to_owned(),
-                        "builder".to_owned(),
-                    )])),
+                    annotations: Some(pod_annotations),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
