@@ -37,7 +37,7 @@ use crate::names::{
 };
 
 pub use crate::names::SPEC_HASH_ANNOTATION;
-pub use pods::{exit_of, pod_problem};
+pub use pods::{exit_of, pod_problem, pod_progress};
 /// Annotation on a workload naming the parent generation it runs for.
 pub const GENERATION_ANNOTATION: &str = "substratus.ai/generation";
 /// Group id that owns mounted content (as in the original).

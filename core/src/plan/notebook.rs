@@ -9,7 +9,7 @@ use substratus_crds::NotebookSpec;
 use super::serving;
 use super::{
     Child, Deletable, Deletion, Parent, Plan, RefState, SOON, SPEC_HASH_ANNOTATION, ServingPort,
-    Workload, params_config_map, pod_problem, pod_template, stamp_hash,
+    Workload, params_config_map, pod_problem, pod_progress, pod_template, stamp_hash,
 };
 use crate::cloud::Cloud;
 use crate::conditions::reasons;
@@ -278,7 +278,10 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
                 None => serving(
                     false,
                     reasons::POD_NOT_READY,
-                    format!("waiting for Pod {pod_name} to be ready"),
+                    match pod_progress(input.pods) {
+                        Some(at) => format!("waiting for Pod {pod_name} to be ready: {at}"),
+                        None => format!("waiting for Pod {pod_name} to be ready"),
+                    },
                 ),
             };
         }

@@ -47,6 +47,84 @@ pub fn pod_problem(pods: &[Pod]) -> Option<Blocked> {
     None
 }
 
+/// Where the first pod that is not ready stands, for a message while it starts: not yet
+/// scheduled, a container being created (its volumes mounted, its image pulled), an init
+/// container running, or a running container whose readiness probe has not passed. Only
+/// states, never times, so the message changes when the pod moves on and not otherwise.
+pub fn pod_progress(pods: &[Pod]) -> Option<String> {
+    for pod in pods {
+        let pod_name = pod.metadata.name.as_deref().unwrap_or("");
+        let Some(status) = &pod.status else {
+            return Some(format!("pod {pod_name} has no status yet"));
+        };
+        let scheduled = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "True");
+        if !scheduled {
+            return Some(format!("pod {pod_name} is not scheduled yet"));
+        }
+        let init = status.init_container_statuses.iter().flatten();
+        for cs in init {
+            let Some(state) = &cs.state else { continue };
+            if state.terminated.as_ref().is_some_and(|t| t.exit_code == 0) {
+                continue;
+            }
+            if state.running.is_some() {
+                return Some(format!(
+                    "init container {} of pod {pod_name} is running",
+                    cs.name
+                ));
+            }
+            if let Some(w) = &state.waiting {
+                return Some(waiting_progress(pod_name, "init container", &cs.name, w));
+            }
+        }
+        for cs in status.container_statuses.iter().flatten() {
+            if cs.ready {
+                continue;
+            }
+            let Some(state) = &cs.state else { continue };
+            if state.running.is_some() {
+                return Some(format!(
+                    "container {} of pod {pod_name} is running; its readiness probe has not passed yet",
+                    cs.name
+                ));
+            }
+            if let Some(w) = &state.waiting {
+                return Some(waiting_progress(pod_name, "container", &cs.name, w));
+            }
+        }
+        if status.container_statuses.as_ref().is_none_or(Vec::is_empty) {
+            return Some(format!(
+                "pod {pod_name} is scheduled; its containers are not created yet"
+            ));
+        }
+    }
+    None
+}
+
+fn waiting_progress(
+    pod_name: &str,
+    what: &str,
+    name: &str,
+    w: &k8s_openapi::api::core::v1::ContainerStateWaiting,
+) -> String {
+    let reason = w.reason.as_deref().unwrap_or("waiting");
+    let detail = match reason {
+        "ContainerCreating" | "PodInitializing" => " (mounting its volumes, pulling its image)",
+        _ => "",
+    };
+    let said = w
+        .message
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    format!("{what} {name} of pod {pod_name} is {reason}{detail}{said}")
+}
+
 /// Why one container does not run, if its state says.
 /// How a container ended: `code N (Reason): message`, reason and message when known.
 pub fn exit_of(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> String {
@@ -173,6 +251,44 @@ mod tests {
         assert_eq!(p.reason, reasons::IMAGE_PULL_FAILED);
         // Starting up is no problem.
         assert!(pod_problem(&[waiting("ContainerCreating", "", json!({}))]).is_none());
+    }
+
+    #[test]
+    fn a_starting_pod_says_where_it_stands() {
+        let pod = |status: serde_json::Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap()
+        };
+        let scheduled = json!([{"type": "PodScheduled", "status": "True"}]);
+        let at = |s: serde_json::Value| pod_progress(&[pod(s)]).unwrap();
+        assert_eq!(
+            at(json!({"phase": "Pending"})),
+            "pod p is not scheduled yet"
+        );
+        let creating = at(json!({"conditions": scheduled, "containerStatuses": [{
+            "name": "nb", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+        assert_eq!(
+            creating,
+            "container nb of pod p is ContainerCreating (mounting its volumes, pulling its image)"
+        );
+        let init = at(json!({"conditions": scheduled,
+            "initContainerStatuses": [{"name": "context", "image": "i", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"running": {}}}],
+            "containerStatuses": [{"name": "nb", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}]}));
+        assert_eq!(init, "init container context of pod p is running");
+        let probing = at(json!({"conditions": scheduled, "containerStatuses": [{
+            "name": "nb", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}));
+        assert_eq!(
+            probing,
+            "container nb of pod p is running; its readiness probe has not passed yet"
+        );
+        assert!(!probing.contains("2026"), "no times in the message");
+        let ready = pod(json!({"conditions": scheduled, "containerStatuses": [{
+            "name": "nb", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+            "state": {"running": {}}}]}));
+        assert_eq!(pod_progress(&[ready]), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use substratus_crds::ServerSpec;
 use super::serving;
 use super::{
     Child, Mount, Parent, Plan, RefState, ServingPort, Workload, params_config_map, pod_problem,
-    pod_template, stamp_hash,
+    pod_progress, pod_template, stamp_hash,
 };
 use crate::cloud::{Access, Cloud};
 use crate::conditions::reasons;
@@ -227,7 +227,10 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
         serving(
             false,
             reasons::DEPLOYMENT_NOT_READY,
-            format!("waiting for Deployment {name} to have a ready replica"),
+            match pod_progress(input.pods) {
+                Some(at) => format!("waiting for Deployment {name} to have a ready replica: {at}"),
+                None => format!("waiting for Deployment {name} to have a ready replica"),
+            },
         )
     };
     plan
