@@ -335,7 +335,7 @@ async fn until_ready(
     let what = format!("{kind} {name} to be Ready={status} {reason:?}");
     let (kind, name, status) = (kind.to_owned(), name.to_owned(), status.to_owned());
     let reason = reason.map(str::to_owned);
-    wait_for(&what, Duration::from_secs(150), || {
+    let waited = cluster::poll_until(&what, Duration::from_secs(150), || {
         let (kind, name, status, reason) =
             (kind.clone(), name.clone(), status.clone(), reason.clone());
         async move {
@@ -353,7 +353,30 @@ async fn until_ready(
             if matches { Ok(Some(o)) } else { Err(seen) }
         }
     })
-    .await
+    .await;
+    waited.unwrap_or_else(|e| panic!("{e}\n{}", what_the_namespace_shows(ns)))
+}
+
+/// The namespace's pods, their events and the end of each container's log: what a timed-out
+/// wait needs to be understood from a CI log alone.
+fn what_the_namespace_shows(ns: &str) -> String {
+    let mut out = String::new();
+    for args in [
+        vec!["get", "pods", "-n", ns, "-o", "wide"],
+        vec!["describe", "pods", "-n", ns],
+        vec!["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
+    ] {
+        let said = kubectl(&args).unwrap_or_else(|e| e);
+        out += &format!("--- kubectl {}\n{said}\n", args.join(" "));
+    }
+    let pods = kubectl_json(&["get", "pods", "-n", ns]).unwrap_or_default();
+    for pod in pods["items"].as_array().into_iter().flatten() {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let said = kubectl(&["logs", name, "-n", ns, "--all-containers", "--tail=30"])
+            .unwrap_or_else(|e| e);
+        out += &format!("--- logs of {name}\n{said}\n");
+    }
+    out
 }
 
 /// The bucket key prefix of an object (`status.artifacts.url` = `s3://bucket/<prefix>`).
