@@ -422,13 +422,16 @@ pub const NOTEBOOK_REPOSITORY: &str = "localhost/substratus/tinylm-notebook";
 /// The Jupyter packages of the notebook image.
 const JUPYTER_PACKAGES: [&str; 2] = ["notebook==7.2.2", "ipykernel==6.29.5"];
 
+/// The Python version of the Python image (Debian bookworm's).
+const IMAGE_PYTHON: &str = "3.11";
+
 /// `pip` options that pick wheels for the image's Python, whatever this machine runs.
 const WHEEL_TARGET: [&str; 13] = [
     "--only-binary=:all:",
     "--implementation",
     "cp",
     "--python-version",
-    "3.11",
+    IMAGE_PYTHON,
     "--platform",
     "manylinux2014_x86_64",
     "--platform",
@@ -440,10 +443,22 @@ const WHEEL_TARGET: [&str; 13] = [
 ];
 
 /// The Jupyter packages installed into a directory for `$PYTHONPATH`, made once and cached
-/// by the package versions.
+/// by the package versions. The image runs as a user that cannot write `__pycache__`, so
+/// without bytecode made here every start compiles Jupyter's modules again (tens of seconds
+/// on two busy cores); the bytecode is made when this machine's Python is the image's
+/// (3.11), as unchecked-hash `.pyc`s, valid whatever the files' times in the image.
 fn jupyter_site() -> Result<PathBuf> {
     let cache = cache_dir();
-    let key = JUPYTER_PACKAGES.join("-").replace("==", "-");
+    let compiles =
+        run(Command::new("python3")
+            .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"]))
+        .map(|v| v.trim() == IMAGE_PYTHON)
+        .unwrap_or(false);
+    let key = format!(
+        "{}{}",
+        JUPYTER_PACKAGES.join("-").replace("==", "-"),
+        if compiles { "-pyc" } else { "" }
+    );
     let site = cache.join("site").join(&key);
     if site.join(".complete").is_file() {
         return Ok(site);
@@ -487,6 +502,16 @@ fn jupyter_site() -> Result<PathBuf> {
         .args(WHEEL_TARGET)
         .args(JUPYTER_PACKAGES))
     .context("installing the Jupyter wheels")?;
+    if compiles {
+        // A module that does not compile (a template, say) only keeps its source: the run
+        // fails on that, not on a missing speed-up, so the exit code is not an error here.
+        Command::new("python3")
+            .args(["-m", "compileall", "-q", "-q", "-j", "0"])
+            .args(["--invalidation-mode", "unchecked-hash"])
+            .arg(&partial)
+            .output()
+            .context("compiling the Jupyter modules (python3 -m compileall)")?;
+    }
     if site.exists() {
         std::fs::remove_dir_all(&site)?;
     }
