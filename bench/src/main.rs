@@ -274,6 +274,7 @@ fn floor_cloud(
             .map_err(anyhow::Error::msg)?,
         registry: "registry.substratus.svc.cluster.local:5000".into(),
         principal: None,
+        tenancy: Default::default(),
     };
     let settings = substratus_clouds::kind::KindSettings {
         endpoint: "http://127.0.0.1:9".into(),

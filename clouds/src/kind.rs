@@ -99,6 +99,9 @@ pub mod inline_attributes {
     /// `artifacts` or `uploads`.
     pub const FOLDER: &str = "folder";
     pub const OPTIONS: &str = "options";
+    /// `shared` or `namespace` (`TENANCY`): whether the prefix sits in the pod's
+    /// namespace's folder (`namespaces/<namespace>/`).
+    pub const TENANCY: &str = "tenancy";
 }
 
 /// The kind backend.
@@ -176,6 +179,7 @@ impl KindCloud {
             (a::NAME, folder.name.as_str()),
             (a::FOLDER, folder.folder),
             (a::OPTIONS, "--dir-mode 0777 --file-mode 0666"),
+            (a::TENANCY, config.tenancy.as_str()),
         ];
         Volume {
             csi: Some(CSIVolumeSource {
@@ -363,6 +367,7 @@ mod tests {
                 artifact_bucket: BucketUrl::parse("s3://artifacts").unwrap(),
                 registry: "registry.local:5000".into(),
                 principal: None,
+                tenancy: Default::default(),
             },
             KindSettings {
                 endpoint: "http://127.0.0.1:9".into(),
@@ -475,6 +480,20 @@ mod tests {
         assert_eq!(attr(a::KIND), Some("Dataset"));
         assert_eq!(attr(a::NAME), Some("d"));
         assert_eq!(attr(a::FOLDER), Some("artifacts"));
+        assert_eq!(attr(a::TENANCY), Some("shared"));
+        c.config.tenancy = substratus_core::cloud::Tenancy::Namespace;
+        let tenancy = c
+            .bucket_volume(&prefix.artifacts(), Access::ReadWrite)
+            .unwrap()
+            .volume
+            .csi
+            .unwrap()
+            .volume_attributes
+            .unwrap();
+        assert_eq!(
+            tenancy.get(a::TENANCY).map(String::as_str),
+            Some("namespace")
+        );
         // No location: the driver derives it from the object and the pod's namespace.
         assert!(!attrs.values().any(|v| v.contains("h/")), "{attrs:?}");
         let upload = c.upload_context(&prefix).unwrap();

@@ -37,6 +37,7 @@ fn cloud(identity: IdentityMode, s3: Option<&str>, fake: Option<&str>) -> AwsClo
             artifact_bucket: BucketUrl::parse("s3://artifacts").unwrap(),
             registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
             principal: Some(ROLE.into()),
+            tenancy: Default::default(),
         },
         AwsSettings {
             region: "us-east-1".into(),

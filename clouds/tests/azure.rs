@@ -27,6 +27,7 @@ fn cloud(blob: Option<String>, arm: Option<(&str, WorkloadIdentityToken)>) -> Az
             artifact_bucket: BucketUrl::parse("az://artifacts").unwrap(),
             registry: "substratus.azurecr.io".into(),
             principal: Some(CLIENT_ID.into()),
+            tenancy: Default::default(),
         },
         AzureSettings {
             storage_account: AZURITE_ACCOUNT.into(),

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use common::{Fake, json_ok, md5_hex, put_like_sub, status};
 use serde_json::{Value, json};
 use substratus_clouds::gcp::{GcpCloud, GcpSettings};
 use substratus_clouds::gpu::GpuCatalog;
-use substratus_core::cloud::{BucketUrl, Cloud, CloudConfig};
+use substratus_core::cloud::{BucketUrl, Cloud, CloudConfig, Tenancy};
 use substratus_devcluster::emulators::Emulator;
 
 const GSA: &str = "substratus@proj-1.iam.gserviceaccount.com";
@@ -112,6 +113,7 @@ fn cloud(google: &Google, storage: &str) -> GcpCloud {
             artifact_bucket: BucketUrl::parse("gs://artifacts").unwrap(),
             registry: "us-central1-docker.pkg.dev/proj-1/substratus".into(),
             principal: Some(GSA.into()),
+            tenancy: Default::default(),
         },
         GcpSettings {
             project: "proj-1".into(),
@@ -120,6 +122,8 @@ fn cloud(google: &Google, storage: &str) -> GcpCloud {
             iam_endpoint: google.fake.endpoint.clone(),
             iam_credentials_endpoint: google.fake.endpoint.clone(),
             metadata_endpoint: google.fake.endpoint.clone(),
+            artifact_registry_endpoint: "http://127.0.0.1:9".into(),
+            project_number: None,
         },
         GpuCatalog::gcp(),
     )
@@ -363,4 +367,205 @@ async fn a_refused_metadata_token_is_permanent_and_the_next_call_asks_again() {
     c.bind_identity("ns", "modeller").await.unwrap();
     assert_eq!(g.fake.seen_at("GET", "/token").len(), 2);
     assert!(!g.fake.seen_at("POST", ":getIamPolicy").is_empty());
+}
+
+/// Google's bucket and Artifact Registry IAM APIs, for namespace tenancy: the bucket's policy
+/// (one etag conflict first, answered 412 as Cloud Storage does) and repositories with theirs.
+struct Tenants {
+    fake: Fake,
+    bucket: Arc<Mutex<Value>>,
+    repositories: Arc<Mutex<BTreeMap<String, Value>>>,
+}
+
+const REPOSITORIES: &str = "/v1/projects/proj-1/locations/us-central1/repositories";
+
+async fn tenants() -> Tenants {
+    let bucket = Arc::new(Mutex::new(
+        json!({"version": 1, "etag": "CAE=", "bindings": [
+            {"role": "roles/storage.admin", "members": ["serviceAccount:operator@proj-1.iam.gserviceaccount.com"]},
+        ]}),
+    ));
+    let repositories = Arc::new(Mutex::new(BTreeMap::<String, Value>::new()));
+    let conflict = Arc::new(Mutex::new(true));
+    let (b, r) = (bucket.clone(), repositories.clone());
+    let fake = Fake::start(move |s| {
+        if s.path == "/computeMetadata/v1/instance/service-accounts/default/token" {
+            return json_ok(
+                json!({"access_token": TOKEN, "expires_in": 3599, "token_type": "Bearer"}),
+            );
+        }
+        if s.headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {TOKEN}")) {
+            return status(401, "no token");
+        }
+        if s.path == "/storage/v1/b/artifacts/iam" {
+            if s.method == "GET" {
+                // Conditions are only returned (and kept) at version 3.
+                assert_eq!(
+                    s.query
+                        .get("optionsRequestedPolicyVersion")
+                        .map(String::as_str),
+                    Some("3")
+                );
+                return json_ok(b.lock().unwrap().clone());
+            }
+            assert_eq!(s.method, "PUT");
+            let mut current = b.lock().unwrap();
+            if std::mem::take(&mut *conflict.lock().unwrap()) {
+                current["etag"] = json!("CAI=");
+            }
+            let sent = s.json();
+            if sent["etag"] != current["etag"] {
+                return status(
+                    412,
+                    r#"{"error":{"code":412,"message":"Precondition Failed"}}"#,
+                );
+            }
+            let mut next = sent;
+            next["etag"] = json!(format!("{}+", current["etag"].as_str().unwrap()));
+            *current = next.clone();
+            return json_ok(next);
+        }
+        if s.method == "POST" && s.path == REPOSITORIES {
+            let id = s.query.get("repositoryId").cloned().unwrap_or_default();
+            assert_eq!(s.json()["format"], "DOCKER");
+            let mut repos = r.lock().unwrap();
+            if repos.contains_key(&id) {
+                return status(409, "ALREADY_EXISTS");
+            }
+            repos.insert(id, json!({"etag": "BwE="}));
+            return json_ok(json!({"name": "operations/1", "done": false}));
+        }
+        if let Some(rest) = s.path.strip_prefix(&format!("{REPOSITORIES}/")) {
+            let (id, call) = rest.split_once(':').unwrap_or((rest, ""));
+            let mut repos = r.lock().unwrap();
+            let Some(policy) = repos.get_mut(id) else {
+                return status(404, "NOT_FOUND");
+            };
+            return match (s.method.as_str(), call) {
+                ("GET", "") => json_ok(json!({"name": id, "format": "DOCKER"})),
+                ("GET", "getIamPolicy") => json_ok(policy.clone()),
+                ("POST", "setIamPolicy") => {
+                    let mut next = s.json()["policy"].clone();
+                    if next["etag"] != policy["etag"] {
+                        return status(409, "ABORTED");
+                    }
+                    next["etag"] = json!("BwF=");
+                    *policy = next.clone();
+                    json_ok(next)
+                }
+                _ => status(404, "no such call"),
+            };
+        }
+        status(404, "no such API in this fake")
+    })
+    .await;
+    Tenants {
+        fake,
+        bucket,
+        repositories,
+    }
+}
+
+fn tenant_cloud(t: &Tenants, project_number: Option<&str>) -> Result<GcpCloud, String> {
+    let mut settings = GcpSettings::public("proj-1");
+    settings.storage_endpoint = t.fake.endpoint.clone();
+    settings.metadata_endpoint = t.fake.endpoint.clone();
+    settings.iam_endpoint = t.fake.endpoint.clone();
+    settings.artifact_registry_endpoint = t.fake.endpoint.clone();
+    settings.project_number = project_number.map(str::to_owned);
+    GcpCloud::new(
+        CloudConfig {
+            cluster_name: "c1".into(),
+            artifact_bucket: BucketUrl::parse("gs://artifacts").unwrap(),
+            registry: "us-central1-docker.pkg.dev/proj-1/substratus".into(),
+            principal: Some(GSA.into()),
+            tenancy: Tenancy::Namespace,
+        },
+        settings,
+        GpuCatalog::gcp(),
+    )
+}
+
+fn principal_set(namespace: &str) -> String {
+    format!(
+        "principalSet://iam.googleapis.com/projects/4242/locations/global/workloadIdentityPools/proj-1.svc.id.goog/namespace/{namespace}"
+    )
+}
+
+#[tokio::test]
+async fn each_namespace_is_its_own_principal_allowed_only_its_folder_and_repository() {
+    let t = tenants().await;
+    let err = tenant_cloud(&t, None).err().unwrap();
+    assert!(err.starts_with("PROJECT_NUMBER:"), "{err}");
+    let c = tenant_cloud(&t, Some("4242")).unwrap();
+    // No Google service account is impersonated: the accounts act as themselves.
+    assert!(
+        c.service_account_annotations(substratus_core::names::Role::Modeller)
+            .is_empty()
+    );
+    assert_ne!(
+        c.workload_principal("team-a"),
+        c.workload_principal("team-b")
+    );
+
+    let bound = c.bind_identity("team-a", "modeller").await.unwrap();
+    assert_eq!(bound, Some(principal_set("team-a")));
+    assert_eq!(bound, c.workload_principal("team-a"));
+    let puts = t.fake.seen_at("PUT", "/storage/v1/b/artifacts/iam").len();
+    assert_eq!(puts, 2, "one write refused by the etag (412), one accepted");
+    let policy = t.bucket.lock().unwrap().clone();
+    assert_eq!(policy["version"], 3, "conditions need a version 3 policy");
+    assert_eq!(policy["bindings"][0]["role"], "roles/storage.admin", "kept");
+    let a = &policy["bindings"][1];
+    assert_eq!(a["role"], "roles/storage.objectUser");
+    assert_eq!(a["members"], json!([principal_set("team-a")]));
+    assert_eq!(
+        a["condition"]["expression"],
+        "resource.type == \"storage.googleapis.com/Bucket\" || \
+         resource.name.startsWith(\"projects/_/buckets/artifacts/objects/namespaces/team-a/\")"
+    );
+    let repos = t.repositories.lock().unwrap().clone();
+    assert_eq!(repos.keys().collect::<Vec<_>>(), ["substratus-team-a"]);
+    let writers = &repos["substratus-team-a"]["bindings"];
+    assert_eq!(
+        writers,
+        &json!([{"role": "roles/artifactregistry.writer", "members": [principal_set("team-a")]}])
+    );
+
+    // Another account of the namespace: everything is in place, nothing is written.
+    let writes = |t: &Tenants| {
+        t.fake.seen_at("PUT", "/iam").len()
+            + t.fake.seen_at("POST", ":setIamPolicy").len()
+            + t.fake.seen_at("POST", REPOSITORIES).len()
+    };
+    let before = writes(&t);
+    c.bind_identity("team-a", "data-loader").await.unwrap();
+    assert_eq!(writes(&t), before);
+
+    // Team B gets a binding and a repository of its own; A's are not B's.
+    c.bind_identity("team-b", "modeller").await.unwrap();
+    let policy = t.bucket.lock().unwrap().clone();
+    let b = &policy["bindings"][2];
+    assert_eq!(b["members"], json!([principal_set("team-b")]));
+    assert!(
+        b["condition"]["expression"]
+            .as_str()
+            .unwrap()
+            .ends_with("objects/namespaces/team-b/\")")
+    );
+    assert_eq!(policy["bindings"][1], *a, "A's binding unchanged");
+    let repos = t.repositories.lock().unwrap().clone();
+    assert_eq!(
+        repos["substratus-team-b"]["bindings"][0]["members"],
+        json!([principal_set("team-b")])
+    );
+    // Images go to the namespace's repository; its prefixes to the namespace's folder.
+    assert_eq!(
+        c.image_url(substratus_core::names::Kind::Model, "team-a", "m", "t"),
+        "us-central1-docker.pkg.dev/proj-1/substratus-team-a/c1-model-team-a__m:t"
+    );
+    assert_eq!(
+        c.config().namespace_folder("team-a").to_string(),
+        "gs://artifacts/namespaces/team-a"
+    );
 }

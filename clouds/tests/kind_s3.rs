@@ -22,6 +22,7 @@ fn cloud(s3: &S3Server) -> KindCloud {
             artifact_bucket: BucketUrl::parse("s3://artifacts").unwrap(),
             registry: "registry.local:5000".into(),
             principal: None,
+            tenancy: Default::default(),
         },
         KindSettings {
             endpoint: s3.endpoint(),

@@ -80,9 +80,66 @@ pub struct CloudConfig {
     pub registry: String,
     /// `PRINCIPAL`: the cloud identity workloads run as (none on kind).
     pub principal: Option<String>,
+    /// `TENANCY`: whether namespaces share one cloud identity or each has its own.
+    pub tenancy: Tenancy,
+}
+
+/// Who may reach what of the bucket and the registry through the cloud's own API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tenancy {
+    /// One trust domain: every namespace's workloads act as one cloud principal, which may
+    /// read and write the whole bucket and push to the whole registry.
+    #[default]
+    Shared,
+    /// Each namespace's workloads act as an identity of that namespace, allowed only its own
+    /// folder of the bucket (`namespaces/<namespace>/`, where its objects' prefixes live) and
+    /// its own registry repository.
+    Namespace,
+}
+
+impl Tenancy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tenancy::Shared => "shared",
+            Tenancy::Namespace => "namespace",
+        }
+    }
+}
+
+impl std::fmt::Display for Tenancy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Tenancy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Tenancy, String> {
+        match s {
+            "shared" => Ok(Tenancy::Shared),
+            "namespace" => Ok(Tenancy::Namespace),
+            other => Err(format!(
+                "TENANCY: {other:?} is not a tenancy; expected namespace (each namespace has \
+                 its own cloud identity, bucket folder and registry repository) or shared (one \
+                 identity for all namespaces)"
+            )),
+        }
+    }
 }
 
 impl CloudConfig {
+    /// The bucket folder every prefix of `namespace` lives under: the namespace's own
+    /// folder with [`Tenancy::Namespace`], the bucket's root (shared by every namespace)
+    /// with [`Tenancy::Shared`], which keeps the original's layout.
+    pub fn namespace_folder(&self, namespace: &str) -> BucketUrl {
+        match self.tenancy {
+            Tenancy::Shared => self.artifact_bucket.clone(),
+            Tenancy::Namespace => self
+                .artifact_bucket
+                .join(&format!("{NAMESPACES_FOLDER}/{namespace}")),
+        }
+    }
+
     /// Refuses an artifact bucket of another provider, naming the setting.
     pub fn require_scheme(&self, backend: &str, scheme: &str) -> Result<(), String> {
         if self.artifact_bucket.scheme == scheme {
@@ -95,6 +152,9 @@ impl CloudConfig {
         }
     }
 }
+
+/// The bucket folder holding one folder per namespace with [`Tenancy::Namespace`].
+pub const NAMESPACES_FOLDER: &str = "namespaces";
 
 /// How a pod mounts a bucket prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -111,7 +171,8 @@ pub struct ArtifactPrefix {
     pub name: String,
     /// The hex MD5 of the object's identity ([`crate::names::storage_prefix`]).
     pub hash: String,
-    /// `<bucket URL>/<hash>`.
+    /// `<bucket URL>/<hash>`, or `<bucket URL>/namespaces/<namespace>/<hash>` with
+    /// [`Tenancy::Namespace`] ([`CloudConfig::namespace_folder`]).
     pub url: BucketUrl,
 }
 
@@ -276,6 +337,13 @@ pub trait Cloud: Send + Sync {
     /// Labels every workload pod needs for workload identity.
     fn pod_identity_labels(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
+    }
+
+    /// The cloud principal the role accounts of `namespace` act as once bound; recorded on
+    /// each account, so that a binding is made once. Default: `PRINCIPAL`, shared by every
+    /// namespace; a backend with [`Tenancy::Namespace`] names the namespace's own.
+    fn workload_principal(&self, _namespace: &str) -> Option<String> {
+        self.config().principal.clone()
     }
 
     /// Lets `namespace/service_account` act as the cloud principal. Idempotent: a binding

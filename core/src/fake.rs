@@ -43,6 +43,7 @@ impl Default for FakeCloud {
             },
             registry: "registry.test/substratus".into(),
             principal: Some("principal@test".into()),
+            tenancy: Default::default(),
         })
     }
 }

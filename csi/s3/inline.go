@@ -15,7 +15,9 @@ import (
 // prefix from them and the namespace of the pod the kubelet publishes for, exactly as the
 // operator does (md5 of clusters/<cluster>/namespaces/<namespace>/<kind>s/<name>). A pod can
 // therefore mount only prefixes of objects of its own namespace, whatever it writes in its
-// volume attributes. The credentials are the driver's own (InlineConfig.CredentialsDir),
+// volume attributes. With the attribute tenancy=namespace (the operator's TENANCY), the
+// prefix sits in the namespace's own folder, namespaces/<namespace>/, as on the clouds where
+// each namespace has an identity allowed only that folder. The credentials are the driver's own (InlineConfig.CredentialsDir),
 // never a Secret of the pod's namespace.
 
 // Volume context keys the kubelet sets for inline volumes (the CSIDriver has
@@ -85,6 +87,13 @@ func (c InlineConfig) InlinePrefix(attrs map[string]string) (bucket, prefix stri
 	}
 	sum := md5.Sum([]byte(fmt.Sprintf("clusters/%s/namespaces/%s/%s/%s", cluster, namespace, plural, name)))
 	prefix = hex.EncodeToString(sum[:]) + "/" + folder
+	switch attrs["tenancy"] {
+	case "", "shared":
+	case "namespace":
+		prefix = "namespaces/" + namespace + "/" + prefix
+	default:
+		return "", "", fmt.Errorf("inline volume attribute tenancy: %q is not namespace or shared", attrs["tenancy"])
+	}
 	if root != "" {
 		prefix = root + "/" + prefix
 	}

@@ -69,6 +69,15 @@ func TestAnInlineVolumeMountsThePrefixTheOperatorComputesForThePodsNamespace(t *
 	if !strings.HasPrefix(o.Prefix, "team/a/") || !strings.HasSuffix(o.Prefix, "/uploads") || strings.Contains(o.Prefix, "93ea94b1") || o.ReadOnly {
 		t.Fatalf("another namespace mounted %s", o.Prefix)
 	}
+	// With namespace tenancy the prefix lives in the folder of the pod's namespace, whatever
+	// namespace the attributes might name.
+	own := inlineRequest(t, "my-ns", map[string]string{"root": "team/a", "tenancy": "namespace", "namespace": "other-ns"}, true)
+	if _, err := d.NodePublishVolume(context.Background(), own); err != nil {
+		t.Fatal(err)
+	}
+	if p := f.mounted[own.TargetPath].Prefix; p != "team/a/namespaces/my-ns/93ea94b18012ca14d84e1468d65e8709/artifacts" {
+		t.Fatalf("namespace tenancy mounted %s", p)
+	}
 }
 
 func TestInlineVolumesThatNameNoObjectOrComeWithoutCredentialsAreRefused(t *testing.T) {
@@ -88,6 +97,7 @@ func TestInlineVolumesThatNameNoObjectOrComeWithoutCredentialsAreRefused(t *test
 		"bucket with a key": {"ns", map[string]string{"bucket": "artifacts/x"}, "attribute bucket"},
 		"another bucket":    {"ns", map[string]string{"bucket": "secrets"}, "not the bucket"},
 		"another cluster":   {"ns", map[string]string{"cluster": "prod"}, "not this cluster"},
+		"unknown tenancy":   {"ns", map[string]string{"tenancy": "none"}, "attribute tenancy"},
 	} {
 		_, err := d.NodePublishVolume(context.Background(), inlineRequest(t, c.ns, c.attrs, false))
 		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), c.want) {

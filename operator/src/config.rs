@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// Cloud identity workloads run as (not used on kind).
     #[arg(long, env = "PRINCIPAL")]
     pub principal: Option<String>,
+    /// `namespace` (each namespace's workloads have a cloud identity of their own, allowed
+    /// only the namespace's bucket folder and registry repository) or `shared` (one identity
+    /// for every namespace: one trust domain).
+    #[arg(long, env = "TENANCY", default_value = "shared")]
+    pub tenancy: substratus_core::cloud::Tenancy,
     /// GPU catalogue to place GPU pods with (defaults to the cloud's own).
     #[arg(long, env = "GPU_CATALOG")]
     pub gpu_catalog: Option<String>,
@@ -72,6 +77,10 @@ pub struct RunArgs {
     /// gcp: project of the cluster (default: from the metadata server).
     #[arg(long, env = "PROJECT_ID")]
     pub project_id: Option<String>,
+    /// gcp: the project's number, which names namespaces' principal sets with
+    /// TENANCY=namespace (default: from the metadata server).
+    #[arg(long, env = "PROJECT_NUMBER")]
+    pub project_number: Option<String>,
     /// gcp: region or zone of the cluster (default: from the metadata server).
     #[arg(long, env = "CLUSTER_LOCATION")]
     pub cluster_location: Option<String>,
@@ -207,6 +216,15 @@ impl RunArgs {
                 .with_context(|| format!("GPU_CATALOG_FILE: reading {}", path.display()))?;
             gpus = gpus.with_overrides(&doc).map_err(anyhow::Error::msg)?;
         }
+        if self.tenancy == substratus_core::cloud::Tenancy::Namespace
+            && matches!(cloud.as_str(), "aws" | "azure")
+        {
+            bail!(
+                "TENANCY=namespace is not available on {cloud} yet (gcp and kind have it): set \
+                 TENANCY=shared, which binds every namespace to one principal (README, Security \
+                 model), and run one operator per trust domain"
+            );
+        }
         match cloud.as_str() {
             "kind" => {
                 let config = CloudConfig {
@@ -222,6 +240,7 @@ impl RunArgs {
                         .clone()
                         .unwrap_or_else(|| "registry.substratus.svc.cluster.local:5000".into()),
                     principal: None,
+                    tenancy: self.tenancy,
                 };
                 let settings = KindSettings {
                     endpoint: required(&self.s3_endpoint, "s3-endpoint", "S3_ENDPOINT")?,
@@ -254,6 +273,8 @@ impl RunArgs {
             "gcp" => {
                 let inputs = substratus_clouds::gcp::auto::GcpInputs {
                     project: self.project_id.clone(),
+                    project_number: self.project_number.clone(),
+                    tenancy: self.tenancy,
                     cluster_name: self.cluster_name.clone(),
                     cluster_location: self.cluster_location.clone(),
                     artifact_bucket_url: self.artifact_bucket_url.clone(),

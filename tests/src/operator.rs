@@ -227,6 +227,7 @@ fn kind_cloud_with(catalog: &str, registry: &str, settings: KindSettings) -> Arc
         artifact_bucket: BucketUrl::parse("s3://substratus-artifacts").expect("bucket URL"),
         registry: registry.into(),
         principal: None,
+        tenancy: Default::default(),
     };
     let gpus = GpuCatalog::builtin(catalog).expect("a built-in GPU catalogue");
     Arc::new(KindCloud::new(config, settings, gpus).expect("kind backend"))
@@ -322,6 +323,7 @@ pub fn aws_cloud(
             artifact_bucket: substratus_core::cloud::BucketUrl::parse(bucket).unwrap(),
             registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
             principal: Some("arn:aws:iam::123456789012:role/substratus".into()),
+            tenancy: Default::default(),
         },
         substratus_clouds::aws::AwsSettings {
             region: "us-west-2".into(),

@@ -133,6 +133,7 @@ async fn gcp_backend_on_gke_pools() {
             artifact_bucket: BucketUrl::parse("gs://proj-1-substratus-artifacts").unwrap(),
             registry: "us-central1-docker.pkg.dev/proj-1/substratus".into(),
             principal: Some(gsa.into()),
+            tenancy: Default::default(),
         },
         substratus_clouds::gcp::GcpSettings {
             project: "proj-1".into(),
@@ -141,6 +142,8 @@ async fn gcp_backend_on_gke_pools() {
             iam_endpoint: google.endpoint.clone(),
             iam_credentials_endpoint: google.endpoint.clone(),
             metadata_endpoint: google.endpoint.clone(),
+            artifact_registry_endpoint: "http://127.0.0.1:9".into(),
+            project_number: None,
         },
         GpuCatalog::gcp(),
     )
@@ -276,6 +279,7 @@ async fn azure_backend_on_aks_pools() {
             artifact_bucket: BucketUrl::parse("az://substratus-artifacts").unwrap(),
             registry: "substratus.azurecr.io".into(),
             principal: Some(client_id.into()),
+            tenancy: Default::default(),
         },
         substratus_clouds::azure::AzureSettings {
             storage_account: "substratusartifacts".into(),

@@ -121,6 +121,7 @@ fn gcp() -> Arc<dyn Cloud> {
                 artifact_bucket: BucketUrl::parse("gs://proj-1-substratus-artifacts").unwrap(),
                 registry: "us-central1-docker.pkg.dev/proj-1/substratus".into(),
                 principal: Some("substratus@proj-1.iam.gserviceaccount.com".into()),
+                tenancy: Default::default(),
             },
             substratus_clouds::gcp::GcpSettings {
                 project: "proj-1".into(),
@@ -129,6 +130,8 @@ fn gcp() -> Arc<dyn Cloud> {
                 iam_endpoint: "http://127.0.0.1:9".into(),
                 iam_credentials_endpoint: "http://127.0.0.1:9".into(),
                 metadata_endpoint: "http://127.0.0.1:9".into(),
+                artifact_registry_endpoint: "http://127.0.0.1:9".into(),
+                project_number: None,
             },
             GpuCatalog::gcp(),
         )

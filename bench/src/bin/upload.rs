@@ -47,6 +47,7 @@ fn cloud(endpoint: &str) -> Result<KindCloud> {
             artifact_bucket: BucketUrl::parse("s3://bench").map_err(anyhow::Error::msg)?,
             registry: "registry.local".into(),
             principal: None,
+            tenancy: Default::default(),
         },
         KindSettings {
             endpoint: endpoint.into(),

@@ -143,6 +143,7 @@ pub async fn configure(
                 .clone()
                 .unwrap_or_else(|| format!("arn:{partition}:iam::{account_id}:role/substratus")),
         ),
+        tenancy: Default::default(),
     };
     let settings = AwsSettings {
         region,

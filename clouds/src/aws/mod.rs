@@ -461,6 +461,7 @@ mod tests {
                 artifact_bucket: BucketUrl::parse("s3://123-substratus-artifacts").unwrap(),
                 registry: "123.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
                 principal: Some("arn:aws:iam::123:role/substratus".into()),
+                tenancy: Default::default(),
             },
             AwsSettings {
                 region: "us-west-2".into(),

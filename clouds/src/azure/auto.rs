@@ -110,6 +110,7 @@ pub async fn configure(i: AzureInputs, gpus: GpuCatalog) -> Result<AzureCloud, S
         principal: Some(i.principal.clone().or_else(|| i.client_id.clone()).ok_or(
             "PRINCIPAL (or AZURE_CLIENT_ID) is required on azure: the managed identity's client id",
         )?),
+        tenancy: Default::default(),
     };
     let settings = AzureSettings {
         storage_account: need(&i.storage_account, "AZURE_STORAGE_ACCOUNT")?,

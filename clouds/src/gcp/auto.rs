@@ -1,7 +1,7 @@
 //! Auto-configuration on GKE: whatever the environment leaves unset is read from the GCE
 //! metadata server; the original's defaults follow from the project and location.
 
-use substratus_core::cloud::{BucketUrl, CloudConfig};
+use substratus_core::cloud::{BucketUrl, CloudConfig, Tenancy};
 
 use super::{GcpCloud, GcpSettings, metadata};
 use crate::gpu::GpuCatalog;
@@ -10,6 +10,9 @@ use crate::gpu::GpuCatalog;
 #[derive(Clone, Debug, Default)]
 pub struct GcpInputs {
     pub project: Option<String>,
+    /// Needed with namespace tenancy only.
+    pub project_number: Option<String>,
+    pub tenancy: Tenancy,
     pub cluster_name: Option<String>,
     pub cluster_location: Option<String>,
     pub artifact_bucket_url: Option<String>,
@@ -27,12 +30,13 @@ pub async fn configure(i: GcpInputs, gpus: GpuCatalog) -> Result<GcpCloud, Strin
         .unwrap_or_else(metadata::default_endpoint);
     let needs_metadata = i.project.is_none()
         || i.cluster_name.is_none()
-        || (i.registry_url.is_none() && i.cluster_location.is_none());
+        || (i.registry_url.is_none() && i.cluster_location.is_none())
+        || (i.tenancy == Tenancy::Namespace && i.project_number.is_none());
     let found = if needs_metadata {
         let m = metadata::Metadata::new(&endpoint, crate::rest::client()?);
         Some(m.discover().await.map_err(|e| {
             format!(
-                "PROJECT_ID, CLUSTER_NAME or CLUSTER_LOCATION is not set and the GCE metadata server at {endpoint} did not answer ({e}); set them, or run on GKE"
+                "PROJECT_ID, CLUSTER_NAME, CLUSTER_LOCATION or PROJECT_NUMBER is not set and the GCE metadata server at {endpoint} did not answer ({e}); set them, or run on GKE"
             )
         })?)
     } else {
@@ -81,8 +85,13 @@ pub async fn configure(i: GcpInputs, gpus: GpuCatalog) -> Result<GcpCloud, Strin
                 .clone()
                 .unwrap_or_else(|| format!("substratus@{project}.iam.gserviceaccount.com")),
         ),
+        tenancy: i.tenancy,
     };
     let mut settings = GcpSettings::public(&project);
     settings.metadata_endpoint = endpoint;
+    settings.project_number = i
+        .project_number
+        .clone()
+        .or_else(|| found.as_ref().and_then(|f| f.project_number.clone()));
     GcpCloud::new(config, settings, gpus)
 }

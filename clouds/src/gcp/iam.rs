@@ -16,6 +16,17 @@ pub fn member(project: &str, namespace: &str, ksa: &str) -> String {
 /// The policy with `member` added to `role`, or `None` when it is bound already. Other roles,
 /// other members, conditions and the etag are kept as they were.
 pub fn with_member(policy: &Value, role: &str, member: &str) -> Option<Value> {
+    with_binding(policy, role, member, None)
+}
+
+/// Like [`with_member`], for the binding of `role` under `condition` (the same expression);
+/// a policy with a condition is of version 3, which the API requires for conditions.
+pub fn with_binding(
+    policy: &Value,
+    role: &str,
+    member: &str,
+    condition: Option<&Value>,
+) -> Option<Value> {
     let mut policy = if policy.is_object() {
         policy.clone()
     } else {
@@ -29,10 +40,12 @@ pub fn with_member(policy: &Value, role: &str, member: &str) -> Option<Value> {
         *bindings = json!([]);
     }
     let list = bindings.as_array_mut()?;
-    // Only an unconditional binding grants the role always.
+    // Only an unconditional binding grants the role always; a conditional one counts only
+    // under the same expression.
+    let expression = condition.map(|c| &c["expression"]);
     let binding = list
         .iter_mut()
-        .find(|b| b["role"] == role && b.get("condition").is_none());
+        .find(|b| b["role"] == role && b.get("condition").map(|c| &c["expression"]) == expression);
     match binding {
         Some(b) => {
             let members = b
@@ -50,7 +63,16 @@ pub fn with_member(policy: &Value, role: &str, member: &str) -> Option<Value> {
                 None => *members = json!([member]),
             }
         }
-        None => list.push(json!({"role": role, "members": [member]})),
+        None => {
+            let mut b = json!({"role": role, "members": [member]});
+            if let Some(c) = condition {
+                b["condition"] = c.clone();
+            }
+            list.push(b);
+        }
+    }
+    if condition.is_some() {
+        policy["version"] = json!(3);
     }
     Some(policy)
 }
@@ -88,6 +110,22 @@ mod tests {
             next["bindings"],
             json!([{"role": WORKLOAD_IDENTITY_USER, "members": ["m"]}])
         );
+    }
+
+    #[test]
+    fn a_conditional_binding_counts_only_under_its_own_expression() {
+        let folder = json!({"title": "t", "expression": "resource.name.startsWith(\"a/\")"});
+        let other = json!({"title": "t", "expression": "resource.name.startsWith(\"b/\")"});
+        let policy = json!({"version": 1, "bindings": [
+            {"role": "r", "members": ["m"], "condition": other},
+        ]});
+        let next = with_binding(&policy, "r", "m", Some(&folder)).unwrap();
+        assert_eq!(next["version"], 3);
+        assert_eq!(next["bindings"][1]["condition"], folder);
+        assert_eq!(next["bindings"][0]["condition"], other);
+        assert_eq!(with_binding(&next, "r", "m", Some(&folder)), None);
+        // Bound under a condition is not bound always.
+        assert!(with_member(&next, "r", "m").is_some());
     }
 
     #[test]

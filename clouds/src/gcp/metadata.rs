@@ -137,6 +137,7 @@ impl MetadataTokens {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Discovered {
     pub project: Option<String>,
+    pub project_number: Option<String>,
     pub cluster_name: Option<String>,
     pub cluster_location: Option<String>,
     pub service_account: Option<String>,
@@ -147,6 +148,7 @@ impl Metadata {
     pub async fn discover(&self) -> Result<Discovered, CloudError> {
         Ok(Discovered {
             project: self.get("project/project-id").await?,
+            project_number: self.get("project/numeric-project-id").await?,
             cluster_name: self.get("instance/attributes/cluster-name").await?,
             cluster_location: self.get("instance/attributes/cluster-location").await?,
             service_account: self.get("instance/service-accounts/default/email").await?,

@@ -14,6 +14,7 @@ pub mod auto;
 pub mod iam;
 pub mod metadata;
 pub mod signer;
+pub mod tenancy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,12 +23,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{CSIVolumeSource, Volume};
 use md5::{Digest, Md5};
-use serde_json::json;
+use reqwest::Method;
+use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
-    PrefixFolder, SignedUrl, UploadContext,
+    PrefixFolder, SignedUrl, Tenancy, UploadContext,
 };
-use substratus_core::names::Role;
+use substratus_core::names::{Kind, Role};
 use substratus_crds::GpuType;
 
 use crate::checksum::{md5_base64, md5_hex_of_base64};
@@ -56,6 +58,12 @@ pub struct GcpSettings {
     pub iam_credentials_endpoint: String,
     /// GCE metadata server, for access tokens.
     pub metadata_endpoint: String,
+    /// Artifact Registry API, `https://artifactregistry.googleapis.com` (namespace tenancy:
+    /// each namespace's repository).
+    pub artifact_registry_endpoint: String,
+    /// The project's number (`PROJECT_NUMBER`), which names the namespaces' principal sets
+    /// with namespace tenancy.
+    pub project_number: Option<String>,
 }
 
 impl GcpSettings {
@@ -68,6 +76,8 @@ impl GcpSettings {
             iam_endpoint: "https://iam.googleapis.com".into(),
             iam_credentials_endpoint: "https://iamcredentials.googleapis.com".into(),
             metadata_endpoint: metadata::default_endpoint(),
+            artifact_registry_endpoint: "https://artifactregistry.googleapis.com".into(),
+            project_number: None,
         }
     }
 }
@@ -80,8 +90,21 @@ pub struct GcpCloud {
     http: reqwest::Client,
     tokens: Arc<metadata::MetadataTokens>,
     signer: google_cloud_auth::signer::Signer,
-    /// The Google service account workloads (and the signer) act as.
+    /// The Google service account workloads (and the signer) act as; with namespace tenancy
+    /// only the signer.
     principal: String,
+    /// With namespace tenancy: the registry's repository, next to which each namespace gets
+    /// its own, and the project's number.
+    namespaces: Option<(tenancy::Repository, String)>,
+}
+
+/// Where an IAM policy is read and written: each API spells it its own way.
+struct PolicyOf {
+    what: String,
+    read: (Method, String, Option<Value>),
+    write: (Method, String),
+    /// The set call takes `{"policy": …}` rather than the policy itself.
+    wrapped: bool,
 }
 
 impl GcpCloud {
@@ -104,6 +127,18 @@ impl GcpCloud {
                 "PRINCIPAL: {principal:?} is not a Google service account email"
             ));
         }
+        let namespaces = match config.tenancy {
+            Tenancy::Shared => None,
+            Tenancy::Namespace => {
+                let number = settings.project_number.clone().filter(|n| !n.is_empty());
+                let number = number.ok_or(
+                    "PROJECT_NUMBER: TENANCY=namespace on gcp needs the project's number, which \
+                     names each namespace's principal set; set it, or run on GKE where the \
+                     metadata server tells it",
+                )?;
+                Some((tenancy::Repository::parse(&config.registry)?, number))
+            }
+        };
         let http = rest::client()?;
         let tokens = Arc::new(metadata::MetadataTokens::new(&settings.metadata_endpoint));
         let signer = signer::IamSigner {
@@ -121,7 +156,164 @@ impl GcpCloud {
             tokens,
             signer,
             principal,
+            namespaces,
         })
+    }
+
+    /// Adds `member` to `role` (under `condition`) in the policy of `of`: read, change,
+    /// write with the read etag; a concurrent writer (409 or 412) makes us read again. A
+    /// member bound already makes no write.
+    async fn ensure_binding(
+        &self,
+        of: &PolicyOf,
+        role: &str,
+        member: &str,
+        condition: Option<&Value>,
+    ) -> Result<(), CloudError> {
+        for _ in 0..5 {
+            let token = self.token().await?;
+            let (method, url, body) = &of.read;
+            let mut read = self.http.request(method.clone(), url).bearer_auth(&token);
+            if let Some(body) = body {
+                read = read.json(body);
+            }
+            let policy =
+                rest::json_found(read, &format!("reading the IAM policy of {}", of.what)).await?;
+            let Some(next) = iam::with_binding(&policy, role, member, condition) else {
+                return Ok(());
+            };
+            let body = if of.wrapped {
+                json!({ "policy": next })
+            } else {
+                next
+            };
+            let (method, url) = &of.write;
+            match rest::json(
+                self.http
+                    .request(method.clone(), url)
+                    .bearer_auth(&token)
+                    .json(&body),
+                &format!("setting the IAM policy of {}", of.what),
+            )
+            .await
+            {
+                Ok(_) => return Ok(()),
+                Err(CloudError::Transient(m))
+                    if m.contains("HTTP 409") || m.contains("HTTP 412") =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(CloudError::Transient(format!(
+            "the IAM policy of {} kept changing while binding {member}; will retry",
+            of.what
+        )))
+    }
+
+    /// The IAM policy of the Google service account workloads act as (shared tenancy).
+    fn service_account_policy(&self) -> PolicyOf {
+        let resource = format!(
+            "{}/v1/projects/{}/serviceAccounts/{}",
+            self.settings.iam_endpoint.trim_end_matches('/'),
+            rest::segment(&self.settings.project),
+            rest::segment(&self.principal)
+        );
+        PolicyOf {
+            what: format!("the Google service account {}", self.principal),
+            read: (
+                Method::POST,
+                format!("{resource}:getIamPolicy"),
+                Some(json!({"options": {"requestedPolicyVersion": 3}})),
+            ),
+            write: (Method::POST, format!("{resource}:setIamPolicy")),
+            wrapped: true,
+        }
+    }
+
+    /// The bucket's IAM policy (Cloud Storage JSON API).
+    fn bucket_policy(&self) -> PolicyOf {
+        let bucket = &self.config.artifact_bucket.bucket;
+        let url = format!(
+            "{}/storage/v1/b/{}/iam",
+            self.settings.storage_endpoint.trim_end_matches('/'),
+            rest::segment(bucket)
+        );
+        PolicyOf {
+            what: format!("the bucket {bucket}"),
+            read: (
+                Method::GET,
+                format!("{url}?optionsRequestedPolicyVersion=3"),
+                None,
+            ),
+            write: (Method::PUT, url),
+            wrapped: false,
+        }
+    }
+
+    /// An Artifact Registry repository's IAM policy.
+    fn repository_policy(&self, repository: &tenancy::Repository) -> PolicyOf {
+        let resource = format!(
+            "{}/v1/{}",
+            self.settings
+                .artifact_registry_endpoint
+                .trim_end_matches('/'),
+            repository.resource()
+        );
+        PolicyOf {
+            what: format!("the repository {}", repository.url()),
+            read: (
+                Method::GET,
+                format!("{resource}:getIamPolicy?options.requestedPolicyVersion=3"),
+                None,
+            ),
+            write: (Method::POST, format!("{resource}:setIamPolicy")),
+            wrapped: true,
+        }
+    }
+
+    /// Creates the Docker repository unless it exists (409 from a concurrent create counts as
+    /// made). Creation is a long-running operation: until it is done, the IAM calls on the
+    /// repository answer 404, which the caller's retry covers.
+    async fn ensure_repository(&self, repository: &tenancy::Repository) -> Result<(), CloudError> {
+        let api = self
+            .settings
+            .artifact_registry_endpoint
+            .trim_end_matches('/');
+        let token = self.token().await?;
+        let found = rest::json(
+            self.http
+                .get(format!("{api}/v1/{}", repository.resource()))
+                .bearer_auth(&token),
+            &format!("reading the repository {}", repository.url()),
+        )
+        .await?;
+        if found.is_some() {
+            return Ok(());
+        }
+        let parent = format!(
+            "projects/{}/locations/{}",
+            repository.project, repository.location
+        );
+        let created = rest::json(
+            self.http
+                .post(format!("{api}/v1/{parent}/repositories"))
+                .query(&[("repositoryId", repository.id.as_str())])
+                .bearer_auth(&token)
+                .json(&json!({
+                    "format": "DOCKER",
+                    "description": "Images Substratus builds for one namespace",
+                    "labels": {"app-kubernetes-io-managed-by": "substratus"},
+                })),
+            &format!("creating the repository {}", repository.url()),
+        )
+        .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(CloudError::Transient(m)) if m.contains("HTTP 409") => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn token(&self) -> Result<String, CloudError> {
@@ -223,54 +415,88 @@ impl Cloud for GcpCloud {
         self.gpus.placement(gpu_type)
     }
 
+    /// Shared tenancy: the account acts as the Google service account. Namespace tenancy:
+    /// it acts as itself (no annotation).
     fn service_account_annotations(&self, _role: Role) -> BTreeMap<String, String> {
-        BTreeMap::from([(GSA_ANNOTATION.to_owned(), self.principal.clone())])
+        match self.namespaces {
+            None => BTreeMap::from([(GSA_ANNOTATION.to_owned(), self.principal.clone())]),
+            Some(_) => BTreeMap::new(),
+        }
     }
 
+    /// With namespace tenancy, in the namespace's own repository.
+    fn image_url(&self, kind: Kind, namespace: &str, name: &str, tag: &str) -> String {
+        let registry = match &self.namespaces {
+            None => self.config.registry.clone(),
+            Some((registry, _)) => registry.of_namespace(namespace).url(),
+        };
+        format!(
+            "{registry}/{}-{}-{namespace}__{name}:{tag}",
+            self.config.cluster_name,
+            kind.lower()
+        )
+    }
+
+    fn workload_principal(&self, namespace: &str) -> Option<String> {
+        match &self.namespaces {
+            None => Some(self.principal.clone()),
+            Some((_, number)) => Some(tenancy::namespace_member(
+                number,
+                &self.settings.project,
+                namespace,
+            )),
+        }
+    }
+
+    /// Shared tenancy: `roles/iam.workloadIdentityUser` on the Google service account for the
+    /// Kubernetes service account. Namespace tenancy: the namespace's principal set gets its
+    /// folder of the bucket and its own repository (created here); the account itself needs
+    /// no binding, as Workload Identity Federation names it directly.
     async fn bind_identity(
         &self,
         namespace: &str,
         service_account: &str,
     ) -> Result<Option<String>, CloudError> {
-        let member = iam::member(&self.settings.project, namespace, service_account);
-        let resource = format!(
-            "{}/v1/projects/{}/serviceAccounts/{}",
-            self.settings.iam_endpoint.trim_end_matches('/'),
-            rest::segment(&self.settings.project),
-            rest::segment(&self.principal)
-        );
-        // A concurrent writer changes the etag and our set fails with 409: read again.
-        for _ in 0..5 {
-            let token = self.token().await?;
-            let policy = rest::json_found(
-                self.http
-                    .post(format!("{resource}:getIamPolicy"))
-                    .bearer_auth(&token)
-                    .json(&json!({"options": {"requestedPolicyVersion": 3}})),
-                "reading the IAM policy of the Google service account",
+        let Some((registry, _)) = &self.namespaces else {
+            let member = iam::member(&self.settings.project, namespace, service_account);
+            self.ensure_binding(
+                &self.service_account_policy(),
+                iam::WORKLOAD_IDENTITY_USER,
+                &member,
+                None,
             )
             .await?;
-            let Some(next) = iam::with_member(&policy, iam::WORKLOAD_IDENTITY_USER, &member) else {
-                return Ok(Some(self.principal.clone()));
-            };
-            match rest::json(
-                self.http
-                    .post(format!("{resource}:setIamPolicy"))
-                    .bearer_auth(&token)
-                    .json(&json!({"policy": next})),
-                "setting the IAM policy of the Google service account",
+            return Ok(Some(self.principal.clone()));
+        };
+        let member = self.workload_principal(namespace).unwrap_or_default();
+        let folder = self.config.namespace_folder(namespace);
+        let condition = tenancy::folder_condition(namespace, &folder);
+        self.ensure_binding(
+            &self.bucket_policy(),
+            tenancy::OBJECT_USER,
+            &member,
+            Some(&condition),
+        )
+        .await?;
+        let repository = registry.of_namespace(namespace);
+        self.ensure_repository(&repository).await?;
+        let bound = self
+            .ensure_binding(
+                &self.repository_policy(&repository),
+                tenancy::REGISTRY_WRITER,
+                &member,
+                None,
             )
-            .await
-            {
-                Ok(_) => return Ok(Some(self.principal.clone())),
-                Err(CloudError::Transient(m)) if m.contains("HTTP 409") => continue,
-                Err(e) => return Err(e),
+            .await;
+        match bound {
+            // Created a moment ago and not yet there.
+            Err(CloudError::Permanent { message, .. }) if message.ends_with("not found") => {
+                Err(CloudError::Transient(format!(
+                    "{message}: the repository is still being created; will retry"
+                )))
             }
+            other => other.map(|()| Some(member)),
         }
-        Err(CloudError::Transient(format!(
-            "the IAM policy of {} kept changing while binding {member}; will retry",
-            self.principal
-        )))
     }
 
     async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError> {
@@ -352,6 +578,7 @@ mod tests {
                 artifact_bucket: BucketUrl::parse("gs://artifacts").unwrap(),
                 registry: "us-central1-docker.pkg.dev/p/substratus".into(),
                 principal: Some("workloads@p.iam.gserviceaccount.com".into()),
+                tenancy: Default::default(),
             },
             GcpSettings {
                 project: "p".into(),
@@ -360,6 +587,8 @@ mod tests {
                 iam_endpoint: "http://127.0.0.1:9".into(),
                 iam_credentials_endpoint: "http://127.0.0.1:9".into(),
                 metadata_endpoint: "http://127.0.0.1:9".into(),
+                artifact_registry_endpoint: "http://127.0.0.1:9".into(),
+                project_number: None,
             },
             GpuCatalog::gcp(),
         )

@@ -5,8 +5,8 @@ use super::{Child, Parent};
 use crate::cloud::{ArtifactPrefix, Cloud};
 use crate::names;
 
-/// The storage prefix of an object: the configured bucket and the hash of the object's
-/// identity. Nothing in its status changes it: a status is writable by whoever may write
+/// The storage prefix of an object: the configured bucket, the namespace's folder when
+/// namespaces have identities of their own, and the hash of the object's identity. Nothing in its status changes it: a status is writable by whoever may write
 /// `*/status`, and a location taken from it would point the operator's credentials (mounts,
 /// volumes, signed URLs) at any path of the bucket.
 pub fn artifact_prefix(parent: &Parent, cloud: &dyn Cloud) -> ArtifactPrefix {
@@ -21,7 +21,7 @@ pub fn artifact_prefix(parent: &Parent, cloud: &dyn Cloud) -> ArtifactPrefix {
         kind: parent.kind,
         namespace: parent.namespace.clone(),
         name: parent.name.clone(),
-        url: config.artifact_bucket.join(&hash),
+        url: config.namespace_folder(&parent.namespace).join(&hash),
         hash,
     }
 }
@@ -67,4 +67,54 @@ pub fn own_objects(parent: &Parent, objects: Vec<serde_json::Value>) -> Vec<Chil
             Child::Raw(v)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{BucketUrl, Tenancy};
+    use crate::fake::FakeCloud;
+    use crate::plan::fixtures::parent;
+
+    fn with(tenancy: Tenancy, bucket: &str) -> FakeCloud {
+        let mut config = FakeCloud::default().config().clone();
+        config.artifact_bucket = BucketUrl::parse(bucket).unwrap();
+        config.tenancy = tenancy;
+        FakeCloud::new(config)
+    }
+
+    #[test]
+    fn a_namespace_with_its_own_identity_keeps_its_prefixes_in_its_own_folder() {
+        let hash = names::storage_prefix("test-cluster", "ns", parent().kind, "m");
+        let shared = artifact_prefix(&parent(), &with(Tenancy::Shared, "s3://b/root"));
+        assert_eq!(shared.url.to_string(), format!("s3://b/root/{hash}"));
+        let own = artifact_prefix(&parent(), &with(Tenancy::Namespace, "s3://b/root"));
+        assert_eq!(
+            own.url.to_string(),
+            format!("s3://b/root/namespaces/ns/{hash}")
+        );
+        assert_eq!(own.hash, hash);
+        // Every folder of the object is under its namespace's folder, which is what the
+        // namespace's identity is allowed.
+        let folder = with(Tenancy::Namespace, "s3://b/root")
+            .config()
+            .namespace_folder("ns");
+        assert!(
+            own.artifacts()
+                .url
+                .path
+                .starts_with(&format!("{}/", folder.path))
+        );
+        assert!(
+            own.uploads()
+                .url
+                .path
+                .starts_with(&format!("{}/", folder.path))
+        );
+        // A recorded URL of the shared layout is foreign under namespace tenancy.
+        assert!(foreign_location(Some(&shared.url.to_string()), &own).is_some());
+        assert_eq!("namespace".parse(), Ok(Tenancy::Namespace));
+        let err = "tenant".parse::<Tenancy>().unwrap_err();
+        assert!(err.starts_with("TENANCY:"), "{err}");
+    }
 }

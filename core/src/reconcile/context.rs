@@ -236,7 +236,7 @@ impl Context {
                 ))?;
             self.count_child_write("ServiceAccount");
         }
-        let principal = self.cloud.config().principal.clone();
+        let principal = self.cloud.workload_principal(namespace);
         if principal.is_some() && annotations.get(IDENTITY_BOUND_ANNOTATION) != principal.as_ref() {
             let call = self.cloud.bind_identity(namespace, sa_name);
             let bound = crate::cloud::within("binding cloud identity", self.cloud_timeout, call)
