@@ -388,6 +388,53 @@ mod tests {
         assert!(err.contains("unknown cloud"), "{err}");
     }
 
+    #[tokio::test]
+    async fn tenancy_is_shared_unless_set_and_refused_where_it_is_not_built() {
+        let kind = [
+            "--cloud",
+            "kind",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-access-key-id",
+            "k",
+            "--s3-secret-access-key",
+            "s",
+        ];
+        let c = args(&kind).cloud().await.unwrap();
+        assert_eq!(c.config().tenancy, substratus_core::cloud::Tenancy::Shared);
+        let mut own = kind.to_vec();
+        own.extend(["--tenancy", "namespace"]);
+        let c = args(&own).cloud().await.unwrap();
+        assert_eq!(
+            c.config().tenancy,
+            substratus_core::cloud::Tenancy::Namespace
+        );
+        assert_eq!(
+            c.config().namespace_folder("a").to_string(),
+            "s3://substratus-artifacts/namespaces/a"
+        );
+        let err = T::try_parse_from(["t", "--tenancy", "teams"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("--tenancy") && err.contains("namespace"),
+            "{err}"
+        );
+        for cloud in ["aws", "azure"] {
+            let err = args(&["--cloud", cloud, "--tenancy", "namespace"])
+                .cloud()
+                .await
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("TENANCY=namespace is not available on {cloud}")),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn the_resync_period_defaults_to_ten_minutes_and_refuses_a_hot_loop() {
         assert_eq!(args(&[]).resync_seconds, 600);

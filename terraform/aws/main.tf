@@ -61,6 +61,7 @@ locals {
     artifactBucketURL = "s3://${local.bucket_name}"
     registryURL       = local.registry_url
     principal         = aws_iam_role.workloads.arn
+    tenancy           = "shared"
     aws = {
       region       = var.region
       accountID    = local.account_id

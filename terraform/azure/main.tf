@@ -29,6 +29,7 @@ locals {
     artifactBucketURL = "az://${azurerm_storage_container.artifacts.name}"
     registryURL       = "${azurerm_container_registry.substratus.login_server}/substratus"
     principal         = azurerm_user_assigned_identity.workloads.client_id
+    tenancy           = "shared"
     azure = {
       storageAccount = azurerm_storage_account.artifacts.name
       identityName   = azurerm_user_assigned_identity.workloads.name

@@ -25,6 +25,7 @@ locals {
     artifactBucketURL = "gs://${local.bucket_name}"
     registryURL       = local.registry_url
     principal         = local.principal
+    tenancy           = var.tenancy
     gcp = {
       projectID       = var.project_id
       clusterLocation = var.region
@@ -159,7 +160,11 @@ resource "google_storage_bucket_iam_member" "artifacts" {
   member = "serviceAccount:${google_service_account.substratus.email}"
 }
 
+# With tenancy = "namespace" the workloads do not act as this account (each namespace's pods
+# act as themselves, and each namespace pushes to a repository of its own), so it keeps only
+# the bucket, for the upload URLs the operator signs as it.
 resource "google_artifact_registry_repository_iam_member" "push" {
+  count      = var.tenancy == "shared" ? 1 : 0
   project    = var.project_id
   location   = var.region
   repository = google_artifact_registry_repository.substratus.name
@@ -185,9 +190,28 @@ resource "google_service_account_iam_member" "operator_signs_uploads" {
 # The operator adds roles/iam.workloadIdentityUser bindings on the workloads' account for the
 # role KSAs of each namespace (get/set IAM policy on that account, nothing wider).
 resource "google_service_account_iam_member" "operator_manages_bindings" {
+  count              = var.tenancy == "shared" ? 1 : 0
   service_account_id = google_service_account.substratus.name
   role               = "roles/iam.serviceAccountAdmin"
   member             = "serviceAccount:${google_service_account.operator.email}"
+}
+
+# tenancy = "namespace": the operator grants each namespace's principal set its folder of the
+# bucket (a conditional binding in the bucket's IAM policy) and creates the namespace's
+# Artifact Registry repository with a writer binding. It needs the bucket's IAM policy and
+# repository administration; no role here reaches beyond the bucket and Artifact Registry.
+resource "google_storage_bucket_iam_member" "operator_grants_folders" {
+  count  = var.tenancy == "namespace" ? 1 : 0
+  bucket = google_storage_bucket.artifacts.name
+  role   = "roles/storage.admin"
+  member = "serviceAccount:${google_service_account.operator.email}"
+}
+
+resource "google_project_iam_member" "operator_creates_repositories" {
+  count   = var.tenancy == "namespace" ? 1 : 0
+  project = var.project_id
+  role    = "roles/artifactregistry.admin"
+  member  = "serviceAccount:${google_service_account.operator.email}"
 }
 
 resource "google_service_account_iam_member" "operator_workload_identity" {

@@ -113,3 +113,13 @@ variable "operator_image_tag" {
   type        = string
   default     = ""
 }
+
+variable "tenancy" {
+  description = "namespace: each namespace's workloads act as their own Kubernetes accounts, allowed only the namespace's folder of the bucket and a registry repository of its own; shared: every namespace acts as one Google service account (one trust domain)."
+  type        = string
+  default     = "namespace"
+  validation {
+    condition     = contains(["namespace", "shared"], var.tenancy)
+    error_message = "tenancy must be namespace or shared."
+  }
+}

@@ -51,6 +51,7 @@ const GCP: &[&str] = &[
     "artifactBucketURL=gs://my-project-substratus-artifacts",
     "registryURL=us-central1-docker.pkg.dev/my-project/substratus",
     "principal=substratus@my-project.iam.gserviceaccount.com",
+    "tenancy=namespace",
 ];
 
 #[test]
@@ -69,6 +70,10 @@ fn the_chart_renders_for_every_cloud() {
     let kind = render(&[]).unwrap();
     let config = &find(&kind, "ConfigMap")["data"];
     assert_eq!(config["CLOUD"], "kind");
+    assert_eq!(
+        config["TENANCY"], "shared",
+        "kind: only the operator's mounts"
+    );
     assert!(config["S3_ENDPOINT"].as_str().unwrap().starts_with("http"));
     assert_eq!(config["RESYNC_SECONDS"], "600");
     assert_eq!(
@@ -84,6 +89,7 @@ fn the_chart_renders_for_every_cloud() {
     let gcp = render(GCP).unwrap();
     let config = &find(&gcp, "ConfigMap")["data"];
     assert_eq!(config["CLOUD"], "gcp");
+    assert_eq!(config["TENANCY"], "namespace");
     assert_eq!(
         config["ARTIFACT_BUCKET_URL"],
         "gs://my-project-substratus-artifacts"
@@ -99,6 +105,7 @@ fn the_chart_renders_for_every_cloud() {
         "artifactBucketURL=s3://123456789012-substratus-artifacts",
         "registryURL=123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus",
         "principal=arn:aws:iam::123456789012:role/substratus",
+        "tenancy=shared",
     ])
     .unwrap();
     assert_eq!(find(&aws, "ConfigMap")["data"]["CLOUD"], "aws");
@@ -109,6 +116,7 @@ fn the_chart_renders_for_every_cloud() {
         "artifactBucketURL=az://artifacts",
         "registryURL=substratus.azurecr.io/substratus",
         "principal=00000000-0000-0000-0000-000000000000",
+        "tenancy=shared",
         "string:podLabels.azure\\.workload\\.identity/use=true",
         "azure.storageAccount=substratusart",
         "azure.identityName=substratus-workloads",
@@ -120,7 +128,7 @@ fn the_chart_renders_for_every_cloud() {
     let config = &find(&azure, "ConfigMap")["data"];
     assert_eq!(config["AZURE_STORAGE_ACCOUNT"], "substratusart");
     assert_eq!(config["AZURE_IDENTITY_NAME"], "substratus-workloads");
-    let err = render(&azure_sets[..7]).unwrap_err();
+    let err = render(&azure_sets[..8]).unwrap_err();
     assert!(err.contains("azure.identityName is required"), "{err}");
 }
 
@@ -190,6 +198,19 @@ fn bad_values_are_refused_naming_them() {
             "{sets:?}: expected {expected:?} in {err}"
         );
     }
+    // Whether namespaces share one cloud identity is said, never assumed.
+    let err = render(&GCP[..5]).unwrap_err();
+    assert!(
+        err.contains("tenancy is required when cloud is gcp"),
+        "{err}"
+    );
+    let mut aws_namespace = GCP[..5].to_vec();
+    aws_namespace.extend(["cloud=aws", "artifactBucketURL=s3://b", "tenancy=namespace"]);
+    let err = render(&aws_namespace).unwrap_err();
+    assert!(
+        err.contains("tenancy=namespace is not available on aws"),
+        "{err}"
+    );
     let mut wrong_scheme = GCP.to_vec();
     wrong_scheme[2] = "artifactBucketURL=s3://bucket";
     let err = render(&wrong_scheme).unwrap_err();
