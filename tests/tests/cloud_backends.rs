@@ -180,6 +180,155 @@ async fn gcp_backend_on_gke_pools() {
     assert!(policy.lock().unwrap().to_string().contains(&member));
 }
 
+/// `TENANCY=namespace` on GKE: two namespaces' Models run as their own accounts (no Google
+/// service account annotation), each account records its namespace's principal set, each
+/// Model mounts a prefix inside its namespace's folder, and the bucket's policy grants each
+/// set only its folder — against a fake of the bucket and Artifact Registry IAM APIs.
+#[tokio::test]
+async fn gcp_namespace_tenancy_gives_each_namespace_its_own_principal_and_folder() {
+    let (a, b) = (TestNamespace::new("gke-a"), TestNamespace::new("gke-b"));
+    let c = client().await;
+    let bucket = Arc::new(Mutex::new(json!({"etag": "CAE="})));
+    let repositories = Arc::new(Mutex::new(
+        std::collections::BTreeMap::<String, Value>::new(),
+    ));
+    let (p, r) = (bucket.clone(), repositories.clone());
+    let google = Fake::start(move |s| {
+        if s.path.ends_with("/service-accounts/default/token") {
+            return json_ok(
+                json!({"access_token": "tok", "expires_in": 3600, "token_type": "Bearer"}),
+            );
+        }
+        if s.headers.get("authorization").map(String::as_str) != Some("Bearer tok") {
+            return status(401, "token");
+        }
+        if s.path == "/storage/v1/b/proj-1-substratus-artifacts/iam" {
+            let mut current = p.lock().unwrap();
+            if s.method == "PUT" {
+                if s.json()["etag"] != current["etag"] {
+                    return status(412, "Precondition Failed");
+                }
+                let mut next = s.json();
+                next["etag"] = json!(format!("{}+", current["etag"].as_str().unwrap()));
+                *current = next;
+            }
+            return json_ok(current.clone());
+        }
+        let repos = "/v1/projects/proj-1/locations/us-central1/repositories";
+        if s.method == "POST" && s.path == repos {
+            let id = s.query.get("repositoryId").cloned().unwrap_or_default();
+            r.lock().unwrap().entry(id).or_insert(json!({"etag": "r0"}));
+            return json_ok(json!({"name": "operations/x"}));
+        }
+        if let Some(rest) = s.path.strip_prefix(&format!("{repos}/")) {
+            let (id, call) = rest.split_once(':').unwrap_or((rest, ""));
+            let mut all = r.lock().unwrap();
+            let Some(policy) = all.get_mut(id) else {
+                return status(404, "NOT_FOUND");
+            };
+            if call == "setIamPolicy" {
+                *policy = s.json()["policy"].clone();
+            }
+            return json_ok(policy.clone());
+        }
+        status(404, "")
+    })
+    .await;
+    let mut settings = substratus_clouds::gcp::GcpSettings::public("proj-1");
+    settings.storage_endpoint = google.endpoint.clone();
+    settings.iam_endpoint = google.endpoint.clone();
+    settings.iam_credentials_endpoint = google.endpoint.clone();
+    settings.metadata_endpoint = google.endpoint.clone();
+    settings.artifact_registry_endpoint = google.endpoint.clone();
+    settings.project_number = Some("4242".into());
+    let cloud: Arc<dyn Cloud> = Arc::new(
+        substratus_clouds::gcp::GcpCloud::new(
+            CloudConfig {
+                cluster_name: "gke-1".into(),
+                artifact_bucket: BucketUrl::parse("gs://proj-1-substratus-artifacts").unwrap(),
+                registry: "us-central1-docker.pkg.dev/proj-1/substratus".into(),
+                principal: Some("substratus@proj-1.iam.gserviceaccount.com".into()),
+                tenancy: substratus_core::cloud::Tenancy::Namespace,
+            },
+            settings,
+            GpuCatalog::gcp(),
+        )
+        .unwrap(),
+    );
+    let ops = [
+        RunningOperator::start(&a.name, cloud.clone()).await,
+        RunningOperator::start(&b.name, cloud.clone()).await,
+    ];
+    let set_of = |ns: &str| {
+        format!(
+            "principalSet://iam.googleapis.com/projects/4242/locations/global/workloadIdentityPools/proj-1.svc.id.goog/namespace/{ns}"
+        )
+    };
+    for ns in [&a.name, &b.name] {
+        gpu_model(&c, ns, "nvidia-l4").await;
+        let annotations = sa_annotations(&c, ns).await;
+        assert!(
+            !annotations.contains_key("iam.gke.io/gcp-service-account"),
+            "the account acts as itself: {annotations:?}"
+        );
+        assert_eq!(annotations["substratus.ai/identity-bound"], set_of(ns));
+        let (pod, _) = run_pod(&c, ns).await;
+        let dirs: Vec<String> = pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| {
+                v.csi
+                    .as_ref()?
+                    .volume_attributes
+                    .as_ref()?
+                    .get("mountOptions")
+                    .cloned()
+            })
+            .collect();
+        assert!(
+            !dirs.is_empty()
+                && dirs
+                    .iter()
+                    .all(|d| d.contains(&format!("only-dir=namespaces/{ns}/"))),
+            "{ns} mounts only its folder: {dirs:?}"
+        );
+    }
+    for op in ops {
+        op.stop().await;
+    }
+    let policy = bucket.lock().unwrap().clone();
+    assert_eq!(policy["version"], 3);
+    let bindings = policy["bindings"].as_array().unwrap();
+    assert_eq!(bindings.len(), 2, "one binding per namespace: {policy}");
+    for ns in [&a.name, &b.name] {
+        let own: Vec<&Value> = bindings
+            .iter()
+            .filter(|x| {
+                x["members"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(set_of(ns)))
+            })
+            .collect();
+        assert_eq!(own.len(), 1, "{ns}: {policy}");
+        assert_eq!(own[0]["members"].as_array().unwrap().len(), 1);
+        assert!(
+            own[0]["condition"]["expression"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("objects/namespaces/{ns}/\")")),
+            "{}",
+            own[0]
+        );
+        let repo = &repositories.lock().unwrap()[&format!("substratus-{ns}")];
+        assert_eq!(repo["bindings"][0]["members"], json!([set_of(ns)]));
+    }
+}
+
 #[tokio::test]
 async fn aws_backend_on_eks_pools() {
     let ns = TestNamespace::new("eks");
