@@ -125,14 +125,14 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "BUILDER_IMAGE",
-        default_value = "cgr.dev/chainguard/kaniko:latest"
+        default_value = substratus_core::plan::build::DEFAULT_BUILDER_IMAGE
     )]
     pub builder_image: String,
     /// Image with `git` that clones git build sources.
     #[arg(
         long,
         env = "GIT_IMAGE",
-        default_value = "cgr.dev/chainguard/git:latest"
+        default_value = substratus_core::plan::build::DEFAULT_GIT_IMAGE
     )]
     pub git_image: String,
     /// Image that checks and unpacks an uploaded build context before the builder reads it

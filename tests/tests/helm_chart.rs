@@ -76,6 +76,10 @@ fn the_chart_renders_for_every_cloud() {
     );
     assert!(config["S3_ENDPOINT"].as_str().unwrap().starts_with("http"));
     assert_eq!(config["RESYNC_SECONDS"], "600");
+    // The chart runs the images the operator defaults to: pinned, and one source of truth.
+    use substratus_core::plan::build::{DEFAULT_BUILDER_IMAGE, DEFAULT_GIT_IMAGE};
+    assert_eq!(config["BUILDER_IMAGE"], DEFAULT_BUILDER_IMAGE);
+    assert_eq!(config["GIT_IMAGE"], DEFAULT_GIT_IMAGE);
     assert_eq!(
         config["S3_CSI_VOLUMES"], "claims",
         "any S3 CSI driver by default"

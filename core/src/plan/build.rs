@@ -38,6 +38,15 @@ pub const ATTEMPT_ANNOTATION: &str = "substratus.ai/build-attempt";
 /// Why a `build` with neither or both sources cannot be built (the schema refuses it too).
 const NO_SOURCE: &str = "spec.build must set exactly one of spec.build.git or spec.build.upload";
 
+/// The default builder: kaniko's last release (v1.24.0), pinned by the digest of its image
+/// index, so what runs cannot change under a tag. Upload contexts never reach kaniko's own
+/// archive extraction: the operator's image checks and unpacks them first
+/// ([`BuildSettings::context_image`]).
+pub const DEFAULT_BUILDER_IMAGE: &str = "gcr.io/kaniko-project/executor:v1.24.0@sha256:4e7a52dd1f14872430652bb3b027405b8dfd17c4538751c620ac005741ef9698";
+/// The default git image (git 2.49.1), pinned by digest.
+pub const DEFAULT_GIT_IMAGE: &str =
+    "alpine/git:v2.49.1@sha256:c0280cf9572316299b08544065d3bf35db65043d5e3963982ec50647d2746e26";
+
 /// The builder and its helpers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuildSettings {
@@ -57,8 +66,8 @@ pub struct BuildSettings {
 impl Default for BuildSettings {
     fn default() -> Self {
         BuildSettings {
-            builder_image: "cgr.dev/chainguard/kaniko:latest".into(),
-            git_image: "cgr.dev/chainguard/git:latest".into(),
+            builder_image: DEFAULT_BUILDER_IMAGE.into(),
+            git_image: DEFAULT_GIT_IMAGE.into(),
             upload_url_ttl: std::time::Duration::from_secs(300),
             context_image: None,
         }
@@ -604,6 +613,25 @@ mod tests {
             ..Default::default()
         };
         ObservedBuildJob::from_job(&job)
+    }
+
+    #[test]
+    fn the_default_builder_and_git_images_are_pinned_by_digest() {
+        for image in [DEFAULT_BUILDER_IMAGE, DEFAULT_GIT_IMAGE] {
+            let (name, digest) = image.split_once("@sha256:").expect("a digest");
+            assert!(name.contains(':') && !name.ends_with(":latest"), "{image}");
+            assert_eq!(digest.len(), 64, "{image}");
+            assert!(
+                digest
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+        let d = BuildSettings::default();
+        assert_eq!(
+            (d.builder_image.as_str(), d.git_image.as_str()),
+            (DEFAULT_BUILDER_IMAGE, DEFAULT_GIT_IMAGE)
+        );
     }
 
     #[test]
