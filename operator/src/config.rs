@@ -355,6 +355,18 @@ mod tests {
         run: RunArgs,
     }
 
+    /// A complete kind configuration.
+    const KIND: [&str; 8] = [
+        "--cloud",
+        "kind",
+        "--s3-endpoint",
+        "http://127.0.0.1:9000",
+        "--s3-access-key-id",
+        "k",
+        "--s3-secret-access-key",
+        "s",
+    ];
+
     fn args(a: &[&str]) -> RunArgs {
         T::try_parse_from(std::iter::once("t").chain(a.iter().copied()))
             .unwrap()
@@ -390,19 +402,9 @@ mod tests {
 
     #[tokio::test]
     async fn tenancy_is_shared_unless_set_and_refused_where_it_is_not_built() {
-        let kind = [
-            "--cloud",
-            "kind",
-            "--s3-endpoint",
-            "http://127.0.0.1:9000",
-            "--s3-access-key-id",
-            "k",
-            "--s3-secret-access-key",
-            "s",
-        ];
-        let c = args(&kind).cloud().await.unwrap();
+        let c = args(&KIND).cloud().await.unwrap();
         assert_eq!(c.config().tenancy, substratus_core::cloud::Tenancy::Shared);
-        let mut own = kind.to_vec();
+        let mut own = KIND.to_vec();
         own.extend(["--tenancy", "namespace"]);
         let c = args(&own).cloud().await.unwrap();
         assert_eq!(
@@ -449,20 +451,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_complete_kind_configuration_builds() {
-        let a = args(&[
-            "--cloud",
-            "kind",
-            "--s3-endpoint",
-            "http://127.0.0.1:9000",
-            "--s3-access-key-id",
-            "k",
-            "--s3-secret-access-key",
-            "s",
-            "--cluster-name",
-            "dev",
-            "--gpu-catalog",
-            "gcp",
-        ]);
+        let mut kind = KIND.to_vec();
+        kind.extend(["--cluster-name", "dev", "--gpu-catalog", "gcp"]);
+        let a = args(&kind);
         let c = a.cloud().await.unwrap();
         assert_eq!(c.name(), "kind");
         assert_eq!(c.config().cluster_name, "dev");
