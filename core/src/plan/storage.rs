@@ -6,7 +6,8 @@ use crate::cloud::{ArtifactPrefix, Cloud};
 use crate::names;
 
 /// The storage prefix of an object: the configured bucket, the namespace's folder when
-/// namespaces have identities of their own, and the hash of the object's identity. Nothing in its status changes it: a status is writable by whoever may write
+/// namespaces have identities of their own, and the hash of the object's identity. Nothing
+/// in its status changes it: a status is writable by whoever may write
 /// `*/status`, and a location taken from it would point the operator's credentials (mounts,
 /// volumes, signed URLs) at any path of the bucket.
 pub fn artifact_prefix(parent: &Parent, cloud: &dyn Cloud) -> ArtifactPrefix {
