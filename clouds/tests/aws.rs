@@ -47,6 +47,7 @@ fn cloud(identity: IdentityMode, s3: Option<&str>, fake: Option<&str>) -> AwsClo
             s3_endpoint: s3.map(str::to_owned),
             iam_endpoint: fake.map(str::to_owned),
             eks_endpoint: fake.map(str::to_owned),
+            ecr_endpoint: fake.map(str::to_owned),
             force_path_style: true,
         },
         GpuCatalog::aws(),
@@ -329,4 +330,82 @@ async fn pod_identity_creates_one_association_and_refuses_a_foreign_one() {
     let err = c.bind_identity("taken", "modeller").await.unwrap_err();
     assert!(matches!(err, CloudError::Permanent { .. }), "{err}");
     assert!(err.to_string().contains("someone-else"), "{err}");
+}
+
+/// ECR's JSON API, as the SDK speaks it: `X-Amz-Target` names the operation.
+const CREATE_REPOSITORY: &str = "AmazonEC2ContainerRegistry_V20150921.CreateRepository";
+
+#[tokio::test]
+async fn a_builds_ecr_repository_is_created_once_before_the_push() {
+    let fake = Fake::start(|s| {
+        if s.headers.get("x-amz-target").map(String::as_str) != Some(CREATE_REPOSITORY) {
+            return status(400, "unexpected");
+        }
+        let name = s.json()["repositoryName"].as_str().unwrap_or("").to_owned();
+        let error = |code: &str| {
+            (
+                400,
+                vec![
+                    ("content-type", "application/x-amz-json-1.1".to_owned()),
+                    ("x-amzn-errortype", code.to_owned()),
+                ],
+                json!({"__type": code, "message": format!("{code} for {name}")}).to_string(),
+            )
+        };
+        match name.as_str() {
+            n if n.ends_with("__exists") => error("RepositoryAlreadyExistsException"),
+            n if n.ends_with("__denied") => error("AccessDeniedException"),
+            _ => (
+                200,
+                vec![("content-type", "application/x-amz-json-1.1".to_owned())],
+                json!({"repository": {"repositoryName": name, "registryId": "123456789012",
+                    "repositoryArn": format!("arn:aws:ecr:us-east-1:123456789012:repository/{name}")}})
+                .to_string(),
+            ),
+        }
+    })
+    .await;
+    let c = cloud(IdentityMode::PodIdentity, None, Some(&fake.endpoint));
+    let image = c.image_url(substratus_core::names::Kind::Model, "team-a", "m", "v1-abc");
+    c.prepare_image(&image).await.unwrap();
+    let sent: Vec<Value> = fake.seen().iter().map(|s| s.json()).collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0]["repositoryName"],
+        "substratus/substratus-model-team-a__m"
+    );
+    assert_eq!(sent[0]["imageTagMutability"], "MUTABLE");
+    assert_eq!(sent[0]["imageScanningConfiguration"]["scanOnPush"], true);
+    assert_eq!(
+        sent[0]["tags"],
+        json!([{"Key": "app.kubernetes.io/managed-by", "Value": "substratus"}])
+    );
+    // Made once: another tag of the same image asks nothing.
+    let again = c.image_url(substratus_core::names::Kind::Model, "team-a", "m", "v2-def");
+    c.prepare_image(&again).await.unwrap();
+    assert_eq!(fake.seen().len(), 1);
+    // A repository that exists already is fine; a refusal is permanent and names it.
+    let exists = c.image_url(
+        substratus_core::names::Kind::Model,
+        "team-a",
+        "exists",
+        "v1",
+    );
+    c.prepare_image(&exists).await.unwrap();
+    let denied = c.image_url(
+        substratus_core::names::Kind::Model,
+        "team-a",
+        "denied",
+        "v1",
+    );
+    match c.prepare_image(&denied).await {
+        Err(CloudError::Permanent { message, .. }) => assert!(
+            message
+                .contains("creating the ECR repository substratus/substratus-model-team-a__denied")
+                && message.contains("AccessDeniedException"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.seen().len(), 3);
 }

@@ -368,6 +368,13 @@ pub trait Cloud: Send + Sync {
         )
     }
 
+    /// Makes `image` (an [`Cloud::image_url`]) pushable before a build Job runs, e.g. creates
+    /// its repository where the registry accepts pushes only into repositories that exist
+    /// (ECR). Idempotent. Default: nothing to do.
+    async fn prepare_image(&self, _image: &str) -> Result<(), CloudError> {
+        Ok(())
+    }
+
     /// How the builder reads the uploaded context of `prefix` (its `uploads/latest.tar.gz`).
     /// By default straight from the bucket's API, which the builder supports for `gs://`,
     /// `s3://` and Azure Blob URLs, authenticated by the builder's workload identity.

@@ -188,6 +188,10 @@ impl Cloud for FakeCloud {
         Ok(self.config.principal.clone())
     }
 
+    async fn prepare_image(&self, image: &str) -> Result<(), CloudError> {
+        self.record(format!("prepare_image {image}"))
+    }
+
     async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError> {
         self.record(format!("stored_md5 {key}"))?;
         Ok(self.state().objects.get(key).cloned())

@@ -255,7 +255,9 @@ data "aws_iam_policy_document" "artifacts" {
       "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
       "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage",
     ]
-    resources = [aws_ecr_repository.substratus.arn]
+    # Each built object's image has a repository of its own under this one, which the
+    # operator creates before the build.
+    resources = [aws_ecr_repository.substratus.arn, "${aws_ecr_repository.substratus.arn}/*"]
   }
 }
 
@@ -325,6 +327,12 @@ data "aws_iam_policy_document" "operator" {
   statement {
     actions   = ["eks:DescribeCluster"]
     resources = [local.cluster_arn]
+  }
+  # ECR takes pushes only into repositories that exist: the operator creates each build's
+  # repository (tagged, hence TagResource) under the Substratus repository, nowhere else.
+  statement {
+    actions   = ["ecr:CreateRepository", "ecr:TagResource"]
+    resources = ["${aws_ecr_repository.substratus.arn}/*"]
   }
 }
 

@@ -340,6 +340,17 @@ async fn aws_backend_on_eks_pools() {
     ));
     let d = doc.clone();
     let iam = Fake::start(move |s| {
+        // ECR (JSON protocol) shares this fake: the repository of a build.
+        if s.headers.get("x-amz-target").map(String::as_str)
+            == Some("AmazonEC2ContainerRegistry_V20150921.CreateRepository")
+        {
+            let name = s.json()["repositoryName"].clone();
+            return (
+                200,
+                vec![("content-type", "application/x-amz-json-1.1".to_owned())],
+                json!({"repository": {"repositoryName": name}}).to_string(),
+            );
+        }
         let f = s.form();
         let xml = |b: String| (200, vec![("content-type", "text/xml".to_owned())], b);
         match f.get("Action").map(String::as_str) {
@@ -386,19 +397,53 @@ async fn aws_backend_on_eks_pools() {
         sa_annotations(&c, &ns.name).await["eks.amazonaws.com/role-arn"],
         role
     );
+    // A git build: ECR takes pushes only into repositories that exist, so the operator
+    // creates the image's repository before the build Job.
+    let built: Model = serde_json::from_value(json!({
+        "apiVersion": "substratus.ai/v1", "kind": "Model", "metadata": {"name": "built"},
+        "spec": {"build": {"git": {"url": "https://git.invalid/model.git"}}},
+    }))
+    .unwrap();
+    Api::<Model>::namespaced(c.clone(), &ns.name)
+        .create(&PostParams::default(), &built)
+        .await
+        .unwrap();
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(c.clone(), &ns.name);
+    wait_for("the build Job", Duration::from_secs(60), || async {
+        match jobs.get_opt("built-model-bld").await {
+            Ok(Some(_)) => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let repositories: Vec<Value> = iam
+        .seen()
+        .iter()
+        .filter(|s| s.headers.contains_key("x-amz-target"))
+        .map(|s| s.json()["repositoryName"].clone())
+        .collect();
+    assert_eq!(
+        repositories,
+        [json!(format!("substratus/eks-1-model-{}__built", ns.name))]
+    );
     op.stop().await;
     let updates = iam
         .seen()
         .iter()
         .filter(|s| s.form().get("Action").map(String::as_str) == Some("UpdateAssumeRolePolicy"))
         .count();
-    assert_eq!(updates, 1);
-    assert!(
-        doc.lock()
-            .unwrap()
-            .to_string()
-            .contains(&format!("system:serviceaccount:{}:modeller", ns.name))
+    assert_eq!(
+        updates, 2,
+        "one per role account: the modeller and the builder"
     );
+    for account in ["modeller", "container-builder"] {
+        assert!(
+            doc.lock()
+                .unwrap()
+                .to_string()
+                .contains(&format!("system:serviceaccount:{}:{account}", ns.name))
+        );
+    }
 }
 
 #[tokio::test]

@@ -25,6 +25,7 @@ pub struct AwsInputs {
     /// Endpoint overrides (tests, S3-compatible storage).
     pub s3_endpoint: Option<String>,
     pub eks_endpoint: Option<String>,
+    pub ecr_endpoint: Option<String>,
     pub iam_endpoint: Option<String>,
     pub force_path_style: bool,
 }
@@ -153,6 +154,7 @@ pub async fn configure(
         s3_endpoint: i.s3_endpoint.clone(),
         iam_endpoint: i.iam_endpoint.clone(),
         eks_endpoint: i.eks_endpoint.clone(),
+        ecr_endpoint: i.ecr_endpoint.clone(),
         force_path_style: i.force_path_style,
     };
     AwsCloud::new(config, settings, gpus, sdk)

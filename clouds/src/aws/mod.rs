@@ -61,6 +61,7 @@ pub struct AwsSettings {
     pub s3_endpoint: Option<String>,
     pub iam_endpoint: Option<String>,
     pub eks_endpoint: Option<String>,
+    pub ecr_endpoint: Option<String>,
     /// Path-style S3 URLs (`https://host/bucket/key`); needed by most S3-compatible servers.
     pub force_path_style: bool,
 }
@@ -73,7 +74,22 @@ pub struct AwsCloud {
     s3: aws_sdk_s3::Client,
     iam: aws_sdk_iam::Client,
     eks: aws_sdk_eks::Client,
+    ecr: aws_sdk_ecr::Client,
     role_arn: String,
+    /// ECR repositories made (or found) already: each is created once per process.
+    repositories: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The ECR repository of an image reference `<registry host>/<repository>:<tag>`.
+pub fn ecr_repository(image: &str) -> Option<&str> {
+    let (_host, rest) = image.split_once('/')?;
+    let rest = rest.split_once('@').map_or(rest, |(r, _)| r);
+    let last = rest.rfind('/').map_or(0, |i| i + 1);
+    let repository = match rest[last..].rfind(':') {
+        Some(colon) => &rest[..last + colon],
+        None => rest,
+    };
+    (!repository.is_empty()).then_some(repository)
 }
 
 /// A CloudError from an SDK error: refusals are permanent, the rest worth retrying.
@@ -167,6 +183,11 @@ impl AwsCloud {
         if let Some(e) = &settings.eks_endpoint {
             eks = eks.endpoint_url(e);
         }
+        let mut ecr = aws_sdk_ecr::config::Builder::from(sdk)
+            .region(aws_sdk_ecr::config::Region::new(settings.region.clone()));
+        if let Some(e) = &settings.ecr_endpoint {
+            ecr = ecr.endpoint_url(e);
+        }
         Ok(AwsCloud {
             config,
             settings,
@@ -174,7 +195,9 @@ impl AwsCloud {
             s3: aws_sdk_s3::Client::from_conf(s3.build()),
             iam: aws_sdk_iam::Client::from_conf(iam.build()),
             eks: aws_sdk_eks::Client::from_conf(eks.build()),
+            ecr: aws_sdk_ecr::Client::from_conf(ecr.build()),
             role_arn,
+            repositories: Default::default(),
         })
     }
 
@@ -398,6 +421,61 @@ impl Cloud for AwsCloud {
         }
     }
 
+    /// ECR takes pushes only into repositories that exist, and kaniko creates none: the
+    /// image's repository is created here (tagged as ours, scanned on push) before the
+    /// build Job; one that exists already is fine.
+    async fn prepare_image(&self, image: &str) -> Result<(), CloudError> {
+        let repository = ecr_repository(image).ok_or_else(|| CloudError::Permanent {
+            reason: reasons::CLOUD_ERROR,
+            message: format!("{image:?} names no ECR repository; check REGISTRY_URL"),
+        })?;
+        let made = |r: &str| {
+            self.repositories
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(r)
+        };
+        if made(repository) {
+            return Ok(());
+        }
+        let created = self
+            .ecr
+            .create_repository()
+            .repository_name(repository)
+            .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Mutable)
+            .image_scanning_configuration(
+                aws_sdk_ecr::types::ImageScanningConfiguration::builder()
+                    .scan_on_push(true)
+                    .build(),
+            )
+            .tags(
+                aws_sdk_ecr::types::Tag::builder()
+                    .key("app.kubernetes.io/managed-by")
+                    .value("substratus")
+                    .build()
+                    .map_err(|e| CloudError::Transient(format!("ECR tag: {e}")))?,
+            )
+            .send()
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_repository_already_exists_exception()) => {}
+            Err(e) => {
+                return Err(sdk_error(
+                    &format!("creating the ECR repository {repository}"),
+                    e,
+                ));
+            }
+        }
+        self.repositories
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(repository.to_owned());
+        Ok(())
+    }
+
     async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError> {
         match self
             .s3
@@ -471,12 +549,26 @@ mod tests {
                 s3_endpoint: None,
                 iam_endpoint: None,
                 eks_endpoint: None,
+                ecr_endpoint: None,
                 force_path_style: false,
             },
             GpuCatalog::aws(),
             &sdk,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_repository_of_an_image_is_its_path_without_the_tag() {
+        let image = "123.dkr.ecr.us-west-2.amazonaws.com/substratus/eks-1-model-ns__m:v1-abc";
+        assert_eq!(ecr_repository(image), Some("substratus/eks-1-model-ns__m"));
+        assert_eq!(
+            ecr_repository("h.example:5000/a/b@sha256:00"),
+            Some("a/b"),
+            "a port is not a tag"
+        );
+        assert_eq!(ecr_repository("h/r"), Some("r"));
+        assert_eq!(ecr_repository("no-repository"), None);
     }
 
     #[test]

@@ -13,11 +13,11 @@ use substratus_crds::{Build, BuildUpload, UploadStatus};
 use super::{Context, Error, FIELD_MANAGER, kube_err};
 use crate::conditions::{Desired, reasons, types};
 use crate::names;
-use crate::plan::Parent;
 use crate::plan::build::{self, BuildInput, ObservedBuildJob};
 use crate::plan::job::JobOutcome;
 use crate::plan::storage::artifact_prefix;
 use crate::plan::upload::{self, UploadNext};
+use crate::plan::{Child, Parent};
 
 /// What the build step leaves for the kind's own reconcile.
 #[derive(Debug, Default)]
@@ -259,6 +259,18 @@ where
         settings: &ctx.build,
     };
     let plan = build::plan(&input, cloud);
+    if plan.create.iter().any(|c| matches!(c, Child::Job(_))) {
+        // The repository must take the push before the builder makes it.
+        let target = build::target_image(parent, build, cloud);
+        let call = cloud.prepare_image(&target);
+        crate::cloud::within("preparing the image repository", ctx.cloud_timeout, call)
+            .await
+            .map_err(|source| Error::Cloud {
+                step: "preparing the image repository",
+                object: format!("{}/{}", parent.namespace, parent.name),
+                source,
+            })?;
+    }
     super::pipeline::apply(ctx, &parent.namespace, &plan).await?;
     if let Some(target) = &plan.extra.set_image {
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &parent.namespace);
