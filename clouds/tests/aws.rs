@@ -14,7 +14,7 @@ use common::{Fake, json_ok, md5_hex, put_like_sub, status};
 use serde_json::{Value, json};
 use substratus_clouds::aws::{AwsCloud, AwsSettings, IdentityMode};
 use substratus_clouds::gpu::GpuCatalog;
-use substratus_core::cloud::{BucketUrl, Cloud, CloudConfig, CloudError};
+use substratus_core::cloud::{BucketUrl, Cloud, CloudConfig, CloudError, Tenancy};
 use substratus_devcluster::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/substratus";
@@ -31,13 +31,22 @@ fn sdk() -> aws_config::SdkConfig {
 }
 
 fn cloud(identity: IdentityMode, s3: Option<&str>, fake: Option<&str>) -> AwsCloud {
+    cloud_with(identity, s3, fake, Tenancy::Shared).unwrap()
+}
+
+fn cloud_with(
+    identity: IdentityMode,
+    s3: Option<&str>,
+    fake: Option<&str>,
+    tenancy: Tenancy,
+) -> Result<AwsCloud, String> {
     AwsCloud::new(
         CloudConfig {
             cluster_name: "substratus".into(),
             artifact_bucket: BucketUrl::parse("s3://artifacts").unwrap(),
             registry: "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus".into(),
             principal: Some(ROLE.into()),
-            tenancy: Default::default(),
+            tenancy,
         },
         AwsSettings {
             region: "us-east-1".into(),
@@ -53,7 +62,6 @@ fn cloud(identity: IdentityMode, s3: Option<&str>, fake: Option<&str>) -> AwsClo
         GpuCatalog::aws(),
         &sdk(),
     )
-    .unwrap()
 }
 
 fn start_s3() -> S3Server {
@@ -408,4 +416,66 @@ async fn a_builds_ecr_repository_is_created_once_before_the_push() {
         other => panic!("{other:?}"),
     }
     assert_eq!(fake.seen().len(), 3);
+}
+
+/// `TENANCY=namespace` on EKS: sessions of Pod Identity carry the pod's namespace as the tag
+/// the role's policy matches, so each namespace acts as its own principal (the role as a
+/// session of that namespace) and pushes under its own registry path; IRSA, whose sessions
+/// carry no tag, is refused.
+#[tokio::test]
+async fn namespace_tenancy_needs_pod_identity_and_scopes_each_namespace() {
+    let irsa = IdentityMode::Irsa {
+        oidc_issuer: ISSUER.into(),
+    };
+    let err = cloud_with(irsa, None, None, Tenancy::Namespace)
+        .err()
+        .unwrap();
+    assert!(
+        err.starts_with("TENANCY=namespace on aws needs AWS_IDENTITY_MODE=pod-identity"),
+        "{err}"
+    );
+    let fake = Fake::start(|s| {
+        let base = "/clusters/substratus/pod-identity-associations";
+        match (s.method.as_str(), s.path.as_str()) {
+            ("GET", p) if p == base => json_ok(json!({"associations": []})),
+            ("POST", p) if p == base => {
+                let b = s.json();
+                json_ok(json!({"association": {"associationId": "a-1",
+                    "namespace": b["namespace"], "serviceAccount": b["serviceAccount"],
+                    "roleArn": b["roleArn"], "clusterName": "substratus"}}))
+            }
+            _ => status(404, "no such API in this fake"),
+        }
+    })
+    .await;
+    let c = cloud_with(
+        IdentityMode::PodIdentity,
+        None,
+        Some(&fake.endpoint),
+        Tenancy::Namespace,
+    )
+    .unwrap();
+    let a = c.bind_identity("team-a", "modeller").await.unwrap();
+    let b = c.bind_identity("team-b", "modeller").await.unwrap();
+    assert_eq!(
+        a.as_deref(),
+        Some(&*format!("{ROLE} kubernetes-namespace=team-a"))
+    );
+    assert_ne!(a, b, "A's identity is not B's");
+    assert_eq!(a, c.workload_principal("team-a"));
+    // Both associations name the one role: the session tag tells the namespaces apart.
+    let roles: Vec<Value> = fake
+        .seen_at("POST", "/pod-identity-associations")
+        .iter()
+        .map(|s| s.json()["roleArn"].clone())
+        .collect();
+    assert_eq!(roles, [json!(ROLE), json!(ROLE)]);
+    assert_eq!(
+        c.image_url(substratus_core::names::Kind::Model, "team-a", "m", "v1"),
+        "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus/team-a/substratus-model-m:v1"
+    );
+    assert_eq!(
+        c.config().namespace_folder("team-a").to_string(),
+        "s3://artifacts/namespaces/team-a"
+    );
 }

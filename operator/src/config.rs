@@ -216,11 +216,9 @@ impl RunArgs {
                 .with_context(|| format!("GPU_CATALOG_FILE: reading {}", path.display()))?;
             gpus = gpus.with_overrides(&doc).map_err(anyhow::Error::msg)?;
         }
-        if self.tenancy == substratus_core::cloud::Tenancy::Namespace
-            && matches!(cloud.as_str(), "aws" | "azure")
-        {
+        if self.tenancy == substratus_core::cloud::Tenancy::Namespace && cloud == "azure" {
             bail!(
-                "TENANCY=namespace is not available on {cloud} yet (gcp and kind have it): set \
+                "TENANCY=namespace is not available on {cloud} yet (gcp, aws and kind have it): set \
                  TENANCY=shared, which binds every namespace to one principal (README, Security \
                  model), and run one operator per trust domain"
             );
@@ -300,6 +298,7 @@ impl RunArgs {
                     cluster_name: self.cluster_name.clone(),
                     oidc_issuer: self.oidc_issuer.clone(),
                     identity_mode: self.aws_identity_mode.clone(),
+                    tenancy: self.tenancy,
                     artifact_bucket_url: self.artifact_bucket_url.clone(),
                     registry_url: self.registry_url.clone(),
                     principal: self.principal.clone(),
@@ -423,7 +422,7 @@ mod tests {
             err.contains("--tenancy") && err.contains("namespace"),
             "{err}"
         );
-        for cloud in ["aws", "azure"] {
+        for cloud in ["azure"] {
             let err = args(&["--cloud", cloud, "--tenancy", "namespace"])
                 .cloud()
                 .await

@@ -61,11 +61,12 @@ locals {
     artifactBucketURL = "s3://${local.bucket_name}"
     registryURL       = local.registry_url
     principal         = aws_iam_role.workloads.arn
-    tenancy           = "shared"
+    tenancy           = var.tenancy
     aws = {
-      region       = var.region
-      accountID    = local.account_id
-      identityMode = "irsa"
+      region    = var.region
+      accountID = local.account_id
+      # Namespace tenancy needs the session tags EKS Pod Identity sets.
+      identityMode = var.tenancy == "namespace" ? "pod-identity" : "irsa"
       oidcIssuer   = local.oidc_issuer_url
     }
     image = {
@@ -261,6 +262,50 @@ data "aws_iam_policy_document" "artifacts" {
   }
 }
 
+# What the workloads' role may do. shared: the whole bucket and every repository under the
+# Substratus one. namespace: only what the session's kubernetes-namespace tag (set by EKS Pod
+# Identity from the pod's namespace) names: the bucket folder namespaces/<ns>/ and the
+# repositories under <repository>/<ns>/.
+locals {
+  own_namespace = "$${aws:PrincipalTag/kubernetes-namespace}"
+}
+
+data "aws_iam_policy_document" "workloads" {
+  statement {
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.artifacts.arn]
+    dynamic "condition" {
+      for_each = var.tenancy == "namespace" ? [1] : []
+      content {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["namespaces/${local.own_namespace}/*"]
+      }
+    }
+  }
+  statement {
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+    resources = [var.tenancy == "namespace" ? "${aws_s3_bucket.artifacts.arn}/namespaces/${local.own_namespace}/*" : "${aws_s3_bucket.artifacts.arn}/*"]
+  }
+  statement {
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+  statement {
+    actions = [
+      "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+      "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage",
+    ]
+    resources = var.tenancy == "namespace" ? ["${aws_ecr_repository.substratus.arn}/${local.own_namespace}/*"] : [aws_ecr_repository.substratus.arn, "${aws_ecr_repository.substratus.arn}/*"]
+  }
+}
+
+resource "aws_iam_policy" "workloads" {
+  tags   = var.tags
+  name   = "${var.cluster_name}-substratus-workloads"
+  policy = data.aws_iam_policy_document.workloads.json
+}
+
 resource "aws_iam_policy" "artifacts" {
   tags   = var.tags
   name   = "${var.cluster_name}-substratus-artifacts"
@@ -279,6 +324,12 @@ resource "aws_iam_role" "workloads" {
       Principal = { Federated = local.oidc_provider_arn }
       Action    = "sts:AssumeRoleWithWebIdentity"
       Condition = { StringEquals = { "${local.oidc_issuer}:aud" = "sts.amazonaws.com" } }
+      }, {
+      # EKS Pod Identity (tenancy = "namespace"): only pods with an association the operator
+      # made assume it, and their sessions carry the namespace as a tag.
+      Effect    = "Allow"
+      Principal = { Service = "pods.eks.amazonaws.com" }
+      Action    = ["sts:AssumeRole", "sts:TagSession"]
     }]
   })
   lifecycle {
@@ -288,7 +339,7 @@ resource "aws_iam_role" "workloads" {
 
 resource "aws_iam_role_policy_attachment" "workloads" {
   role       = aws_iam_role.workloads.name
-  policy_arn = aws_iam_policy.artifacts.arn
+  policy_arn = aws_iam_policy.workloads.arn
 }
 
 # The operator's own role (IRSA): S3 for uploads and md5 checks, and editing the workload
@@ -339,6 +390,36 @@ data "aws_iam_policy_document" "operator" {
 resource "aws_iam_role_policy" "operator" {
   role   = aws_iam_role.operator.name
   policy = data.aws_iam_policy_document.operator.json
+}
+
+# tenancy = "namespace": the operator makes one EKS Pod Identity association per role
+# account, each naming the workloads' role (hence PassRole on that role only).
+data "aws_iam_policy_document" "operator_pod_identity" {
+  statement {
+    actions   = ["eks:ListPodIdentityAssociations", "eks:CreatePodIdentityAssociation"]
+    resources = [local.cluster_arn]
+  }
+  statement {
+    actions   = ["eks:DescribePodIdentityAssociation"]
+    resources = ["arn:${data.aws_partition.current.partition}:eks:${var.region}:${local.account_id}:podidentityassociation/${local.cluster_name}/*"]
+  }
+  statement {
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.workloads.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "operator_pod_identity" {
+  count  = var.tenancy == "namespace" ? 1 : 0
+  role   = aws_iam_role.operator.name
+  policy = data.aws_iam_policy_document.operator_pod_identity.json
+}
+
+resource "aws_eks_addon" "pod_identity_agent" {
+  count        = var.tenancy == "namespace" && var.create_cluster ? 1 : 0
+  cluster_name = local.cluster_name
+  addon_name   = "eks-pod-identity-agent"
+  depends_on   = [aws_eks_node_group.cpu]
 }
 
 resource "aws_iam_role_policy_attachment" "operator_artifacts" {

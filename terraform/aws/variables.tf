@@ -121,3 +121,13 @@ variable "operator_image_tag" {
   type        = string
   default     = ""
 }
+
+variable "tenancy" {
+  description = "namespace: each namespace's workloads reach only the bucket folder namespaces/<ns>/ and the repositories under <repository>/<ns>/ (EKS Pod Identity session tags; an existing cluster needs the eks-pod-identity-agent add-on); shared: every namespace reaches the whole bucket and registry (one trust domain, IRSA)."
+  type        = string
+  default     = "namespace"
+  validation {
+    condition     = contains(["namespace", "shared"], var.tenancy)
+    error_message = "tenancy must be namespace or shared."
+  }
+}

@@ -212,7 +212,23 @@ fn bad_values_are_refused_naming_them() {
     aws_namespace.extend(["cloud=aws", "artifactBucketURL=s3://b", "tenancy=namespace"]);
     let err = render(&aws_namespace).unwrap_err();
     assert!(
-        err.contains("tenancy=namespace is not available on aws"),
+        err.contains("tenancy=namespace on aws needs aws.identityMode=pod-identity"),
+        "{err}"
+    );
+    aws_namespace.push("aws.identityMode=pod-identity");
+    let docs = render(&aws_namespace).unwrap();
+    let config = &find(&docs, "ConfigMap")["data"];
+    assert_eq!(config["TENANCY"], "namespace");
+    assert_eq!(config["AWS_IDENTITY_MODE"], "pod-identity");
+    let mut azure_namespace = GCP[..5].to_vec();
+    azure_namespace.extend([
+        "cloud=azure",
+        "artifactBucketURL=az://b",
+        "tenancy=namespace",
+    ]);
+    let err = render(&azure_namespace).unwrap_err();
+    assert!(
+        err.contains("tenancy=namespace is not available on azure"),
         "{err}"
     );
     let mut wrong_scheme = GCP.to_vec();

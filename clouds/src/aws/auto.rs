@@ -17,6 +17,7 @@ pub struct AwsInputs {
     pub oidc_issuer: Option<String>,
     /// `irsa` (default) or `pod-identity`.
     pub identity_mode: Option<String>,
+    pub tenancy: substratus_core::cloud::Tenancy,
     pub artifact_bucket_url: Option<String>,
     pub registry_url: Option<String>,
     pub principal: Option<String>,
@@ -144,7 +145,7 @@ pub async fn configure(
                 .clone()
                 .unwrap_or_else(|| format!("arn:{partition}:iam::{account_id}:role/substratus")),
         ),
-        tenancy: Default::default(),
+        tenancy: i.tenancy,
     };
     let settings = AwsSettings {
         region,

@@ -23,10 +23,10 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
-    PrefixFolder, SignedUrl, UploadContext,
+    PrefixFolder, SignedUrl, Tenancy, UploadContext,
 };
 use substratus_core::conditions::reasons;
-use substratus_core::names::Role;
+use substratus_core::names::{Kind, Role};
 use substratus_crds::GpuType;
 
 use crate::checksum::{etag_md5, md5_base64};
@@ -163,6 +163,14 @@ impl AwsCloud {
             .ok_or("PRINCIPAL: the aws backend needs the ARN of the IAM role workloads run as")?;
         if trust::role_name(&role_arn).is_none() {
             return Err(format!("PRINCIPAL: {role_arn:?} is not an IAM role ARN"));
+        }
+        if config.tenancy == Tenancy::Namespace && settings.identity != IdentityMode::PodIdentity {
+            return Err(
+                "TENANCY=namespace on aws needs AWS_IDENTITY_MODE=pod-identity: EKS Pod \
+                 Identity tags each session with the pod's namespace (kubernetes-namespace), \
+                 which the role's policy matches; IRSA sessions carry no such tag"
+                    .into(),
+            );
         }
         let mut s3 = aws_sdk_s3::config::Builder::from(sdk)
             .region(aws_sdk_s3::config::Region::new(settings.region.clone()))
@@ -407,18 +415,48 @@ impl Cloud for AwsCloud {
         }
     }
 
+    /// With namespace tenancy, the role as a session tagged with the namespace: what the
+    /// role's policy allows depends on that tag (`${aws:PrincipalTag/kubernetes-namespace}`).
+    fn workload_principal(&self, namespace: &str) -> Option<String> {
+        Some(match self.config.tenancy {
+            Tenancy::Shared => self.role_arn.clone(),
+            Tenancy::Namespace => format!("{} kubernetes-namespace={namespace}", self.role_arn),
+        })
+    }
+
+    /// With namespace tenancy, under the namespace's own path of the registry
+    /// (`<repository>/<namespace>/…`), which the role's policy allows only to sessions of
+    /// that namespace.
+    fn image_url(&self, kind: Kind, namespace: &str, name: &str, tag: &str) -> String {
+        let c = &self.config;
+        let registry = c.registry.trim_end_matches('/');
+        match c.tenancy {
+            Tenancy::Shared => format!(
+                "{registry}/{}-{}-{namespace}__{name}:{tag}",
+                c.cluster_name,
+                kind.lower()
+            ),
+            Tenancy::Namespace => format!(
+                "{registry}/{namespace}/{}-{}-{name}:{tag}",
+                c.cluster_name,
+                kind.lower()
+            ),
+        }
+    }
+
     async fn bind_identity(
         &self,
         namespace: &str,
         service_account: &str,
     ) -> Result<Option<String>, CloudError> {
-        match &self.settings.identity {
+        let bound = match &self.settings.identity {
             IdentityMode::Irsa { oidc_issuer } => {
                 self.bind_irsa(oidc_issuer, namespace, service_account)
-                    .await
+                    .await?
             }
-            IdentityMode::PodIdentity => self.bind_pod_identity(namespace, service_account).await,
-        }
+            IdentityMode::PodIdentity => self.bind_pod_identity(namespace, service_account).await?,
+        };
+        Ok(bound.and(self.workload_principal(namespace)))
     }
 
     /// ECR takes pushes only into repositories that exist, and kaniko creates none: the

@@ -41,7 +41,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not .Values.registryURL -}}{{ fail (printf "registryURL is required when cloud is %s" .Values.cloud) }}{{- end -}}
 {{- if not .Values.principal -}}{{ fail (printf "principal is required when cloud is %s (the identity workloads run as)" .Values.cloud) }}{{- end -}}
 {{- if not .Values.tenancy -}}{{ fail (printf "tenancy is required when cloud is %s: namespace (each namespace's workloads get a cloud identity of their own, allowed only the namespace's bucket folder and registry repository; gcp) or shared (one identity for every namespace: one trust domain); see the README's Security model" .Values.cloud) }}{{- end -}}
-{{- if and (eq .Values.tenancy "namespace") (has .Values.cloud (list "aws" "azure")) -}}{{ fail (printf "tenancy=namespace is not available on %s yet: set tenancy=shared and run one operator per trust domain" .Values.cloud) }}{{- end -}}
+{{- if and (eq .Values.tenancy "namespace") (eq .Values.cloud "azure") -}}{{ fail "tenancy=namespace is not available on azure yet: set tenancy=shared and run one operator per trust domain" }}{{- end -}}
+{{- if and (eq .Values.tenancy "namespace") (eq .Values.cloud "aws") (ne .Values.aws.identityMode "pod-identity") -}}{{ fail "tenancy=namespace on aws needs aws.identityMode=pod-identity: EKS Pod Identity tags each session with the pod's namespace, which the role's policy matches" }}{{- end -}}
 {{- if eq .Values.cloud "azure" -}}
 {{- if not .Values.azure.storageAccount -}}{{ fail "azure.storageAccount is required when cloud is azure" }}{{- end -}}
 {{- if not .Values.azure.identityName -}}{{ fail "azure.identityName is required when cloud is azure (the managed identity workloads run as)" }}{{- end -}}
