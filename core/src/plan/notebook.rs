@@ -273,6 +273,9 @@ pub fn plan(input: &NotebookInput<'_>, cloud: &dyn Cloud) -> NotebookPlan {
             );
         }
         Some(_) => {
+            // Look again soon while the pod starts: its readiness is read from the cache,
+            // and the status follows it within a second even if a pod event is missed.
+            plan.next_look = Some(SOON);
             plan.conditions = match pod_problem(input.pods) {
                 Some(b) => serving(false, b.reason, b.message),
                 None => serving(
@@ -480,9 +483,14 @@ mod tests {
         let s = spec(None);
         let first = created_pod(&plan(&input(&s, None), &FakeCloud::default()));
         let mut observed = ObservedPod::from_pod(&first);
+        // Starting: not ready, and looked at again soon rather than only on pod events.
+        let starting = plan(&input(&s, Some(observed.clone())), &FakeCloud::default());
+        assert!(!starting.ready);
+        assert_eq!(starting.next_look, Some(SOON));
         observed.running_and_ready = true;
         let p = plan(&input(&s, Some(observed)), &FakeCloud::default());
         assert!(p.ready);
+        assert_eq!(p.next_look, None, "a ready notebook waits for news");
         assert_eq!(p.conditions[0].reason, reasons::POD_READY);
         assert!(!p.conditions[0].message.contains("0123abcd"));
     }

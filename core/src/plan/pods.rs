@@ -86,7 +86,9 @@ pub fn pod_progress(pods: &[Pod]) -> Option<String> {
                 continue;
             }
             let Some(state) = &cs.state else { continue };
-            if state.running.is_some() {
+            // The operator's pod cache drops `running` (its start time): a state that is
+            // neither waiting nor terminated is running.
+            if state.running.is_some() || (state.waiting.is_none() && state.terminated.is_none()) {
                 return Some(format!(
                     "container {} of pod {pod_name} is running; its readiness probe has not passed yet",
                     cs.name
@@ -285,6 +287,12 @@ mod tests {
             "container nb of pod p is running; its readiness probe has not passed yet"
         );
         assert!(!probing.contains("2026"), "no times in the message");
+        // As the operator's cache holds it: the running state without its start time.
+        let mut cached = pod(json!({"conditions": scheduled, "containerStatuses": [{
+            "name": "nb", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}));
+        crate::watch::slim::pod_status(cached.status.as_mut().unwrap());
+        assert_eq!(pod_progress(&[cached]).as_deref(), Some(probing.as_str()));
         let ready = pod(json!({"conditions": scheduled, "containerStatuses": [{
             "name": "nb", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
             "state": {"running": {}}}]}));
