@@ -472,7 +472,7 @@ async fn namespace_tenancy_needs_pod_identity_and_scopes_each_namespace() {
     assert_eq!(roles, [json!(ROLE), json!(ROLE)]);
     assert_eq!(
         c.image_url(substratus_core::names::Kind::Model, "team-a", "m", "v1"),
-        "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus/team-a/substratus-model-m:v1"
+        "123456789012.dkr.ecr.us-west-2.amazonaws.com/substratus/team-a/substratus-model-team-a__m:v1"
     );
     assert_eq!(
         c.config().namespace_folder("team-a").to_string(),

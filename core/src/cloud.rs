@@ -128,6 +128,24 @@ impl std::str::FromStr for Tenancy {
 }
 
 impl CloudConfig {
+    /// The image of an object in `registry` (the configured one, or a backend's repository
+    /// for the namespace): `<registry>/<cluster>-<kind>-<ns>__<name>:<tag>`.
+    pub fn image_in(
+        &self,
+        registry: &str,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        tag: &str,
+    ) -> String {
+        format!(
+            "{}/{}-{}-{namespace}__{name}:{tag}",
+            registry.trim_end_matches('/'),
+            self.cluster_name,
+            kind.lower()
+        )
+    }
+
     /// The bucket folder every prefix of `namespace` lives under: the namespace's own
     /// folder with [`Tenancy::Namespace`], the bucket's root (shared by every namespace)
     /// with [`Tenancy::Shared`], which keeps the original's layout.
@@ -360,12 +378,7 @@ pub trait Cloud: Send + Sync {
     /// namespace `a` get different images.
     fn image_url(&self, kind: Kind, namespace: &str, name: &str, tag: &str) -> String {
         let c = self.config();
-        format!(
-            "{}/{}-{}-{namespace}__{name}:{tag}",
-            c.registry.trim_end_matches('/'),
-            c.cluster_name,
-            kind.lower()
-        )
+        c.image_in(&c.registry, kind, namespace, name, tag)
     }
 
     /// Makes `image` (an [`Cloud::image_url`]) pushable before a build Job runs, e.g. creates

@@ -429,19 +429,11 @@ impl Cloud for AwsCloud {
     /// that namespace.
     fn image_url(&self, kind: Kind, namespace: &str, name: &str, tag: &str) -> String {
         let c = &self.config;
-        let registry = c.registry.trim_end_matches('/');
-        match c.tenancy {
-            Tenancy::Shared => format!(
-                "{registry}/{}-{}-{namespace}__{name}:{tag}",
-                c.cluster_name,
-                kind.lower()
-            ),
-            Tenancy::Namespace => format!(
-                "{registry}/{namespace}/{}-{}-{name}:{tag}",
-                c.cluster_name,
-                kind.lower()
-            ),
-        }
+        let registry = match c.tenancy {
+            Tenancy::Shared => c.registry.clone(),
+            Tenancy::Namespace => format!("{}/{namespace}", c.registry.trim_end_matches('/')),
+        };
+        c.image_in(&registry, kind, namespace, name, tag)
     }
 
     async fn bind_identity(

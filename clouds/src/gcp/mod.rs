@@ -430,11 +430,7 @@ impl Cloud for GcpCloud {
             None => self.config.registry.clone(),
             Some((registry, _)) => registry.of_namespace(namespace).url(),
         };
-        format!(
-            "{registry}/{}-{}-{namespace}__{name}:{tag}",
-            self.config.cluster_name,
-            kind.lower()
-        )
+        self.config.image_in(&registry, kind, namespace, name, tag)
     }
 
     fn workload_principal(&self, namespace: &str) -> Option<String> {
