@@ -238,6 +238,8 @@ resource "aws_ecr_repository" "substratus" {
   image_tag_mutability = "MUTABLE"
 }
 
+# The whole bucket: for the operator (upload checksums, signed uploads) and the Mountpoint
+# driver (the operator's mounts). Workloads get aws_iam_policy.workloads instead.
 data "aws_iam_policy_document" "artifacts" {
   statement {
     actions   = ["s3:ListBucket"]
@@ -246,19 +248,6 @@ data "aws_iam_policy_document" "artifacts" {
   statement {
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
     resources = ["${aws_s3_bucket.artifacts.arn}/*"]
-  }
-  statement {
-    actions   = ["ecr:GetAuthorizationToken"]
-    resources = ["*"]
-  }
-  statement {
-    actions = [
-      "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-      "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage",
-    ]
-    # Each built object's image has a repository of its own under this one, which the
-    # operator creates before the build.
-    resources = [aws_ecr_repository.substratus.arn, "${aws_ecr_repository.substratus.arn}/*"]
   }
 }
 
@@ -296,6 +285,8 @@ data "aws_iam_policy_document" "workloads" {
       "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
       "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload", "ecr:PutImage",
     ]
+    # Each built object's image has a repository of its own under the Substratus one, which
+    # the operator creates before the build.
     resources = var.tenancy == "namespace" ? ["${aws_ecr_repository.substratus.arn}/${local.own_namespace}/*"] : [aws_ecr_repository.substratus.arn, "${aws_ecr_repository.substratus.arn}/*"]
   }
 }
