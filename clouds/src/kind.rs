@@ -12,14 +12,15 @@ use futures::StreamExt;
 use http::{HeaderName, HeaderValue, Method};
 use k8s_openapi::api::core::v1::{CSIVolumeSource, Volume};
 use md5::{Digest, Md5};
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError,
-    DefaultResources, GpuPlacement, PrefixFolder, SignedUrl, UploadContext,
+    DefaultResources, GpuPlacement, PrefixFolder, SignedUrl, UploadContext, folder_prefix,
+    in_bucket, mirrored_key,
 };
 use substratus_core::names;
 use substratus_crds::GpuType;
@@ -315,6 +316,33 @@ impl Cloud for KindCloud {
         _service_account: &str,
     ) -> Result<Option<String>, CloudError> {
         Ok(None)
+    }
+
+    async fn copy_folder(&self, from: &BucketUrl, to: &BucketUrl) -> Result<usize, CloudError> {
+        in_bucket(&self.config, from)?;
+        in_bucket(&self.config, to)?;
+        let prefix = Path::from(folder_prefix(from));
+        let keys: Vec<Path> = self
+            .store
+            .list(Some(&prefix))
+            .map(|m| m.map(|m| m.location))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(transient("listing the folder to copy"))?;
+        let mut copied = 0;
+        for key in keys {
+            let Some(target) = mirrored_key(from, to, key.as_ref()) else {
+                continue;
+            };
+            self.store
+                .copy(&key, &Path::from(target))
+                .await
+                .map_err(transient("copying an object"))?;
+            copied += 1;
+        }
+        Ok(copied)
     }
 
     async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError> {

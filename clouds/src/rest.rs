@@ -82,6 +82,11 @@ pub fn segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// Percent-encodes an object key for a URL path, keeping its `/` separators.
+pub fn encode_path(key: &str) -> String {
+    key.split('/').map(segment).collect::<Vec<_>>().join("/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -424,6 +424,45 @@ pub trait Cloud: Send + Sync {
         md5_hex: &str,
         ttl: Duration,
     ) -> Result<SignedUrl, CloudError>;
+
+    /// Copies every object under `from` to the same relative key under `to`, both in the
+    /// configured bucket, overwriting what is there. The copy is made by the storage
+    /// service: no byte passes through the operator. Returns how many objects it copied.
+    async fn copy_folder(&self, from: &BucketUrl, to: &BucketUrl) -> Result<usize, CloudError>;
+}
+
+/// The key of an object under `to` that mirrors `key` under `from` (`None`: `key` is not
+/// under `from`). A folder's keys are those starting with its path and `/`: `a/b` holds
+/// `a/b/c`, not `a/bc`.
+pub fn mirrored_key(from: &BucketUrl, to: &BucketUrl, key: &str) -> Option<String> {
+    let rel = if from.path.is_empty() {
+        key
+    } else {
+        key.strip_prefix(from.path.as_str())?.strip_prefix('/')?
+    };
+    (!rel.is_empty()).then(|| to.key(rel))
+}
+
+/// The listing prefix of a folder: its path and `/` (empty for the bucket's root).
+pub fn folder_prefix(folder: &BucketUrl) -> String {
+    if folder.path.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", folder.path)
+    }
+}
+
+/// Refuses a location outside the configured bucket: copies never leave it.
+pub fn in_bucket(config: &CloudConfig, url: &BucketUrl) -> Result<(), CloudError> {
+    let b = &config.artifact_bucket;
+    if url.scheme == b.scheme && url.bucket == b.bucket {
+        Ok(())
+    } else {
+        Err(CloudError::Permanent {
+            reason: crate::conditions::reasons::CLOUD_ERROR,
+            message: format!("{url} is not in the configured bucket {b}"),
+        })
+    }
 }
 
 /// How long one call to a cloud may take before it counts as a transient failure.
@@ -497,6 +536,25 @@ mod tests {
         for bad in ["nobucket", "s3://", "://b", "s 3://b"] {
             assert!(BucketUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_folders_keys_mirror_under_another_and_nothing_else_does() {
+        let from = BucketUrl::parse("s3://b/x/artifacts").unwrap();
+        let to = BucketUrl::parse("s3://b/y/artifacts/sql/3").unwrap();
+        assert_eq!(
+            mirrored_key(&from, &to, "x/artifacts/model.safetensors").as_deref(),
+            Some("y/artifacts/sql/3/model.safetensors")
+        );
+        assert_eq!(
+            mirrored_key(&from, &to, "x/artifacts/a/b.json").as_deref(),
+            Some("y/artifacts/sql/3/a/b.json")
+        );
+        assert_eq!(mirrored_key(&from, &to, "x/artifactsX/a"), None);
+        assert_eq!(mirrored_key(&from, &to, "x/artifacts/"), None);
+        assert_eq!(mirrored_key(&from, &to, "z/artifacts/a"), None);
+        assert_eq!(folder_prefix(&from), "x/artifacts/");
+        assert_eq!(folder_prefix(&BucketUrl::parse("s3://b").unwrap()), "");
     }
 
     #[test]

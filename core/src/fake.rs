@@ -192,6 +192,19 @@ impl Cloud for FakeCloud {
         self.record(format!("prepare_image {image}"))
     }
 
+    async fn copy_folder(&self, from: &BucketUrl, to: &BucketUrl) -> Result<usize, CloudError> {
+        self.record(format!("copy_folder {from} {to}"))?;
+        let mut state = self.state();
+        let copies: Vec<(String, String)> = state
+            .objects
+            .iter()
+            .filter_map(|(k, v)| Some((crate::cloud::mirrored_key(from, to, k)?, v.clone())))
+            .collect();
+        let n = copies.len();
+        state.objects.extend(copies);
+        Ok(n)
+    }
+
     async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError> {
         self.record(format!("stored_md5 {key}"))?;
         Ok(self.state().objects.get(key).cloned())

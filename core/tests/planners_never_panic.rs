@@ -489,6 +489,7 @@ fn run(c: &Case, cloud: &FakeCloud) -> (u32, u32) {
                         ready_replicas: (g % 3) as i32,
                     }),
                     pods: &[],
+                    copied: &[],
                 };
                 let p = server::plan(&input, cloud);
                 assert_eq!(

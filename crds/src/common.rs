@@ -359,9 +359,30 @@ pub struct ServerStatus {
     /// scale subresource by `kubectl scale`, the HorizontalPodAutoscaler and KEDA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The adapters the replicas can load: each one's artifacts, copied into the Server's
+    /// own storage, at `path` in every replica. The gateway loads them there through the
+    /// engine's run-time adapter API; an adapter of `spec.adapters` not listed yet is still
+    /// being copied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub adapters: Vec<AdapterStatus>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// One adapter a Server's replicas can load.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdapterStatus {
+    /// The adapter's name (`spec.adapters[].name`).
+    pub name: String,
+    /// The Model it was copied from.
+    pub model: String,
+    /// The run of that Model whose artifacts were copied (its `metadata.generation`).
+    pub generation: i64,
+    /// Where replicas find it: `/content/adapters/<name>/<generation>`.
+    pub path: String,
 }
 
 /// Status of a Notebook.

@@ -7,9 +7,11 @@
 //! - [`scale`]: how many replicas the load asks for, with the scale-down delay (pure);
 //! - [`load`]: requests in flight and held, per Server and replica;
 //! - [`peers`]: replicas of the gateway add up their loads;
+//! - [`adapters`]: fine-tuned adapters loaded into replicas through the engine's run-time API;
 //! - [`proxy`]: the HTTP front: hold, forward, retry, stream back;
 //! - [`run`]: the watches that keep the table and the loop that writes `spec.replicas`.
 
+pub mod adapters;
 pub mod load;
 pub mod metrics;
 pub mod openai;

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub queue_wait: Family<ServerLabels, Histogram, fn() -> Histogram>,
     pub time_to_first_byte: Family<ServerLabels, Histogram, fn() -> Histogram>,
     pub retries: Family<ServerLabels, Counter>,
+    pub adapter_loads: Family<ServerLabels, Counter>,
     pub scale: Family<ScaleLabels, Counter>,
     pub desired_replicas: Family<ServerLabels, Gauge>,
 }
@@ -65,6 +66,7 @@ impl Metrics {
             queue_wait: Family::new_with_constructor(seconds),
             time_to_first_byte: Family::new_with_constructor(seconds),
             retries: Family::default(),
+            adapter_loads: Family::default(),
             scale: Family::default(),
             desired_replicas: Family::default(),
         };
@@ -98,6 +100,11 @@ impl Metrics {
             "retries",
             "Requests sent to another replica after one failed before answering",
             m.retries.clone(),
+        );
+        r.register(
+            "adapter_loads",
+            "Adapters loaded into a replica through the engine's run-time adapter API",
+            m.adapter_loads.clone(),
         );
         r.register(
             "scale",

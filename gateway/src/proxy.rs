@@ -30,6 +30,7 @@ use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Notify, watch};
 
+use crate::adapters::{Adapters, Loaded};
 use crate::load::{InFlight, Loads};
 use crate::metrics::{Metrics, RequestLabels, ServerLabels};
 use crate::openai::{self, ApiError};
@@ -69,6 +70,7 @@ pub struct Gateway {
     loads: Loads,
     metrics: Metrics,
     client: Client<HttpConnector, Full<Bytes>>,
+    adapters: Adapters,
     opts: Options,
     /// Woken when a request is held, so that a Server at zero starts at once.
     wake_scaler: Arc<Notify>,
@@ -93,6 +95,7 @@ impl Gateway {
             table,
             loads,
             metrics,
+            adapters: Adapters::new(client.clone()),
             client,
             opts,
             wake_scaler,
@@ -288,9 +291,12 @@ async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             return error_response(&e);
         }
     };
-    // `<server>/<adapter>`: the replica is asked for the adapter by its own name.
-    let body = match openai::adapter_of(&inbound.model) {
-        Some(adapter) => match openai::with_model(&body, adapter) {
+    // `<server>/<adapter>`: the replica is asked for the adapter by its own name, once it
+    // has loaded it from the folder the Server's status names.
+    let adapter = openai::adapter_of(&inbound.model)
+        .and_then(|a| Some((a, route.adapters.get(a)?.as_str())));
+    let body = match adapter {
+        Some((adapter, _)) => match openai::with_model(&body, adapter) {
             Ok(b) => axum::body::Bytes::from(b),
             Err(e) => {
                 count(&route.key.name, &route.key.namespace, e.status);
@@ -349,6 +355,20 @@ async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         }
         tried.push(addr);
         let guard = gw.loads.forward(&route.key, addr);
+        if let Some((name, folder)) = adapter {
+            match gw.adapters.ensure(addr, name, folder).await {
+                Ok(Loaded::Already) => {}
+                Ok(Loaded::Now) => {
+                    gw.metrics.adapter_loads.get_or_create(&labels).inc();
+                    tracing::info!(server = %route.key, %addr, adapter = name, folder, "adapter loaded");
+                }
+                Err(e) => {
+                    failure = e;
+                    tracing::warn!(server = %route.key, %failure, "adapter not loaded");
+                    continue;
+                }
+            }
+        }
         let mut upstream = hyper::Request::builder()
             .method(parts.method.clone())
             .uri(format!("http://{addr}{path}"))

@@ -38,6 +38,9 @@ pub struct Route {
     pub routing: Routing,
     /// The Server's `Ready` condition as `Reason: message`, when it is not ready.
     pub not_ready: Option<String>,
+    /// Adapter name → the folder replicas load it from (`status.adapters`, for the
+    /// adapters `spec.adapters` still lists).
+    pub adapters: BTreeMap<String, String>,
 }
 
 /// What a `model` resolves to.
@@ -111,16 +114,19 @@ impl Table {
             names.extend(server.spec.served_model_names.iter().cloned());
             names.sort();
             names.dedup();
-            // Each adapter answers to `<name>/<adapter>` under every name of its Server.
+            // The adapters copied for the replicas to load (a new one is routed once its
+            // copy is recorded), each answering to `<name>/<adapter>` under every name of
+            // its Server.
+            let loadable: BTreeMap<String, String> = server
+                .status
+                .iter()
+                .flat_map(|s| &s.adapters)
+                .filter(|a| server.spec.adapters.iter().any(|s| s.name == a.name))
+                .map(|a| (a.name.clone(), a.path.clone()))
+                .collect();
             let adapters: Vec<String> = names
                 .iter()
-                .flat_map(|n| {
-                    server
-                        .spec
-                        .adapters
-                        .iter()
-                        .map(move |a| format!("{n}/{}", a.name))
-                })
+                .flat_map(|n| loadable.keys().map(move |a| format!("{n}/{a}")))
                 .collect();
             names.extend(adapters);
             for id in names {
@@ -135,6 +141,7 @@ impl Table {
                     autoscaling: server.spec.autoscaling.clone(),
                     routing: server.spec.routing.clone().unwrap_or_default(),
                     not_ready,
+                    adapters: loadable,
                 },
             );
         }
@@ -275,18 +282,38 @@ mod tests {
 
     #[test]
     fn adapters_answer_to_server_slash_adapter_under_every_name_of_their_server() {
-        let servers = [server(
+        let mut s = server(
             "a",
             "tiny",
             json!({"servedModelNames": ["gpt-tiny"],
-                   "adapters": [{"name": "sql", "model": {"name": "tiny-sql"}}]}),
-        )];
+                   "adapters": [{"name": "sql", "model": {"name": "tiny-sql"}},
+                                {"name": "chat", "model": {"name": "tiny-chat"}}]}),
+        );
+        // Only copied adapters are routed: `chat` is still being copied, and `old` is a copy
+        // of an adapter no longer listed.
+        s.status = Some(
+            serde_json::from_value(json!({"adapters": [
+                {"name": "sql", "model": "tiny-sql", "generation": 2, "path": "/content/adapters/sql/2"},
+                {"name": "old", "model": "tiny-old", "generation": 1, "path": "/content/adapters/old/1"},
+            ]}))
+            .unwrap(),
+        );
+        let servers = [s];
         let t = Table::build(&servers, &[]);
         assert_eq!(
             t.model_ids().collect::<Vec<_>>(),
             ["gpt-tiny", "gpt-tiny/sql", "tiny", "tiny/sql"]
         );
         assert!(matches!(t.lookup("gpt-tiny/sql"), Lookup::Found(r) if r.key.name == "tiny"));
+        let Lookup::Found(r) = t.lookup("tiny/sql") else {
+            panic!("tiny/sql")
+        };
+        assert_eq!(
+            r.adapters,
+            BTreeMap::from([("sql".to_owned(), "/content/adapters/sql/2".to_owned())])
+        );
+        assert_eq!(t.lookup("tiny/chat"), Lookup::Unknown);
+        assert_eq!(t.lookup("tiny/old"), Lookup::Unknown);
         // The adapter's Model is not a name of the Server.
         assert_eq!(t.lookup("tiny-sql"), Lookup::Unknown);
         assert_eq!(t.lookup("tiny/other"), Lookup::Unknown);

@@ -256,6 +256,7 @@ fn plans(name: &str, ns: &str, spec: &Value, cloud: &dyn Cloud) -> Vec<(Kind, Va
                         adapters,
                         deployment: None,
                         pods: &[],
+                        copied: &[],
                     },
                     cloud,
                 );

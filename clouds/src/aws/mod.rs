@@ -23,7 +23,7 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
-    PrefixFolder, SignedUrl, Tenancy, UploadContext,
+    PrefixFolder, SignedUrl, Tenancy, UploadContext, folder_prefix, in_bucket, mirrored_key,
 };
 use substratus_core::conditions::reasons;
 use substratus_core::names::{Kind, Role};
@@ -504,6 +504,51 @@ impl Cloud for AwsCloud {
             .unwrap_or_else(|p| p.into_inner())
             .insert(repository.to_owned());
         Ok(())
+    }
+
+    async fn copy_folder(&self, from: &BucketUrl, to: &BucketUrl) -> Result<usize, CloudError> {
+        in_bucket(&self.config, from)?;
+        in_bucket(&self.config, to)?;
+        let mut copied = 0;
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .prefix(folder_prefix(from))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_error(&format!("listing {from}"), e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let Some(target) = mirrored_key(from, to, key) else {
+                    continue;
+                };
+                // One CopyObject copies at most 5 GiB; larger objects need a multipart copy.
+                if object.size().unwrap_or(0) > 5 << 30 {
+                    return Err(CloudError::Permanent {
+                        reason: reasons::CLOUD_ERROR,
+                        message: format!(
+                            "{key} is larger than 5 GiB, more than one S3 copy request copies"
+                        ),
+                    });
+                }
+                self.s3
+                    .copy_object()
+                    .bucket(self.bucket())
+                    .key(&target)
+                    .copy_source(format!(
+                        "{}/{}",
+                        self.bucket(),
+                        crate::rest::encode_path(key)
+                    ))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(&format!("copying {key} to {target}"), e))?;
+                copied += 1;
+            }
+        }
+        Ok(copied)
     }
 
     async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError> {

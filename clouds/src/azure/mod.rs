@@ -35,7 +35,7 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
-    PrefixFolder, SignedUrl, UploadContext,
+    PrefixFolder, SignedUrl, UploadContext, folder_prefix, in_bucket, mirrored_key,
 };
 use substratus_core::conditions::reasons;
 use substratus_core::names::Role;
@@ -175,6 +175,39 @@ impl AzureCloud {
             hasher.update(&data);
         }
         Ok(substratus_core::names::hex(&hasher.finalize()))
+    }
+
+    /// Copies blob `from` to `to` with Copy Blob, which the service may finish later:
+    /// waits (bounded) until the copy's status is `success`.
+    async fn copy_blob(&self, from: &str, to: &str) -> Result<(), CloudError> {
+        use azure_storage_blobs::blob::CopyStatus;
+        let what = format!("copying {from} to {to}");
+        let source = self
+            .blob(from)
+            .url()
+            .map_err(|e| azure_error(&what, e))?;
+        let target = self.blob(to);
+        let started = target
+            .copy(source)
+            .await
+            .map_err(|e| azure_error(&what, e))?;
+        let mut status = started.copy_status;
+        for _ in 0..600 {
+            match status {
+                CopyStatus::Success => return Ok(()),
+                CopyStatus::Pending => {}
+                other => {
+                    return Err(CloudError::Transient(format!("{what}: the copy ended {other:?}")));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let props = target
+                .get_properties()
+                .await
+                .map_err(|e| azure_error(&what, e))?;
+            status = props.blob.properties.copy_status.unwrap_or(CopyStatus::Success);
+        }
+        Err(CloudError::Transient(format!("{what}: still pending after 2 minutes")))
     }
 
     fn identity_url(&self) -> String {
@@ -324,6 +357,31 @@ impl Cloud for AzureCloud {
                 Ok(Some(self.client_id.clone()))
             }
         }
+    }
+
+    async fn copy_folder(&self, from: &BucketUrl, to: &BucketUrl) -> Result<usize, CloudError> {
+        in_bucket(&self.config, from)?;
+        in_bucket(&self.config, to)?;
+        let mut keys = Vec::new();
+        let mut pages = self
+            .service
+            .container_client(self.config.artifact_bucket.bucket.clone())
+            .list_blobs()
+            .prefix(folder_prefix(from))
+            .into_stream();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| azure_error(&format!("listing {from}"), e))?;
+            keys.extend(page.blobs.blobs().map(|b| b.name.clone()));
+        }
+        let mut copied = 0;
+        for key in keys {
+            let Some(target) = mirrored_key(from, to, &key) else {
+                continue;
+            };
+            self.copy_blob(&key, &target).await?;
+            copied += 1;
+        }
+        Ok(copied)
     }
 
     async fn stored_md5(&self, key: &str) -> Result<Option<String>, CloudError> {

@@ -27,7 +27,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
-    PrefixFolder, SignedUrl, Tenancy, UploadContext,
+    PrefixFolder, SignedUrl, Tenancy, UploadContext, folder_prefix, in_bucket, mirrored_key,
 };
 use substratus_core::names::{Kind, Role};
 use substratus_crds::GpuType;
@@ -329,6 +329,40 @@ impl GcpCloud {
         )
     }
 
+    /// Copies object `from` to `to` in the bucket with `objects.rewrite`, which may take
+    /// several calls for a large object (each returns a token to go on with).
+    async fn rewrite(&self, from: &str, to: &str) -> Result<(), CloudError> {
+        let url = format!(
+            "{}/rewriteTo/b/{}/o/{}",
+            self.object_url(from),
+            rest::segment(&self.config.artifact_bucket.bucket),
+            rest::segment(to)
+        );
+        let what = format!("copying {from} to {to}");
+        let mut token: Option<String> = None;
+        // A rewrite copies at least 1 GiB per call (more within one location and class):
+        // bounded by the object's size, and by this cap in any case.
+        for _ in 0..10_000 {
+            let mut req = self.http.post(&url).bearer_auth(self.token().await?);
+            if let Some(t) = &token {
+                req = req.query(&[("rewriteToken", t)]);
+            }
+            let answer = rest::json_found(req.json(&json!({})), &what).await?;
+            if answer["done"].as_bool() == Some(true) {
+                return Ok(());
+            }
+            match answer["rewriteToken"].as_str() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => {
+                    return Err(CloudError::Transient(format!(
+                        "{what}: the answer is neither done nor has a rewriteToken"
+                    )));
+                }
+            }
+        }
+        Err(CloudError::Transient(format!("{what}: not done after 10,000 calls")))
+    }
+
     /// The hex MD5 of an object by reading it (composite objects have no `md5Hash`).
     async fn md5_by_reading(&self, key: &str) -> Result<String, CloudError> {
         let mut resp = self
@@ -492,6 +526,42 @@ impl Cloud for GcpCloud {
                 )))
             }
             other => other.map(|()| Some(member)),
+        }
+    }
+
+    async fn copy_folder(&self, from: &BucketUrl, to: &BucketUrl) -> Result<usize, CloudError> {
+        in_bucket(&self.config, from)?;
+        in_bucket(&self.config, to)?;
+        let list = format!(
+            "{}/storage/v1/b/{}/o",
+            self.settings.storage_endpoint.trim_end_matches('/'),
+            rest::segment(&self.config.artifact_bucket.bucket),
+        );
+        let prefix = folder_prefix(from);
+        let mut copied = 0;
+        let mut page_token: Option<String> = None;
+        loop {
+            let mut query = vec![("prefix", prefix.clone()), ("fields", "items(name),nextPageToken".into())];
+            if let Some(t) = page_token.take() {
+                query.push(("pageToken", t));
+            }
+            let page = rest::json_found(
+                self.http.get(&list).query(&query).bearer_auth(self.token().await?),
+                &format!("listing {from}"),
+            )
+            .await?;
+            for item in page["items"].as_array().into_iter().flatten() {
+                let Some(key) = item["name"].as_str() else { continue };
+                let Some(target) = mirrored_key(from, to, key) else {
+                    continue;
+                };
+                self.rewrite(key, &target).await?;
+                copied += 1;
+            }
+            match page["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => page_token = Some(t.to_owned()),
+                _ => return Ok(copied),
+            }
         }
     }
 

@@ -6,14 +6,15 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use substratus_crds::ServerSpec;
+use substratus_crds::{AdapterStatus, ServerSpec};
 
 use super::serving;
+use super::storage::{artifact_prefix, owned_prefix_objects};
 use super::{
     Child, Mount, Parent, Plan, RefState, ServingPort, Workload, params_config_map, pod_problem,
     pod_progress, pod_template, stamp_hash,
 };
-use crate::cloud::{Access, Cloud};
+use crate::cloud::{Access, BucketUrl, Cloud, PrefixFolder};
 use crate::conditions::reasons;
 use crate::names::{self, Kind, KindChildren};
 
@@ -52,6 +53,22 @@ pub struct ServerInput<'a> {
     pub adapters: Vec<AdapterInput>,
     pub deployment: Option<ObservedDeployment>,
     pub pods: &'a [Pod],
+    /// `status.adapters`: the adapters copied so far.
+    pub copied: &'a [AdapterStatus],
+}
+
+/// Where the replicas see the Server's copies of its adapters.
+pub const ADAPTERS_DIR: &str = "/content/adapters";
+
+/// One adapter's artifacts to copy into the Server's own storage before replicas can load
+/// it: the operator does the copy, then records `status` among `status.adapters`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterCopy {
+    /// The adapter Model's `artifacts/` folder (derived from the Model, never a status).
+    pub from: BucketUrl,
+    /// `<the Server's prefix>/artifacts/<name>/<generation>`.
+    pub to: BucketUrl,
+    pub status: AdapterStatus,
 }
 
 /// What a Server's status adds to the plan.
@@ -60,6 +77,11 @@ pub struct ServerExtra {
     pub ready_replicas: i32,
     /// The pods' label selector, for the scale subresource.
     pub selector: String,
+    /// `status.adapters`: the adapters copied already (the reconciler adds each copy it
+    /// makes).
+    pub adapters: Vec<AdapterStatus>,
+    /// Copies to make.
+    pub copies: Vec<AdapterCopy>,
 }
 
 /// What to do for a Server.
@@ -76,6 +98,10 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
     let mut plan = Plan::new(ServerExtra {
         ready_replicas: 0,
         selector,
+        // Until the adapters are planned below, what is copied stays recorded: a Server
+        // waiting on its Model or image keeps its copies.
+        adapters: input.copied.to_vec(),
+        ..Default::default()
     });
     let Some(image) = input.spec.image.as_deref() else {
         plan.conditions = serving(
@@ -118,8 +144,44 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
         access: Access::ReadOnly,
         generation: Some(model_generation),
     }];
-    match adapter_mounts(input) {
-        Ok(more) => mounts.extend(more),
+    let sources = adapter_sources(input);
+    if sources.is_ok() {
+        plan.extra.adapters.clear();
+    }
+    match sources {
+        Ok(sources) if !sources.is_empty() => {
+            // One volume, the Server's own `artifacts/`, holds a copy of each adapter: adding,
+            // removing or rerunning an adapter changes what is in it, not the pod template,
+            // so replicas load adapters at run time instead of rolling.
+            let own = artifact_prefix(parent, cloud);
+            plan.children
+                .extend(owned_prefix_objects(parent, &own, cloud));
+            let own = own.artifacts();
+            for (name, model, from, generation) in sources {
+                let status = AdapterStatus {
+                    path: format!("{ADAPTERS_DIR}/{name}/{generation}"),
+                    name: name.to_owned(),
+                    model: model.to_owned(),
+                    generation,
+                };
+                if input.copied.contains(&status) {
+                    plan.extra.adapters.push(status);
+                } else {
+                    plan.extra.copies.push(AdapterCopy {
+                        from: from.url.clone(),
+                        to: own.url.join(&format!("{name}/{generation}")),
+                        status,
+                    });
+                }
+            }
+            mounts.push(Mount {
+                subdir: "adapters".into(),
+                folder: own,
+                access: Access::ReadOnly,
+                generation: None,
+            });
+        }
+        Ok(_) => {}
         Err((reason, message)) => {
             plan.conditions = serving(false, reason, message);
             return plan;
@@ -236,11 +298,14 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
     plan
 }
 
-/// The adapters' mounts at `/content/adapters/<name>`, or why the Server must wait (or
+/// Each adapter's name, Model, artifacts and generation, or why the Server must wait (or
 /// cannot serve them): every adapter is a Ready Model trained from the Server's Model.
-fn adapter_mounts(input: &ServerInput<'_>) -> Result<Vec<Mount>, (&'static str, String)> {
+#[allow(clippy::type_complexity)]
+fn adapter_sources<'i>(
+    input: &'i ServerInput<'_>,
+) -> Result<Vec<(&'i str, &'i str, &'i PrefixFolder, i64)>, (&'static str, String)> {
     let base = input.spec.model_name().unwrap_or_default();
-    let mut mounts = Vec::new();
+    let mut sources = Vec::new();
     for (i, a) in input.adapters.iter().enumerate() {
         let field = format!("spec.adapters[{i}] ({})", a.name);
         let (artifacts, generation) = match &a.state {
@@ -274,14 +339,9 @@ fn adapter_mounts(input: &ServerInput<'_>) -> Result<Vec<Mount>, (&'static str, 
                 ),
             ));
         }
-        mounts.push(Mount {
-            subdir: format!("adapters/{}", a.name).into(),
-            folder: artifacts.clone(),
-            access: Access::ReadOnly,
-            generation: Some(generation),
-        });
+        sources.push((a.name.as_str(), a.model.as_str(), artifacts, generation));
     }
-    Ok(mounts)
+    Ok(sources)
 }
 
 #[cfg(test)]
@@ -321,6 +381,7 @@ mod tests {
             adapters: Vec::new(),
             deployment,
             pods: &[],
+            copied: &[],
         }
     }
 
@@ -340,53 +401,104 @@ mod tests {
         }
     }
 
+    fn template_of(p: &ServerPlan) -> k8s_openapi::api::core::v1::PodTemplateSpec {
+        p.children
+            .iter()
+            .find_map(|c| match c {
+                Child::Deployment(d) => Some(d.spec.as_ref().unwrap().template.clone()),
+                _ => None,
+            })
+            .expect("a Deployment")
+    }
+
     #[test]
-    fn adapters_trained_from_the_model_are_mounted_under_content_adapters() {
+    fn adapters_are_copied_into_the_servers_own_folder_mounted_once_at_content_adapters() {
         let s = spec();
         let mut i = input(&s, ready_model(), None);
         i.adapters = vec![
             adapter("sql", adapter_at("sql", 1), Some("falcon")),
             adapter("chat", adapter_at("chat", 3), Some("falcon")),
         ];
-        let p = plan(&i, &FakeCloud::default());
-        let d = p
-            .children
-            .iter()
-            .find_map(|c| match c {
-                Child::Deployment(d) => Some(d),
-                _ => None,
-            })
-            .expect("a Deployment");
-        let template = d.spec.as_ref().unwrap().template.clone();
-        let pod = template.spec.unwrap();
+        let cloud = FakeCloud::default();
+        let p = plan(&i, &cloud);
+        let own = artifact_prefix(&i.parent, &cloud).artifacts();
+        assert_eq!(
+            p.extra.copies,
+            vec![
+                AdapterCopy {
+                    from: BucketUrl::parse("fake://artifacts/sql/artifacts").unwrap(),
+                    to: own.url.join("sql/1"),
+                    status: AdapterStatus {
+                        name: "sql".into(),
+                        model: "sql-model".into(),
+                        generation: 1,
+                        path: "/content/adapters/sql/1".into(),
+                    },
+                },
+                AdapterCopy {
+                    from: BucketUrl::parse("fake://artifacts/chat/artifacts").unwrap(),
+                    to: own.url.join("chat/3"),
+                    status: AdapterStatus {
+                        name: "chat".into(),
+                        model: "chat-model".into(),
+                        generation: 3,
+                        path: "/content/adapters/chat/3".into(),
+                    },
+                },
+            ]
+        );
+        assert!(p.extra.adapters.is_empty(), "nothing is loadable before its copy");
+        let template = template_of(&p);
+        let pod = template.spec.clone().unwrap();
         let mounts: Vec<(String, String, Option<bool>)> = pod.containers[0]
             .volume_mounts
             .iter()
             .flatten()
             .map(|m| (m.name.clone(), m.mount_path.clone(), m.read_only))
             .collect();
-        for (volume, path) in [
-            ("adapters-sql", "/content/adapters/sql"),
-            ("adapters-chat", "/content/adapters/chat"),
-        ] {
-            assert!(
-                mounts.contains(&(volume.into(), path.into(), Some(true))),
-                "{mounts:?}"
-            );
-            assert!(
-                pod.volumes.iter().flatten().any(|v| v.name == volume),
-                "no volume {volume}"
-            );
-        }
-        // A rerun of an adapter rolls the replicas, as one of the Model does.
-        let annotations = template.metadata.unwrap().annotations.unwrap();
-        assert_eq!(
-            annotations
-                .get("substratus.ai/adapters-chat-generation")
-                .map(String::as_str),
-            Some("3")
+        assert!(
+            mounts.contains(&("adapters".into(), "/content/adapters".into(), Some(true))),
+            "{mounts:?}"
         );
-        assert!(!annotations.contains_key("substratus.ai/adapters-sql-generation"));
+        assert_eq!(
+            mounts.iter().filter(|m| m.1.starts_with("/content/adapters")).count(),
+            1,
+            "{mounts:?}"
+        );
+        let annotations = template.metadata.clone().unwrap().annotations.unwrap_or_default();
+        assert!(
+            !annotations.keys().any(|k| k.contains("adapters")),
+            "{annotations:?}"
+        );
+
+        // Once copied, an adapter is loadable and not copied again; a rerun is a new copy in
+        // a folder of its own. None of it changes the pod template: no replica rolls.
+        let copied = vec![p.extra.copies[0].status.clone()];
+        i.copied = &copied;
+        i.adapters[1] = adapter("chat", adapter_at("chat", 4), Some("falcon"));
+        let next = plan(&i, &cloud);
+        assert_eq!(next.extra.adapters, copied);
+        assert_eq!(next.extra.copies.len(), 1);
+        assert_eq!(next.extra.copies[0].status.path, "/content/adapters/chat/4");
+        assert_eq!(next.extra.copies[0].to, own.url.join("chat/4"));
+        assert_eq!(template_of(&next), template);
+        i.adapters.pop();
+        assert_eq!(template_of(&plan(&i, &cloud)), template);
+
+        // A copy recorded for an adapter no longer listed is dropped from the status.
+        i.adapters.clear();
+        let none = plan(&i, &cloud);
+        assert!(none.extra.adapters.is_empty() && none.extra.copies.is_empty());
+        assert!(
+            !template_of(&none)
+                .spec
+                .unwrap()
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == "adapters"),
+            "a Server without adapters mounts nothing for them"
+        );
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl KindStatus for ServerStatus {
             build_upload: upload.map(Box::new),
             replicas: Some(plan.extra.ready_replicas),
             selector: Some(plan.extra.selector.clone()),
+            adapters: plan.extra.adapters.clone(),
             observed_generation: generation,
         }
     }

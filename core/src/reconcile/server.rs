@@ -10,7 +10,7 @@ use super::{Context, Error, parent_of};
 use crate::names::{Kind, KindChildren};
 use crate::plan::Parent;
 use crate::plan::RefState;
-use crate::plan::server::{self, AdapterInput, ObservedDeployment, ServerInput};
+use crate::plan::server::{self, AdapterInput, ObservedDeployment, ServerInput, ServerPlan};
 
 /// Reconciles a Server.
 pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -65,6 +65,7 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
     };
     let mut spec = srv.spec.clone();
     spec.image = built.image.clone();
+    let copied = status.map(|s| s.adapters.as_slice()).unwrap_or_default();
     let input = ServerInput {
         parent: parent.clone(),
         spec: &spec,
@@ -72,8 +73,43 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         adapters,
         deployment: observed,
         pods: &pods,
+        copied,
     };
-    let plan = server::plan(&input, ctx.cloud.as_ref());
+    let mut plan = server::plan(&input, ctx.cloud.as_ref());
     apply(&ctx, &parent.namespace, &plan).await?;
+    copy_adapters(&ctx, &parent, &mut plan).await?;
     finish(&ctx, srv.as_ref(), status, parent.generation, &plan, built).await
+}
+
+/// How long copying one adapter may take before it counts as a transient failure (tried
+/// again with backoff). Copies are server-side: the bytes do not pass through the operator.
+const COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Makes the plan's adapter copies, each recorded in `status.adapters` once whole, so that
+/// the gateway loads only complete copies. A failure is retried with backoff: a copy made
+/// again over itself writes the same objects.
+async fn copy_adapters(ctx: &Context, parent: &Parent, plan: &mut ServerPlan) -> Result<(), Error> {
+    for copy in std::mem::take(&mut plan.extra.copies) {
+        let object = format!("Server {}/{} adapter {}", parent.namespace, parent.name, copy.status.name);
+        let copied = crate::cloud::within(
+            &format!("copying {} to {}", copy.from, copy.to),
+            COPY_TIMEOUT,
+            ctx.cloud.copy_folder(&copy.from, &copy.to),
+        )
+        .await;
+        match copied {
+            Ok(objects) => {
+                tracing::info!(%object, objects, from = %copy.from, to = %copy.to, "adapter copied");
+                plan.extra.adapters.push(copy.status);
+            }
+            Err(source) => {
+                return Err(Error::Cloud {
+                    step: "copying the adapter of",
+                    object,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -218,7 +218,9 @@ class AdapterTest(Served):
         cls.tmp = tempfile.TemporaryDirectory()
         root = cls.tmp.name
         trained(os.path.join(root, "model"), "ping pong ping pong ", "base")
-        trained(os.path.join(root, "adapters", "ding"), "ping ding ping ding ", "ding")
+        # As the operator copies them: <name>/<generation>; the newest run is served.
+        trained(os.path.join(root, "adapters", "ding", "2"), "ping dong ping dong ", "ding")
+        trained(os.path.join(root, "adapters", "ding", "10"), "ping ding ping ding ", "ding")
         trained(os.path.join(root, "later"), "ping zing ping zing ", "zing")
         cls.serve(os.path.join(root, "model"), adapters=os.path.join(root, "adapters"))
 
@@ -233,6 +235,7 @@ class AdapterTest(Served):
         self.assertEqual(self.call("/")[0], 200)
         data = json.loads(self.call("/v1/models")[1])["data"]
         self.assertEqual([(m["id"], m.get("parent")) for m in data][:2], [("tiny", None), ("ding", "tiny")])
+        self.assertEqual(data[1]["root"], os.path.join(self.tmp.name, "adapters", "ding", "10"))
         self.assertEqual(self.complete("ding"), ("ding", " ding"))
         # Any other name is the model itself.
         self.assertEqual(self.complete("tiny"), ("tiny", " pong"))
@@ -243,7 +246,15 @@ class AdapterTest(Served):
         code, body = self.call("/v1/load_lora_adapter", {"lora_name": "zing", "lora_path": later})
         self.assertEqual(code, 200, body)
         self.assertEqual(self.complete("zing"), ("zing", " zing"))
-        self.assertIn("zing", [m["id"] for m in json.loads(self.call("/v1/models")[1])["data"]])
+        listed = {m["id"]: m.get("root") for m in json.loads(self.call("/v1/models")[1])["data"]}
+        self.assertEqual(listed.get("zing"), later)
+        # Loading a name again replaces it, from the new folder.
+        again = os.path.join(self.tmp.name, "adapters", "ding", "2")
+        code, body = self.call("/v1/load_lora_adapter", {"lora_name": "zing", "lora_path": again})
+        self.assertEqual(code, 200, body)
+        self.assertEqual(self.complete("zing"), ("zing", " dong"))
+        listed = {m["id"]: m.get("root") for m in json.loads(self.call("/v1/models")[1])["data"]}
+        self.assertEqual(listed.get("zing"), again)
         code, body = self.call("/v1/unload_lora_adapter", {"lora_name": "zing"})
         self.assertEqual(code, 200, body)
         self.assertEqual(self.complete("zing"), ("tiny", " pong"))

@@ -6,4 +6,4 @@ contract: a dataset loader, a model loader, a trainer and an OpenAI-compatible s
 Standard library only.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -1,15 +1,18 @@
 """Server: an OpenAI-compatible HTTP API over the model at `/content/model` (env `MODEL`),
 on port 8080 (env `PORT`), and the fine-tuned adapters in the folders of
-`/content/adapters` (env `ADAPTERS`), each served under its folder's name. `GET /` answers
+`/content/adapters` (env `ADAPTERS`), each served under its folder's name (from its highest
+numbered subfolder when it has some: `<name>/<generation>`). `GET /` answers
 200 only once the weights are loaded (503 before), so a readiness probe on `/` waits for them.
 
-- `GET /v1/models`: the model, then the adapters (`parent` names the model)
+- `GET /v1/models`: the model, then the adapters (`parent` names the model, `root` the
+  folder the adapter was loaded from)
 - `POST /v1/completions`: `model` (an adapter's name selects it; anything else is the
   model), `prompt`, `max_tokens` (16), `temperature` (1.0), `seed`, `stop`, `stream`
   (server-sent events, ending with `data: [DONE]`)
 - `POST /v1/chat/completions`: `messages` ([{role, content}]), the same options
 - `POST /v1/load_lora_adapter` (`lora_name`, `lora_path`) and `POST /v1/unload_lora_adapter`
-  (`lora_name`): adapters loaded and dropped at run time, as vLLM's API does
+  (`lora_name`): adapters loaded and dropped at run time, as vLLM's API does; loading a
+  name that is loaded replaces it
 """
 
 import json
@@ -38,6 +41,8 @@ class State:
         self.loaded = threading.Event()
         # Adapter name -> Model, replaced whole under the lock (readers take a reference).
         self.adapters = {}
+        # Adapter name -> the folder it was loaded from.
+        self.roots = {}
         self.lock = threading.Lock()
 
     def pick(self, requested):
@@ -65,6 +70,7 @@ def load_adapter(state, name, directory):
         raise BadRequest(f"lora_path: cannot load {directory}: {e}") from e
     with state.lock:
         state.adapters = {**state.adapters, name: model}
+        state.roots = {**state.roots, name: directory}
     print(f"loaded adapter {name} from {directory}: {model.config}", flush=True)
 
 
@@ -129,7 +135,9 @@ class Handler(BaseHTTPRequestHandler):
             if not s.loaded.is_set():
                 return self.reply(200, {"object": "list", "data": []})
             data = [{"id": s.name, "object": "model", "created": 0, "owned_by": "substratus"}]
-            data += [{"id": a, "object": "model", "created": 0, "owned_by": "substratus", "parent": s.name}
+            roots = s.roots
+            data += [{"id": a, "object": "model", "created": 0, "owned_by": "substratus", "parent": s.name,
+                      "root": roots.get(a, "")}
                      for a in sorted(s.adapters)]
             return self.reply(200, {"object": "list", "data": data})
         self.error(404, f"no route {self.path}")
@@ -153,6 +161,7 @@ class Handler(BaseHTTPRequestHandler):
                 if name not in s.adapters:
                     return self.error(404, f"lora_name: no adapter {name!r} is loaded")
                 s.adapters = {k: v for k, v in s.adapters.items() if k != name}
+                s.roots = {k: v for k, v in s.roots.items() if k != name}
             return self.reply(200, {"status": "unloaded", "lora_name": name})
         except (ValueError, BadRequest) as e:
             return self.error(400, str(e))
@@ -224,6 +233,13 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+def adapter_folder(path):
+    """The folder to load adapter folder `path` from: its newest run, the highest numbered
+    subfolder (`<name>/<generation>`, as the operator copies them), else `path` itself."""
+    runs = [d for d in os.listdir(path) if d.isdigit() and os.path.isdir(os.path.join(path, d))]
+    return os.path.join(path, max(runs, key=int)) if runs else path
+
+
 def load(state, directory, adapters=None):
     """Loads the model, then each folder of `adapters` as the adapter of its name; ready
     (or failed, saying what) once all are loaded."""
@@ -235,7 +251,7 @@ def load(state, directory, adapters=None):
             path = os.path.join(adapters, name)
             if os.path.isdir(path):
                 try:
-                    load_adapter(state, name, path)
+                    load_adapter(state, name, adapter_folder(path))
                 except BadRequest as e:
                     raise ValueError(f"adapter {name}: {e}") from e
     except (OSError, ValueError) as e:
