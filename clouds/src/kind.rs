@@ -12,10 +12,10 @@ use futures::StreamExt;
 use http::{HeaderName, HeaderValue, Method};
 use k8s_openapi::api::core::v1::{CSIVolumeSource, Volume};
 use md5::{Digest, Md5};
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError,

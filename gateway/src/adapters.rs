@@ -106,7 +106,12 @@ impl Adapters {
         Ok(adapters_listed(&list))
     }
 
-    async fn post(&self, addr: SocketAddr, path: &str, body: &Value) -> Result<(u16, Bytes), String> {
+    async fn post(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Bytes), String> {
         let req = hyper::Request::post(format!("http://{addr}{path}"))
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))

@@ -293,8 +293,8 @@ async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     };
     // `<server>/<adapter>`: the replica is asked for the adapter by its own name, once it
     // has loaded it from the folder the Server's status names.
-    let adapter = openai::adapter_of(&inbound.model)
-        .and_then(|a| Some((a, route.adapters.get(a)?.as_str())));
+    let adapter =
+        openai::adapter_of(&inbound.model).and_then(|a| Some((a, route.adapters.get(a)?.as_str())));
     let body = match adapter {
         Some((adapter, _)) => match openai::with_model(&body, adapter) {
             Ok(b) => axum::body::Bytes::from(b),

@@ -182,10 +182,7 @@ impl AzureCloud {
     async fn copy_blob(&self, from: &str, to: &str) -> Result<(), CloudError> {
         use azure_storage_blobs::blob::CopyStatus;
         let what = format!("copying {from} to {to}");
-        let source = self
-            .blob(from)
-            .url()
-            .map_err(|e| azure_error(&what, e))?;
+        let source = self.blob(from).url().map_err(|e| azure_error(&what, e))?;
         let target = self.blob(to);
         let started = target
             .copy(source)
@@ -197,7 +194,9 @@ impl AzureCloud {
                 CopyStatus::Success => return Ok(()),
                 CopyStatus::Pending => {}
                 other => {
-                    return Err(CloudError::Transient(format!("{what}: the copy ended {other:?}")));
+                    return Err(CloudError::Transient(format!(
+                        "{what}: the copy ended {other:?}"
+                    )));
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -205,9 +204,15 @@ impl AzureCloud {
                 .get_properties()
                 .await
                 .map_err(|e| azure_error(&what, e))?;
-            status = props.blob.properties.copy_status.unwrap_or(CopyStatus::Success);
+            status = props
+                .blob
+                .properties
+                .copy_status
+                .unwrap_or(CopyStatus::Success);
         }
-        Err(CloudError::Transient(format!("{what}: still pending after 2 minutes")))
+        Err(CloudError::Transient(format!(
+            "{what}: still pending after 2 minutes"
+        )))
     }
 
     fn identity_url(&self) -> String {

@@ -360,7 +360,9 @@ impl GcpCloud {
                 }
             }
         }
-        Err(CloudError::Transient(format!("{what}: not done after 10,000 calls")))
+        Err(CloudError::Transient(format!(
+            "{what}: not done after 10,000 calls"
+        )))
     }
 
     /// The hex MD5 of an object by reading it (composite objects have no `md5Hash`).
@@ -541,17 +543,25 @@ impl Cloud for GcpCloud {
         let mut copied = 0;
         let mut page_token: Option<String> = None;
         loop {
-            let mut query = vec![("prefix", prefix.clone()), ("fields", "items(name),nextPageToken".into())];
+            let mut query = vec![
+                ("prefix", prefix.clone()),
+                ("fields", "items(name),nextPageToken".into()),
+            ];
             if let Some(t) = page_token.take() {
                 query.push(("pageToken", t));
             }
             let page = rest::json_found(
-                self.http.get(&list).query(&query).bearer_auth(self.token().await?),
+                self.http
+                    .get(&list)
+                    .query(&query)
+                    .bearer_auth(self.token().await?),
                 &format!("listing {from}"),
             )
             .await?;
             for item in page["items"].as_array().into_iter().flatten() {
-                let Some(key) = item["name"].as_str() else { continue };
+                let Some(key) = item["name"].as_str() else {
+                    continue;
+                };
                 let Some(target) = mirrored_key(from, to, key) else {
                     continue;
                 };

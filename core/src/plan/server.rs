@@ -447,7 +447,10 @@ mod tests {
                 },
             ]
         );
-        assert!(p.extra.adapters.is_empty(), "nothing is loadable before its copy");
+        assert!(
+            p.extra.adapters.is_empty(),
+            "nothing is loadable before its copy"
+        );
         let template = template_of(&p);
         let pod = template.spec.clone().unwrap();
         let mounts: Vec<(String, String, Option<bool>)> = pod.containers[0]
@@ -461,11 +464,19 @@ mod tests {
             "{mounts:?}"
         );
         assert_eq!(
-            mounts.iter().filter(|m| m.1.starts_with("/content/adapters")).count(),
+            mounts
+                .iter()
+                .filter(|m| m.1.starts_with("/content/adapters"))
+                .count(),
             1,
             "{mounts:?}"
         );
-        let annotations = template.metadata.clone().unwrap().annotations.unwrap_or_default();
+        let annotations = template
+            .metadata
+            .clone()
+            .unwrap()
+            .annotations
+            .unwrap_or_default();
         assert!(
             !annotations.keys().any(|k| k.contains("adapters")),
             "{annotations:?}"

@@ -90,7 +90,10 @@ const COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// again over itself writes the same objects.
 async fn copy_adapters(ctx: &Context, parent: &Parent, plan: &mut ServerPlan) -> Result<(), Error> {
     for copy in std::mem::take(&mut plan.extra.copies) {
-        let object = format!("Server {}/{} adapter {}", parent.namespace, parent.name, copy.status.name);
+        let object = format!(
+            "Server {}/{} adapter {}",
+            parent.namespace, parent.name, copy.status.name
+        );
         let copied = crate::cloud::within(
             &format!("copying {} to {}", copy.from, copy.to),
             COPY_TIMEOUT,
