@@ -479,3 +479,10 @@ async fn namespace_tenancy_needs_pod_identity_and_scopes_each_namespace() {
         "s3://artifacts/namespaces/team-a"
     );
 }
+
+#[tokio::test]
+async fn a_folder_is_copied_object_by_object_inside_the_bucket() {
+    let s3 = start_s3();
+    let c = cloud(IdentityMode::PodIdentity, Some(&s3.endpoint()), None);
+    common::copies_exactly_a_folder(&c).await;
+}

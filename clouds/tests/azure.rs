@@ -224,3 +224,11 @@ async fn the_twenty_first_service_account_is_refused_with_the_limit_named() {
     assert!(text.contains("20") && text.contains("new-team"), "{text}");
     assert!(a.fake.seen_at("PUT", "").is_empty());
 }
+
+#[tokio::test]
+async fn a_folder_is_copied_blob_by_blob_inside_azurite() {
+    let az = Emulator::azurite().expect("azurite");
+    let endpoint = format!("{}/{AZURITE_ACCOUNT}", az.endpoint());
+    create_container(&endpoint).await;
+    common::copies_exactly_a_folder(&cloud(Some(endpoint), None)).await;
+}

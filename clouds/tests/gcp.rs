@@ -569,3 +569,11 @@ async fn each_namespace_is_its_own_principal_allowed_only_its_folder_and_reposit
         "gs://artifacts/namespaces/team-a"
     );
 }
+
+#[tokio::test]
+async fn a_folder_is_copied_by_rewrites_inside_fake_gcs() {
+    let gcs = Emulator::fake_gcs("artifacts").expect("fake-gcs-server");
+    let g = google(0).await;
+    common::copies_exactly_a_folder(&cloud(&g, &gcs.endpoint())).await;
+    assert!(!g.fake.seen_at("POST", ":signBlob").is_empty());
+}

@@ -1,6 +1,8 @@
 //! The kind backend against a real S3-compatible server on loopback (versitygw): signed URL
 //! round trips, the md5 read back, tampered and expired uploads.
 
+mod common;
+
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -184,4 +186,10 @@ async fn a_signed_url_names_one_object_and_expires_as_configured() {
         None
     );
     assert_eq!(put(&signed.url, body, &md5).await.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_folder_is_copied_object_by_object_inside_the_bucket() {
+    let s3 = start_s3("artifacts");
+    common::copies_exactly_a_folder(&cloud(&s3)).await;
 }
