@@ -12,7 +12,7 @@ use substratus_devcluster::netns::NetNs;
 use substratus_devcluster::node;
 use substratus_tests::cluster::wait_for;
 
-use super::{apply, kubectl_json, object, until_ready};
+use super::{apply, kubectl, kubectl_json, object, until_ready};
 
 /// Runs `f` on a runtime whose threads live in the node's network namespace.
 async fn in_node<T, F, Fut>(f: F) -> T
@@ -306,6 +306,62 @@ pub async fn the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
         },
     )
     .await;
+    // An adapter added to the running Server: its Model's artifacts are copied into the
+    // Server's folder, which the replicas mount already, and the gateway has a replica load
+    // it through the engine's API. The replicas are the same pods: nothing rolled.
+    let pods_of = || -> std::collections::BTreeSet<String> {
+        let pods = kubectl_json(&["get", "pods", "-n", ns, "-l", "server=auto"]).unwrap();
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| p["metadata"]["uid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = pods_of();
+    assert_eq!(before.len(), 2, "{before:?}");
+    kubectl(&[
+        "patch", "server", "auto", "-n", ns, "--type=json", "-p",
+        r#"[{"op": "add", "path": "/spec/adapters/-", "value": {"name": "again", "model": {"name": "lm-qa"}}}]"#,
+    ])
+    .unwrap();
+    wait_for("the new adapter's copy", Duration::from_secs(60), || async move {
+        let s = kubectl_json(&["get", "server", "auto", "-n", ns])?;
+        let copied = s["status"]["adapters"].as_array().cloned().unwrap_or_default();
+        if copied.iter().any(|a| a["name"] == "again") {
+            Ok(Some(()))
+        } else {
+            Err(format!("status.adapters: {copied:?}"))
+        }
+    })
+    .await;
+    let again = {
+        let base = base.clone();
+        in_node(move || async move {
+            // The gateway routes it once its watch has the Server's new status.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let r = post(
+                    &format!("{base}/v1/completions"),
+                    json!({"model": "tiny/again", "prompt": "Q: What runs the containers?\nA:",
+                           "max_tokens": 24, "temperature": 0}),
+                    Duration::from_secs(60),
+                )
+                .await;
+                if !matches!(&r, Ok((404, _))) || Instant::now() > deadline {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+        .await
+    };
+    let (again_name, again_text) = answer(again);
+    assert_eq!(again_name, "again");
+    assert_eq!(again_text, adapter_text, "the same weights as adapter qa, loaded at run time");
+    assert_eq!(pods_of(), before, "adding an adapter rolled the replicas");
+
     // Both replicas answer (the reference server names itself by its pod's hostname).
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::SeqCst);
