@@ -4,6 +4,7 @@
 
 #[path = "../../../tests/src/fake_api.rs"]
 mod fake_api;
+#[allow(unused_imports)]
 pub use fake_api::*;
 
 /// PUTs `body` to a signed URL with the upload code `sub` runs.

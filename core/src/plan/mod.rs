@@ -233,7 +233,7 @@ pub fn params_config_map(parent: &Parent, params: &Params) -> ConfigMap {
 /// A bucket prefix mounted at `/content/<subdir>`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Mount {
-    /// `artifacts`, `data`, `model` or `adapters/<name>`.
+    /// `artifacts`, `data`, `model` or `adapters`.
     pub subdir: std::borrow::Cow<'static, str>,
     pub folder: PrefixFolder,
     pub access: Access,

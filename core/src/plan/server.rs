@@ -157,7 +157,13 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
             plan.children
                 .extend(owned_prefix_objects(parent, &own, cloud));
             let own = own.artifacts();
-            for (name, model, from, generation) in sources {
+            for AdapterSource {
+                name,
+                model,
+                artifacts: from,
+                generation,
+            } in sources
+            {
                 let status = AdapterStatus {
                     path: format!("{ADAPTERS_DIR}/{name}/{generation}"),
                     name: name.to_owned(),
@@ -298,12 +304,19 @@ pub fn plan(input: &ServerInput<'_>, cloud: &dyn Cloud) -> ServerPlan {
     plan
 }
 
-/// Each adapter's name, Model, artifacts and generation, or why the Server must wait (or
-/// cannot serve them): every adapter is a Ready Model trained from the Server's Model.
-#[allow(clippy::type_complexity)]
+/// A Ready adapter Model trained from the Server's Model.
+struct AdapterSource<'i> {
+    name: &'i str,
+    model: &'i str,
+    artifacts: &'i PrefixFolder,
+    generation: i64,
+}
+
+/// Each adapter's source, or why the Server must wait (or cannot serve them): every adapter
+/// is a Ready Model trained from the Server's Model.
 fn adapter_sources<'i>(
     input: &'i ServerInput<'_>,
-) -> Result<Vec<(&'i str, &'i str, &'i PrefixFolder, i64)>, (&'static str, String)> {
+) -> Result<Vec<AdapterSource<'i>>, (&'static str, String)> {
     let base = input.spec.model_name().unwrap_or_default();
     let mut sources = Vec::new();
     for (i, a) in input.adapters.iter().enumerate() {
@@ -339,7 +352,12 @@ fn adapter_sources<'i>(
                 ),
             ));
         }
-        sources.push((a.name.as_str(), a.model.as_str(), artifacts, generation));
+        sources.push(AdapterSource {
+            name: &a.name,
+            model: &a.model,
+            artifacts,
+            generation,
+        });
     }
     Ok(sources)
 }

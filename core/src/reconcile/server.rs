@@ -76,8 +76,9 @@ pub async fn reconcile_server(srv: Arc<Server>, ctx: Arc<Context>) -> Result<Act
         copied,
     };
     let mut plan = server::plan(&input, ctx.cloud.as_ref());
-    apply(&ctx, &parent.namespace, &plan).await?;
+    // Copies first: a replica the Deployment starts finds every adapter copied so far.
     copy_adapters(&ctx, &parent, &mut plan).await?;
+    apply(&ctx, &parent.namespace, &plan).await?;
     finish(&ctx, srv.as_ref(), status, parent.generation, &plan, built).await
 }
 

@@ -326,15 +326,22 @@ pub async fn the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
         r#"[{"op": "add", "path": "/spec/adapters/-", "value": {"name": "again", "model": {"name": "lm-qa"}}}]"#,
     ])
     .unwrap();
-    wait_for("the new adapter's copy", Duration::from_secs(60), || async move {
-        let s = kubectl_json(&["get", "server", "auto", "-n", ns])?;
-        let copied = s["status"]["adapters"].as_array().cloned().unwrap_or_default();
-        if copied.iter().any(|a| a["name"] == "again") {
-            Ok(Some(()))
-        } else {
-            Err(format!("status.adapters: {copied:?}"))
-        }
-    })
+    wait_for(
+        "the new adapter's copy",
+        Duration::from_secs(60),
+        || async move {
+            let s = kubectl_json(&["get", "server", "auto", "-n", ns])?;
+            let copied = s["status"]["adapters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if copied.iter().any(|a| a["name"] == "again") {
+                Ok(Some(()))
+            } else {
+                Err(format!("status.adapters: {copied:?}"))
+            }
+        },
+    )
     .await;
     let again = {
         let base = base.clone();
@@ -359,7 +366,10 @@ pub async fn the_gateway_scales_a_server_from_zero_routes_and_spreads_its_load(
     };
     let (again_name, again_text) = answer(again);
     assert_eq!(again_name, "again");
-    assert_eq!(again_text, adapter_text, "the same weights as adapter qa, loaded at run time");
+    assert_eq!(
+        again_text, adapter_text,
+        "the same weights as adapter qa, loaded at run time"
+    );
     assert_eq!(pods_of(), before, "adding an adapter rolled the replicas");
 
     // Both replicas answer (the reference server names itself by its pod's hostname).
