@@ -32,7 +32,7 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "supply chain (cargo-deny): crates.io only, permissive licenses, one crypto provider, one YAML crate, no OpenSSL"
+step "supply chain (cargo-deny): RustSec advisories, crates.io only, permissive licenses, one crypto provider, one YAML crate, no OpenSSL"
 hack/check-deny.sh
 
 step "go vet and go test of the S3 CSI plugin (csi/s3)"

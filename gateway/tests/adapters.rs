@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use substratus_crds::Server;
@@ -23,6 +22,9 @@ use substratus_gateway::metrics::Metrics;
 use substratus_gateway::table::Table;
 use substratus_gateway::{Gateway, Options};
 use tokio::sync::{Notify, watch};
+
+mod common;
+use common::slice;
 
 fn tinylm_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/tinylm")
@@ -140,24 +142,6 @@ fn server(path: &str) -> Server {
     .unwrap()
 }
 
-fn slices(replicas: &[SocketAddr]) -> Vec<EndpointSlice> {
-    replicas
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            serde_json::from_value(json!({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": format!("tiny-server-{i}"), "namespace": "team",
-                             "labels": {"kubernetes.io/service-name": "tiny-server"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": a.port()}],
-                "endpoints": [{"addresses": [a.ip().to_string()], "conditions": {"ready": true}}],
-            }))
-            .unwrap()
-        })
-        .collect()
-}
-
 /// What each replica lists as loaded adapter `sql` (its folder), in replica order.
 async fn loaded(replicas: &[&Engine]) -> Vec<Option<String>> {
     let mut out = Vec::new();
@@ -203,7 +187,7 @@ async fn adapters_are_loaded_into_replicas_at_run_time_once_and_again_for_a_new_
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let endpoints = slices(&[a.addr, b.addr]);
+    let endpoints = slice("tiny", &[a.addr, b.addr]);
     let (tx, rx) = watch::channel(Arc::new(Table::build(&[server(&run(1))], &endpoints)));
     let gw = Gateway::new(
         rx,

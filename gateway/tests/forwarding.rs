@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use substratus_crds::Server;
@@ -27,6 +26,9 @@ use substratus_gateway::metrics::Metrics;
 use substratus_gateway::table::Table;
 use substratus_gateway::{Gateway, Options};
 use tokio::sync::{Notify, watch};
+
+mod common;
+use common::slice;
 
 /// A replica: answers with its name and the model asked for; streams three chunks a second
 /// apart when asked to; waits `delay_ms` first when asked to.
@@ -112,26 +114,6 @@ fn server(name: &str, spec: Value, not_ready: Option<&str>) -> Server {
         );
     }
     s
-}
-
-fn slice(server: &str, replicas: &[SocketAddr]) -> Vec<EndpointSlice> {
-    // One slice per port: a Service's slices share one port, loopback replicas do not.
-    replicas
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            serde_json::from_value(json!({
-                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": format!("{server}-server-{i}"), "namespace": "team",
-                             "labels": {"kubernetes.io/service-name": format!("{server}-server"),
-                                        "server": server}},
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": a.port()}],
-                "endpoints": [{"addresses": [a.ip().to_string()], "conditions": {"ready": true}}],
-            }))
-            .unwrap()
-        })
-        .collect()
 }
 
 struct Running {
