@@ -500,7 +500,8 @@ async fn each_namespace_is_its_own_principal_allowed_only_its_folder_and_reposit
     let c = tenant_cloud(&t, Some("4242")).unwrap();
     // No Google service account is impersonated: the accounts act as themselves.
     assert!(
-        c.service_account_annotations(substratus_core::names::Role::Modeller)
+        c.service_account_annotations("team-a", substratus_core::names::Role::Modeller)
+            .unwrap()
             .is_empty()
     );
     assert_ne!(

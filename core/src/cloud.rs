@@ -347,9 +347,23 @@ pub trait Cloud: Send + Sync {
         count: i64,
     ) -> Result<GpuPlacement, CloudError>;
 
-    /// Annotations of a role's ServiceAccount for workload identity.
-    fn service_account_annotations(&self, _role: Role) -> BTreeMap<String, String> {
-        BTreeMap::new()
+    /// Annotations of a role's ServiceAccount in `namespace` for workload identity. Called
+    /// after [`Cloud::prepare_namespace`] of that namespace succeeded.
+    fn service_account_annotations(
+        &self,
+        _namespace: &str,
+        _role: Role,
+    ) -> Result<BTreeMap<String, String>, CloudError> {
+        Ok(BTreeMap::new())
+    }
+
+    /// Makes what every workload of `namespace` needs from the cloud before any of its
+    /// objects is planned: with [`Tenancy::Namespace`] on AKS, the namespace's own managed
+    /// identity and its role assignments, whose client id the namespace's volumes and
+    /// accounts name. Idempotent and cheap once done (the backend remembers it). Default:
+    /// nothing to do.
+    async fn prepare_namespace(&self, _namespace: &str) -> Result<(), CloudError> {
+        Ok(())
     }
 
     /// Labels every workload pod needs for workload identity.

@@ -360,7 +360,15 @@ where
                 let labels = KindLabels { kind: kind.into() };
                 let in_flight = ctx.metrics.in_flight.get_or_create(&labels).clone();
                 in_flight.inc();
-                let res = match tokio::time::timeout(deadline, f(obj.clone(), ctx.clone())).await {
+                // What the cloud needs for the namespace comes before any plan of it.
+                let run = {
+                    let (obj, ctx, namespace) = (obj.clone(), ctx.clone(), namespace.clone());
+                    async move {
+                        ctx.prepare_namespace(&namespace).await?;
+                        f(obj, ctx).await
+                    }
+                };
+                let res = match tokio::time::timeout(deadline, run).await {
                     Ok(res) => res,
                     Err(_) => Err(Error::Timeout(deadline)),
                 };

@@ -168,11 +168,15 @@ impl Cloud for FakeCloud {
         })
     }
 
-    fn service_account_annotations(&self, _role: Role) -> BTreeMap<String, String> {
-        match &self.config.principal {
+    fn service_account_annotations(
+        &self,
+        _namespace: &str,
+        _role: Role,
+    ) -> Result<BTreeMap<String, String>, CloudError> {
+        Ok(match &self.config.principal {
             Some(p) => BTreeMap::from([("fake.substratus.ai/principal".to_owned(), p.clone())]),
             None => BTreeMap::new(),
-        }
+        })
     }
 
     async fn bind_identity(

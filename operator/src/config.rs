@@ -120,6 +120,18 @@ pub struct RunArgs {
     pub azure_federated_token_file: Option<std::path::PathBuf>,
     #[arg(long, env = "AZURE_AUTHORITY_HOST")]
     pub azure_authority_host: Option<String>,
+    /// azure: how pods mount prefixes: `inline` (mounted with each pod's workload identity
+    /// token; blob CSI driver 1.27+; default with TENANCY=namespace) or `claims` (a static
+    /// volume and claim per prefix, mounted as PRINCIPAL; default otherwise).
+    #[arg(long, env = "AZURE_BLOB_VOLUMES")]
+    pub azure_blob_volumes: Option<substratus_clouds::azure::BlobVolumes>,
+    /// azure, TENANCY=namespace: region of the managed identity made for each namespace.
+    #[arg(long, env = "AZURE_LOCATION")]
+    pub azure_location: Option<String>,
+    /// azure, TENANCY=namespace: resource group the namespaces' identities are made in
+    /// (default: AZURE_RESOURCE_GROUP).
+    #[arg(long, env = "AZURE_IDENTITY_RESOURCE_GROUP")]
+    pub azure_identity_resource_group: Option<String>,
 
     /// Image of the builder (a kaniko executor) that build Jobs run.
     #[arg(
@@ -215,13 +227,6 @@ impl RunArgs {
             let doc = std::fs::read_to_string(path)
                 .with_context(|| format!("GPU_CATALOG_FILE: reading {}", path.display()))?;
             gpus = gpus.with_overrides(&doc).map_err(anyhow::Error::msg)?;
-        }
-        if self.tenancy == substratus_core::cloud::Tenancy::Namespace && cloud == "azure" {
-            bail!(
-                "TENANCY=namespace is not available on {cloud} yet (gcp, aws and kind have it): set \
-                 TENANCY=shared, which binds every namespace to one principal (README, Security \
-                 model), and run one operator per trust domain"
-            );
         }
         match cloud.as_str() {
             "kind" => {
@@ -326,6 +331,10 @@ impl RunArgs {
                     tenant_id: self.azure_tenant_id.clone(),
                     federated_token_file: self.azure_federated_token_file.clone(),
                     authority_host: self.azure_authority_host.clone(),
+                    tenancy: self.tenancy,
+                    blob_volumes: self.azure_blob_volumes,
+                    location: self.azure_location.clone(),
+                    identity_resource_group: self.azure_identity_resource_group.clone(),
                     ..Default::default()
                 };
                 let c = substratus_clouds::azure::auto::configure(inputs, gpus)
@@ -400,7 +409,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tenancy_is_shared_unless_set_and_refused_where_it_is_not_built() {
+    async fn tenancy_is_shared_unless_set() {
         let c = args(&KIND).cloud().await.unwrap();
         assert_eq!(c.config().tenancy, substratus_core::cloud::Tenancy::Shared);
         let mut own = KIND.to_vec();
@@ -422,18 +431,69 @@ mod tests {
             err.contains("--tenancy") && err.contains("namespace"),
             "{err}"
         );
-        for cloud in ["azure"] {
-            let err = args(&["--cloud", cloud, "--tenancy", "namespace"])
-                .cloud()
-                .await
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(
-                err.starts_with(&format!("TENANCY=namespace is not available on {cloud}")),
-                "{err}"
-            );
-        }
+    }
+
+    /// What AKS needs with namespace tenancy is named when missing.
+    #[cfg(feature = "azure")]
+    #[tokio::test]
+    async fn azure_namespace_tenancy_names_what_it_needs() {
+        let aks = |registry: &'static str, extra: &[&'static str]| {
+            let mut all = vec![
+                "--cloud",
+                "azure",
+                "--tenancy",
+                "namespace",
+                "--cluster-name",
+                "aks1",
+                "--artifact-bucket-url",
+                "az://artifacts",
+                "--registry-url",
+                registry,
+                "--azure-subscription-id",
+                "sub-1",
+                "--azure-resource-group",
+                "rg-1",
+                "--azure-storage-account",
+                "acct",
+                "--azure-identity-name",
+                "substratus",
+                "--oidc-issuer",
+                "https://issuer/",
+                "--azure-client-id",
+                "operator",
+                "--azure-tenant-id",
+                "tenant",
+                "--azure-federated-token-file",
+                "/var/run/token",
+            ];
+            all.extend_from_slice(extra);
+            args(&all)
+        };
+        let registry = "subx.azurecr.io/substratus";
+        let err = |a: RunArgs| async move { a.cloud().await.err().unwrap().to_string() };
+        let e = err(aks(registry, &[])).await;
+        assert!(e.starts_with("AZURE_LOCATION:"), "{e}");
+        let located = ["--azure-location", "eastus"];
+        let claims = [&located[..], &["--azure-blob-volumes", "claims"]].concat();
+        let e = err(aks(registry, &claims)).await;
+        assert!(e.starts_with("AZURE_BLOB_VOLUMES=claims:"), "{e}");
+        let e = err(aks("gcr.io/p/r", &located)).await;
+        assert!(e.starts_with("REGISTRY_URL:"), "{e}");
+        let e = T::try_parse_from(["t", "--azure-blob-volumes", "pvc"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("AZURE_BLOB_VOLUMES"), "{e}");
+        // Complete: no PRINCIPAL needed, each namespace's identity is made.
+        let c = aks(registry, &located).cloud().await.unwrap();
+        assert_eq!(
+            c.config().tenancy,
+            substratus_core::cloud::Tenancy::Namespace
+        );
+        assert_eq!(
+            c.image_url(substratus_core::names::Kind::Model, "team-a", "m", "t"),
+            "subx.azurecr.io/substratus/team-a/aks1-model-team-a__m:t"
+        );
     }
 
     #[test]

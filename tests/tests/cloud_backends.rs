@@ -491,6 +491,8 @@ async fn azure_backend_on_aks_pools() {
                 dir.path().join("token"),
                 reqwest::Client::new(),
             )),
+            volumes: Default::default(),
+            namespaces: None,
         },
         GpuCatalog::azure(),
     )

@@ -405,14 +405,18 @@ impl Cloud for AwsCloud {
         self.gpus.placement(gpu_type)
     }
 
-    fn service_account_annotations(&self, _role: Role) -> BTreeMap<String, String> {
-        match self.settings.identity {
+    fn service_account_annotations(
+        &self,
+        _namespace: &str,
+        _role: Role,
+    ) -> Result<BTreeMap<String, String>, CloudError> {
+        Ok(match self.settings.identity {
             IdentityMode::Irsa { .. } => {
                 BTreeMap::from([(ROLE_ARN_ANNOTATION.to_owned(), self.role_arn.clone())])
             }
             // Pod Identity needs no annotation: the association names the service account.
             IdentityMode::PodIdentity => BTreeMap::new(),
-        }
+        })
     }
 
     /// With namespace tenancy, the role as a session tagged with the namespace: what the
@@ -687,12 +691,14 @@ mod tests {
             oidc_issuer: "https://oidc.eks.us-west-2.amazonaws.com/id/X".into(),
         });
         assert_eq!(
-            irsa.service_account_annotations(Role::Modeller)[ROLE_ARN_ANNOTATION],
+            irsa.service_account_annotations("ns", Role::Modeller)
+                .unwrap()[ROLE_ARN_ANNOTATION],
             "arn:aws:iam::123:role/substratus"
         );
         assert!(
             cloud(IdentityMode::PodIdentity)
-                .service_account_annotations(Role::Modeller)
+                .service_account_annotations("ns", Role::Modeller)
+                .unwrap()
                 .is_empty()
         );
     }

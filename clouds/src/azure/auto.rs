@@ -32,6 +32,14 @@ pub struct AzureInputs {
     pub arm_endpoint: Option<String>,
     /// Default `http://169.254.169.254`.
     pub imds_endpoint: Option<String>,
+    pub tenancy: substratus_core::cloud::Tenancy,
+    /// `AZURE_BLOB_VOLUMES`; default inline with namespace tenancy, claims otherwise.
+    pub blob_volumes: Option<super::BlobVolumes>,
+    /// `AZURE_LOCATION`: region of the namespaces' identities (namespace tenancy).
+    pub location: Option<String>,
+    /// `AZURE_IDENTITY_RESOURCE_GROUP`: where the namespaces' identities go (default
+    /// `AZURE_RESOURCE_GROUP`).
+    pub identity_resource_group: Option<String>,
 }
 
 /// Subscription and resource group of the VM (node) the operator runs on.
@@ -98,6 +106,7 @@ pub async fn configure(i: AzureInputs, gpus: GpuCatalog) -> Result<AzureCloud, S
         Some(k) if !k.is_empty() => StorageAuth::SharedKey(k.clone()),
         _ => StorageAuth::WorkloadIdentity,
     };
+    let namespace_tenancy = i.tenancy == substratus_core::cloud::Tenancy::Namespace;
     let config = CloudConfig {
         cluster_name: need(&i.cluster_name, "CLUSTER_NAME")?,
         artifact_bucket: BucketUrl::parse(
@@ -107,10 +116,26 @@ pub async fn configure(i: AzureInputs, gpus: GpuCatalog) -> Result<AzureCloud, S
         )
         .map_err(|e| format!("ARTIFACT_BUCKET_URL: {e}"))?,
         registry: need(&i.registry_url, "REGISTRY_URL (e.g. myregistry.azurecr.io)")?,
-        principal: Some(i.principal.clone().or_else(|| i.client_id.clone()).ok_or(
-            "PRINCIPAL (or AZURE_CLIENT_ID) is required on azure: the managed identity's client id",
-        )?),
-        tenancy: Default::default(),
+        // With namespace tenancy each namespace's identity is made by the operator.
+        principal: if namespace_tenancy {
+            i.principal.clone()
+        } else {
+            Some(i.principal.clone().or_else(|| i.client_id.clone()).ok_or(
+                "PRINCIPAL (or AZURE_CLIENT_ID) is required on azure: the managed identity's client id",
+            )?)
+        },
+        tenancy: i.tenancy,
+    };
+    let namespaces = match (namespace_tenancy, &i.location) {
+        (true, Some(location)) if !location.is_empty() => Some(super::NamespaceSettings {
+            identity_resource_group: i
+                .identity_resource_group
+                .clone()
+                .filter(|g| !g.is_empty())
+                .unwrap_or_else(|| resource_group.clone()),
+            location: location.clone(),
+        }),
+        _ => None,
     };
     let settings = AzureSettings {
         storage_account: need(&i.storage_account, "AZURE_STORAGE_ACCOUNT")?,
@@ -128,6 +153,12 @@ pub async fn configure(i: AzureInputs, gpus: GpuCatalog) -> Result<AzureCloud, S
             .clone()
             .unwrap_or_else(|| "https://management.azure.com".into()),
         token,
+        volumes: i.blob_volumes.unwrap_or(if namespace_tenancy {
+            super::BlobVolumes::Inline
+        } else {
+            super::BlobVolumes::Claims
+        }),
+        namespaces,
     };
     AzureCloud::new(config, settings, gpus)
 }

@@ -11,18 +11,25 @@
 //! refuses a body whose `Content-MD5` header does not match; we read the stored `Content-MD5`
 //! back and compare before building.
 //!
+//! With `TENANCY=namespace` each namespace gets a managed identity of its own, created by the
+//! operator and granted only the namespace's folder and repositories ([`tenancy`]); pods
+//! mount prefixes with inline volumes that the blob CSI driver mounts with the pod's own
+//! workload identity token, so a namespace's mounts are its identity's.
+//!
 //! Which crate serves what: `azure_storage_blobs` 0.21 (blob properties, reads, shared-key and
 //! user-delegation SAS) — its successor `azure_storage_blob` 1.x accepts only Entra ID tokens
 //! and user-delegation SAS, so it could not talk to Azurite's shared key or to accounts that
 //! use keys; ARM (federated credentials) and the Entra token exchange go through `reqwest`.
 
+pub mod arm;
 pub mod auto;
 pub mod fic;
+pub mod tenancy;
 pub mod token;
 pub mod transport;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,14 +38,15 @@ use azure_storage::StorageCredentials;
 use azure_storage::shared_access_signature::service_sas::BlobSasPermissions;
 use azure_storage_blobs::prelude::{BlobClient, BlobServiceClient, ClientBuilder};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::{CSIVolumeSource, Volume};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::{
     Access, ArtifactPrefix, BucketUrl, BucketVolume, Cloud, CloudConfig, CloudError, GpuPlacement,
-    PrefixFolder, SignedUrl, UploadContext, folder_prefix, in_bucket, mirrored_key,
+    PrefixFolder, SignedUrl, Tenancy, UploadContext, folder_prefix, in_bucket, mirrored_key,
 };
 use substratus_core::conditions::reasons;
-use substratus_core::names::Role;
+use substratus_core::names::{Kind, Role};
 use substratus_crds::GpuType;
 
 use crate::gpu::GpuCatalog;
@@ -52,7 +60,43 @@ pub const CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
 /// Pod label that makes the workload identity webhook inject the token.
 pub const USE_LABEL: &str = "azure.workload.identity/use";
 const ARM_SCOPE: &str = "https://management.azure.com/.default";
-const FIC_API_VERSION: &str = "2023-01-31";
+
+/// How pods mount the prefixes of objects (`AZURE_BLOB_VOLUMES`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BlobVolumes {
+    /// A static PersistentVolume and claim per prefix, mounted with the `PRINCIPAL` identity.
+    #[default]
+    Claims,
+    /// Inline blob CSI volumes, mounted with the pod's own workload identity token
+    /// (`mountWithWorkloadIdentityToken`, blob CSI driver 1.27 or later): no claim to bind,
+    /// and a namespace's mounts are its own identity's.
+    Inline,
+}
+
+impl std::str::FromStr for BlobVolumes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BlobVolumes, String> {
+        match s {
+            "claims" => Ok(BlobVolumes::Claims),
+            "inline" => Ok(BlobVolumes::Inline),
+            other => Err(format!(
+                "AZURE_BLOB_VOLUMES: {other:?} is not a volume mode; expected inline (mounted \
+                 with each pod's workload identity; blob CSI driver 1.27+) or claims (a static \
+                 volume and claim per prefix)"
+            )),
+        }
+    }
+}
+
+/// Where the operator makes each namespace's managed identity (`TENANCY=namespace`).
+#[derive(Clone, Debug)]
+pub struct NamespaceSettings {
+    /// The resource group the identities are created in (one of their own is best: the
+    /// operator may manage every identity there).
+    pub identity_resource_group: String,
+    /// Their region.
+    pub location: String,
+}
 
 /// How the operator reaches Blob Storage.
 #[derive(Clone, Debug)]
@@ -81,6 +125,19 @@ pub struct AzureSettings {
     pub arm_endpoint: String,
     /// Tokens for ARM (and storage under workload identity).
     pub token: Option<token::WorkloadIdentityToken>,
+    /// How pods mount prefixes.
+    pub volumes: BlobVolumes,
+    /// With namespace tenancy: where each namespace's identity is made.
+    pub namespaces: Option<NamespaceSettings>,
+}
+
+/// Namespace tenancy: what the identities are granted, and the identities made so far.
+struct Tenants {
+    settings: NamespaceSettings,
+    scopes: tenancy::Scopes,
+    identities: RwLock<HashMap<String, arm::Identity>>,
+    /// Serialises making identities, so that concurrent reconciles make each once.
+    making: tokio::sync::Mutex<()>,
 }
 
 /// The Azure backend.
@@ -90,8 +147,10 @@ pub struct AzureCloud {
     gpus: GpuCatalog,
     service: BlobServiceClient,
     http: reqwest::Client,
-    /// The managed identity's client id.
+    /// The client id of the managed identity every namespace's workloads act as (shared
+    /// tenancy); empty with namespace tenancy.
     client_id: String,
+    tenants: Option<Tenants>,
 }
 
 fn azure_error(what: &str, e: azure_core::Error) -> CloudError {
@@ -119,9 +178,21 @@ impl AzureCloud {
         gpus: GpuCatalog,
     ) -> Result<AzureCloud, String> {
         config.require_scheme("azure", "az")?;
-        let client_id = config.principal.clone().ok_or(
-            "PRINCIPAL: the azure backend needs the client id of the managed identity workloads run as",
-        )?;
+        let tenants = match config.tenancy {
+            Tenancy::Shared => None,
+            Tenancy::Namespace => Some(Self::tenants(&config, &settings)?),
+        };
+        let client_id = match (&tenants, config.principal.clone()) {
+            (Some(_), principal) => principal.unwrap_or_default(),
+            (None, Some(principal)) => principal,
+            (None, None) => {
+                return Err(
+                    "PRINCIPAL: the azure backend needs the client id of the managed \
+                            identity workloads run as"
+                        .into(),
+                );
+            }
+        };
         let credentials = match &settings.storage_auth {
             StorageAuth::SharedKey(key) => {
                 StorageCredentials::access_key(settings.storage_account.clone(), key.clone())
@@ -153,6 +224,131 @@ impl AzureCloud {
             service,
             http,
             client_id,
+            tenants,
+        })
+    }
+
+    /// What namespace tenancy needs, or which setting is missing.
+    fn tenants(config: &CloudConfig, settings: &AzureSettings) -> Result<Tenants, String> {
+        let ns = settings.namespaces.clone().ok_or(
+            "AZURE_LOCATION: TENANCY=namespace on azure creates a managed identity per \
+             namespace and needs their region (and AZURE_IDENTITY_RESOURCE_GROUP, where they go)",
+        )?;
+        if settings.volumes != BlobVolumes::Inline {
+            return Err(
+                "AZURE_BLOB_VOLUMES=claims: TENANCY=namespace on azure needs inline \
+                        volumes, which the blob CSI driver mounts with each pod's own identity; \
+                        a static volume names one identity for good"
+                    .into(),
+            );
+        }
+        if settings.token.is_none() {
+            return Err(
+                "AZURE_FEDERATED_TOKEN_FILE: TENANCY=namespace on azure needs the \
+                        operator's own workload identity to make each namespace's identity"
+                    .into(),
+            );
+        }
+        if config.artifact_bucket.path.contains(['\'', ' ', ',']) {
+            return Err(format!(
+                "ARTIFACT_BUCKET_URL: {} holds a quote, space or comma, which a role \
+                 assignment's condition or a mount option cannot carry",
+                config.artifact_bucket
+            ));
+        }
+        let (registry, repository) = tenancy::Scopes::registry_of(&config.registry)?;
+        Ok(Tenants {
+            scopes: tenancy::Scopes {
+                subscription: settings.subscription_id.clone(),
+                resource_group: settings.resource_group.clone(),
+                storage_account: settings.storage_account.clone(),
+                container: config.artifact_bucket.bucket.clone(),
+                registry,
+                repository,
+            },
+            settings: ns,
+            identities: RwLock::default(),
+            making: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// The client id `namespace`'s workloads act as: the namespace's own identity with
+    /// namespace tenancy (known once [`Cloud::prepare_namespace`] made it).
+    fn client_of(&self, namespace: &str) -> Result<String, CloudError> {
+        let Some(t) = &self.tenants else {
+            return Ok(self.client_id.clone());
+        };
+        t.identities
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(namespace)
+            .map(|i| i.client_id.clone())
+            .ok_or_else(|| {
+                CloudError::Transient(format!(
+                    "the managed identity of namespace {namespace} is not made yet"
+                ))
+            })
+    }
+
+    /// The managed identity the accounts of `namespace` are federated with.
+    fn identity_of(&self, namespace: &str) -> (String, String) {
+        let s = &self.settings;
+        match &self.tenants {
+            None => (s.resource_group.clone(), s.identity_name.clone()),
+            Some(t) => (
+                t.settings.identity_resource_group.clone(),
+                tenancy::identity_name(&s.identity_name, namespace),
+            ),
+        }
+    }
+
+    /// An inline blob CSI volume of `url`, mounted with the workload identity token of the
+    /// pod (of `namespace`) as the namespace's identity; only `url`'s folder is visible.
+    fn inline_volume(
+        &self,
+        namespace: &str,
+        url: &BucketUrl,
+        access: Access,
+    ) -> Result<Volume, CloudError> {
+        let mut options = vec![
+            "-o allow_other".to_owned(),
+            "--virtual-directory=true".into(),
+        ];
+        if !url.path.is_empty() {
+            options.push(format!("--subdirectory={}/", url.path));
+        }
+        if access == Access::ReadOnly {
+            options.push("--read-only=true".into());
+        }
+        let attributes = [
+            ("storageAccount", self.settings.storage_account.clone()),
+            ("containerName", url.bucket.clone()),
+            ("protocol", "fuse2".into()),
+            ("clientID", self.client_of(namespace)?),
+            ("mountWithWorkloadIdentityToken", "true".into()),
+            ("mountOptions", options.join(" ")),
+        ];
+        Ok(Volume {
+            csi: Some(CSIVolumeSource {
+                driver: BLOB_CSI_DRIVER.into(),
+                read_only: Some(access == Access::ReadOnly),
+                volume_attributes: Some(
+                    attributes
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    async fn arm(&self) -> Result<arm::Arm<'_>, CloudError> {
+        Ok(arm::Arm {
+            http: &self.http,
+            endpoint: &self.settings.arm_endpoint,
+            token: self.arm_token().await?,
         })
     }
 
@@ -215,17 +411,6 @@ impl AzureCloud {
         )))
     }
 
-    fn identity_url(&self) -> String {
-        let s = &self.settings;
-        format!(
-            "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}/federatedIdentityCredentials",
-            s.arm_endpoint.trim_end_matches('/'),
-            rest::segment(&s.subscription_id),
-            rest::segment(&s.resource_group),
-            rest::segment(&s.identity_name)
-        )
-    }
-
     async fn arm_token(&self) -> Result<String, CloudError> {
         let t = self.settings.token.as_ref().ok_or_else(|| CloudError::Permanent {
             reason: reasons::CLOUD_ERROR,
@@ -279,17 +464,42 @@ impl Cloud for AzureCloud {
         folder: &PrefixFolder,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
-        Ok(static_pv::claim_volume(&folder.url, access))
+        Ok(match self.settings.volumes {
+            BlobVolumes::Claims => static_pv::claim_volume(&folder.url, access),
+            BlobVolumes::Inline => BucketVolume {
+                volume: self.inline_volume(&folder.namespace, &folder.url, access)?,
+                pod_annotations: Default::default(),
+            },
+        })
     }
 
     fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
-        self.claim_objects(&prefix.namespace, &prefix.artifacts().url)
+        match self.settings.volumes {
+            BlobVolumes::Claims => self.claim_objects(&prefix.namespace, &prefix.artifacts().url),
+            BlobVolumes::Inline => Vec::new(),
+        }
     }
 
     fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
-        Ok(static_pv::claimed_upload_context(prefix, |ns, url| {
-            self.claim_objects(ns, url)
-        }))
+        Ok(match self.settings.volumes {
+            BlobVolumes::Claims => {
+                static_pv::claimed_upload_context(prefix, |ns, url| self.claim_objects(ns, url))
+            }
+            BlobVolumes::Inline => {
+                let uploads = prefix.uploads();
+                static_pv::mounted_upload_context(
+                    BucketVolume {
+                        volume: self.inline_volume(
+                            &uploads.namespace,
+                            &uploads.url,
+                            Access::ReadOnly,
+                        )?,
+                        pod_annotations: Default::default(),
+                    },
+                    Vec::new(),
+                )
+            }
+        })
     }
 
     fn gpu_placement(
@@ -300,8 +510,79 @@ impl Cloud for AzureCloud {
         self.gpus.placement(gpu_type)
     }
 
-    fn service_account_annotations(&self, _role: Role) -> BTreeMap<String, String> {
-        BTreeMap::from([(CLIENT_ID_ANNOTATION.to_owned(), self.client_id.clone())])
+    fn service_account_annotations(
+        &self,
+        namespace: &str,
+        _role: Role,
+    ) -> Result<BTreeMap<String, String>, CloudError> {
+        Ok(BTreeMap::from([(
+            CLIENT_ID_ANNOTATION.to_owned(),
+            self.client_of(namespace)?,
+        )]))
+    }
+
+    /// With namespace tenancy, the namespace's own identity (its client id).
+    fn workload_principal(&self, namespace: &str) -> Option<String> {
+        match &self.tenants {
+            None => self.config.principal.clone(),
+            Some(_) => self.client_of(namespace).ok(),
+        }
+    }
+
+    /// With namespace tenancy, under the namespace's own path of the registry
+    /// (`<repository>/<namespace>/…`), the only repositories its identity may push to.
+    fn image_url(&self, kind: Kind, namespace: &str, name: &str, tag: &str) -> String {
+        let c = &self.config;
+        let registry = match &self.tenants {
+            None => c.registry.clone(),
+            Some(_) => format!("{}/{namespace}", c.registry.trim_end_matches('/')),
+        };
+        c.image_in(&registry, kind, namespace, name, tag)
+    }
+
+    /// With namespace tenancy: the namespace's managed identity, found or created in the
+    /// identities' resource group, and its two role assignments (its folder of the container,
+    /// its repositories of the registry), each read and written only when missing. Once per
+    /// namespace for the operator's life.
+    async fn prepare_namespace(&self, namespace: &str) -> Result<(), CloudError> {
+        let Some(t) = &self.tenants else {
+            return Ok(());
+        };
+        let known = |t: &Tenants| {
+            t.identities
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(namespace)
+        };
+        if known(t) {
+            return Ok(());
+        }
+        let _making = t.making.lock().await;
+        if known(t) {
+            return Ok(());
+        }
+        let arm = self.arm().await?;
+        let (group, name) = self.identity_of(namespace);
+        let identity = arm
+            .namespace_identity(
+                &self.settings.subscription_id,
+                &group,
+                &name,
+                &t.settings.location,
+                namespace,
+            )
+            .await?;
+        let folder = self.config.namespace_folder(namespace);
+        for grant in tenancy::grants(&t.scopes, namespace, &folder.path) {
+            arm.ensure_grant(&t.scopes, &grant, &identity.principal_id, namespace)
+                .await?;
+        }
+        tracing::info!(%namespace, identity = %name, client_id = %identity.client_id, "namespace identity ready");
+        t.identities
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(namespace.to_owned(), identity);
+        Ok(())
     }
 
     fn pod_identity_labels(&self) -> BTreeMap<String, String> {
@@ -313,18 +594,12 @@ impl Cloud for AzureCloud {
         namespace: &str,
         service_account: &str,
     ) -> Result<Option<String>, CloudError> {
-        let token = self.arm_token().await?;
-        let list = rest::json_found(
-            self.http
-                .get(format!(
-                    "{}?api-version={FIC_API_VERSION}",
-                    self.identity_url()
-                ))
-                .bearer_auth(&token),
-            "listing the federated credentials of the managed identity",
-        )
-        .await?;
-        let existing = list["value"].as_array().cloned().unwrap_or_default();
+        self.prepare_namespace(namespace).await?;
+        let client_id = self.client_of(namespace)?;
+        let arm = self.arm().await?;
+        let (group, name) = self.identity_of(namespace);
+        let path = arm::identity_path(&self.settings.subscription_id, &group, &name);
+        let existing = arm.credentials(&path).await?;
         let subject = format!("system:serviceaccount:{namespace}:{service_account}");
         let issuer = &self.settings.oidc_issuer;
         match fic::plan(
@@ -333,33 +608,18 @@ impl Cloud for AzureCloud {
             &subject,
             fic::credential_name(namespace, service_account),
         ) {
-            fic::Plan::Bound => Ok(Some(self.client_id.clone())),
+            fic::Plan::Bound => Ok(Some(client_id)),
             fic::Plan::Full { count } => Err(CloudError::Permanent {
                 reason: reasons::CLOUD_ERROR,
                 message: format!(
-                    "managed identity {} has {count} federated credentials, the most Azure allows ({}); {subject} cannot be bound — remove unused ones or use another identity for this namespace",
-                    self.settings.identity_name,
+                    "managed identity {name} has {count} federated credentials, the most Azure allows ({}); {subject} cannot be bound — remove unused ones or use another identity for this namespace",
                     fic::MAX_PER_IDENTITY
                 ),
             }),
             fic::Plan::Create { name } => {
-                rest::json_found(
-                    self.http
-                        .put(format!(
-                            "{}/{}?api-version={FIC_API_VERSION}",
-                            self.identity_url(),
-                            rest::segment(&name)
-                        ))
-                        .bearer_auth(&token)
-                        .json(&json!({"properties": {
-                            "issuer": issuer,
-                            "subject": subject,
-                            "audiences": [fic::AUDIENCE],
-                        }})),
-                    "creating a federated credential on the managed identity",
-                )
-                .await?;
-                Ok(Some(self.client_id.clone()))
+                arm.create_credential(&path, &name, issuer, &subject)
+                    .await?;
+                Ok(Some(client_id))
             }
         }
     }

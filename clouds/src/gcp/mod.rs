@@ -453,11 +453,15 @@ impl Cloud for GcpCloud {
 
     /// Shared tenancy: the account acts as the Google service account. Namespace tenancy:
     /// it acts as itself (no annotation).
-    fn service_account_annotations(&self, _role: Role) -> BTreeMap<String, String> {
-        match self.namespaces {
+    fn service_account_annotations(
+        &self,
+        _namespace: &str,
+        _role: Role,
+    ) -> Result<BTreeMap<String, String>, CloudError> {
+        Ok(match self.namespaces {
             None => BTreeMap::from([(GSA_ANNOTATION.to_owned(), self.principal.clone())]),
             Some(_) => BTreeMap::new(),
-        }
+        })
     }
 
     /// With namespace tenancy, in the namespace's own repository.

@@ -166,6 +166,21 @@ impl Context {
             .inc();
     }
 
+    /// What the cloud needs in place before anything of `namespace` is planned (on AKS with
+    /// namespace tenancy, the namespace's managed identity): [`Cloud::prepare_namespace`]
+    /// under the cloud timeout. Free once the backend has done it.
+    pub async fn prepare_namespace(&self, namespace: &str) -> Result<(), Error> {
+        const STEP: &str = "preparing the namespace's cloud identity";
+        let call = self.cloud.prepare_namespace(namespace);
+        crate::cloud::within(STEP, self.cloud_timeout, call)
+            .await
+            .map_err(|source| Error::Cloud {
+                step: STEP,
+                object: namespace.to_owned(),
+                source,
+            })
+    }
+
     /// Ensures the role's ServiceAccount in `namespace` exists with the cloud's annotations
     /// and that the cloud identity is bound to it, once per (namespace, role): a binding
     /// recorded on the ServiceAccount is never repeated.
@@ -206,7 +221,15 @@ impl Context {
                 metadata: m.metadata.clone(),
                 ..Default::default()
             });
-        let wanted = self.cloud.service_account_annotations(role);
+        self.prepare_namespace(namespace).await?;
+        let wanted = self
+            .cloud
+            .service_account_annotations(namespace, role)
+            .map_err(|source| Error::Cloud {
+                step: "annotating the ServiceAccount",
+                object: format!("{namespace}/{sa_name}"),
+                source,
+            })?;
         let sa = ServiceAccount {
             metadata: kube::api::ObjectMeta {
                 name: Some(sa_name.to_owned()),
@@ -733,7 +756,10 @@ mod tests {
         let sa = Role::Modeller.service_account();
         let path = format!("/api/v1/namespaces/ns/serviceaccounts/{sa}");
         // The account created, then the cloud identity bound to it, recorded on it.
-        let wanted = ctx.cloud.service_account_annotations(Role::Modeller);
+        let wanted = ctx
+            .cloud
+            .service_account_annotations("ns", Role::Modeller)
+            .unwrap();
         api.expect(
             Method::POST,
             "/api/v1/namespaces/ns/serviceaccounts",
@@ -892,7 +918,10 @@ mod tests {
         let mut stub = StubCaches::new();
         let ctx = Context::test(&api, stub.caches.clone());
         let sa = Role::DataLoader.service_account();
-        let mut wanted = ctx.cloud.service_account_annotations(Role::DataLoader);
+        let mut wanted = ctx
+            .cloud
+            .service_account_annotations("ns", Role::DataLoader)
+            .unwrap();
         // Bound already, to this principal.
         let principal = ctx.cloud.config().principal.clone().unwrap();
         wanted.insert(IDENTITY_BOUND_ANNOTATION.into(), principal);
