@@ -228,9 +228,30 @@ fn bad_values_are_refused_naming_them() {
     ]);
     let err = render(&azure_namespace).unwrap_err();
     assert!(
-        err.contains("tenancy=namespace is not available on azure"),
+        err.contains("azure.location is required with tenancy=namespace"),
         "{err}"
     );
+    azure_namespace.extend([
+        "azure.storageAccount=acct",
+        "azure.identityName=substratus-workloads",
+        "azure.oidcIssuer=https://issuer/",
+        "azure.location=eastus",
+        "azure.blobVolumes=claims",
+    ]);
+    let err = render(&azure_namespace).unwrap_err();
+    assert!(
+        err.contains("azure.blobVolumes=claims cannot serve"),
+        "{err}"
+    );
+    azure_namespace.pop();
+    azure_namespace.retain(|s| !s.starts_with("principal="));
+    azure_namespace.push("azure.identityResourceGroup=rg-tenants");
+    let docs = render(&azure_namespace).expect("no principal needed: each namespace gets one");
+    let config = &find(&docs, "ConfigMap")["data"];
+    assert_eq!(config["TENANCY"], "namespace");
+    assert_eq!(config["AZURE_LOCATION"], "eastus");
+    assert_eq!(config["AZURE_IDENTITY_RESOURCE_GROUP"], "rg-tenants");
+    assert!(config.get("PRINCIPAL").is_none());
     let mut wrong_scheme = GCP.to_vec();
     wrong_scheme[2] = "artifactBucketURL=s3://bucket";
     let err = render(&wrong_scheme).unwrap_err();

@@ -39,9 +39,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not .Values.clusterName -}}{{ fail (printf "clusterName is required when cloud is %s" .Values.cloud) }}{{- end -}}
 {{- if not .Values.artifactBucketURL -}}{{ fail (printf "artifactBucketURL is required when cloud is %s" .Values.cloud) }}{{- end -}}
 {{- if not .Values.registryURL -}}{{ fail (printf "registryURL is required when cloud is %s" .Values.cloud) }}{{- end -}}
-{{- if not .Values.principal -}}{{ fail (printf "principal is required when cloud is %s (the identity workloads run as)" .Values.cloud) }}{{- end -}}
-{{- if not .Values.tenancy -}}{{ fail (printf "tenancy is required when cloud is %s: namespace (each namespace's workloads get a cloud identity of their own, allowed only the namespace's bucket folder and registry repository; gcp) or shared (one identity for every namespace: one trust domain); see the README's Security model" .Values.cloud) }}{{- end -}}
-{{- if and (eq .Values.tenancy "namespace") (eq .Values.cloud "azure") -}}{{ fail "tenancy=namespace is not available on azure yet: set tenancy=shared and run one operator per trust domain" }}{{- end -}}
+{{- if and (not .Values.principal) (not (and (eq .Values.cloud "azure") (eq .Values.tenancy "namespace"))) -}}{{ fail (printf "principal is required when cloud is %s (the identity workloads run as)" .Values.cloud) }}{{- end -}}
+{{- if not .Values.tenancy -}}{{ fail (printf "tenancy is required when cloud is %s: namespace (each namespace's workloads get a cloud identity of their own, allowed only the namespace's bucket folder and registry repository) or shared (one identity for every namespace: one trust domain); see the README's Security model" .Values.cloud) }}{{- end -}}
+{{- if and (eq .Values.tenancy "namespace") (eq .Values.cloud "azure") -}}
+{{- if not .Values.azure.location -}}{{ fail "azure.location is required with tenancy=namespace on azure: the region of the managed identity the operator makes for each namespace" }}{{- end -}}
+{{- if eq .Values.azure.blobVolumes "claims" -}}{{ fail "azure.blobVolumes=claims cannot serve tenancy=namespace: the blob CSI driver mounts inline volumes with each pod's own identity, a static volume with one identity for good" }}{{- end -}}
+{{- end -}}
 {{- if and (eq .Values.tenancy "namespace") (eq .Values.cloud "aws") (ne .Values.aws.identityMode "pod-identity") -}}{{ fail "tenancy=namespace on aws needs aws.identityMode=pod-identity: EKS Pod Identity tags each session with the pod's namespace, which the role's policy matches" }}{{- end -}}
 {{- if eq .Values.cloud "azure" -}}
 {{- if not .Values.azure.storageAccount -}}{{ fail "azure.storageAccount is required when cloud is azure" }}{{- end -}}
