@@ -524,6 +524,162 @@ async fn azure_backend_on_aks_pools() {
     );
 }
 
+/// `TENANCY=namespace` on AKS: the operator makes a managed identity per namespace before
+/// planning anything of it; each namespace's accounts name their own identity's client id,
+/// each Model's pod mounts an inline blob CSI volume of its namespace's folder with that
+/// client id (no static volume or claim), and each identity's role assignments name only
+/// its namespace — against a fake of ARM checking the documented request shapes.
+#[tokio::test]
+async fn azure_namespace_tenancy_gives_each_namespace_its_own_identity_and_mounts() {
+    let (a, b) = (TestNamespace::new("aks-a"), TestNamespace::new("aks-b"));
+    let c = client().await;
+    let assignments = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let recorded = assignments.clone();
+    let identities = Arc::new(Mutex::new(
+        std::collections::BTreeMap::<String, Value>::new(),
+    ));
+    let arm = Fake::start(move |s| {
+        if s.path.ends_with("/oauth2/v2.0/token") {
+            return json_ok(json!({"access_token": "arm", "expires_in": 3600}));
+        }
+        if s.headers.get("authorization").map(String::as_str) != Some("Bearer arm") {
+            return status(401, "token");
+        }
+        if s.path.contains("/roleAssignments/") {
+            if s.method == "GET" {
+                return status(404, "RoleAssignmentNotFound");
+            }
+            recorded.lock().unwrap().push(s.json());
+            return json_ok(s.json());
+        }
+        if s.path.ends_with("/federatedIdentityCredentials") {
+            return json_ok(json!({"value": []}));
+        }
+        if s.path.contains("/federatedIdentityCredentials/") {
+            return json_ok(json!({"properties": s.json()["properties"]}));
+        }
+        let Some(name) = s
+            .path
+            .rsplit_once("/userAssignedIdentities/")
+            .map(|(_, n)| n.to_owned())
+        else {
+            return status(404, "");
+        };
+        let mut all = identities.lock().unwrap();
+        if s.method == "PUT" {
+            let i = json!({"name": name, "tags": s.json()["tags"], "properties": {
+                "clientId": format!("client-{name}"), "principalId": format!("principal-{name}")}});
+            all.insert(name.clone(), i);
+        }
+        match all.get(&name) {
+            Some(i) => json_ok(i.clone()),
+            None => status(404, "ResourceNotFound"),
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "jwt").unwrap();
+    let cloud: Arc<dyn Cloud> = Arc::new(
+        substratus_clouds::azure::AzureCloud::new(
+            CloudConfig {
+                cluster_name: "aks-1".into(),
+                artifact_bucket: BucketUrl::parse("az://substratus-artifacts").unwrap(),
+                registry: "subx.azurecr.io/substratus".into(),
+                principal: None,
+                tenancy: substratus_core::cloud::Tenancy::Namespace,
+            },
+            substratus_clouds::azure::AzureSettings {
+                storage_account: "substratusartifacts".into(),
+                blob_endpoint: Some("http://127.0.0.1:9/substratusartifacts".into()),
+                storage_auth: substratus_clouds::azure::StorageAuth::WorkloadIdentity,
+                subscription_id: "sub".into(),
+                resource_group: "rg".into(),
+                identity_name: "substratus".into(),
+                oidc_issuer: "https://eastus.oic.prod-aks.azure.com/t/c/".into(),
+                arm_endpoint: arm.endpoint.clone(),
+                token: Some(substratus_clouds::azure::token::WorkloadIdentityToken::new(
+                    &arm.endpoint,
+                    "tenant",
+                    "operator",
+                    dir.path().join("token"),
+                    reqwest::Client::new(),
+                )),
+                volumes: substratus_clouds::azure::BlobVolumes::Inline,
+                namespaces: Some(substratus_clouds::azure::NamespaceSettings {
+                    identity_resource_group: "rg-tenants".into(),
+                    location: "eastus".into(),
+                }),
+            },
+            GpuCatalog::azure(),
+        )
+        .unwrap(),
+    );
+    let ops = [
+        RunningOperator::start(&a.name, cloud.clone()).await,
+        RunningOperator::start(&b.name, cloud.clone()).await,
+    ];
+    for ns in [&a.name, &b.name] {
+        gpu_model(&c, ns, "nvidia-a100").await;
+        let client_id = format!("client-substratus-{ns}");
+        let annotations = sa_annotations(&c, ns).await;
+        assert_eq!(annotations["azure.workload.identity/client-id"], client_id);
+        assert_eq!(annotations["substratus.ai/identity-bound"], client_id);
+        let (pod, _) = run_pod(&c, ns).await;
+        let volumes: Vec<_> = pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .volumes
+            .iter()
+            .flatten()
+            .collect();
+        assert!(
+            volumes.iter().all(|v| v.persistent_volume_claim.is_none()),
+            "no claim to bind"
+        );
+        let blob: Vec<_> = volumes
+            .iter()
+            .filter_map(|v| v.csi.as_ref())
+            .filter(|v| v.driver == "blob.csi.azure.com")
+            .map(|v| v.volume_attributes.clone().unwrap())
+            .collect();
+        assert!(!blob.is_empty(), "{volumes:?}");
+        for attrs in blob {
+            assert_eq!(attrs["clientID"], client_id);
+            assert_eq!(attrs["mountWithWorkloadIdentityToken"], "true");
+            assert!(
+                attrs["mountOptions"].contains(&format!("--subdirectory=namespaces/{ns}/")),
+                "{attrs:?}"
+            );
+        }
+    }
+    for op in ops {
+        op.stop().await;
+    }
+    let all = assignments.lock().unwrap().clone();
+    assert_eq!(all.len(), 4, "two grants per namespace, each made once");
+    for ns in [&a.name, &b.name] {
+        let mine: Vec<&Value> = all
+            .iter()
+            .filter(|g| g["properties"]["principalId"] == format!("principal-substratus-{ns}"))
+            .collect();
+        assert_eq!(mine.len(), 2);
+        for g in mine {
+            let condition = g["properties"]["condition"].as_str().unwrap();
+            assert!(condition.contains(&format!("{ns}/'")), "{condition}");
+            let other = if ns == &a.name { &b.name } else { &a.name };
+            assert!(!condition.contains(other.as_str()), "{condition}");
+        }
+    }
+    assert!(
+        arm.seen_at("PUT", "")
+            .iter()
+            .filter(|s| s.path.contains("/userAssignedIdentities/"))
+            .all(|s| s.path.contains("/resourceGroups/rg-tenants/")),
+        "identities go to their own group"
+    );
+}
+
 /// Under SSE-KMS an object's ETag is not its MD5: the stored checksum of an upload is read
 /// from its bytes (an S3 fake answering as S3 does for a KMS-encrypted object).
 #[tokio::test]
