@@ -8,7 +8,11 @@ For each module (terraform/<cloud>) and its example root (terraform/<cloud>/exam
 - every variable has a description and a type, every validation an error_message, every
   output a description;
 - the Helm values a module passes (local.helm_values) fit the chart's values.schema.json:
-  every key exists in the schema, and literal values have the schema's type and enum.
+  every key exists in the schema, and literal values have the schema's type and enum;
+- no workload identity holds an IAM or identity-administering role (GCP: no roles/iam.*;
+  Azure: no Owner, access administration or managed-identity roles), and on Azure every
+  assignment-writing role the operator holds carries a condition that lets it assign only the
+  namespaces' data roles, to service principals.
 
 Prints one line per problem and exits 1 when there is any.
 """
@@ -159,6 +163,49 @@ def check_workload_identity(module):
                         )
 
 
+# Azure: roles that let their holder grant access or act as other identities. The workloads'
+# identity may hold none; the operator may hold an assignment-writing role only under a
+# condition naming the roles it may assign (constrained delegation), and those only the data
+# roles namespaces' identities get.
+AZURE_ADMIN_ROLES = {"Owner", "User Access Administrator", "Role Based Access Control Administrator"}
+AZURE_IDENTITY_ROLES = {"Managed Identity Contributor", "Managed Identity Operator"}
+AZURE_ASSIGNABLE = {
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe",  # Storage Blob Data Contributor
+    "2a1e307c-b015-4ebd-883e-5b7698a07328",  # Container Registry Repository Writer
+}
+GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def check_azure_delegation(module):
+    if module.path.name != "azure":
+        return
+
+    def resolved(text):
+        return re.sub(r"\$\{local\.([\w-]+)\}", lambda m: str(unquote(module.locals.get(m.group(1), m.group(0)))), text)
+
+    for tf, doc in module.bodies:
+        for block in doc.get("resource", []):
+            for rtype, named in block.items():
+                if unquote(rtype) != "azurerm_role_assignment":
+                    continue
+                for name, body in named.items():
+                    where = f"{module.rel(tf)}: azurerm_role_assignment.{unquote(name)}"
+                    role = str(unquote(body.get("role_definition_name", "")))
+                    roles = {r for r in AZURE_ADMIN_ROLES | AZURE_IDENTITY_ROLES if r in role}
+                    if roles and "azurerm_user_assigned_identity.workloads" in str(body.get("principal_id", "")):
+                        problems.append(f"{where} grants {sorted(roles)} to the workloads' identity")
+                    if not roles & AZURE_ADMIN_ROLES:
+                        continue
+                    condition = resolved(str(unquote(body.get("condition", ""))))
+                    assignable = set(GUID.findall(condition))
+                    if "roleAssignments:RoleDefinitionId" not in condition or not assignable:
+                        problems.append(f"{where} grants {role} without a condition naming the roles it may assign")
+                    elif not assignable <= AZURE_ASSIGNABLE:
+                        problems.append(f"{where} may assign roles beyond the namespaces' data roles: {sorted(assignable - AZURE_ASSIGNABLE)}")
+                    if "ServicePrincipal" not in condition:
+                        problems.append(f"{where} may assign to principals other than service principals")
+
+
 def check_values(value, schema, where, rel):
     """Keys must exist in the schema; literal values must have its type and enum."""
     if isinstance(value, dict):
@@ -204,6 +251,7 @@ def main(terraform=None, quiet=False):
         module.check_declarations()
         module.check_references()
         check_workload_identity(module)
+        check_azure_delegation(module)
         if "helm_values" not in module.locals:
             problems.append(f"{cloud.relative_to(ROOT)}: no local.helm_values passed to the chart")
         else:
@@ -253,6 +301,15 @@ def self_test():
         ("gcp/main.tf", 'member             = "serviceAccount:${google_service_account.operator.email}"\n}\n\n# The operator adds',
          'member             = "serviceAccount:${google_service_account.substratus.email}"\n}\n\n# The operator adds',
          "grants roles/iam.serviceAccountTokenCreator to google_service_account.substratus"),
+        ("azure/main.tf", 'ForAnyOfAnyValues:GuidEquals {${local.repository_writer}}\n      AND',
+         'ForAnyOfAnyValues:GuidEquals {${local.repository_writer}, 8e3af657-a8ff-443c-a75c-2fe8c4bcb635}\n      AND',
+         "may assign roles beyond the namespaces' data roles: ['8e3af657-a8ff-443c-a75c-2fe8c4bcb635']"),
+        ("azure/main.tf", '  role_definition_name = "AcrPush"\n  principal_id         = azurerm_user_assigned_identity.workloads[0].principal_id',
+         '  role_definition_name = "Managed Identity Operator"\n  principal_id         = azurerm_user_assigned_identity.workloads[0].principal_id',
+         "grants ['Managed Identity Operator'] to the workloads' identity"),
+        ("azure/main.tf", 'role_definition_name = "Managed Identity Contributor"',
+         'role_definition_name = "User Access Administrator"',
+         "azurerm_role_assignment.federated_credentials grants User Access Administrator without a condition naming the roles"),
     ]
     failures = 0
     for rel, old, new, expected in cases:

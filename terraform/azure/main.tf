@@ -3,10 +3,18 @@
 # container, an Azure Container Registry, the managed identities Substratus needs, and the
 # operator.
 #
-# Federated identity credentials: Azure allows 20 per managed identity. The operator adds one
-# per (namespace, role service account) it runs workloads in, so one workload identity serves
-# at most 20 such pairs (four namespaces with all five roles). Beyond that, the object shows a
-# condition naming the limit; add identities per namespace group.
+# tenancy = "namespace" (the default): the operator makes a managed identity per namespace in
+# a resource group of its own, federates it with that namespace's role accounts, and grants it,
+# under ABAC conditions, only the namespace's folder of the artifacts container and its
+# repositories of the registry (which runs in ABAC repository-permissions mode). The operator
+# may create identities only in that group and may assign only those two roles, to service
+# principals (constrained delegation).
+#
+# tenancy = "shared": one workload identity for every namespace. Federated identity
+# credentials: Azure allows 20 per managed identity. The operator adds one per (namespace, role
+# service account) it runs workloads in, so one workload identity serves at most 20 such pairs
+# (four namespaces with all five roles). Beyond that, the object shows a condition naming the
+# limit.
 
 locals {
   resource_group    = var.create_cluster ? azurerm_resource_group.substratus[0].name : data.azurerm_resource_group.existing[0].name
@@ -22,20 +30,31 @@ locals {
 }
 
 locals {
+  namespaced = var.tenancy == "namespace"
+  # Built-in roles the operator assigns to namespaces' identities, and may assign nothing else.
+  blob_data_contributor = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+  repository_writer     = "2a1e307c-b015-4ebd-883e-5b7698a07328"
+}
+
+locals {
   gpu_pools = merge(var.gpu_pools, var.enable_h100 ? { "nvidia-h100" = { vm_size = "Standard_NC40ads_H100_v5", min_count = 0, max_count = 2 } } : {})
   helm_values = {
     cloud             = "azure"
     clusterName       = var.cluster_name
     artifactBucketURL = "az://${azurerm_storage_container.artifacts.name}"
     registryURL       = "${azurerm_container_registry.substratus.login_server}/substratus"
-    principal         = azurerm_user_assigned_identity.workloads.client_id
-    tenancy           = "shared"
+    principal         = local.namespaced ? "" : azurerm_user_assigned_identity.workloads[0].client_id
+    tenancy           = var.tenancy
     azure = {
       storageAccount = azurerm_storage_account.artifacts.name
-      identityName   = azurerm_user_assigned_identity.workloads.name
-      oidcIssuer     = local.oidc_issuer_url
-      subscriptionID = data.azurerm_client_config.current.subscription_id
-      resourceGroup  = local.resource_group
+      # With namespace tenancy, the base of each namespace's identity name.
+      identityName          = local.namespaced ? "${var.cluster_name}-substratus" : azurerm_user_assigned_identity.workloads[0].name
+      oidcIssuer            = local.oidc_issuer_url
+      subscriptionID        = data.azurerm_client_config.current.subscription_id
+      resourceGroup         = local.resource_group
+      blobVolumes           = local.namespaced ? "inline" : "claims"
+      location              = local.namespaced ? local.location : ""
+      identityResourceGroup = local.namespaced ? azurerm_resource_group.tenants[0].name : ""
     }
     image = {
       repository = var.operator_image_repository
@@ -137,10 +156,23 @@ resource "azurerm_container_registry" "substratus" {
   resource_group_name = local.resource_group
   location            = local.location
   sku                 = "Standard"
+  # ABAC mode evaluates the repository conditions of the namespaces' role assignments; in it
+  # AcrPull and AcrPush are not honoured (the kubelet gets Repository Reader below).
+  role_assignment_mode = local.namespaced ? "AbacRepositoryPermissions" : "LegacyRegistryPermissions"
 }
 
-# The identity workloads run as; the operator adds its federated credentials.
+# tenancy = "namespace": the namespaces' identities, made by the operator, live here.
+resource "azurerm_resource_group" "tenants" {
+  count    = local.namespaced ? 1 : 0
+  tags     = var.tags
+  name     = "${var.cluster_name}-substratus-namespaces"
+  location = local.location
+}
+
+# tenancy = "shared": the identity workloads of every namespace run as; the operator adds its
+# federated credentials.
 resource "azurerm_user_assigned_identity" "workloads" {
+  count               = local.namespaced ? 0 : 1
   tags                = var.tags
   name                = "${var.cluster_name}-substratus-workloads"
   resource_group_name = local.resource_group
@@ -166,9 +198,10 @@ resource "azurerm_federated_identity_credential" "operator" {
 }
 
 resource "azurerm_role_assignment" "blob_workloads" {
+  count                = local.namespaced ? 0 : 1
   scope                = azurerm_storage_account.artifacts.id
   role_definition_name = "Storage Blob Data Contributor"
-  principal_id         = azurerm_user_assigned_identity.workloads.principal_id
+  principal_id         = azurerm_user_assigned_identity.workloads[0].principal_id
 }
 
 resource "azurerm_role_assignment" "blob_operator" {
@@ -185,20 +218,87 @@ resource "azurerm_role_assignment" "delegator" {
 }
 
 resource "azurerm_role_assignment" "federated_credentials" {
-  scope                = azurerm_user_assigned_identity.workloads.id
+  scope                = local.namespaced ? azurerm_resource_group.tenants[0].id : azurerm_user_assigned_identity.workloads[0].id
   role_definition_name = "Managed Identity Contributor"
   principal_id         = azurerm_user_assigned_identity.operator.principal_id
 }
 
-resource "azurerm_role_assignment" "acr_push" {
-  scope                = azurerm_container_registry.substratus.id
-  role_definition_name = "AcrPush"
-  principal_id         = azurerm_user_assigned_identity.workloads.principal_id
+# tenancy = "namespace": the operator may assign Storage Blob Data Contributor on the storage
+# account and Container Registry Repository Writer on the registry, to service principals
+# (the namespaces' identities), and nothing else (constrained delegation).
+resource "azurerm_role_assignment" "delegate_blob" {
+  count                = local.namespaced ? 1 : 0
+  scope                = azurerm_storage_account.artifacts.id
+  role_definition_name = "Role Based Access Control Administrator"
+  principal_id         = azurerm_user_assigned_identity.operator.principal_id
+  condition_version    = "2.0"
+  condition            = <<-EOT
+    (
+     (
+      !(ActionMatches{'Microsoft.Authorization/roleAssignments/write'})
+     )
+     OR
+     (
+      @Request[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {${local.blob_data_contributor}}
+      AND
+      @Request[Microsoft.Authorization/roleAssignments:PrincipalType] ForAnyOfAnyValues:StringEqualsIgnoreCase {'ServicePrincipal'}
+     )
+    )
+    AND
+    (
+     (
+      !(ActionMatches{'Microsoft.Authorization/roleAssignments/delete'})
+     )
+     OR
+     (
+      @Resource[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {${local.blob_data_contributor}}
+     )
+    )
+  EOT
 }
 
+resource "azurerm_role_assignment" "delegate_registry" {
+  count                = local.namespaced ? 1 : 0
+  scope                = azurerm_container_registry.substratus.id
+  role_definition_name = "Role Based Access Control Administrator"
+  principal_id         = azurerm_user_assigned_identity.operator.principal_id
+  condition_version    = "2.0"
+  condition            = <<-EOT
+    (
+     (
+      !(ActionMatches{'Microsoft.Authorization/roleAssignments/write'})
+     )
+     OR
+     (
+      @Request[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {${local.repository_writer}}
+      AND
+      @Request[Microsoft.Authorization/roleAssignments:PrincipalType] ForAnyOfAnyValues:StringEqualsIgnoreCase {'ServicePrincipal'}
+     )
+    )
+    AND
+    (
+     (
+      !(ActionMatches{'Microsoft.Authorization/roleAssignments/delete'})
+     )
+     OR
+     (
+      @Resource[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {${local.repository_writer}}
+     )
+    )
+  EOT
+}
+
+resource "azurerm_role_assignment" "acr_push" {
+  count                = local.namespaced ? 0 : 1
+  scope                = azurerm_container_registry.substratus.id
+  role_definition_name = "AcrPush"
+  principal_id         = azurerm_user_assigned_identity.workloads[0].principal_id
+}
+
+# Nodes pull every namespace's images (AcrPull is not honoured in ABAC mode).
 resource "azurerm_role_assignment" "acr_pull" {
   scope                = azurerm_container_registry.substratus.id
-  role_definition_name = "AcrPull"
+  role_definition_name = local.namespaced ? "Container Registry Repository Reader" : "AcrPull"
   principal_id         = local.kubelet_object_id
 }
 

@@ -35,8 +35,13 @@ output "registry_url" {
 }
 
 output "principal" {
-  description = "Client id of the managed identity workloads run as."
-  value       = azurerm_user_assigned_identity.workloads.client_id
+  description = "Client id of the managed identity workloads run as (tenancy = shared; empty with namespace tenancy, where each namespace gets its own)."
+  value       = local.namespaced ? "" : azurerm_user_assigned_identity.workloads[0].client_id
+}
+
+output "namespace_identities_resource_group" {
+  description = "Resource group of the managed identities the operator makes per namespace (tenancy = namespace)."
+  value       = local.namespaced ? azurerm_resource_group.tenants[0].name : ""
 }
 
 output "kube_host" {

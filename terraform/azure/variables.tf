@@ -103,3 +103,13 @@ variable "operator_image_tag" {
   type        = string
   default     = ""
 }
+
+variable "tenancy" {
+  description = "namespace: the operator makes a managed identity per namespace, granted only the container folder namespaces/<ns>/ and the repositories under <repository>/<ns>/ (Azure ABAC conditions; the registry runs in ABAC repository-permissions mode); shared: every namespace acts as one workload identity that reaches the whole container and registry (one trust domain)."
+  type        = string
+  default     = "namespace"
+  validation {
+    condition     = contains(["namespace", "shared"], var.tenancy)
+    error_message = "tenancy must be namespace or shared."
+  }
+}
