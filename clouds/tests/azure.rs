@@ -116,6 +116,20 @@ async fn a_sas_upload_round_trips_through_azurite_and_tampering_is_refused() {
     assert_eq!(c.stored_md5(key).await.unwrap(), Some(md5_hex(&other)));
 }
 
+/// The operator's workload identity: a projected token file, exchanged at `endpoint`.
+fn operator_token(endpoint: &str) -> (tempfile::TempDir, WorkloadIdentityToken) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "projected.sa.jwt\n").unwrap();
+    let token = WorkloadIdentityToken::new(
+        endpoint,
+        "tenant-1",
+        "operator-client",
+        dir.path().join("token"),
+        reqwest::Client::new(),
+    );
+    (dir, token)
+}
+
 struct Arm {
     fake: Fake,
     creds: Arc<Mutex<Vec<Value>>>,
@@ -161,15 +175,7 @@ async fn arm(existing: Vec<Value>) -> Arm {
         status(404, "no such API in this fake")
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "projected.sa.jwt\n").unwrap();
-    let token = WorkloadIdentityToken::new(
-        &fake.endpoint,
-        "tenant-1",
-        "operator-client",
-        dir.path().join("token"),
-        reqwest::Client::new(),
-    );
+    let (dir, token) = operator_token(&fake.endpoint);
     Arm {
         fake,
         creds,
@@ -334,15 +340,7 @@ async fn tenant_arm(
         status(404, "no such API in this fake")
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "projected.sa.jwt\n").unwrap();
-    let token = WorkloadIdentityToken::new(
-        &fake.endpoint,
-        "tenant-1",
-        "operator-client",
-        dir.path().join("token"),
-        reqwest::Client::new(),
-    );
+    let (dir, token) = operator_token(&fake.endpoint);
     (fake, dir, token)
 }
 

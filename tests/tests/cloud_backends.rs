@@ -446,6 +446,30 @@ async fn aws_backend_on_eks_pools() {
     }
 }
 
+/// The AKS settings of these tests: ARM at `arm`, the operator's token in `dir`.
+fn aks_settings(arm: &Fake, dir: &tempfile::TempDir) -> substratus_clouds::azure::AzureSettings {
+    std::fs::write(dir.path().join("token"), "jwt").unwrap();
+    substratus_clouds::azure::AzureSettings {
+        storage_account: "substratusartifacts".into(),
+        blob_endpoint: Some("http://127.0.0.1:9/substratusartifacts".into()),
+        storage_auth: substratus_clouds::azure::StorageAuth::SharedKey("a2V5".into()),
+        subscription_id: "sub".into(),
+        resource_group: "rg".into(),
+        identity_name: "substratus".into(),
+        oidc_issuer: "https://eastus.oic.prod-aks.azure.com/t/c/".into(),
+        arm_endpoint: arm.endpoint.clone(),
+        token: Some(substratus_clouds::azure::token::WorkloadIdentityToken::new(
+            &arm.endpoint,
+            "tenant",
+            "operator",
+            dir.path().join("token"),
+            reqwest::Client::new(),
+        )),
+        volumes: Default::default(),
+        namespaces: None,
+    }
+}
+
 #[tokio::test]
 async fn azure_backend_on_aks_pools() {
     let ns = TestNamespace::new("aks");
@@ -466,7 +490,6 @@ async fn azure_backend_on_aks_pools() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "jwt").unwrap();
     let cloud = substratus_clouds::azure::AzureCloud::new(
         CloudConfig {
             cluster_name: "aks-1".into(),
@@ -475,25 +498,7 @@ async fn azure_backend_on_aks_pools() {
             principal: Some(client_id.into()),
             tenancy: Default::default(),
         },
-        substratus_clouds::azure::AzureSettings {
-            storage_account: "substratusartifacts".into(),
-            blob_endpoint: Some("http://127.0.0.1:9/substratusartifacts".into()),
-            storage_auth: substratus_clouds::azure::StorageAuth::SharedKey("a2V5".into()),
-            subscription_id: "sub".into(),
-            resource_group: "rg".into(),
-            identity_name: "substratus".into(),
-            oidc_issuer: "https://eastus.oic.prod-aks.azure.com/t/c/".into(),
-            arm_endpoint: arm.endpoint.clone(),
-            token: Some(substratus_clouds::azure::token::WorkloadIdentityToken::new(
-                &arm.endpoint,
-                "tenant",
-                "operator",
-                dir.path().join("token"),
-                reqwest::Client::new(),
-            )),
-            volumes: Default::default(),
-            namespaces: None,
-        },
+        aks_settings(&arm, &dir),
         GpuCatalog::azure(),
     )
     .unwrap();
@@ -578,7 +583,15 @@ async fn azure_namespace_tenancy_gives_each_namespace_its_own_identity_and_mount
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), "jwt").unwrap();
+    let settings = substratus_clouds::azure::AzureSettings {
+        storage_auth: substratus_clouds::azure::StorageAuth::WorkloadIdentity,
+        volumes: substratus_clouds::azure::BlobVolumes::Inline,
+        namespaces: Some(substratus_clouds::azure::NamespaceSettings {
+            identity_resource_group: "rg-tenants".into(),
+            location: "eastus".into(),
+        }),
+        ..aks_settings(&arm, &dir)
+    };
     let cloud: Arc<dyn Cloud> = Arc::new(
         substratus_clouds::azure::AzureCloud::new(
             CloudConfig {
@@ -588,28 +601,7 @@ async fn azure_namespace_tenancy_gives_each_namespace_its_own_identity_and_mount
                 principal: None,
                 tenancy: substratus_core::cloud::Tenancy::Namespace,
             },
-            substratus_clouds::azure::AzureSettings {
-                storage_account: "substratusartifacts".into(),
-                blob_endpoint: Some("http://127.0.0.1:9/substratusartifacts".into()),
-                storage_auth: substratus_clouds::azure::StorageAuth::WorkloadIdentity,
-                subscription_id: "sub".into(),
-                resource_group: "rg".into(),
-                identity_name: "substratus".into(),
-                oidc_issuer: "https://eastus.oic.prod-aks.azure.com/t/c/".into(),
-                arm_endpoint: arm.endpoint.clone(),
-                token: Some(substratus_clouds::azure::token::WorkloadIdentityToken::new(
-                    &arm.endpoint,
-                    "tenant",
-                    "operator",
-                    dir.path().join("token"),
-                    reqwest::Client::new(),
-                )),
-                volumes: substratus_clouds::azure::BlobVolumes::Inline,
-                namespaces: Some(substratus_clouds::azure::NamespaceSettings {
-                    identity_resource_group: "rg-tenants".into(),
-                    location: "eastus".into(),
-                }),
-            },
+            settings,
             GpuCatalog::azure(),
         )
         .unwrap(),
