@@ -130,6 +130,20 @@ pub fn storage_prefix(cluster: &str, namespace: &str, kind: Kind, name: &str) ->
     hex(&digest)
 }
 
+/// `<base>-<namespace>` for a cloud resource named per namespace, or, when that is longer than
+/// `max`, with the namespace shortened and the first 8 hex digits of its MD5 appended, so
+/// that two namespaces never share a name.
+pub fn per_namespace(base: &str, namespace: &str, max: usize) -> String {
+    let name = format!("{base}-{namespace}");
+    if name.len() <= max {
+        return name;
+    }
+    let digest = hex(&Md5::digest(namespace.as_bytes()));
+    let keep = max.saturating_sub(base.len() + 2 + 8);
+    let head = namespace[..keep.min(namespace.len())].trim_end_matches('-');
+    format!("{base}-{head}-{}", &digest[..8])
+}
+
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

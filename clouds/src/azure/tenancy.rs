@@ -34,14 +34,7 @@ const MAX_IDENTITY_NAME: usize = 128;
 /// The managed identity of `namespace`: `<base>-<namespace>`, shortened with a hash of the
 /// namespace when longer than Azure allows.
 pub fn identity_name(base: &str, namespace: &str) -> String {
-    let name = format!("{base}-{namespace}");
-    if name.len() <= MAX_IDENTITY_NAME {
-        return name;
-    }
-    let digest = substratus_core::names::hex(&Md5::digest(namespace.as_bytes()));
-    let keep = MAX_IDENTITY_NAME.saturating_sub(base.len() + 2 + 8);
-    let head = namespace[..keep.min(namespace.len())].trim_end_matches('-');
-    format!("{base}-{head}-{}", &digest[..8])
+    substratus_core::names::per_namespace(base, namespace, MAX_IDENTITY_NAME)
 }
 
 /// The tags of the identity the operator creates for `namespace`.

@@ -11,7 +11,6 @@
 //! - `roles/artifactregistry.writer` on an Artifact Registry repository of its own,
 //!   `<repository>-<ns>`, which the operator creates.
 
-use md5::{Digest, Md5};
 use serde_json::{Value, json};
 use substratus_core::cloud::BucketUrl;
 
@@ -52,14 +51,7 @@ pub fn folder_condition(namespace: &str, folder: &BucketUrl) -> Value {
 /// The repository of `namespace`: `<base>-<namespace>`, or with the namespace shortened and
 /// a hash of it when that is longer than Artifact Registry allows.
 pub fn namespace_repository(base: &str, namespace: &str) -> String {
-    let id = format!("{base}-{namespace}");
-    if id.len() <= MAX_REPOSITORY {
-        return id;
-    }
-    let digest = substratus_core::names::hex(&Md5::digest(namespace.as_bytes()));
-    let keep = MAX_REPOSITORY.saturating_sub(base.len() + 2 + 8);
-    let head = namespace[..keep.min(namespace.len())].trim_end_matches('-');
-    format!("{base}-{head}-{}", &digest[..8])
+    substratus_core::names::per_namespace(base, namespace, MAX_REPOSITORY)
 }
 
 /// An Artifact Registry Docker repository: `<location>-docker.pkg.dev/<project>/<id>`.
