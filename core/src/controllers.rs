@@ -33,6 +33,7 @@ use crate::reconcile::{Context, Error, failure, reconcile_dataset, reconcile_mod
 use crate::reconcile::{reconcile_notebook, reconcile_server, status_key};
 use crate::watch::caches::{CachedPod, Shared};
 use crate::watch::exclusive::Exclusive;
+use crate::watch::referrers::Referrers;
 use crate::watch::{Watches, slim};
 
 /// Tuning of the controllers.
@@ -97,6 +98,13 @@ trait Wired:
     const REFERS: &'static [Kind];
     /// The names of the objects of `kind` this object refers to.
     fn refers(&self, kind: Kind) -> Vec<&str>;
+    /// Every object this object refers to, by kind and name.
+    fn references(&self) -> Vec<(Kind, &str)> {
+        Self::REFERS
+            .iter()
+            .flat_map(|kind| self.refers(*kind).into_iter().map(|name| (*kind, name)))
+            .collect()
+    }
     /// The conditions of its status.
     fn conditions(&self) -> &[Condition];
 }
@@ -162,34 +170,30 @@ impl Wired for Notebook {
     }
 }
 
-/// Objects in `store` of the namespace of `referenced` (an object of `kind`) that name it.
+/// Objects of `K` in the namespace of `referenced` (an object of `kind`) that name it.
 fn dependants<K: Wired, R: Resource>(
-    store: &Store<K>,
+    referrers: &Referrers<K>,
     kind: Kind,
     referenced: &R,
 ) -> Vec<ObjectRef<K>> {
-    let (namespace, name) = (
-        referenced.meta().namespace.as_deref(),
-        referenced.meta().name.as_deref(),
-    );
-    store
-        .state()
+    let meta = referenced.meta();
+    let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
+        return Vec::new();
+    };
+    referrers
+        .of(kind, namespace, name)
         .iter()
-        .filter(|o| {
-            o.meta().namespace.as_deref() == namespace
-                && o.refers(kind).iter().any(|r| Some(*r) == name)
-        })
-        .map(|o| ObjectRef::from_obj(o.as_ref()))
+        .map(|n| ObjectRef::new(n).within(namespace))
         .collect()
 }
 
 /// `controller` re-triggered by every change (applied or deleted) of a referenced `R`.
 fn follow<K: Wired, R: Shared + Wired>(
     controller: Controller<K>,
-    store: &Store<K>,
+    referrers: &Referrers<K>,
     watches: &mut Watches,
 ) -> Controller<K> {
-    let (applied, deleted) = (store.clone(), store.clone());
+    let (applied, deleted) = (referrers.clone(), referrers.clone());
     let feed = watches.of::<R>();
     controller
         .watches_shared_stream(feed.applied(), move |r: Arc<R>| {
@@ -420,17 +424,20 @@ where
 /// the object (the reconcilers never read them; at scale they are a large part of each
 /// object). Otherwise as `Controller::new`:
 /// the same watcher, reflector and triggers.
-fn primary<K>(api: Api<K>) -> Controller<K>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K: Send + Sync + 'static,
-{
+/// `referrers` follows its watch.
+fn primary<K: Wired>(api: Api<K>, referrers: &Referrers<K>) -> Controller<K> {
     let writer = reflector::store::Writer::<K>::default();
     let reader = writer.as_reader();
+    let referrers = referrers.clone();
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
-            .modify(|o: &mut K| slim::primary_meta(o.meta_mut())),
+            .modify(|o: &mut K| slim::primary_meta(o.meta_mut()))
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    referrers.observe(event);
+                }
+            }),
     )
     .applied_objects();
     Controller::for_stream(stream, reader)
@@ -469,6 +476,7 @@ where
 /// pod).
 fn kind_lanes<K: Wired>(
     main: Controller<K>,
+    referrers: &Referrers<K>,
     watches: &mut Watches,
     cfg: &ControllerConfig,
     resync_every: Duration,
@@ -479,8 +487,8 @@ fn kind_lanes<K: Wired>(
         .reconcile_on(resync(store.clone(), resync_every));
     for kind in K::REFERS {
         main = match kind {
-            Kind::Model => follow::<K, Model>(main, &store, watches),
-            Kind::Dataset => follow::<K, Dataset>(main, &store, watches),
+            Kind::Model => follow::<K, Model>(main, referrers, watches),
+            Kind::Dataset => follow::<K, Dataset>(main, referrers, watches),
             // Nothing refers to Servers or Notebooks.
             Kind::Server | Kind::Notebook => main,
         };
@@ -513,20 +521,29 @@ pub async fn run(
     let w = &mut watches;
     let caches = w.caches().clone();
 
+    let model_refs = Referrers::new(Model::references);
+    w.of::<Model>().observe({
+        let r = model_refs.clone();
+        move |event| r.observe(event)
+    });
     let models = Controller::for_shared_stream(w.of::<Model>().applied(), caches.models.clone());
-    let (models, model_children) = kind_lanes(models, w, &cfg, every);
+    let (models, model_children) = kind_lanes(models, &model_refs, w, &cfg, every);
 
+    // Datasets refer to nothing: their index stays empty and is never read.
+    let dataset_refs = Referrers::new(Dataset::references);
     let datasets =
         Controller::for_shared_stream(w.of::<Dataset>().applied(), caches.datasets.clone());
-    let (datasets, dataset_children) = kind_lanes(datasets, w, &cfg, every);
+    let (datasets, dataset_children) = kind_lanes(datasets, &dataset_refs, w, &cfg, every);
 
-    let (servers, server_children) =
-        kind_lanes(primary(api::<Server>(&ctx, &opts)), w, &cfg, every);
+    let server_refs = Referrers::new(Server::references);
+    let servers = primary(api::<Server>(&ctx, &opts), &server_refs);
+    let (servers, server_children) = kind_lanes(servers, &server_refs, w, &cfg, every);
     let servers = servers.owns(api::<Service>(&ctx, &opts), managed());
     let server_children = server_children.owns_shared_stream(w.deployments());
 
-    let (notebooks, notebook_children) =
-        kind_lanes(primary(api::<Notebook>(&ctx, &opts)), w, &cfg, every);
+    let notebook_refs = Referrers::new(Notebook::references);
+    let notebooks = primary(api::<Notebook>(&ctx, &opts), &notebook_refs);
+    let (notebooks, notebook_children) = kind_lanes(notebooks, &notebook_refs, w, &cfg, every);
 
     let in_use = {
         let (m, d, s, n) = (
@@ -692,5 +709,78 @@ mod tests {
             Some(ObjectRef::new("stuck").within("ns"))
         );
         assert_eq!(route(running("fine")), None);
+    }
+
+    #[test]
+    fn a_change_of_a_model_triggers_the_objects_that_name_it_in_its_namespace() {
+        let obj = |kind: &str, ns: &str, name: &str, spec: serde_json::Value| {
+            serde_json::json!({"apiVersion": "substratus.ai/v1", "kind": kind,
+                "metadata": {"name": name, "namespace": ns}, "spec": spec})
+        };
+        let server = |ns: &str, name: &str, model: &str| -> Server {
+            serde_json::from_value(obj(
+                "Server",
+                ns,
+                name,
+                serde_json::json!({"image": "img", "model": {"name": model}}),
+            ))
+            .unwrap()
+        };
+        let model = |ns: &str, name: &str, spec: serde_json::Value| -> Model {
+            serde_json::from_value(obj("Model", ns, name, spec)).unwrap()
+        };
+        let servers = Referrers::new(Server::references);
+        for s in [
+            server("ns", "a", "m"),
+            server("ns", "b", "m"),
+            server("ns", "c", "other"),
+            server("elsewhere", "d", "m"),
+        ] {
+            servers.observe(&watcher::Event::Apply(s));
+        }
+        let m = model("ns", "m", serde_json::json!({"image": "img"}));
+        let mut found = dependants(&servers, Kind::Model, &m);
+        found.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(
+            found,
+            [
+                ObjectRef::new("a").within("ns"),
+                ObjectRef::new("b").within("ns")
+            ]
+        );
+        // A Server deleted is no longer triggered.
+        servers.observe(&watcher::Event::Delete(server("ns", "a", "m")));
+        assert_eq!(
+            dependants(&servers, Kind::Model, &m),
+            [ObjectRef::new("b").within("ns")]
+        );
+
+        // A Model names its base Model and its Dataset; each triggers it by its own kind.
+        let models = Referrers::new(Model::references);
+        let tuned = model(
+            "ns",
+            "tuned",
+            serde_json::json!({"image": "img", "model": {"name": "m"}, "dataset": {"name": "d"}}),
+        );
+        models.observe(&watcher::Event::Apply(tuned));
+        models.observe(&watcher::Event::Apply(m.clone()));
+        assert_eq!(
+            dependants(&models, Kind::Model, &m),
+            [ObjectRef::new("tuned").within("ns")]
+        );
+        let d: Dataset = serde_json::from_value(obj(
+            "Dataset",
+            "ns",
+            "d",
+            serde_json::json!({"image": "img"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            dependants(&models, Kind::Dataset, &d),
+            [ObjectRef::new("tuned").within("ns")]
+        );
+        // A Model named "d" is not the Dataset "d".
+        let not_d = model("ns", "d", serde_json::json!({"image": "img"}));
+        assert!(dependants(&models, Kind::Model, &not_d).is_empty());
     }
 }

@@ -198,7 +198,11 @@ pub struct Feed<K: Resource<DynamicType = ()> + Clone + 'static> {
     config: watcher::Config,
     strip: fn(&mut K),
     deleted: Vec<futures::channel::mpsc::UnboundedSender<K>>,
+    observers: Vec<Observer<K>>,
 }
+
+/// Told of every watch event of a [`Feed`], before its store applies it.
+type Observer<K> = Box<dyn Fn(&watcher::Event<K>) + Send>;
 
 impl<K> Feed<K>
 where
@@ -217,7 +221,14 @@ where
             config,
             strip,
             deleted: Vec::new(),
+            observers: Vec::new(),
         }
+    }
+
+    /// Tells `f` of every watch event, before the store applies it (so before any
+    /// controller can read the object there).
+    pub fn observe(&mut self, f: impl Fn(&watcher::Event<K>) + Send + 'static) {
+        self.observers.push(Box::new(f));
     }
 
     fn store(&self) -> Store<K> {
@@ -245,8 +256,16 @@ where
             config,
             strip,
             deleted,
+            observers,
         } = self;
-        let stream = watcher(api, config).default_backoff().modify(strip);
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(strip)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    observers.iter().for_each(|f| f(event));
+                }
+            });
         Box::pin(reflector::reflector(writer, stream).for_each(move |event| {
             if let Ok(watcher::Event::Delete(obj)) = &event {
                 for tx in &deleted {
