@@ -1176,7 +1176,7 @@ async fn memory_only(
     print_resyncs(args.resync_seconds, steady_reconciles, w.total(), &steady);
     if let Some((hwm, cpu)) = usage {
         println!(
-            "  (e) operator peak RSS            {:>10.1} MiB   (goal <= 64 MiB at 10,000)",
+            "  (e) operator peak RSS            {:>10.1} MiB   (goal <= 40 MiB at 10,000)",
             hwm as f64 / 1024.0
         );
         println!("      operator CPU                 {:>10.2} s", cpu);
