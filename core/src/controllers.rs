@@ -422,9 +422,8 @@ where
 
 /// A controller of `K` whose store keeps no `managedFields` nor `kubectl apply`'s copy of
 /// the object (the reconcilers never read them; at scale they are a large part of each
-/// object). Otherwise as `Controller::new`:
-/// the same watcher, reflector and triggers.
-/// `referrers` follows its watch.
+/// object), whose watch also feeds `referrers`. Otherwise as `Controller::new`: the same
+/// watcher, reflector and triggers.
 fn primary<K: Wired>(api: Api<K>, referrers: &Referrers<K>) -> Controller<K> {
     let writer = reflector::store::Writer::<K>::default();
     let reader = writer.as_reader();
