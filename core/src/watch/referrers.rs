@@ -50,6 +50,10 @@ struct Inner {
 
 impl Inner {
     fn set(&mut self, key: Key, refs: Names) {
+        // Most writes of a referrer (its status) leave what it names as it was.
+        if self.names.get(&key) == Some(&refs) {
+            return;
+        }
         self.remove(&key);
         for (kind, name) in refs.iter() {
             self.by_referenced
@@ -214,6 +218,14 @@ mod tests {
         assert!(r.of(Kind::Dataset, "ns", "m").is_empty());
         assert_eq!(r.of(Kind::Model, "other", "m"), ["s3".into()]);
         assert!(r.of(Kind::Model, "ns", "n").is_empty());
+
+        // Written again naming the same objects (a status write): nothing changes.
+        r.observe(&Apply(obj("ns", "s2", &[("model", "m"), ("dataset", "d")])));
+        assert_eq!(
+            sorted(r.of(Kind::Model, "ns", "m")),
+            ["s1".into(), "s2".into()]
+        );
+        assert_eq!(r.of(Kind::Dataset, "ns", "d"), ["s2".into()]);
 
         // A reference changed: the old one is forgotten.
         r.observe(&Apply(obj("ns", "s1", &[("model", "n")])));
