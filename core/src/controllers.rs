@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -33,6 +32,7 @@ use crate::reconcile::{Context, Error, failure, reconcile_dataset, reconcile_mod
 use crate::reconcile::{reconcile_notebook, reconcile_server, status_key};
 use crate::watch::caches::{CachedPod, Shared};
 use crate::watch::exclusive::Exclusive;
+use crate::watch::frozen::{Frozen, Wired};
 use crate::watch::referrers::Referrers;
 use crate::watch::{Watches, slim};
 
@@ -80,102 +80,12 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
 }
 
-/// What the wiring needs to know of a kind: the kinds it refers to and how, and the
-/// conditions of its status.
-trait Wired:
-    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + Clone
-    + serde::Serialize
-    + serde::de::DeserializeOwned
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
-{
-    const KIND: Kind;
-    /// The kinds whose objects this kind refers to by name: a change of one re-triggers
-    /// the objects that name it.
-    const REFERS: &'static [Kind];
-    /// The names of the objects of `kind` this object refers to.
-    fn refers(&self, kind: Kind) -> Vec<&str>;
-    /// Every object this object refers to, by kind and name.
-    fn references(&self) -> Vec<(Kind, &str)> {
-        Self::REFERS
-            .iter()
-            .flat_map(|kind| self.refers(*kind).into_iter().map(|name| (*kind, name)))
-            .collect()
-    }
-    /// The conditions of its status.
-    fn conditions(&self) -> &[Condition];
-}
-
-impl Wired for Model {
-    const KIND: Kind = Kind::Model;
-    const REFERS: &'static [Kind] = &[Kind::Model, Kind::Dataset];
-    fn refers(&self, kind: Kind) -> Vec<&str> {
-        let r = match kind {
-            Kind::Model => &self.spec.model,
-            Kind::Dataset => &self.spec.dataset,
-            _ => return Vec::new(),
-        };
-        r.iter().map(|r| r.name.as_str()).collect()
-    }
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
-    }
-}
-
-impl Wired for Dataset {
-    const KIND: Kind = Kind::Dataset;
-    const REFERS: &'static [Kind] = &[];
-    fn refers(&self, _: Kind) -> Vec<&str> {
-        Vec::new()
-    }
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
-    }
-}
-
-impl Wired for Server {
-    const KIND: Kind = Kind::Server;
-    const REFERS: &'static [Kind] = &[Kind::Model];
-    fn refers(&self, kind: Kind) -> Vec<&str> {
-        match kind {
-            Kind::Model => self
-                .spec
-                .model_name()
-                .into_iter()
-                .chain(self.spec.adapters.iter().map(|a| a.model.name.as_str()))
-                .collect(),
-            _ => Vec::new(),
-        }
-    }
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
-    }
-}
-
-impl Wired for Notebook {
-    const KIND: Kind = Kind::Notebook;
-    const REFERS: &'static [Kind] = &[Kind::Model, Kind::Dataset];
-    fn refers(&self, kind: Kind) -> Vec<&str> {
-        match kind {
-            Kind::Model => self.spec.model_name().into_iter().collect(),
-            Kind::Dataset => self.spec.dataset.iter().map(|r| r.name.as_str()).collect(),
-            _ => Vec::new(),
-        }
-    }
-    fn conditions(&self) -> &[Condition] {
-        self.status.as_ref().map_or(&[], |s| &s.conditions)
-    }
-}
-
 /// Objects of `K` in the namespace of `referenced` (an object of `kind`) that name it.
 fn dependants<K: Wired, R: Resource>(
-    referrers: &Referrers<K>,
+    referrers: &Referrers<Frozen<K>>,
     kind: Kind,
     referenced: &R,
-) -> Vec<ObjectRef<K>> {
+) -> Vec<ObjectRef<Frozen<K>>> {
     let meta = referenced.meta();
     let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
         return Vec::new();
@@ -189,17 +99,17 @@ fn dependants<K: Wired, R: Resource>(
 
 /// `controller` re-triggered by every change (applied or deleted) of a referenced `R`.
 fn follow<K: Wired, R: Shared + Wired>(
-    controller: Controller<K>,
-    referrers: &Referrers<K>,
+    controller: Controller<Frozen<K>>,
+    referrers: &Referrers<Frozen<K>>,
     watches: &mut Watches,
-) -> Controller<K> {
+) -> Controller<Frozen<K>> {
     let (applied, deleted) = (referrers.clone(), referrers.clone());
     let feed = watches.of::<R>();
     controller
-        .watches_shared_stream(feed.applied(), move |r: Arc<R>| {
+        .watches_shared_stream(feed.applied(), move |r: Arc<Frozen<R>>| {
             dependants(&applied, R::KIND, r.as_ref())
         })
-        .watches_stream(feed.deleted().map(Ok), move |r: R| {
+        .watches_stream(feed.deleted().map(Ok), move |r: Frozen<R>| {
             dependants(&deleted, R::KIND, &r)
         })
 }
@@ -222,18 +132,13 @@ where
 /// The exception is an object whose status shows a problem read from its pods
 /// (`shows_pod_problem`): a pod that runs now ends that problem, and nothing else would
 /// tell (a Job's ready count is not news).
-fn labelled<K>(
-    kind: Kind,
-    store: Store<K>,
-    shows_pod_problem: fn(&K) -> bool,
-) -> impl Fn(Arc<CachedPod>) -> Option<ObjectRef<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
+fn labelled<K: Wired>(
+    store: Store<Frozen<K>>,
+) -> impl Fn(Arc<CachedPod>) -> Option<ObjectRef<Frozen<K>>> {
     move |p| {
-        let name = p.labels().get(kind.lower())?;
+        let name = p.labels().get(K::KIND.lower())?;
         let object = ObjectRef::new(name).within(p.metadata.namespace.as_deref()?);
-        if may_explain(&p) || store.get(&object).is_some_and(|o| shows_pod_problem(&o)) {
+        if may_explain(&p) || store.get(&object).is_some_and(|o| o.pod_problem_shown()) {
             Some(object)
         } else {
             None
@@ -256,14 +161,6 @@ fn may_explain(p: &CachedPod) -> bool {
         .flatten()
         .filter_map(|cs| cs.state.as_ref()?.waiting.as_ref()?.reason.as_deref())
         .any(|r| !matches!(r, "ContainerCreating" | "PodInitializing"))
-}
-
-/// Whether the Ready condition of `conditions` was read from pods.
-fn pod_problem_shown(
-    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-) -> bool {
-    crate::conditions::find(conditions, crate::conditions::types::READY)
-        .is_some_and(|c| crate::conditions::reasons::FROM_PODS.contains(&c.reason.as_str()))
 }
 
 /// Every object of `store`, one at a time spread evenly over `every`, round after round;
@@ -334,11 +231,11 @@ type ReconcileFuture = std::pin::Pin<Box<dyn Future<Output = Result<Action, Erro
 /// counted and, once it must show, written to the object's status (see `failure`).
 fn instrumented<K, Fut>(
     kind: &'static str,
-    store: Store<K>,
+    store: Store<Frozen<K>>,
     lock: Arc<Exclusive>,
     deadline: Duration,
     f: fn(Arc<K>, Arc<Context>) -> Fut,
-) -> impl FnMut(Arc<K>, Arc<Context>) -> ReconcileFuture
+) -> impl FnMut(Arc<Frozen<K>>, Arc<Context>) -> ReconcileFuture
 where
     K: Wired,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
@@ -351,15 +248,23 @@ where
             let key = format!("{namespace}/{name}");
             lock.run(&key, async move {
                 // Gone from the store: deleted meanwhile, nothing to do.
-                let Some(obj) = store.get(&ObjectRef::from_obj(obj.as_ref())) else {
+                let Some(frozen) = store.get(&ObjectRef::from_obj(obj.as_ref())) else {
                     return Ok(Action::await_change());
                 };
                 // An object being deleted gets no new children: re-creating them would
                 // keep a foreground deletion waiting forever. The garbage collector removes
                 // the rest.
-                if obj.meta().deletion_timestamp.is_some() {
+                if frozen.meta().deletion_timestamp.is_some() {
                     return Ok(Action::await_change());
                 }
+                // It parsed as `K` when it was frozen; failing now would be a defect here.
+                let obj = match frozen.thaw() {
+                    Ok(obj) => Arc::new(obj),
+                    Err(e) => {
+                        tracing::error!(kind, %namespace, %name, error = %e, "a cached object does not parse");
+                        return Err(Error::Invalid(format!("{kind} {namespace}/{name} as cached: {e}")));
+                    }
+                };
                 let started = Instant::now();
                 let labels = KindLabels { kind: kind.into() };
                 let in_flight = ctx.metrics.in_flight.get_or_create(&labels).clone();
@@ -412,26 +317,29 @@ where
 /// back the status of work that already finished by as long as the burst takes; with two
 /// lanes, news of a child waits only for other news of children. The lanes share one
 /// `Exclusive`: an object is never reconciled by both at once.
-fn children_lane<K>(store: Store<K>, cfg: ControllerConfig) -> Controller<K>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K: Send + Sync + 'static,
-{
-    Controller::for_shared_stream(futures::stream::pending::<Arc<K>>(), store).with_config(cfg)
+fn children_lane<K: Wired>(
+    store: Store<Frozen<K>>,
+    cfg: ControllerConfig,
+) -> Controller<Frozen<K>> {
+    Controller::for_shared_stream(futures::stream::pending::<Arc<Frozen<K>>>(), store)
+        .with_config(cfg)
 }
 
 /// A controller of `K` whose store keeps no `managedFields` nor `kubectl apply`'s copy of
 /// the object (the reconcilers never read them; at scale they are a large part of each
 /// object), whose watch also feeds `referrers`. Otherwise as `Controller::new`: the same
 /// watcher, reflector and triggers.
-fn primary<K: Wired>(api: Api<K>, referrers: &Referrers<K>) -> Controller<K> {
-    let writer = reflector::store::Writer::<K>::default();
+fn primary<K: Wired>(
+    api: Api<Frozen<K>>,
+    referrers: &Referrers<Frozen<K>>,
+) -> Controller<Frozen<K>> {
+    let writer = reflector::store::Writer::<Frozen<K>>::default();
     let reader = writer.as_reader();
     let referrers = referrers.clone();
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
-            .modify(|o: &mut K| slim::primary_meta(o.meta_mut()))
+            .modify(|o: &mut Frozen<K>| slim::primary_meta(o.meta_mut()))
             .inspect(move |event| {
                 if let Ok(event) = event {
                     referrers.observe(event);
@@ -444,8 +352,8 @@ fn primary<K: Wired>(api: Api<K>, referrers: &Referrers<K>) -> Controller<K> {
 
 /// Runs the main and children lanes of a kind, sharing one lock, until `shutdown` completes.
 fn lanes<K, Fut>(
-    main: Controller<K>,
-    children: Controller<K>,
+    main: Controller<Frozen<K>>,
+    children: Controller<Frozen<K>>,
     kind: &'static str,
     f: fn(Arc<K>, Arc<Context>) -> Fut,
     ctx: &Arc<Context>,
@@ -457,7 +365,7 @@ where
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     let lock = Arc::new(Exclusive::default());
-    let drive = |lane: Controller<K>| {
+    let drive = |lane: Controller<Frozen<K>>| {
         let store = lane.store();
         lane.graceful_shutdown_on(shutdown.clone())
             .run(
@@ -474,12 +382,12 @@ where
 /// children lane (Jobs, params ConfigMap, pods: by label, or owned when the kind owns its
 /// pod).
 fn kind_lanes<K: Wired>(
-    main: Controller<K>,
-    referrers: &Referrers<K>,
+    main: Controller<Frozen<K>>,
+    referrers: &Referrers<Frozen<K>>,
     watches: &mut Watches,
     cfg: &ControllerConfig,
     resync_every: Duration,
-) -> (Controller<K>, Controller<K>) {
+) -> (Controller<Frozen<K>>, Controller<Frozen<K>>) {
     let store = main.store();
     let mut main = main
         .with_config(cfg.clone())
@@ -499,10 +407,7 @@ fn kind_lanes<K: Wired>(
         // A Notebook's pod is its own child.
         children.owns_shared_stream(watches.pods())
     } else {
-        children.watches_shared_stream(
-            watches.pods(),
-            labelled(K::KIND, store, |o: &K| pod_problem_shown(o.conditions())),
-        )
+        children.watches_shared_stream(watches.pods(), labelled(store))
     };
     (main, children)
 }
@@ -520,7 +425,7 @@ pub async fn run(
     let w = &mut watches;
     let caches = w.caches().clone();
 
-    let model_refs = Referrers::new(Model::references);
+    let model_refs = Referrers::new(Frozen::<Model>::references);
     w.of::<Model>().observe({
         let r = model_refs.clone();
         move |event| r.observe(event)
@@ -529,19 +434,19 @@ pub async fn run(
     let (models, model_children) = kind_lanes(models, &model_refs, w, &cfg, every);
 
     // Datasets refer to nothing: their index stays empty and is never read.
-    let dataset_refs = Referrers::new(Dataset::references);
+    let dataset_refs = Referrers::new(Frozen::<Dataset>::references);
     let datasets =
         Controller::for_shared_stream(w.of::<Dataset>().applied(), caches.datasets.clone());
     let (datasets, dataset_children) = kind_lanes(datasets, &dataset_refs, w, &cfg, every);
 
-    let server_refs = Referrers::new(Server::references);
-    let servers = primary(api::<Server>(&ctx, &opts), &server_refs);
+    let server_refs = Referrers::new(Frozen::<Server>::references);
+    let servers = primary(api::<Frozen<Server>>(&ctx, &opts), &server_refs);
     let (servers, server_children) = kind_lanes(servers, &server_refs, w, &cfg, every);
     let servers = servers.owns(api::<Service>(&ctx, &opts), managed());
     let server_children = server_children.owns_shared_stream(w.deployments());
 
-    let notebook_refs = Referrers::new(Notebook::references);
-    let notebooks = primary(api::<Notebook>(&ctx, &opts), &notebook_refs);
+    let notebook_refs = Referrers::new(Frozen::<Notebook>::references);
+    let notebooks = primary(api::<Frozen<Notebook>>(&ctx, &opts), &notebook_refs);
     let (notebooks, notebook_children) = kind_lanes(notebooks, &notebook_refs, w, &cfg, every);
 
     let in_use = {
@@ -654,8 +559,8 @@ mod tests {
 
     #[test]
     fn a_pod_triggers_its_object_only_while_it_waits_or_after_it_failed() {
-        let store = reflector::store::Writer::<Model>::default().as_reader();
-        let route = labelled::<Model>(Kind::Model, store, |_| false);
+        let store = reflector::store::Writer::<Frozen<Model>>::default().as_reader();
+        let route = labelled::<Model>(store);
         let labels = serde_json::json!({"model": "m", "role": "run"});
         for phase in [None, Some("Pending"), Some("Failed"), Some("Unknown")] {
             assert_eq!(
@@ -684,8 +589,8 @@ mod tests {
 
     #[test]
     fn a_running_pod_triggers_an_object_that_shows_a_problem_read_from_pods() {
-        let mut writer = reflector::store::Writer::<Model>::default();
-        let model = |name: &str, reason: &str| -> Model {
+        let mut writer = reflector::store::Writer::<Frozen<Model>>::default();
+        let model = |name: &str, reason: &str| -> Frozen<Model> {
             serde_json::from_value(serde_json::json!({
                 "apiVersion": "substratus.ai/v1", "kind": "Model",
                 "metadata": {"name": name, "namespace": "ns"},
@@ -697,11 +602,7 @@ mod tests {
         };
         writer.apply_watcher_event(&watcher::Event::Apply(model("stuck", "Unschedulable")));
         writer.apply_watcher_event(&watcher::Event::Apply(model("fine", "JobNotComplete")));
-        let route = labelled::<Model>(Kind::Model, writer.as_reader(), |m: &Model| {
-            m.status
-                .as_ref()
-                .is_some_and(|s| pod_problem_shown(&s.conditions))
-        });
+        let route = labelled::<Model>(writer.as_reader());
         let running = |name: &str| pod(Some("Running"), serde_json::json!({"model": name}));
         assert_eq!(
             route(running("stuck")),
@@ -716,7 +617,7 @@ mod tests {
             serde_json::json!({"apiVersion": "substratus.ai/v1", "kind": kind,
                 "metadata": {"name": name, "namespace": ns}, "spec": spec})
         };
-        let server = |ns: &str, name: &str, model: &str| -> Server {
+        let server = |ns: &str, name: &str, model: &str| -> Frozen<Server> {
             serde_json::from_value(obj(
                 "Server",
                 ns,
@@ -725,10 +626,10 @@ mod tests {
             ))
             .unwrap()
         };
-        let model = |ns: &str, name: &str, spec: serde_json::Value| -> Model {
+        let model = |ns: &str, name: &str, spec: serde_json::Value| -> Frozen<Model> {
             serde_json::from_value(obj("Model", ns, name, spec)).unwrap()
         };
-        let servers = Referrers::new(Server::references);
+        let servers = Referrers::new(Frozen::<Server>::references);
         for s in [
             server("ns", "a", "m"),
             server("ns", "b", "m"),
@@ -755,7 +656,7 @@ mod tests {
         );
 
         // A Model names its base Model and its Dataset; each triggers it by its own kind.
-        let models = Referrers::new(Model::references);
+        let models = Referrers::new(Frozen::<Model>::references);
         let tuned = model(
             "ns",
             "tuned",

@@ -489,7 +489,10 @@ impl Context {
     pub fn base_of(&self, namespace: &str, name: &str) -> Option<String> {
         (self.caches.models)
             .get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
-            .and_then(|m| m.spec.model.as_ref().map(|r| r.name.clone()))
+            .and_then(|m| {
+                let base = m.references().into_iter().find(|(k, _)| *k == Kind::Model);
+                base.map(|(_, name)| name.to_owned())
+            })
     }
 
     /// The state of a referenced Model (`kind` Model) or Dataset.
@@ -499,10 +502,10 @@ impl Context {
         let found = match kind {
             Kind::Dataset => (self.caches.datasets)
                 .get(&ObjectRef::new(name).within(namespace))
-                .map(|d| (d.status.clone(), d.metadata.uid.clone())),
+                .map(|d| d.thaw().map(|d| (d.status, d.metadata.uid))),
             Kind::Model => (self.caches.models)
                 .get(&ObjectRef::new(name).within(namespace))
-                .map(|m| (m.status.clone(), m.metadata.uid.clone())),
+                .map(|m| m.thaw().map(|m| (m.status, m.metadata.uid))),
             Kind::Server | Kind::Notebook => {
                 return Err(Error::Invalid(format!(
                     "a {} cannot be referenced",
@@ -510,9 +513,12 @@ impl Context {
                 )));
             }
         };
-        let Some((status, uid)) = found else {
+        let Some(found) = found else {
             return Ok(RefState::NotFound);
         };
+        let (status, uid) = found.map_err(|e| {
+            Error::Invalid(format!("{} {namespace}/{name} as cached: {e}", kind.name()))
+        })?;
         let status = status.unwrap_or_default();
         if !status.ready {
             return Ok(RefState::NotReady);
@@ -870,10 +876,9 @@ mod tests {
                     "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
             })
         };
-        let base: Model = serde_json::from_value(object("Model", "base", true)).unwrap();
+        let base = serde_json::from_value(object("Model", "base", true)).unwrap();
         stub.models.apply_watcher_event(&Event::Apply(base));
-        let data: substratus_crds::Dataset =
-            serde_json::from_value(object("Dataset", "data", false)).unwrap();
+        let data = serde_json::from_value(object("Dataset", "data", false)).unwrap();
         stub.datasets.apply_watcher_event(&Event::Apply(data));
         match ctx.reference("ns", Kind::Model, "base").unwrap() {
             RefState::Ready {

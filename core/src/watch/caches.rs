@@ -25,6 +25,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use substratus_crds::{Dataset, Model};
 
+use super::frozen::{Frozen, Wired};
 use super::index::{self, Index};
 use super::slim::{self, JobSummary, Labels, StatusOnly};
 use crate::names::{
@@ -47,8 +48,8 @@ pub struct Caches {
     jobs: Index<JobSummary>,
     deployments: Store<CachedDeployment>,
     pods: Store<CachedPod>,
-    pub models: Store<Model>,
-    pub datasets: Store<Dataset>,
+    pub models: Store<Frozen<Model>>,
+    pub datasets: Store<Frozen<Dataset>>,
     /// Children compared only by their spec hash: kept as key and hash.
     /// Params ConfigMaps: hash and owner (a deleted or edited one is news to its owner).
     pub configmaps: Index<OwnedHash>,
@@ -281,8 +282,8 @@ where
 /// as wanted, and [`Watches::start`] then returns the tasks that feed them all.
 pub struct Watches {
     caches: Caches,
-    models: Feed<Model>,
-    datasets: Feed<Dataset>,
+    models: Feed<Frozen<Model>>,
+    datasets: Feed<Frozen<Dataset>>,
     deployments: Feed<CachedDeployment>,
     pods: Feed<CachedPod>,
     service_accounts: Feed<PartialObjectMeta<ServiceAccount>>,
@@ -293,21 +294,21 @@ pub struct Watches {
     tasks: Vec<Task>,
 }
 
-/// The caches that hold every object of a kind, not a summary: Models and Datasets (read by
-/// their own controllers and by the objects that refer to them).
-pub trait Shared: Resource<DynamicType = ()> + Clone + Sized + 'static {
+/// The caches that hold every object of a kind (frozen), not a summary: Models and Datasets
+/// (read by their own controllers and by the objects that refer to them).
+pub trait Shared: Wired {
     /// This kind's cache among `watches`.
-    fn feed(watches: &mut Watches) -> &mut Feed<Self>;
+    fn feed(watches: &mut Watches) -> &mut Feed<Frozen<Self>>;
 }
 
 impl Shared for Model {
-    fn feed(watches: &mut Watches) -> &mut Feed<Self> {
+    fn feed(watches: &mut Watches) -> &mut Feed<Frozen<Self>> {
         &mut watches.models
     }
 }
 
 impl Shared for Dataset {
-    fn feed(watches: &mut Watches) -> &mut Feed<Self> {
+    fn feed(watches: &mut Watches) -> &mut Feed<Frozen<Self>> {
         &mut watches.datasets
     }
 }
@@ -362,12 +363,12 @@ impl Watches {
             },
         );
         let models = Feed::new(
-            namespaced::<Model>(client, namespace),
+            namespaced::<Frozen<Model>>(client, namespace),
             watcher::Config::default(),
             |m| slim::primary_meta(m.meta_mut()),
         );
         let datasets = Feed::new(
-            namespaced::<Dataset>(client, namespace),
+            namespaced::<Frozen<Dataset>>(client, namespace),
             watcher::Config::default(),
             |d| slim::primary_meta(d.meta_mut()),
         );
@@ -420,7 +421,7 @@ impl Watches {
     }
 
     /// The cache of a shared kind (Models, Datasets).
-    pub fn of<K: Shared>(&mut self) -> &mut Feed<K> {
+    pub fn of<K: Shared>(&mut self) -> &mut Feed<Frozen<K>> {
         K::feed(self)
     }
 
@@ -476,8 +477,8 @@ impl Watches {
 #[cfg(test)]
 pub(crate) struct StubCaches {
     pub caches: Caches,
-    pub models: Writer<Model>,
-    pub datasets: Writer<Dataset>,
+    pub models: Writer<Frozen<Model>>,
+    pub datasets: Writer<Frozen<Dataset>>,
     pub service_accounts: Writer<PartialObjectMeta<ServiceAccount>>,
 }
 

@@ -6,11 +6,13 @@
 //! - [`caches`]: the caches and the triggers a controller subscribes to.
 //! - [`index`]: key → summary maps fed by metadata watches, with change notifications.
 //! - [`slim`]: the cut-down shapes kept per object (metadata and status, summaries).
+//! - [`frozen`]: Substratus objects as held: metadata, what the wiring reads, JSON.
 //! - [`referrers`]: who refers to whom, so that a change finds the objects naming it.
 //! - [`exclusive`]: a keyed lock, so that an object is reconciled by one lane at a time.
 
 pub mod caches;
 pub mod exclusive;
+pub mod frozen;
 pub mod index;
 pub mod referrers;
 pub mod slim;
