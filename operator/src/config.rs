@@ -191,6 +191,12 @@ pub struct RunArgs {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Threads that run the reconciles and watches: 1 runs everything on one thread (no
+    /// hand-over between threads on the way from a watch event to a write); 0 is one per
+    /// core.
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub worker_threads: u16,
 }
 
 fn required(value: &Option<String>, flag: &str, env: &str) -> Result<String> {
@@ -506,6 +512,17 @@ mod tests {
             .to_string();
         assert!(err.contains("--resync-seconds"), "{err}");
         assert!(err.contains("not in 10..=86400"), "{err}");
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_core() {
+        assert_eq!(args(&[]).worker_threads, 0);
+        assert_eq!(args(&["--worker-threads", "1"]).worker_threads, 1);
+        let err = T::try_parse_from(["t", "--worker-threads", "300"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("--worker-threads"), "{err}");
     }
 
     #[tokio::test]

@@ -105,11 +105,24 @@ fn main() -> Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(gateway::run(*args)),
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+        Command::Run(args) => runtime(args.worker_threads)
             .enable_all()
             .build()
             .context("starting the async runtime")?
             .block_on(run(*args)),
+    }
+}
+
+/// The runtime for `threads` worker threads (see `RunArgs::worker_threads`).
+fn runtime(threads: u16) -> tokio::runtime::Builder {
+    match threads {
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.into());
+            b
+        }
     }
 }
 
@@ -272,4 +285,20 @@ async fn run(args: config::RunArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_worker_thread_runs_everything_on_one_thread() {
+        let flavor = |n| runtime(n).build().unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(0), RuntimeFlavor::MultiThread);
+        let three = runtime(3).build().unwrap();
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.metrics().num_workers(), 3);
+    }
 }
