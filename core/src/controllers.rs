@@ -17,7 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig};
@@ -25,6 +25,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use substratus_crds::{Dataset, Model, Notebook, Server};
+use tokio::task::JoinSet;
 
 use crate::metrics::{ErrorLabels, KindLabels, ResultLabels};
 use crate::names::{Kind, MANAGED_BY, MANAGED_BY_LABEL};
@@ -350,32 +351,35 @@ fn primary<K: Wired>(
     Controller::for_stream(stream, reader)
 }
 
-/// Runs the main and children lanes of a kind, sharing one lock, until `shutdown` completes.
-fn lanes<K, Fut>(
-    main: Controller<Frozen<K>>,
-    children: Controller<Frozen<K>>,
+/// Spawns the main and children lanes of a kind into `tasks`, sharing one lock; each runs
+/// until `shutdown` completes. Every lane is a task of its own: news of a Job is handled
+/// while another lane plans children, on another worker thread when there is one, and a
+/// lane's wake-up polls only that lane.
+fn spawn_lanes<K, Fut>(
+    tasks: &mut JoinSet<()>,
+    (main, children): (Controller<Frozen<K>>, Controller<Frozen<K>>),
     kind: &'static str,
     f: fn(Arc<K>, Arc<Context>) -> Fut,
     ctx: &Arc<Context>,
     opts: &ControllerOptions,
     shutdown: &(impl Future<Output = ()> + Send + Sync + Clone + 'static),
-) -> impl Future<Output = ()> + Send
-where
+) where
     K: Wired,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     let lock = Arc::new(Exclusive::default());
-    let drive = |lane: Controller<Frozen<K>>| {
+    for lane in [main, children] {
         let store = lane.store();
-        lane.graceful_shutdown_on(shutdown.clone())
-            .run(
-                instrumented(kind, store, lock.clone(), opts.deadline, f),
-                error_policy(kind),
-                ctx.clone(),
-            )
-            .for_each(|_| futures::future::ready(()))
-    };
-    futures::future::join(drive(main), drive(children)).map(drop)
+        tasks.spawn(
+            lane.graceful_shutdown_on(shutdown.clone())
+                .run(
+                    instrumented(kind, store, lock.clone(), opts.deadline, f),
+                    error_policy(kind),
+                    ctx.clone(),
+                )
+                .for_each(|_| futures::future::ready(())),
+        );
+    }
 }
 
 /// The main lane of `K` (its own changes, the resync, the objects it refers to) and its
@@ -492,45 +496,48 @@ pub async fn run(
         deleted_accounts,
         in_use,
     ));
-    let stop = shutdown;
-    tokio::join!(
-        lanes(
-            models,
-            model_children,
-            "Model",
-            reconcile_model,
-            &ctx,
-            &opts,
-            &stop
-        ),
-        lanes(
-            datasets,
-            dataset_children,
-            "Dataset",
-            reconcile_dataset,
-            &ctx,
-            &opts,
-            &stop
-        ),
-        lanes(
-            servers,
-            server_children,
-            "Server",
-            reconcile_server,
-            &ctx,
-            &opts,
-            &stop
-        ),
-        lanes(
-            notebooks,
-            notebook_children,
-            "Notebook",
-            reconcile_notebook,
-            &ctx,
-            &opts,
-            &stop
-        ),
+    // Dropped (the operator stopping mid-work), the set aborts every lane.
+    let mut tasks = JoinSet::new();
+    let t = &mut tasks;
+    let (model, dataset) = ((models, model_children), (datasets, dataset_children));
+    let (server, notebook) = ((servers, server_children), (notebooks, notebook_children));
+    spawn_lanes(t, model, "Model", reconcile_model, &ctx, &opts, &shutdown);
+    spawn_lanes(
+        t,
+        dataset,
+        "Dataset",
+        reconcile_dataset,
+        &ctx,
+        &opts,
+        &shutdown,
     );
+    spawn_lanes(
+        t,
+        server,
+        "Server",
+        reconcile_server,
+        &ctx,
+        &opts,
+        &shutdown,
+    );
+    spawn_lanes(
+        t,
+        notebook,
+        "Notebook",
+        reconcile_notebook,
+        &ctx,
+        &opts,
+        &shutdown,
+    );
+    while let Some(done) = tasks.join_next().await {
+        // A lane that panicked takes the operator down, as before lanes had tasks of their
+        // own, rather than leaving its kind unreconciled while the rest run on.
+        if let Err(e) = done
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
     accounts.abort();
     feeders.iter().for_each(|f| f.abort());
 }
