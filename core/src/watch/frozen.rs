@@ -115,8 +115,7 @@ pub fn pod_problem_shown(conditions: &[Condition]) -> bool {
         .is_some_and(|c| reasons::FROM_PODS.contains(&c.reason.as_str()))
 }
 
-/// An object of kind `K` held as its metadata (without its uid and resourceVersion), what the
-/// wiring reads, and the rest as JSON.
+/// An object of kind `K` held as its metadata, what the wiring reads, and the rest as JSON.
 /// It deserializes from the API's JSON like `K` (so a watch of `Frozen<K>` fails on the
 /// objects a watch of `K` fails on), and [`Frozen::thaw`] gives `K` back whole.
 pub struct Frozen<K> {
@@ -139,12 +138,7 @@ impl<K: Wired> Frozen<K> {
             .map(|(kind, name)| (kind, name.into()))
             .collect();
         let pod_problem = pod_problem_shown(object.conditions());
-        let mut metadata = std::mem::take(object.meta_mut());
-        // Read only by a reconcile, so kept in the body: a store also copies both into the
-        // key it files the object under.
-        let meta = object.meta_mut();
-        meta.uid = metadata.uid.take();
-        meta.resource_version = metadata.resource_version.take();
+        let metadata = std::mem::take(object.meta_mut());
         let body = serde_json::to_string(&object)?.into_boxed_str();
         Ok(Frozen {
             metadata,
@@ -158,13 +152,7 @@ impl<K: Wired> Frozen<K> {
     /// The object, whole, with the metadata as the cache holds it.
     pub fn thaw(&self) -> Result<K, serde_json::Error> {
         let mut object: K = serde_json::from_str(&self.body)?;
-        let meta = object.meta_mut();
-        let (uid, resource_version) = (meta.uid.take(), meta.resource_version.take());
-        *meta = ObjectMeta {
-            uid,
-            resource_version,
-            ..self.metadata.clone()
-        };
+        *object.meta_mut() = self.metadata.clone();
         Ok(object)
     }
 
@@ -257,22 +245,14 @@ mod tests {
         let model: Model = serde_json::from_value(tuned()).unwrap();
         let frozen: Frozen<Model> = serde_json::from_value(tuned()).unwrap();
         assert_eq!(frozen.thaw().unwrap(), model);
+        assert_eq!(frozen.meta(), &model.metadata);
         assert_eq!(
             Frozen::freeze(model.clone()).unwrap().thaw().unwrap(),
             model
         );
-        // The metadata is held once, outside the body, but for what only a reconcile reads.
-        let meta = frozen.meta();
-        assert_eq!(
-            (meta.name.as_deref(), meta.generation),
-            (Some("tuned"), Some(3))
-        );
-        assert_eq!(
-            (meta.uid.as_deref(), meta.resource_version.as_deref()),
-            (None, None)
-        );
-        assert!(!frozen.body.contains("team"), "{}", frozen.body);
+        // The metadata is held once, outside the body.
         assert!(!frozen.body.contains("managedFields"), "{}", frozen.body);
+        assert!(!frozen.body.contains("\"uid\""), "{}", frozen.body);
     }
 
     #[test]
