@@ -130,7 +130,9 @@ pub struct Frozen<K> {
 }
 
 impl<K: Wired> Frozen<K> {
-    /// `object`, frozen.
+    /// `object`, frozen. The metadata stays whole: kube's watcher reads each event's
+    /// `resourceVersion` from the object it decoded, and an object without one ends the
+    /// watch in a full relist that drops the event (a deletion would never be told).
     pub fn freeze(mut object: K) -> Result<Frozen<K>, serde_json::Error> {
         let names = object
             .references()
@@ -246,6 +248,14 @@ mod tests {
         let frozen: Frozen<Model> = serde_json::from_value(tuned()).unwrap();
         assert_eq!(frozen.thaw().unwrap(), model);
         assert_eq!(frozen.meta(), &model.metadata);
+        assert_eq!(
+            (
+                frozen.meta().resource_version.as_deref(),
+                frozen.meta().uid.as_deref()
+            ),
+            (Some("42"), Some("u1")),
+            "the watcher resumes from the resourceVersion of each event's object"
+        );
         assert_eq!(
             Frozen::freeze(model.clone()).unwrap().thaw().unwrap(),
             model
