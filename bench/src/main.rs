@@ -74,9 +74,10 @@ struct Args {
     #[arg(long, default_value = "warn")]
     operator_log: String,
     /// How the kind backend mounts prefixes (S3_CSI_VOLUMES), for the operator and the
-    /// floor alike: `inline` (substratus-csi-s3's inline volumes) or `claims` (a static
+    /// floor alike: `inline` (substratus-csi-s3's inline volumes), `claims` (a static
     /// PersistentVolume and claim per prefix, which pods wait for the volume controller to
-    /// bind).
+    /// bind) or `namespace` (one static volume and claim per namespace, mounted by subPath:
+    /// the AWS backend's object set).
     #[arg(long, default_value = "inline")]
     volumes: substratus_clouds::kind::KindVolumes,
     /// Also run the original operator (v0.10.1, built by hack/build-original.sh) with the same
@@ -93,7 +94,8 @@ struct Args {
 fn csi_driver(volumes: substratus_clouds::kind::KindVolumes) -> &'static str {
     match volumes {
         substratus_clouds::kind::KindVolumes::Inline => "s3.csi.substratus.ai",
-        substratus_clouds::kind::KindVolumes::Claims => "ru.yandex.s3.csi",
+        substratus_clouds::kind::KindVolumes::Claims
+        | substratus_clouds::kind::KindVolumes::Namespace => "ru.yandex.s3.csi",
     }
 }
 
@@ -346,8 +348,9 @@ async fn floor(
     let storage_of = |kind: substratus_core::names::Kind,
                       name: &str,
                       uid: &str,
-                      access: substratus_core::cloud::Access|
-     -> Result<(Vec<substratus_core::plan::Child>, Value)> {
+                      access: substratus_core::cloud::Access,
+                      mount: Value|
+     -> Result<(Vec<substratus_core::plan::Child>, Value, Value)> {
         let parent = substratus_core::plan::Parent {
             kind,
             name: name.to_owned(),
@@ -359,10 +362,30 @@ async fn floor(
         let objects =
             substratus_core::plan::storage::owned_prefix_objects(&parent, &prefix, &cloud);
         let volume =
-            substratus_core::cloud::Cloud::bucket_volume(&cloud, &prefix.artifacts(), access)?
-                .volume;
-        Ok((objects, serde_json::to_value(volume)?))
+            substratus_core::cloud::Cloud::bucket_volume(&cloud, &prefix.artifacts(), access)?;
+        let mut mount = mount;
+        if let Some(sub_path) = volume.sub_path {
+            mount["subPath"] = json!(sub_path);
+        }
+        Ok((objects, serde_json::to_value(volume.volume)?, mount))
     };
+    let raw = |o: substratus_core::plan::Child| match o {
+        substratus_core::plan::Child::Raw(v) => Some((
+            if v["kind"] == "PersistentVolume" {
+                "pv"
+            } else {
+                "pvc"
+            },
+            v,
+        )),
+        _ => None,
+    };
+    // With a claim per namespace, its volume and claim come first, once.
+    children.extend(
+        substratus_core::plan::storage::namespace_objects(&cloud, ns)
+            .into_iter()
+            .filter_map(raw),
+    );
     for (kind, lower, job_suffix, names) in [
         ("Model", "model", "modeller", &models),
         ("Dataset", "dataset", "data-loader", &datasets),
@@ -373,26 +396,20 @@ async fn floor(
             substratus_core::names::Kind::Dataset
         };
         for (name, uid) in names.iter() {
-            let (objects, mut volume) =
-                storage_of(k, name, uid, substratus_core::cloud::Access::ReadWrite)?;
+            let (objects, mut volume, mount) = storage_of(
+                k,
+                name,
+                uid,
+                substratus_core::cloud::Access::ReadWrite,
+                json!({"name": "artifacts", "mountPath": "/content/artifacts"}),
+            )?;
             volume["name"] = json!("artifacts");
-            for o in objects {
-                if let substratus_core::plan::Child::Raw(v) = o {
-                    children.push((
-                        if v["kind"] == "PersistentVolume" {
-                            "pv"
-                        } else {
-                            "pvc"
-                        },
-                        v,
-                    ));
-                }
-            }
+            children.extend(objects.into_iter().filter_map(raw));
             children.push(("cm", json!({"metadata": {"name": format!("{name}-{lower}-params"), "ownerReferences": owner(kind, name, uid)}, "data": {"params.json": "{}"}})));
             children.push(("job", json!({"metadata": {"name": format!("{name}-{job_suffix}"), "labels": {lower: name}, "ownerReferences": owner(kind, name, uid)},
                 "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {lower: name, "role": "run"}}, "spec": {"restartPolicy": "Never",
                     "volumes": [volume],
-                    "containers": [{"name": "main", "image": "img", "volumeMounts": [{"name": "artifacts", "mountPath": "/content/artifacts"}],
+                    "containers": [{"name": "main", "image": "img", "volumeMounts": [mount],
                         "resources": {"requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "1Gi"}}}]}}}})));
         }
     }
@@ -403,15 +420,16 @@ async fn floor(
             .find(|(n, _)| n == name)
             .map(|(_, m)| m.clone())
             .unwrap_or_default();
-        let mut model_volume = match models.get(&model) {
+        let (mut model_volume, model_mount) = match models.get(&model) {
             Some(muid) => {
-                storage_of(
+                let (_, volume, mount) = storage_of(
                     substratus_core::names::Kind::Model,
                     &model,
                     muid,
                     substratus_core::cloud::Access::ReadOnly,
-                )?
-                .1
+                    json!({"name": "model", "mountPath": "/content/model", "readOnly": true}),
+                )?;
+                (volume, mount)
             }
             None => bail!("Server {name}'s Model {model} is missing"),
         };
@@ -423,7 +441,7 @@ async fn floor(
             "spec": {"replicas": 1, "selector": {"matchLabels": {"server": name}}, "template": {"metadata": {"labels": {"server": name, "role": "run"}},
                 "spec": {"nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
                     "volumes": [model_volume],
-                    "containers": [{"name": "serve", "image": "img", "volumeMounts": [{"name": "model", "mountPath": "/content/model", "readOnly": true}],
+                    "containers": [{"name": "serve", "image": "img", "volumeMounts": [model_mount],
                     "resources": {"requests": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}]}}}})));
     }
     let pvs: Api<PersistentVolume> = Api::all(client.clone());

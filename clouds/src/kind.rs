@@ -63,14 +63,20 @@ pub enum KindVolumes {
     /// credentials, so a pod can mount only prefixes of its namespace. Nothing to create or
     /// bind.
     Inline,
+    /// A read-only and a read-write static PersistentVolume (`Retain`) and claim per
+    /// namespace, of the namespace's folder, for any S3 CSI driver that mounts a folder:
+    /// pods mount their objects' folders by `subPath`, and only a namespace's first pods
+    /// wait for its claims to bind.
+    Namespace,
 }
 
 impl KindVolumes {
-    /// `claims` or `inline`, as `S3_CSI_VOLUMES` names it.
+    /// `claims`, `inline` or `namespace`, as `S3_CSI_VOLUMES` names it.
     pub fn as_str(self) -> &'static str {
         match self {
             KindVolumes::Claims => "claims",
             KindVolumes::Inline => "inline",
+            KindVolumes::Namespace => "namespace",
         }
     }
 }
@@ -81,9 +87,11 @@ impl std::str::FromStr for KindVolumes {
         match s {
             "claims" => Ok(KindVolumes::Claims),
             "inline" => Ok(KindVolumes::Inline),
+            "namespace" => Ok(KindVolumes::Namespace),
             other => Err(format!(
-                "{other:?} is not a way to mount prefixes: claims (any S3 CSI driver) or \
-                 inline (substratus-csi-s3)"
+                "{other:?} is not a way to mount prefixes: claims (a claim per prefix, any S3 \
+                 CSI driver), namespace (a claim per namespace mounted by subPath, any S3 CSI \
+                 driver) or inline (substratus-csi-s3)"
             )),
         }
     }
@@ -200,18 +208,19 @@ impl KindCloud {
 
     /// A static PersistentVolume (Retain) for `url` and its claim in `namespace`.
     fn claim_objects(&self, namespace: &str, url: &BucketUrl) -> Vec<Value> {
+        static_pv::objects(namespace, url, self.csi_source(url))
+    }
+
+    /// The read-write CSI volume of `url` with the driver's credentials.
+    fn csi_source(&self, url: &BucketUrl) -> static_pv::CsiSource {
         let (secret_ns, secret_name) = &self.settings.csi_secret;
-        static_pv::objects(
-            namespace,
-            url,
-            static_pv::CsiSource {
-                driver: self.settings.csi_driver.clone(),
-                volume_handle: format!("{}/{}", url.bucket, self.key_of(url)),
-                volume_attributes: json!({"mounter": "geesefs", "options": "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"}),
-                secret_ref: Some(json!({"name": secret_name, "namespace": secret_ns})),
-                mount_options: vec![],
-            },
-        )
+        static_pv::CsiSource {
+            driver: self.settings.csi_driver.clone(),
+            volume_handle: format!("{}/{}", url.bucket, self.key_of(url)),
+            volume_attributes: json!({"mounter": "geesefs", "options": "--memory-limit 1000 --dir-mode 0777 --file-mode 0666"}),
+            secret_ref: Some(json!({"name": secret_name, "namespace": secret_ns})),
+            mount_options: vec![],
+        }
     }
 
     /// Computes the hex MD5 of an object by reading it (for multipart uploads, whose ETag is
@@ -259,7 +268,18 @@ impl Cloud for KindCloud {
     ) -> Result<BucketVolume, CloudError> {
         Ok(match self.settings.volumes {
             KindVolumes::Claims => static_pv::claim_volume(&folder.url, access),
+            // One read-write claim: a read-only folder is a read-only bind mount of it
+            // (`volumeMounts[].readOnly`), as the drivers here take the location from the
+            // volume handle, which a pod must not hold twice.
+            KindVolumes::Namespace => {
+                return static_pv::namespace_claim_volume(
+                    &self.config.namespace_folder(&folder.namespace),
+                    &folder.url,
+                    Access::ReadWrite,
+                );
+            }
             KindVolumes::Inline => BucketVolume {
+                sub_path: None,
                 volume: self.inline_volume(folder, access),
                 pod_annotations: Default::default(),
             },
@@ -269,8 +289,17 @@ impl Cloud for KindCloud {
     fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
         match self.settings.volumes {
             KindVolumes::Claims => self.claim_objects(&prefix.namespace, &prefix.artifacts().url),
-            KindVolumes::Inline => Vec::new(),
+            KindVolumes::Inline | KindVolumes::Namespace => Vec::new(),
         }
+    }
+
+    fn namespace_objects(&self, namespace: &str) -> Vec<Value> {
+        if self.settings.volumes != KindVolumes::Namespace {
+            return Vec::new();
+        }
+        let folder = self.config.namespace_folder(namespace);
+        let source = self.csi_source(&folder);
+        static_pv::namespace_objects(namespace, &folder, Access::ReadWrite, source)
     }
 
     /// The builder reads the archive from a read-only mount of the prefix's `uploads/`.
@@ -279,8 +308,14 @@ impl Cloud for KindCloud {
             KindVolumes::Claims => {
                 static_pv::claimed_upload_context(prefix, |ns, url| self.claim_objects(ns, url))
             }
+            KindVolumes::Namespace => static_pv::namespace_upload_context(
+                &self.config.namespace_folder(&prefix.namespace),
+                prefix,
+                Access::ReadWrite,
+            )?,
             KindVolumes::Inline => static_pv::mounted_upload_context(
                 BucketVolume {
+                    sub_path: None,
                     volume: self.inline_volume(&prefix.uploads(), Access::ReadOnly),
                     pod_annotations: Default::default(),
                 },
@@ -416,7 +451,11 @@ mod tests {
     #[test]
     fn a_mounted_upload_is_checked_and_unpacked_before_the_builder_reads_a_directory() {
         use crate::static_pv::upload_check;
-        for volumes in [KindVolumes::Claims, KindVolumes::Inline] {
+        for volumes in [
+            KindVolumes::Claims,
+            KindVolumes::Namespace,
+            KindVolumes::Inline,
+        ] {
             let mut c = cloud();
             c.settings.volumes = volumes;
             upload_check::checked_before_the_builder(&c);
@@ -475,6 +514,42 @@ mod tests {
         assert_eq!(pvc.claim_name, claim);
         assert_eq!(pvc.read_only, Some(true));
         assert!(claim.len() <= 63);
+    }
+
+    #[test]
+    fn a_namespace_gets_one_retained_volume_its_pods_mount_by_sub_path() {
+        let mut c = cloud();
+        c.settings.volumes = KindVolumes::Namespace;
+        c.config.tenancy = substratus_core::cloud::Tenancy::Namespace;
+        let prefix = ArtifactPrefix {
+            kind: substratus_core::names::Kind::Model,
+            namespace: "ns".into(),
+            name: "m".into(),
+            hash: "h".into(),
+            url: BucketUrl::parse("s3://artifacts/namespaces/ns/h").unwrap(),
+        };
+        assert!(c.prefix_objects(&prefix).is_empty(), "no claim per object");
+        let objs = c.namespace_objects("ns");
+        assert_eq!(objs.len(), 2, "{objs:?}");
+        let (pv, pvc) = (&objs[0], &objs[1]);
+        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        assert_eq!(pv["spec"]["csi"]["volumeHandle"], "artifacts/namespaces/ns");
+        assert_eq!(pvc["metadata"]["namespace"], "ns");
+        for access in [Access::ReadOnly, Access::ReadWrite] {
+            let v = c.bucket_volume(&prefix.artifacts(), access).unwrap();
+            let claim = v.volume.persistent_volume_claim.unwrap();
+            assert_eq!(claim.claim_name, pvc["metadata"]["name"].as_str().unwrap());
+            assert_eq!(v.sub_path.as_deref(), Some("h/artifacts"));
+        }
+        let upload = c.upload_context(&prefix).unwrap();
+        assert!(upload.objects.is_empty());
+        assert_eq!(upload.sub_path.as_deref(), Some("h/uploads"));
+        // Other modes make nothing per namespace.
+        assert!(cloud().namespace_objects("ns").is_empty());
+        assert_eq!(
+            "namespace".parse::<KindVolumes>(),
+            Ok(KindVolumes::Namespace)
+        );
     }
 
     #[test]
@@ -539,7 +614,10 @@ mod tests {
         );
         assert_eq!("inline".parse::<KindVolumes>(), Ok(KindVolumes::Inline));
         let err = "pvc".parse::<KindVolumes>().unwrap_err();
-        assert!(err.contains("claims") && err.contains("inline"), "{err}");
+        assert!(
+            err.contains("claims") && err.contains("inline") && err.contains("namespace"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@
 use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
-use substratus_core::cloud::{Access, ArtifactPrefix, BucketUrl, BucketVolume, UploadContext};
+use substratus_core::cloud::{
+    Access, ArtifactPrefix, BucketUrl, BucketVolume, CloudError, UploadContext,
+};
+use substratus_core::conditions::reasons;
 use substratus_core::names::{self, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Labels the janitor (`substratus_core::reconcile::janitor`) finds the volumes by.
@@ -32,6 +35,7 @@ pub fn volume_name(namespace: &str, url: &BucketUrl) -> String {
 /// The pod volume of a prefix mounted through its claim.
 pub fn claim_volume(prefix: &BucketUrl, access: Access) -> BucketVolume {
     BucketVolume {
+        sub_path: None,
         volume: Volume {
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: claim_name(prefix),
@@ -49,6 +53,7 @@ pub fn mounted_upload_context(volume: BucketVolume, objects: Vec<Value>) -> Uplo
     UploadContext {
         context: "tar:///upload/latest.tar.gz".into(),
         mount: Some((volume.volume, "/upload".into())),
+        sub_path: volume.sub_path,
         objects,
         pod_annotations: volume.pod_annotations,
     }
@@ -79,8 +84,121 @@ pub struct CsiSource {
 
 /// A `Retain` volume bound to exactly one claim in `namespace`, and that claim.
 pub fn objects(namespace: &str, url: &BucketUrl, source: CsiSource) -> Vec<Value> {
-    let claim = claim_name(url);
-    let volume = volume_name(namespace, url);
+    pair(
+        namespace,
+        &claim_name(url),
+        &volume_name(namespace, url),
+        Access::ReadWrite,
+        source,
+    )
+}
+
+/// The claim of a namespace's folder for mounts of `access`: one read-only and one
+/// read-write per namespace, whichever of its objects' folders a pod mounts.
+pub fn namespace_claim_name(access: Access) -> &'static str {
+    match access {
+        Access::ReadOnly => "substratus-bucket-ro",
+        Access::ReadWrite => "substratus-bucket-rw",
+    }
+}
+
+/// The cluster-scoped volume of a namespace's folder for mounts of `access`.
+pub fn namespace_volume_name(namespace: &str, folder: &BucketUrl, access: Access) -> String {
+    let role = namespace_claim_name(access);
+    let id = names::hex(&Md5::digest(
+        format!("{namespace}/{folder}#{role}").as_bytes(),
+    ));
+    format!("substratus-{}", &id[..24])
+}
+
+/// The volume and claim of `namespace`'s folder (`folder`, which holds every prefix of the
+/// namespace) for mounts of `access`; `source` mounts `folder` (read-only for
+/// [`Access::ReadOnly`]). Bound once per namespace: pods of later objects start without
+/// waiting for a binding.
+pub fn namespace_objects(
+    namespace: &str,
+    folder: &BucketUrl,
+    access: Access,
+    source: CsiSource,
+) -> Vec<Value> {
+    pair(
+        namespace,
+        namespace_claim_name(access),
+        &namespace_volume_name(namespace, folder, access),
+        access,
+        source,
+    )
+}
+
+/// The pod volume of `url` through the claim for `access` of its namespace's folder
+/// `folder`: the container mounts only `url`'s path inside it (`subPath`); a read-only claim
+/// is mounted read-only. (Whether the container's mount is read-only is the mount's own:
+/// a read-only folder may be a read-only mount of the read-write claim.)
+pub fn namespace_claim_volume(
+    folder: &BucketUrl,
+    url: &BucketUrl,
+    access: Access,
+) -> Result<BucketVolume, CloudError> {
+    let sub_path = sub_path(folder, url).ok_or_else(|| CloudError::Permanent {
+        reason: reasons::INVALID_SPEC,
+        message: format!("{url} is not inside the namespace's folder {folder}"),
+    })?;
+    Ok(BucketVolume {
+        volume: Volume {
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: namespace_claim_name(access).into(),
+                read_only: Some(access == Access::ReadOnly),
+            }),
+            ..Default::default()
+        },
+        sub_path: Some(sub_path),
+        pod_annotations: Default::default(),
+    })
+}
+
+/// `url`'s path relative to `folder`, when `url` is strictly inside it.
+fn sub_path(folder: &BucketUrl, url: &BucketUrl) -> Option<String> {
+    if folder.scheme != url.scheme || folder.bucket != url.bucket {
+        return None;
+    }
+    let rest = if folder.path.is_empty() {
+        url.path.as_str()
+    } else {
+        url.path.strip_prefix(&folder.path)?.strip_prefix('/')?
+    };
+    let clean = !rest.is_empty()
+        && rest
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..");
+    clean.then(|| rest.to_owned())
+}
+
+/// The build context read from a read-only mount of the prefix's `uploads/` through the
+/// namespace's claim of `folder` for `claim` access.
+pub fn namespace_upload_context(
+    folder: &BucketUrl,
+    prefix: &ArtifactPrefix,
+    claim: Access,
+) -> Result<UploadContext, CloudError> {
+    Ok(mounted_upload_context(
+        namespace_claim_volume(folder, &prefix.uploads().url, claim)?,
+        Vec::new(),
+    ))
+}
+
+/// A `Retain` volume named `volume` bound to exactly the claim `claim` in `namespace`, and
+/// that claim.
+fn pair(
+    namespace: &str,
+    claim: &str,
+    volume: &str,
+    access: Access,
+    source: CsiSource,
+) -> Vec<Value> {
+    let modes = match access {
+        Access::ReadOnly => ["ReadOnlyMany"],
+        Access::ReadWrite => ["ReadWriteMany"],
+    };
     let mut csi = json!({
         "driver": source.driver,
         "volumeHandle": source.volume_handle,
@@ -95,9 +213,12 @@ pub fn objects(namespace: &str, url: &BucketUrl, source: CsiSource) -> Vec<Value
             csi[key] = secret.clone();
         }
     }
+    if access == Access::ReadOnly {
+        csi["readOnly"] = json!(true);
+    }
     let mut spec = json!({
         "capacity": {"storage": "1Ti"},
-        "accessModes": ["ReadWriteMany"],
+        "accessModes": modes,
         // Retain: deleting a claim must never delete artifacts.
         "persistentVolumeReclaimPolicy": "Retain",
         "storageClassName": "",
@@ -123,7 +244,7 @@ pub fn objects(namespace: &str, url: &BucketUrl, source: CsiSource) -> Vec<Value
             "kind": "PersistentVolumeClaim",
             "metadata": {"name": claim, "namespace": namespace, "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
             "spec": {
-                "accessModes": ["ReadWriteMany"],
+                "accessModes": modes,
                 "storageClassName": "",
                 "volumeName": volume,
                 "resources": {"requests": {"storage": "1Ti"}},
@@ -135,6 +256,48 @@ pub fn objects(namespace: &str, url: &BucketUrl, source: CsiSource) -> Vec<Value
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_is_mounted_by_its_path_inside_its_namespace_s_folder_only() {
+        let url = |u: &str| BucketUrl::parse(u).unwrap();
+        let folder = url("s3://b/namespaces/ns");
+        let sub = |u: &str| sub_path(&folder, &url(u));
+        assert_eq!(
+            sub("s3://b/namespaces/ns/h/artifacts").as_deref(),
+            Some("h/artifacts")
+        );
+        assert_eq!(sub("s3://b/namespaces/ns"), None, "the folder itself");
+        assert_eq!(sub("s3://b/namespaces/nsx/h/artifacts"), None, "a sibling");
+        assert_eq!(sub("s3://b/namespaces/other/h"), None);
+        assert_eq!(sub("s3://c/namespaces/ns/h"), None, "another bucket");
+        assert_eq!(sub("gs://b/namespaces/ns/h"), None, "another scheme");
+        assert_eq!(sub("s3://b/namespaces/ns/../other/h"), None);
+        // The bucket's root holds every folder.
+        assert_eq!(
+            sub_path(&url("s3://b"), &url("s3://b/h/uploads")).as_deref(),
+            Some("h/uploads")
+        );
+        let volume = namespace_claim_volume(
+            &folder,
+            &url("s3://b/namespaces/ns/h/artifacts"),
+            Access::ReadOnly,
+        )
+        .unwrap();
+        let claim = volume.volume.persistent_volume_claim.unwrap();
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("substratus-bucket-ro", Some(true))
+        );
+        let err = namespace_claim_volume(&folder, &url("s3://b/h"), Access::ReadWrite).unwrap_err();
+        assert!(err.to_string().contains("namespaces/ns"), "{err}");
+        // Read-only and read-write volumes of a folder, and those of two namespaces, differ.
+        let names = [
+            namespace_volume_name("ns", &folder, Access::ReadOnly),
+            namespace_volume_name("ns", &folder, Access::ReadWrite),
+            namespace_volume_name("other", &folder, Access::ReadWrite),
+        ];
+        assert!(names[0] != names[1] && names[1] != names[2], "{names:?}");
+    }
 
     #[test]
     fn a_volume_is_bound_to_its_one_claim_and_retained() {
@@ -276,8 +439,19 @@ pub(crate) mod upload_check {
         if let Some(csi) = &volume.csi {
             assert_eq!(csi.read_only, Some(true));
         }
+        let unpack = pod
+            .init_containers
+            .iter()
+            .flatten()
+            .flat_map(|c| c.volume_mounts.iter().flatten())
+            .find(|m| m.name == "upload")
+            .expect("the unpacking step mounts the upload");
+        assert_eq!(unpack.read_only, Some(true), "{unpack:?}");
         if let Some(claim) = &volume.persistent_volume_claim {
-            assert_eq!(claim.read_only, Some(true));
+            // A namespace's read-write claim is mounted read-only at the archive's folder.
+            if unpack.sub_path.is_none() {
+                assert_eq!(claim.read_only, Some(true));
+            }
         }
         template
     }

@@ -237,6 +237,10 @@ pub struct PrefixFolder {
 pub struct BucketVolume {
     /// The pod volume (its name is set by the caller).
     pub volume: Volume,
+    /// The folder's path inside the volume when the volume holds more than the folder (a
+    /// namespace's volume): the container mounts only that path (`subPath`), and pods
+    /// mounting several folders of one volume share one pod volume.
+    pub sub_path: Option<String>,
     /// Annotations the pod needs (e.g. GKE's `gke-gcsfuse/volumes`).
     pub pod_annotations: BTreeMap<String, String>,
 }
@@ -266,6 +270,8 @@ pub struct UploadContext {
     /// A volume holding the archive and the directory it is mounted at, when the builder
     /// reads it from a mount rather than from the bucket's API.
     pub mount: Option<(Volume, String)>,
+    /// The archive's folder inside the mounted volume, when the volume holds more than it.
+    pub sub_path: Option<String>,
     /// Objects the mount needs (e.g. a PersistentVolume and its claim), applied and owned
     /// like [`Cloud::prefix_objects`].
     pub objects: Vec<serde_json::Value>,
@@ -336,6 +342,15 @@ pub trait Cloud: Send + Sync {
     /// PersistentVolume and its claim); empty for inline CSI volumes. Each is applied by the
     /// reconciler of the owning object and, when namespaced, owned by it.
     fn prefix_objects(&self, _prefix: &ArtifactPrefix) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+
+    /// Objects a namespace keeps so that its pods can mount its prefixes (e.g. a static
+    /// volume and claim of the namespace's folder, which pods mount with a per-object
+    /// `subPath`): applied before any workload of the namespace is planned, owned by nothing
+    /// (they serve every object of the namespace; a cluster-scoped volume whose claim is gone
+    /// is the janitor's). Default: none.
+    fn namespace_objects(&self, _namespace: &str) -> Vec<serde_json::Value> {
         Vec::new()
     }
 

@@ -121,6 +121,7 @@ impl Cloud for FakeCloud {
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
         Ok(BucketVolume {
+            sub_path: None,
             volume: Volume {
                 csi: Some(CSIVolumeSource {
                     driver: "fake.csi.substratus.ai".into(),

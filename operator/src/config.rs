@@ -58,8 +58,9 @@ pub struct RunArgs {
     #[arg(long, env = "S3_CSI_DRIVER", default_value = "ru.yandex.s3.csi")]
     pub s3_csi_driver: String,
     /// kind: how pods mount prefixes: `claims` (a static PersistentVolume and claim per
-    /// prefix, any S3 CSI driver) or `inline` (inline volumes naming the object, for
-    /// substratus-csi-s3, which derives the prefix itself: no claim to bind).
+    /// prefix, any S3 CSI driver), `namespace` (one per namespace, mounted by subPath) or
+    /// `inline` (inline volumes naming the object, for substratus-csi-s3, which derives the
+    /// prefix itself: no claim to bind).
     #[arg(long, env = "S3_CSI_VOLUMES", default_value = "claims")]
     pub s3_csi_volumes: substratus_clouds::kind::KindVolumes,
     /// kind: `namespace/name` of the Secret with the CSI driver's S3 credentials (claims).

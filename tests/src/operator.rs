@@ -174,6 +174,29 @@ pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<
     kind_cloud_with("kind", substratus_devcluster::node::REGISTRY_HOST, settings)
 }
 
+/// [`kind_cloud_on_real_node`] with a static volume and claim per namespace of the
+/// namespace's own folder (`TENANCY=namespace`), which pods mount their objects' folders of
+/// by `subPath`: the node's S3 CSI plugin mounts it with the credentials of the
+/// [`csi_secret`].
+pub fn kind_cloud_on_real_node_by_namespace(
+    s3: &substratus_devcluster::s3::S3Server,
+) -> Arc<dyn Cloud> {
+    let mut settings = kind_settings(
+        &s3.endpoint(),
+        substratus_devcluster::s3::ACCESS_KEY,
+        substratus_devcluster::s3::SECRET_KEY,
+    );
+    settings.csi_driver = substratus_devcluster::node::CSI_DRIVER.into();
+    settings.registry_mirror = Some(substratus_devcluster::node::REGISTRY_HOST.into());
+    settings.volumes = KindVolumes::Namespace;
+    kind_cloud_in(
+        "kind",
+        substratus_devcluster::node::REGISTRY_HOST,
+        settings,
+        substratus_core::cloud::Tenancy::Namespace,
+    )
+}
+
 /// [`kind_cloud`] mounting prefixes with substratus-csi-s3's inline volumes.
 pub fn kind_cloud_inline(catalog: &str) -> Arc<dyn Cloud> {
     let mut settings = kind_settings("http://127.0.0.1:9", "test", "test");
@@ -221,13 +244,22 @@ fn kind_settings(endpoint: &str, access: &str, secret: &str) -> KindSettings {
 }
 
 fn kind_cloud_with(catalog: &str, registry: &str, settings: KindSettings) -> Arc<dyn Cloud> {
+    kind_cloud_in(catalog, registry, settings, Default::default())
+}
+
+fn kind_cloud_in(
+    catalog: &str,
+    registry: &str,
+    settings: KindSettings,
+    tenancy: substratus_core::cloud::Tenancy,
+) -> Arc<dyn Cloud> {
     crate::cluster::install_crypto_provider();
     let config = CloudConfig {
         cluster_name: "test".into(),
         artifact_bucket: BucketUrl::parse("s3://substratus-artifacts").expect("bucket URL"),
         registry: registry.into(),
         principal: None,
-        tenancy: Default::default(),
+        tenancy,
     };
     let gpus = GpuCatalog::builtin(catalog).expect("a built-in GPU catalogue");
     Arc::new(KindCloud::new(config, settings, gpus).expect("kind backend"))

@@ -8,7 +8,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
+};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use substratus_clouds::gpu::GpuCatalog;
@@ -382,6 +385,7 @@ async fn aws_backend_on_eks_pools() {
     gpu_model(&c, &ns.name, "nvidia-l4").await;
     let (pod, node) = run_pod(&c, &ns.name).await;
     assert_eq!(node["karpenter.k8s.aws/instance-gpu-name"], "l4");
+    // The pod ran: the namespace's claim was bound before it, once for every object.
     let pv = claimed_csi(&c, &ns.name, &pod).await;
     assert_eq!(pv["csi"]["driver"], "s3.csi.aws.com");
     assert_eq!(
@@ -389,10 +393,30 @@ async fn aws_backend_on_eks_pools() {
         "123456789012-substratus-artifacts"
     );
     assert!(
-        pv["mountOptions"].to_string().contains("prefix "),
-        "{}",
+        pv["mountOptions"].to_string().contains("allow-overwrite"),
+        "the artifacts volume is the read-write one: {}",
         pv["mountOptions"]
     );
+    // The container sees only the Model's own artifacts folder of it.
+    let artifacts = pod.spec.as_ref().unwrap().containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/content/artifacts")
+        .expect("the artifacts mount")
+        .clone();
+    let sub_path = artifacts.sub_path.expect("mounted by subPath");
+    assert!(
+        sub_path.ends_with("/artifacts") && sub_path.split('/').count() == 2,
+        "{sub_path}"
+    );
+    let claims = Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut names: Vec<_> = claims.items.iter().map(|c| c.name_any()).collect();
+    names.sort();
+    assert_eq!(names, ["substratus-bucket-ro", "substratus-bucket-rw"]);
     assert_eq!(
         sa_annotations(&c, &ns.name).await["eks.amazonaws.com/role-arn"],
         role

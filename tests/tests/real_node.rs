@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use substratus_devcluster::node;
 use substratus_devcluster::s3::S3Server;
 use substratus_tests::cluster::{self, TestNamespace, wait_for};
-use substratus_tests::operator::{RunningOperator, csi_secret, kind_cloud_on_real_node};
+use substratus_tests::operator::{
+    RunningOperator, csi_secret, kind_cloud_on_real_node, kind_cloud_on_real_node_by_namespace,
+};
 
 #[path = "real_node/cli.rs"]
 mod cli;
@@ -677,6 +679,68 @@ async fn the_operator_runs_models_servers_and_notebooks_on_the_real_node(s3: &S3
     .ok();
 }
 
+/// With a claim per namespace (`S3_CSI_VOLUMES=namespace`), pods mount one static volume of
+/// the namespace's folder, each folder by `subPath`: a Model's Job writes its own folder, a
+/// fine-tune reads its base model's read-only and cannot write there, and the namespace
+/// holds one claim whatever its number of objects, owned by none of them.
+async fn a_claim_per_namespace_mounts_each_object_s_own_folder(s3: &S3Server) {
+    let ns = TestNamespace::new("real-nsclaim");
+    let op = RunningOperator::start(&ns.name, kind_cloud_on_real_node_by_namespace(s3)).await;
+    let base =
+        a_model_job_sees_the_container_contract_and_its_artifacts_reach_the_bucket(&ns.name, s3)
+            .await;
+    assert!(
+        prefix_of(&base).starts_with(&format!("namespaces/{}/", ns.name)),
+        "{}",
+        prefix_of(&base)
+    );
+    a_fine_tune_reads_its_base_model_read_only(&ns.name, s3, &base).await;
+    let claims = kubectl_json(&["get", "pvc", "-n", &ns.name, "-o", "json"]).unwrap();
+    let claims = claims["items"].as_array().unwrap();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0]["metadata"]["name"], "substratus-bucket-rw");
+    assert!(
+        claims[0]["metadata"]["ownerReferences"].is_null(),
+        "{:?}",
+        claims[0]
+    );
+    let pod = kubectl_json(&[
+        "get",
+        "pods",
+        "-n",
+        &ns.name,
+        "-l",
+        "model=tuned",
+        "-o",
+        "json",
+    ])
+    .unwrap();
+    let mounts = &pod["items"][0]["spec"]["containers"][0]["volumeMounts"];
+    let model = mounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/content/model")
+        .unwrap_or_else(|| panic!("{mounts}"));
+    assert_eq!(model["readOnly"], true, "{model}");
+    assert_eq!(
+        model["subPath"]
+            .as_str()
+            .map(|p| format!("namespaces/{}/{p}", ns.name)),
+        Some(format!("{}/artifacts", prefix_of(&base))),
+        "{model}"
+    );
+    op.stop().await;
+    kubectl(&[
+        "delete",
+        "namespace",
+        &ns.name,
+        "--wait=true",
+        "--timeout=60s",
+    ])
+    .ok();
+}
+
 fn helm(args: &[&str]) -> Result<String, String> {
     let c = cluster::shared();
     let out = std::process::Command::new(c.bin_dir.join("helm"))
@@ -1145,6 +1209,7 @@ async fn a_real_node_runs_containers_and_leaves_nothing_behind() {
         )
         .expect("the S3 plugin's inline credentials");
         the_operator_runs_models_servers_and_notebooks_on_the_real_node(&s3).await;
+        a_claim_per_namespace_mounts_each_object_s_own_folder(&s3).await;
         workloads::the_reference_workloads_load_train_and_serve_a_model(&s3).await;
         uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run(&s3).await;
         the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(&s3).await;

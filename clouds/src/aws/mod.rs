@@ -1,5 +1,6 @@
-//! The AWS backend (EKS): artifacts in S3 mounted by the Mountpoint for S3 CSI driver (static
-//! PersistentVolume per prefix), uploads through presigned `PutObject` URLs that bind
+//! The AWS backend (EKS): artifacts in S3 mounted by the Mountpoint for S3 CSI driver (a
+//! read-only and a read-write static PersistentVolume of each namespace's folder, which pods
+//! mount their objects' folders of by `subPath`: Mountpoint has no inline volumes), uploads through presigned `PutObject` URLs that bind
 //! `Content-MD5`, workload identity through IRSA (the role's trust policy) or EKS Pod
 //! Identity associations, images in ECR. The builder pushes to ECR with kaniko's built-in ECR
 //! credential helper, which takes the IRSA / Pod Identity credentials the pod is given.
@@ -341,28 +342,35 @@ impl AwsCloud {
     }
 
     /// A static Mountpoint volume for `url` and its claim in `namespace`.
-    fn claim_objects(&self, namespace: &str, url: &BucketUrl) -> Vec<Value> {
+    /// The Mountpoint volume of `folder` (a namespace's folder), read-only or read-write.
+    fn mountpoint_source(
+        &self,
+        namespace: &str,
+        folder: &BucketUrl,
+        access: Access,
+    ) -> static_pv::CsiSource {
         let mut options = vec![
             format!("region {}", self.settings.region),
             "allow-other".into(),
         ];
-        if !url.path.is_empty() {
-            options.push(format!("prefix {}/", url.path));
+        if !folder.path.is_empty() {
+            options.push(format!("prefix {}/", folder.path));
         }
-        // Writers may replace files (checkpoints); readers mount read-only through the claim.
-        options.push("allow-overwrite".into());
-        options.push("allow-delete".into());
-        static_pv::objects(
-            namespace,
-            url,
-            static_pv::CsiSource {
-                driver: MOUNTPOINT_DRIVER.into(),
-                volume_handle: static_pv::volume_name(namespace, url),
-                volume_attributes: json!({"bucketName": url.bucket}),
-                secret_ref: None,
-                mount_options: options,
-            },
-        )
+        match access {
+            // Writers may replace files (checkpoints).
+            Access::ReadWrite => {
+                options.push("allow-overwrite".into());
+                options.push("allow-delete".into());
+            }
+            Access::ReadOnly => options.push("read-only".into()),
+        }
+        static_pv::CsiSource {
+            driver: MOUNTPOINT_DRIVER.into(),
+            volume_handle: static_pv::namespace_volume_name(namespace, folder, access),
+            volume_attributes: json!({"bucketName": folder.bucket}),
+            secret_ref: None,
+            mount_options: options,
+        }
     }
 }
 
@@ -381,20 +389,40 @@ impl Cloud for AwsCloud {
         folder: &PrefixFolder,
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
-        Ok(static_pv::claim_volume(&folder.url, access))
+        static_pv::namespace_claim_volume(
+            &self.config.namespace_folder(&folder.namespace),
+            &folder.url,
+            access,
+        )
     }
 
-    fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
-        self.claim_objects(&prefix.namespace, &prefix.artifacts().url)
+    /// A read-only and a read-write Mountpoint volume of the namespace's folder, each bound
+    /// to its claim once: pods mount their objects' folders of it by `subPath`, and start
+    /// without waiting for a claim of their own to bind.
+    fn namespace_objects(&self, namespace: &str) -> Vec<Value> {
+        let folder = self.config.namespace_folder(namespace);
+        [Access::ReadOnly, Access::ReadWrite]
+            .into_iter()
+            .flat_map(|access| {
+                static_pv::namespace_objects(
+                    namespace,
+                    &folder,
+                    access,
+                    self.mountpoint_source(namespace, &folder, access),
+                )
+            })
+            .collect()
     }
 
     /// The build reads the archive from a read-only Mountpoint volume of the prefix's
     /// `uploads/`, so the operator's image checks and unpacks it before kaniko runs (kaniko
     /// never reads the archive from `s3://` itself).
     fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
-        Ok(static_pv::claimed_upload_context(prefix, |ns, url| {
-            self.claim_objects(ns, url)
-        }))
+        static_pv::namespace_upload_context(
+            &self.config.namespace_folder(&prefix.namespace),
+            prefix,
+            Access::ReadOnly,
+        )
     }
 
     fn gpu_placement(
@@ -650,39 +678,180 @@ mod tests {
         assert_eq!(ecr_repository("no-repository"), None);
     }
 
-    #[test]
-    fn a_prefix_gets_a_retained_mountpoint_volume_scoped_to_it() {
-        let c = cloud(IdentityMode::PodIdentity);
-        let prefix = ArtifactPrefix {
-            kind: substratus_core::names::Kind::Model,
-            namespace: "ns".into(),
-            name: "m".into(),
-            hash: "h".into(),
-            url: BucketUrl::parse("s3://123-substratus-artifacts/h").unwrap(),
-        };
-        let objs = c.prefix_objects(&prefix);
-        let pv = &objs[0];
-        assert_eq!(pv["spec"]["csi"]["driver"], MOUNTPOINT_DRIVER);
-        assert_eq!(
-            pv["spec"]["csi"]["volumeAttributes"]["bucketName"],
-            "123-substratus-artifacts"
-        );
-        let opts: Vec<&str> = pv["spec"]["mountOptions"]
+    fn mount_options(pv: &Value) -> Vec<String> {
+        pv["spec"]["mountOptions"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|o| o.as_str().unwrap())
-            .collect();
-        assert!(opts.contains(&"prefix h/artifacts/"), "{opts:?}");
-        assert!(opts.contains(&"region us-west-2"), "{opts:?}");
-        assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
-        let v = c
-            .bucket_volume(&prefix.artifacts(), Access::ReadOnly)
-            .unwrap();
+            .map(|o| o.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_namespace_gets_a_retained_read_only_and_a_read_write_mountpoint_volume() {
+        let mut c = cloud(IdentityMode::PodIdentity);
+        c.config.tenancy = Tenancy::Namespace;
+        let objs = c.namespace_objects("ns");
+        let kinds: Vec<_> = objs.iter().map(|o| o["kind"].as_str().unwrap()).collect();
         assert_eq!(
-            v.volume.persistent_volume_claim.unwrap().claim_name,
-            objs[1]["metadata"]["name"].as_str().unwrap()
+            kinds,
+            [
+                "PersistentVolume",
+                "PersistentVolumeClaim",
+                "PersistentVolume",
+                "PersistentVolumeClaim"
+            ]
         );
+        let (ro, rw) = (&objs[0], &objs[2]);
+        for pv in [ro, rw] {
+            assert_eq!(pv["spec"]["csi"]["driver"], MOUNTPOINT_DRIVER);
+            assert_eq!(
+                pv["spec"]["csi"]["volumeAttributes"]["bucketName"],
+                "123-substratus-artifacts"
+            );
+            assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+            let opts = mount_options(pv);
+            // Only the namespace's own folder is in the volume.
+            assert!(opts.contains(&"prefix namespaces/ns/".into()), "{opts:?}");
+            assert!(opts.contains(&"region us-west-2".into()), "{opts:?}");
+        }
+        assert_ne!(ro["metadata"]["name"], rw["metadata"]["name"]);
+        assert_ne!(
+            ro["spec"]["csi"]["volumeHandle"], rw["spec"]["csi"]["volumeHandle"],
+            "Kubernetes processes a volume handle once"
+        );
+        let ro_opts = mount_options(ro);
+        assert!(ro_opts.contains(&"read-only".into()), "{ro_opts:?}");
+        assert!(
+            !ro_opts
+                .iter()
+                .any(|o| o.starts_with("allow-") && o != "allow-other"),
+            "{ro_opts:?}"
+        );
+        assert_eq!(ro["spec"]["accessModes"][0], "ReadOnlyMany");
+        assert_eq!(objs[1]["spec"]["accessModes"][0], "ReadOnlyMany");
+        let rw_opts = mount_options(rw);
+        assert!(!rw_opts.contains(&"read-only".into()), "{rw_opts:?}");
+        assert!(rw_opts.contains(&"allow-overwrite".into()), "{rw_opts:?}");
+        // Shared tenancy: the bucket's root holds every prefix.
+        let shared = cloud(IdentityMode::PodIdentity).namespace_objects("ns");
+        assert!(
+            !mount_options(&shared[0])
+                .iter()
+                .any(|o| o.starts_with("prefix")),
+            "{:?}",
+            shared[0]
+        );
+    }
+
+    #[test]
+    fn a_pod_mounts_each_folder_by_sub_path_of_one_namespace_volume_per_access() {
+        use substratus_core::plan::{Mount, Parent, Workload, pod_template};
+        let mut c = cloud(IdentityMode::PodIdentity);
+        c.config.tenancy = Tenancy::Namespace;
+        let prefix = |name: &str, hash: &str| ArtifactPrefix {
+            kind: Kind::Model,
+            namespace: "ns".into(),
+            name: name.into(),
+            hash: hash.into(),
+            url: BucketUrl::parse(&format!(
+                "s3://123-substratus-artifacts/namespaces/ns/{hash}"
+            ))
+            .unwrap(),
+        };
+        assert!(
+            c.prefix_objects(&prefix("m", "h1")).is_empty(),
+            "no claim per object"
+        );
+        let mount = |subdir: &'static str, hash: &str, access| Mount {
+            subdir: subdir.into(),
+            folder: prefix("x", hash).artifacts(),
+            access,
+            generation: None,
+        };
+        let parent = Parent {
+            kind: Kind::Model,
+            name: "m".into(),
+            namespace: "ns".into(),
+            uid: "u".into(),
+            generation: Some(1),
+        };
+        let env = BTreeMap::new();
+        let workload = Workload {
+            parent: &parent,
+            image: "i",
+            command: &[],
+            env: &env,
+            extra_env: Vec::new(),
+            resources: None,
+            mounts: vec![
+                mount("artifacts", "h1", Access::ReadWrite),
+                mount("data", "h2", Access::ReadOnly),
+                mount("model", "h3", Access::ReadOnly),
+            ],
+            port: None,
+            restart_policy: "Never",
+        };
+        let pod = pod_template(&workload, &c).unwrap().spec.unwrap();
+        let claims: Vec<(String, String, Option<bool>)> = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .filter_map(|v| {
+                let pvc = v.persistent_volume_claim?;
+                Some((v.name, pvc.claim_name, pvc.read_only))
+            })
+            .collect();
+        assert_eq!(
+            claims,
+            [
+                (
+                    "artifacts".into(),
+                    "substratus-bucket-rw".into(),
+                    Some(false)
+                ),
+                ("data".into(), "substratus-bucket-ro".into(), Some(true)),
+            ],
+            "one pod volume per claim"
+        );
+        let mounts: Vec<_> = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.name != "params")
+            .map(|m| (m.name, m.mount_path, m.sub_path, m.read_only))
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                (
+                    "artifacts".into(),
+                    "/content/artifacts".into(),
+                    Some("h1/artifacts".into()),
+                    Some(false)
+                ),
+                (
+                    "data".into(),
+                    "/content/data".into(),
+                    Some("h2/artifacts".into()),
+                    Some(true)
+                ),
+                (
+                    "data".into(),
+                    "/content/model".into(),
+                    Some("h3/artifacts".into()),
+                    Some(true)
+                ),
+            ]
+        );
+        // A folder outside the namespace's own is refused, not mounted.
+        let mut foreign = prefix("y", "h4").artifacts();
+        foreign.url =
+            BucketUrl::parse("s3://123-substratus-artifacts/namespaces/other/h4/artifacts")
+                .unwrap();
+        let err = c.bucket_volume(&foreign, Access::ReadOnly).unwrap_err();
+        assert!(err.to_string().contains("namespaces/ns"), "{err}");
     }
 
     #[test]
@@ -714,17 +883,32 @@ mod tests {
             .into_iter()
             .find(|v| v.name == "upload")
             .unwrap();
-        assert!(upload.persistent_volume_claim.is_some(), "{upload:?}");
-        // The claim and its volume are the build's own objects, scoped to the uploads folder.
-        let build = crate::static_pv::upload_check::build_plan(&c, &Default::default());
-        let pv = build
-            .children
+        let claim = upload.persistent_volume_claim.unwrap();
+        assert_eq!(claim.claim_name, "substratus-bucket-ro");
+        assert_eq!(claim.read_only, Some(true));
+        // The unpacking step sees only the object's uploads folder, read-only.
+        let unpack = &pod.init_containers.unwrap()[0];
+        let mount = unpack
+            .volume_mounts
+            .as_ref()
+            .unwrap()
             .iter()
-            .chain(&build.create)
-            .map(|c| c.to_value())
-            .find(|o| o["kind"] == "PersistentVolume")
-            .expect("a volume for the uploads folder");
-        let prefix = pv["spec"]["mountOptions"].to_string();
-        assert!(prefix.contains("/uploads"), "{pv}");
+            .find(|m| m.name == "upload")
+            .unwrap();
+        assert!(
+            mount.sub_path.as_deref().unwrap().ends_with("/uploads"),
+            "{mount:?}"
+        );
+        assert_eq!(mount.read_only, Some(true));
+        // Nothing of the build's own: the namespace's claims serve it.
+        let build = crate::static_pv::upload_check::build_plan(&c, &Default::default());
+        assert!(
+            !build
+                .children
+                .iter()
+                .chain(&build.create)
+                .any(|c| c.to_value()["kind"] == "PersistentVolume"),
+            "no volume per build"
+        );
     }
 }

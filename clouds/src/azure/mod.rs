@@ -467,6 +467,7 @@ impl Cloud for AzureCloud {
         Ok(match self.settings.volumes {
             BlobVolumes::Claims => static_pv::claim_volume(&folder.url, access),
             BlobVolumes::Inline => BucketVolume {
+                sub_path: None,
                 volume: self.inline_volume(&folder.namespace, &folder.url, access)?,
                 pod_annotations: Default::default(),
             },
@@ -489,6 +490,7 @@ impl Cloud for AzureCloud {
                 let uploads = prefix.uploads();
                 static_pv::mounted_upload_context(
                     BucketVolume {
+                        sub_path: None,
                         volume: self.inline_volume(
                             &uploads.namespace,
                             &uploads.url,

@@ -399,6 +399,7 @@ pub fn gcsfuse_volume(prefix: &BucketUrl, access: Access) -> BucketVolume {
         options.push(format!("only-dir={}", prefix.path));
     }
     BucketVolume {
+        sub_path: None,
         volume: Volume {
             csi: Some(CSIVolumeSource {
                 driver: GCSFUSE_DRIVER.into(),

@@ -430,6 +430,7 @@ fn build_job(
             let mut ctx = cloud.upload_context(prefix)?;
             pod_annotations.extend(std::mem::take(&mut ctx.pod_annotations));
             let archive = ctx.context.strip_prefix("tar://").map(str::to_owned);
+            let sub_path = ctx.sub_path.take();
             match (ctx.mount, archive, &input.settings.context_image) {
                 (Some((mut volume, dir)), Some(archive), Some(image)) => {
                     volume.name = "upload".into();
@@ -458,6 +459,7 @@ fn build_job(
                                 name: "upload".into(),
                                 mount_path: dir,
                                 read_only: Some(true),
+                                sub_path,
                                 ..Default::default()
                             },
                             workspace.clone(),
@@ -476,6 +478,7 @@ fn build_job(
                             name: "upload".into(),
                             mount_path: dir,
                             read_only: Some(true),
+                            sub_path,
                             ..Default::default()
                         });
                     }

@@ -336,6 +336,30 @@ fn quantity(s: String) -> Quantity {
     Quantity(s)
 }
 
+/// Adds `volume` to a pod's `volumes` as `name` and returns the name its mounts use. A volume
+/// mounted by `subPath` (a namespace's) is added once: a second folder of it mounts the pod
+/// volume already there, so the pod holds one mount of it, not one per folder.
+fn shared_volume(
+    volumes: &mut Vec<Volume>,
+    mut volume: Volume,
+    by_sub_path: bool,
+    name: String,
+) -> String {
+    if by_sub_path
+        && let Some(same) = volumes.iter().find(|v| {
+            Volume {
+                name: String::new(),
+                ..(*v).clone()
+            } == volume
+        })
+    {
+        return same.name.clone();
+    }
+    volume.name = name.clone();
+    volumes.push(volume);
+    name
+}
+
 /// The pod template of a workload, following the container contract.
 pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSpec, Blocked> {
     let kind = w.parent.kind;
@@ -366,19 +390,18 @@ pub fn pod_template(w: &Workload<'_>, cloud: &dyn Cloud) -> Result<PodTemplateSp
     }];
     for m in &w.mounts {
         let bv = cloud.bucket_volume(&m.folder, m.access)?;
-        let mut volume = bv.volume;
         // `adapters/<name>` is volume `adapters-<name>`.
-        let volume_name = m.subdir.replace('/', "-");
-        volume.name = volume_name.clone();
-        volumes.push(volume);
+        let mount_name = m.subdir.replace('/', "-");
         annotations.extend(bv.pod_annotations);
         if let Some(g) = m.generation.filter(|g| *g > 1) {
-            annotations.insert(input_generation_annotation(&volume_name), g.to_string());
+            annotations.insert(input_generation_annotation(&mount_name), g.to_string());
         }
+        let volume_name = shared_volume(&mut volumes, bv.volume, bv.sub_path.is_some(), mount_name);
         mounts.push(VolumeMount {
             name: volume_name,
             mount_path: format!("/content/{}", m.subdir),
             read_only: Some(m.access == Access::ReadOnly),
+            sub_path: bv.sub_path,
             ..Default::default()
         });
     }

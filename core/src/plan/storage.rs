@@ -62,12 +62,25 @@ pub fn own_objects(parent: &Parent, objects: Vec<serde_json::Value>) -> Vec<Chil
                 v["metadata"]["ownerReferences"] =
                     serde_json::to_value(vec![parent.owner_reference()]).unwrap_or_default();
             }
-            let hash = super::spec_hash(&v);
-            v["metadata"]["annotations"][super::SPEC_HASH_ANNOTATION] =
-                serde_json::Value::String(hash);
-            Child::Raw(v)
+            hashed(v)
         })
         .collect()
+}
+
+/// Cloud objects of a whole namespace ([`Cloud::namespace_objects`]): owned by no object,
+/// hashed so that an unchanged one is not written again.
+pub fn namespace_objects(cloud: &dyn Cloud, namespace: &str) -> Vec<Child> {
+    cloud
+        .namespace_objects(namespace)
+        .into_iter()
+        .map(hashed)
+        .collect()
+}
+
+fn hashed(mut v: serde_json::Value) -> Child {
+    let hash = super::spec_hash(&v);
+    v["metadata"]["annotations"][super::SPEC_HASH_ANNOTATION] = serde_json::Value::String(hash);
+    Child::Raw(v)
 }
 
 #[cfg(test)]

@@ -52,6 +52,9 @@ pub struct Context {
     /// Serialises the slow path of [`Context::ensure_service_account`], so that concurrent
     /// reconciles in one namespace bind the identity once, not once each.
     ensuring: tokio::sync::Mutex<()>,
+    /// When each namespace's cloud objects were last applied (see
+    /// [`Context::ensure_namespace_objects`]).
+    namespace_objects_applied: Mutex<HashMap<String, std::time::Instant>>,
     /// Watch-fed caches: every read of a reconcile comes from them.
     caches: Caches,
     /// The status last written per object, with the resourceVersion it produced: a reconcile
@@ -118,6 +121,7 @@ impl Context {
             cloud_timeout: crate::cloud::CALL_TIMEOUT,
             ensured_accounts: Mutex::new(HashMap::new()),
             ensuring: tokio::sync::Mutex::new(()),
+            namespace_objects_applied: Mutex::new(HashMap::new()),
             caches,
             written: WrittenStatus::default(),
             backoff: failure::Backoff::default(),
@@ -178,7 +182,39 @@ impl Context {
                 step: STEP,
                 object: namespace.to_owned(),
                 source,
-            })
+            })?;
+        self.ensure_namespace_objects(namespace).await
+    }
+
+    /// Applies the cloud's objects of `namespace` ([`Cloud::namespace_objects`]) unless they
+    /// were applied within [`ACCOUNT_CACHE_LAG`]; after that, an object the cache shows
+    /// unchanged costs no request, and one deleted by someone is made again.
+    async fn ensure_namespace_objects(&self, namespace: &str) -> Result<(), Error> {
+        let recent = |ctx: &Context| {
+            ctx.namespace_objects_applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(namespace)
+                .is_some_and(|at| at.elapsed() < ACCOUNT_CACHE_LAG)
+        };
+        if recent(self) {
+            return Ok(());
+        }
+        let children = crate::plan::storage::namespace_objects(self.cloud.as_ref(), namespace);
+        if children.is_empty() {
+            return Ok(());
+        }
+        // Concurrent reconciles in one namespace apply them once, not once each.
+        let _guard = self.ensuring.lock().await;
+        if recent(self) {
+            return Ok(());
+        }
+        self.apply_children(namespace, &children).await?;
+        self.namespace_objects_applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(namespace.to_owned(), std::time::Instant::now());
+        Ok(())
     }
 
     /// Ensures the role's ServiceAccount in `namespace` exists with the cloud's annotations
