@@ -1,8 +1,8 @@
 //! The kind backend: a local cluster whose bucket is an S3-compatible server (MinIO in the
 //! kind install), mounted into pods through an S3 CSI driver: with a static PersistentVolume
-//! and claim per prefix (any driver, e.g. k8s-csi-s3), or with inline volumes that name the
-//! object (`substratus-csi-s3`, which derives the prefix from the object and the pod's
-//! namespace). No cloud identity; images go to an in-cluster registry.
+//! and claim per prefix or per namespace (any driver, e.g. k8s-csi-s3), or with inline
+//! volumes that name the object (`substratus-csi-s3`, which derives the prefix from the
+//! object and the pod's namespace). No cloud identity; images go to an in-cluster registry.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -123,7 +123,8 @@ pub struct RunArgs {
     pub azure_authority_host: Option<String>,
     /// azure: how pods mount prefixes: `inline` (mounted with each pod's workload identity
     /// token; blob CSI driver 1.27+; default with TENANCY=namespace) or `claims` (a static
-    /// volume and claim per prefix, mounted as PRINCIPAL; default otherwise).
+    /// volume and claim per namespace, mounted as PRINCIPAL, each object's folder by
+    /// subPath; default otherwise).
     #[arg(long, env = "AZURE_BLOB_VOLUMES")]
     pub azure_blob_volumes: Option<substratus_clouds::azure::BlobVolumes>,
     /// azure, TENANCY=namespace: region of the managed identity made for each namespace.

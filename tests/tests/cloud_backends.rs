@@ -101,6 +101,30 @@ async fn claimed_csi(c: &kube::Client, ns: &str, pod: &Pod) -> Value {
     serde_json::to_value(pvs[0].spec.as_ref().unwrap()).unwrap()
 }
 
+/// The pod mounts only the Model's own artifacts folder (`subPath`) of its namespace's
+/// read-write volume, and the namespace holds one read-only and one read-write claim.
+async fn mounted_by_sub_path_of_the_namespace_s_claims(c: &kube::Client, ns: &str, pod: &Pod) {
+    let artifacts = pod.spec.as_ref().unwrap().containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/content/artifacts")
+        .expect("the artifacts mount")
+        .clone();
+    let sub_path = artifacts.sub_path.expect("mounted by subPath");
+    assert!(
+        sub_path.ends_with("/artifacts") && sub_path.split('/').count() == 2,
+        "{sub_path}"
+    );
+    let claims = Api::<PersistentVolumeClaim>::namespaced(c.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut names: Vec<_> = claims.items.iter().map(|c| c.name_any()).collect();
+    names.sort();
+    assert_eq!(names, ["substratus-bucket-ro", "substratus-bucket-rw"]);
+}
+
 #[tokio::test]
 async fn gcp_backend_on_gke_pools() {
     let ns = TestNamespace::new("gke");
@@ -397,26 +421,7 @@ async fn aws_backend_on_eks_pools() {
         "the artifacts volume is the read-write one: {}",
         pv["mountOptions"]
     );
-    // The container sees only the Model's own artifacts folder of it.
-    let artifacts = pod.spec.as_ref().unwrap().containers[0]
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.mount_path == "/content/artifacts")
-        .expect("the artifacts mount")
-        .clone();
-    let sub_path = artifacts.sub_path.expect("mounted by subPath");
-    assert!(
-        sub_path.ends_with("/artifacts") && sub_path.split('/').count() == 2,
-        "{sub_path}"
-    );
-    let claims = Api::<PersistentVolumeClaim>::namespaced(c.clone(), &ns.name)
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    let mut names: Vec<_> = claims.items.iter().map(|c| c.name_any()).collect();
-    names.sort();
-    assert_eq!(names, ["substratus-bucket-ro", "substratus-bucket-rw"]);
+    mounted_by_sub_path_of_the_namespace_s_claims(&c, &ns.name, &pod).await;
     assert_eq!(
         sa_annotations(&c, &ns.name).await["eks.amazonaws.com/role-arn"],
         role
@@ -540,6 +545,7 @@ async fn azure_backend_on_aks_pools() {
     let pv = claimed_csi(&c, &ns.name, &pod).await;
     assert_eq!(pv["csi"]["driver"], "blob.csi.azure.com");
     assert_eq!(pv["csi"]["volumeAttributes"]["clientID"], client_id);
+    mounted_by_sub_path_of_the_namespace_s_claims(&c, &ns.name, &pod).await;
     assert_eq!(
         sa_annotations(&c, &ns.name).await["azure.workload.identity/client-id"],
         client_id

@@ -1,8 +1,9 @@
 //! The Azure backend (AKS): artifacts in Blob Storage mounted by the Blob CSI driver
-//! (blobfuse2, static PersistentVolume per prefix, mounted with the workload identity), uploads
-//! through a SAS for one blob (a user-delegation SAS under workload identity, a shared-key SAS
-//! with an account key), workload identity through federated identity credentials on the
-//! user-assigned managed identity, images in ACR. The builder reads the uploaded context from
+//! (blobfuse2: inline volumes, or a static PersistentVolume of each namespace's folder which
+//! pods mount by subPath; with the workload identity), uploads through a SAS for one blob (a
+//! user-delegation SAS under workload identity, a shared-key SAS with an account key),
+//! workload identity through federated identity credentials on the user-assigned managed
+//! identity, images in ACR. The builder reads the uploaded context from
 //! a read-only mount (kaniko's Azure Blob context needs an account key, which workload identity
 //! does not have) and pushes to ACR with kaniko's ACR credential helper and the identity's
 //! token.
@@ -64,7 +65,9 @@ const ARM_SCOPE: &str = "https://management.azure.com/.default";
 /// How pods mount the prefixes of objects (`AZURE_BLOB_VOLUMES`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BlobVolumes {
-    /// A static PersistentVolume and claim per prefix, mounted with the `PRINCIPAL` identity.
+    /// A read-only and a read-write static PersistentVolume and claim per namespace, of the
+    /// namespace's folder, mounted with the `PRINCIPAL` identity; pods mount their objects'
+    /// folders by `subPath`, and only a namespace's first pods wait for a binding.
     #[default]
     Claims,
     /// Inline blob CSI volumes, mounted with the pod's own workload identity token
@@ -82,7 +85,7 @@ impl std::str::FromStr for BlobVolumes {
             other => Err(format!(
                 "AZURE_BLOB_VOLUMES: {other:?} is not a volume mode; expected inline (mounted \
                  with each pod's workload identity; blob CSI driver 1.27+) or claims (a static \
-                 volume and claim per prefix)"
+                 volume and claim per namespace, mounted by subPath)"
             )),
         }
     }
@@ -419,33 +422,38 @@ impl AzureCloud {
         Ok(t.token(ARM_SCOPE).await?.secret)
     }
 
-    /// A static Blob CSI volume for `url` and its claim in `namespace`.
-    fn claim_objects(&self, namespace: &str, url: &BucketUrl) -> Vec<Value> {
+    /// The static Blob CSI volume of `folder` (a namespace's folder), read-only or
+    /// read-write, mounted with the workload identity (`PRINCIPAL`).
+    fn blob_source(
+        &self,
+        namespace: &str,
+        folder: &BucketUrl,
+        access: Access,
+    ) -> static_pv::CsiSource {
         let mut options = vec![
             "-o allow_other".to_owned(),
             "--virtual-directory=true".into(),
         ];
-        if !url.path.is_empty() {
-            options.push(format!("--subdirectory={}/", url.path));
+        if !folder.path.is_empty() {
+            options.push(format!("--subdirectory={}/", folder.path));
         }
-        static_pv::objects(
-            namespace,
-            url,
-            static_pv::CsiSource {
-                driver: BLOB_CSI_DRIVER.into(),
-                volume_handle: static_pv::volume_name(namespace, url),
-                volume_attributes: json!({
-                    "storageAccount": self.settings.storage_account,
-                    "containerName": url.bucket,
-                    "resourceGroup": self.settings.resource_group,
-                    "protocol": "fuse2",
-                    // Mount with the workload identity, not an account key.
-                    "clientID": self.client_id,
-                }),
-                secret_ref: None,
-                mount_options: options,
-            },
-        )
+        if access == Access::ReadOnly {
+            options.push("--read-only=true".into());
+        }
+        static_pv::CsiSource {
+            driver: BLOB_CSI_DRIVER.into(),
+            volume_handle: static_pv::namespace_volume_name(namespace, folder, access),
+            volume_attributes: json!({
+                "storageAccount": self.settings.storage_account,
+                "containerName": folder.bucket,
+                "resourceGroup": self.settings.resource_group,
+                "protocol": "fuse2",
+                // Mount with the workload identity, not an account key.
+                "clientID": self.client_id,
+            }),
+            secret_ref: None,
+            mount_options: options,
+        }
     }
 }
 
@@ -465,7 +473,13 @@ impl Cloud for AzureCloud {
         access: Access,
     ) -> Result<BucketVolume, CloudError> {
         Ok(match self.settings.volumes {
-            BlobVolumes::Claims => static_pv::claim_volume(&folder.url, access),
+            BlobVolumes::Claims => {
+                return static_pv::namespace_claim_volume(
+                    &self.config.namespace_folder(&folder.namespace),
+                    &folder.url,
+                    access,
+                );
+            }
             BlobVolumes::Inline => BucketVolume {
                 sub_path: None,
                 volume: self.inline_volume(&folder.namespace, &folder.url, access)?,
@@ -474,18 +488,33 @@ impl Cloud for AzureCloud {
         })
     }
 
-    fn prefix_objects(&self, prefix: &ArtifactPrefix) -> Vec<Value> {
-        match self.settings.volumes {
-            BlobVolumes::Claims => self.claim_objects(&prefix.namespace, &prefix.artifacts().url),
-            BlobVolumes::Inline => Vec::new(),
+    /// With claims, a read-only and a read-write static volume of the namespace's folder,
+    /// each bound to its claim once; pods mount their objects' folders by `subPath`.
+    fn namespace_objects(&self, namespace: &str) -> Vec<Value> {
+        if self.settings.volumes != BlobVolumes::Claims {
+            return Vec::new();
         }
+        let folder = self.config.namespace_folder(namespace);
+        [Access::ReadOnly, Access::ReadWrite]
+            .into_iter()
+            .flat_map(|access| {
+                static_pv::namespace_objects(
+                    namespace,
+                    &folder,
+                    access,
+                    self.blob_source(namespace, &folder, access),
+                )
+            })
+            .collect()
     }
 
     fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
         Ok(match self.settings.volumes {
-            BlobVolumes::Claims => {
-                static_pv::claimed_upload_context(prefix, |ns, url| self.claim_objects(ns, url))
-            }
+            BlobVolumes::Claims => static_pv::namespace_upload_context(
+                &self.config.namespace_folder(&prefix.namespace),
+                prefix,
+                Access::ReadOnly,
+            )?,
             BlobVolumes::Inline => {
                 let uploads = prefix.uploads();
                 static_pv::mounted_upload_context(
