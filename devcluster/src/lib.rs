@@ -499,7 +499,10 @@ impl Cluster {
                 format!("--root-ca-file={}", c.ca_cert.display()),
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route"
                     .into(),
-                "--node-monitor-grace-period=60s".into(),
+                // kwok heartbeats every simulated node every 10 s; at 1,000 nodes on a
+                // starved machine a heartbeat can be a minute late, and a node marked
+                // NotReady turns its pods' Ready false for good (nothing re-reports them).
+                "--node-monitor-grace-period=300s".into(),
                 "--concurrent-job-syncs=20".into(),
             ],
             "kube-scheduler" => vec![
