@@ -130,6 +130,19 @@ pub fn namespace_objects(
     )
 }
 
+/// A namespace's read-only and read-write volume and claim of `folder` (see
+/// [`namespace_objects`]), `source` giving each one's CSI part.
+pub fn read_only_and_read_write(
+    namespace: &str,
+    folder: &BucketUrl,
+    source: impl Fn(Access) -> CsiSource,
+) -> Vec<Value> {
+    [Access::ReadOnly, Access::ReadWrite]
+        .into_iter()
+        .flat_map(|access| namespace_objects(namespace, folder, access, source(access)))
+        .collect()
+}
+
 /// The pod volume of `url` through the claim for `access` of its namespace's folder
 /// `folder`: the container mounts only `url`'s path inside it (`subPath`); a read-only claim
 /// is mounted read-only. (Whether the container's mount is read-only is the mount's own:

@@ -163,6 +163,15 @@ pub fn kind_cloud_on(catalog: &str, s3: &substratus_devcluster::s3::S3Server) ->
 /// Built images go to the node's registry, which also serves Docker Hub images to the
 /// builder (its registry mirror).
 pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<dyn Cloud> {
+    let settings = real_node_settings(s3, KindVolumes::Inline);
+    kind_cloud_with("kind", substratus_devcluster::node::REGISTRY_HOST, settings)
+}
+
+/// The kind backend's settings on the real node: its S3 CSI plugin and registry (mirror).
+fn real_node_settings(
+    s3: &substratus_devcluster::s3::S3Server,
+    volumes: KindVolumes,
+) -> KindSettings {
     let mut settings = kind_settings(
         &s3.endpoint(),
         substratus_devcluster::s3::ACCESS_KEY,
@@ -170,8 +179,8 @@ pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<
     );
     settings.csi_driver = substratus_devcluster::node::CSI_DRIVER.into();
     settings.registry_mirror = Some(substratus_devcluster::node::REGISTRY_HOST.into());
-    settings.volumes = KindVolumes::Inline;
-    kind_cloud_with("kind", substratus_devcluster::node::REGISTRY_HOST, settings)
+    settings.volumes = volumes;
+    settings
 }
 
 /// [`kind_cloud_on_real_node`] with a static volume and claim per namespace of the
@@ -181,18 +190,10 @@ pub fn kind_cloud_on_real_node(s3: &substratus_devcluster::s3::S3Server) -> Arc<
 pub fn kind_cloud_on_real_node_by_namespace(
     s3: &substratus_devcluster::s3::S3Server,
 ) -> Arc<dyn Cloud> {
-    let mut settings = kind_settings(
-        &s3.endpoint(),
-        substratus_devcluster::s3::ACCESS_KEY,
-        substratus_devcluster::s3::SECRET_KEY,
-    );
-    settings.csi_driver = substratus_devcluster::node::CSI_DRIVER.into();
-    settings.registry_mirror = Some(substratus_devcluster::node::REGISTRY_HOST.into());
-    settings.volumes = KindVolumes::Namespace;
     kind_cloud_in(
         "kind",
         substratus_devcluster::node::REGISTRY_HOST,
-        settings,
+        real_node_settings(s3, KindVolumes::Namespace),
         substratus_core::cloud::Tenancy::Namespace,
     )
 }

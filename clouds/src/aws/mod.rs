@@ -401,17 +401,9 @@ impl Cloud for AwsCloud {
     /// without waiting for a claim of their own to bind.
     fn namespace_objects(&self, namespace: &str) -> Vec<Value> {
         let folder = self.config.namespace_folder(namespace);
-        [Access::ReadOnly, Access::ReadWrite]
-            .into_iter()
-            .flat_map(|access| {
-                static_pv::namespace_objects(
-                    namespace,
-                    &folder,
-                    access,
-                    self.mountpoint_source(namespace, &folder, access),
-                )
-            })
-            .collect()
+        static_pv::read_only_and_read_write(namespace, &folder, |access| {
+            self.mountpoint_source(namespace, &folder, access)
+        })
     }
 
     /// The build reads the archive from a read-only Mountpoint volume of the prefix's

@@ -495,17 +495,9 @@ impl Cloud for AzureCloud {
             return Vec::new();
         }
         let folder = self.config.namespace_folder(namespace);
-        [Access::ReadOnly, Access::ReadWrite]
-            .into_iter()
-            .flat_map(|access| {
-                static_pv::namespace_objects(
-                    namespace,
-                    &folder,
-                    access,
-                    self.blob_source(namespace, &folder, access),
-                )
-            })
-            .collect()
+        static_pv::read_only_and_read_write(namespace, &folder, |access| {
+            self.blob_source(namespace, &folder, access)
+        })
     }
 
     fn upload_context(&self, prefix: &ArtifactPrefix) -> Result<UploadContext, CloudError> {
