@@ -109,6 +109,12 @@ fn kubectl_json(args: &[&str]) -> Result<Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
+/// Deletes a namespace and waits (up to a minute) until its pods are gone, so that the
+/// plugin has unpublished their volumes; a failure is left to the cluster's teardown.
+fn delete_namespace(ns: &str) {
+    kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=60s"]).ok();
+}
+
 fn kubectl(args: &[&str]) -> Result<String, String> {
     let out = cluster::kubectl()
         .args(args)
@@ -529,14 +535,7 @@ async fn an_inline_volume_naming_another_namespace_s_model_mounts_the_pod_s_own(
             .exists(),
         "a pod of another namespace wrote into {ns}'s Model"
     );
-    kubectl(&[
-        "delete",
-        "namespace",
-        &other.name,
-        "--wait=true",
-        "--timeout=60s",
-    ])
-    .ok();
+    delete_namespace(&other.name);
 }
 
 /// `kubectl port-forward` to `target` and a GET of `path` through it.
@@ -669,14 +668,7 @@ async fn the_operator_runs_models_servers_and_notebooks_on_the_real_node(s3: &S3
     a_failing_model_job_reports_job_failed(&ns.name).await;
     op.stop().await;
     // Pods go before the cluster does, so that their volumes are unpublished by the plugin.
-    kubectl(&[
-        "delete",
-        "namespace",
-        &ns.name,
-        "--wait=true",
-        "--timeout=60s",
-    ])
-    .ok();
+    delete_namespace(&ns.name);
 }
 
 /// With a claim per namespace (`S3_CSI_VOLUMES=namespace`), pods mount one static volume of
@@ -731,14 +723,7 @@ async fn a_claim_per_namespace_mounts_each_object_s_own_folder(s3: &S3Server) {
         "{model}"
     );
     op.stop().await;
-    kubectl(&[
-        "delete",
-        "namespace",
-        &ns.name,
-        "--wait=true",
-        "--timeout=60s",
-    ])
-    .ok();
+    delete_namespace(&ns.name);
 }
 
 fn helm(args: &[&str]) -> Result<String, String> {
@@ -923,14 +908,7 @@ async fn the_chart_installs_and_upgrades_with_wait_and_its_pods_reconcile(s3: &S
         "--timeout=60s",
     ])
     .unwrap();
-    kubectl(&[
-        "delete",
-        "namespace",
-        release_ns,
-        "--wait=true",
-        "--timeout=60s",
-    ])
-    .ok();
+    delete_namespace(release_ns);
 }
 
 /// `dir` packed as `sub` packs it: a gzipped tar of its files in sorted order, owner 0.
@@ -1110,14 +1088,7 @@ async fn uploaded_directories_are_built_by_kaniko_pushed_to_the_registry_and_run
     );
     an_archive_leaving_its_context_is_refused_before_the_builder_runs(&ns.name).await;
     op.stop().await;
-    kubectl(&[
-        "delete",
-        "namespace",
-        &ns.name,
-        "--wait=true",
-        "--timeout=60s",
-    ])
-    .ok();
+    delete_namespace(&ns.name);
 }
 
 /// An upload whose archive holds `../` and absolute-link entries: the check before the

@@ -299,7 +299,7 @@ pub async fn the_reference_workloads_load_train_and_serve_a_model(s3: &S3Server)
     )
     .await;
     op.stop().await;
-    kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=60s"]).ok();
+    super::delete_namespace(ns);
 }
 
 async fn a_notebook_runs_jupyter_with_its_token_over_the_artifacts(ns: &str, s3: &S3Server) {
