@@ -56,7 +56,9 @@ struct Args {
     /// The operator binary (build it with --release for representative numbers).
     #[arg(long)]
     operator_bin: Option<PathBuf>,
-    /// Requests at once when creating objects.
+    /// Requests at once: the floor's creates and status writes, and the operator's
+    /// CONCURRENCY (reconciles at once per kind and lane), so that both sides react to a
+    /// burst of finished Jobs with as many writes at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Measure only the operator's memory and requests while it holds N Models and their
@@ -99,7 +101,11 @@ fn csi_driver(volumes: substratus_clouds::kind::KindVolumes) -> &'static str {
     }
 }
 
-const WAIT: Duration = Duration::from_secs(3600);
+/// How long a side may take to converge: an hour, or half a second per object (on 2 cores
+/// the cluster itself takes about a quarter of a second per object with Jobs).
+fn wait_for(objects: usize) -> Duration {
+    Duration::from_secs(3600).max(Duration::from_millis(500) * objects as u32)
+}
 /// From all Ready to the start of steady state.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -249,12 +255,13 @@ async fn until_all_ready(
     total: usize,
     ns: &str,
 ) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
+    let wait = wait_for(total);
+    let deadline = Instant::now() + wait;
     let mut ready = std::collections::HashSet::new();
     while ready.len() < total {
         let next = tokio::time::timeout_at(deadline.into(), events.next())
             .await
-            .with_context(|| format!("not all {total} objects Ready in {ns} within {WAIT:?}"))?;
+            .with_context(|| format!("not all {total} objects Ready in {ns} within {wait:?}"))?;
         let Some(event) = next else {
             bail!("the watches of {ns} ended")
         };
@@ -528,7 +535,7 @@ async fn floor(
     let mut events = stream::select(job_events, dep_events).boxed();
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let mut writes = Vec::new();
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait_for(pending.len());
     while !pending.is_empty() {
         let ev = tokio::time::timeout_at(deadline.into(), events.next())
             .await
@@ -676,6 +683,7 @@ fn start_operator(args: &Args, bin: &Path, ns: &str, log: &Path) -> Result<Opera
         .env("METRICS_BIND_ADDRESS", format!("127.0.0.1:{metrics_port}"))
         .env("HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
         .env("RESYNC_SECONDS", args.resync_seconds.to_string())
+        .env("CONCURRENCY", args.concurrency.to_string())
         .env("RUST_LOG", &args.operator_log)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -1176,14 +1184,15 @@ async fn memory_only(
         started.elapsed().as_secs_f64()
     );
     let want = w.models.len() + w.datasets.len();
-    let deadline = Instant::now() + WAIT;
+    let wait = wait_for(w.total());
+    let deadline = Instant::now() + wait;
     loop {
         let n = count_jobs(client, ns).await?;
         if n >= want {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the operator made {n} of {want} Jobs within {WAIT:?}");
+            bail!("the operator made {n} of {want} Jobs within {wait:?}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

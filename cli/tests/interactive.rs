@@ -163,7 +163,7 @@ async fn sub_notebook_forwards_with_the_token_syncs_files_and_suspends_on_exit()
     .await;
     kubelet::serve_port(&c, &ns.name, "nb-notebook", 8888, jupyter).await;
     // The notebook image is busybox-like: no GNU find, stat or tar.
-    kubelet::serve_exec_busybox(&c, &ns.name, "nb-notebook", content.path()).await;
+    let _applets = kubelet::serve_exec_busybox(&c, &ns.name, "nb-notebook", content.path()).await;
 
     let screen = term.wait_for_text("?token=").await;
     let url = screen

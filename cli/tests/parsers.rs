@@ -87,19 +87,18 @@ proptest! {
 }
 
 /// A directory holding busybox's applets, as a busybox or Alpine image's PATH has them.
-fn busybox_path() -> std::path::PathBuf {
+fn busybox_path() -> tempfile::TempDir {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(std::path::Path::new)
         .find(|p| p.exists())
         .expect("busybox (hack/install-deps.sh installs busybox-static)");
-    let bin = std::env::temp_dir().join(format!("substratus-busybox-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&bin).unwrap();
+    let bin = tempfile::Builder::new()
+        .prefix("substratus-busybox-cli-")
+        .tempdir()
+        .unwrap();
     for applet in ["sh", "find", "stat", "tar"] {
-        let link = bin.join(applet);
-        if !link.exists() {
-            std::os::unix::fs::symlink(busybox, &link).unwrap();
-        }
+        std::os::unix::fs::symlink(busybox, bin.path().join(applet)).unwrap();
     }
     bin
 }
@@ -107,7 +106,8 @@ fn busybox_path() -> std::path::PathBuf {
 #[test]
 fn notebook_files_are_listed_and_copied_with_busybox_tools() {
     use std::process::Command;
-    let bin = busybox_path();
+    let applets = busybox_path();
+    let bin = applets.path();
     let sh = bin.join("sh");
     let content = tempfile::tempdir().unwrap();
     for (rel, body) in [

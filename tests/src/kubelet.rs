@@ -78,19 +78,24 @@ pub async fn serve_exec(c: &kube::Client, ns: &str, pod: &str, workdir: &Path) {
 /// Runs exec'd commands of `pod` as local processes in `workdir` with only busybox's applets
 /// on the PATH (`sh`, `find`, `stat`, `tar`, `cat`, `ls`), as in a busybox or Alpine image:
 /// a command that needs GNU options fails as it would there.
-pub async fn serve_exec_busybox(c: &kube::Client, ns: &str, pod: &str, workdir: &Path) {
+#[must_use = "the applets are removed when the directory is dropped"]
+pub async fn serve_exec_busybox(
+    c: &kube::Client,
+    ns: &str,
+    pod: &str,
+    workdir: &Path,
+) -> tempfile::TempDir {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(Path::new)
         .find(|p| p.exists())
         .expect("busybox (hack/install-deps.sh installs busybox-static)");
-    let bin = std::env::temp_dir().join(format!("substratus-busybox-{}", std::process::id()));
-    std::fs::create_dir_all(&bin).unwrap();
+    let bin = tempfile::Builder::new()
+        .prefix("substratus-busybox-")
+        .tempdir()
+        .unwrap();
     for applet in ["sh", "find", "stat", "tar", "cat", "ls"] {
-        let link = bin.join(applet);
-        if !link.exists() {
-            std::os::unix::fs::symlink(busybox, &link).unwrap();
-        }
+        std::os::unix::fs::symlink(busybox, bin.path().join(applet)).unwrap();
     }
     apply(
         c,
@@ -99,9 +104,10 @@ pub async fn serve_exec_busybox(c: &kube::Client, ns: &str, pod: &str, workdir: 
         "execs",
         pod,
         json!({"execs": [{"local": {"workDir": workdir,
-            "envs": [{"name": "PATH", "value": bin}]}}]}),
+            "envs": [{"name": "PATH", "value": bin.path()}]}}]}),
     )
     .await;
+    bin
 }
 
 /// Forwards `pod:<port>` to `127.0.0.1:<local>`.
