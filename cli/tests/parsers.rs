@@ -127,7 +127,7 @@ fn notebook_files_are_listed_and_copied_with_busybox_tools() {
     // GNU find's -printf, which the listing once used, is not there.
     let gnu = Command::new(&sh)
         .args(["-c", "find . -printf '%P\\n'"])
-        .env("PATH", &bin)
+        .env("PATH", bin)
         .current_dir(content.path())
         .output()
         .unwrap();
@@ -135,7 +135,7 @@ fn notebook_files_are_listed_and_copied_with_busybox_tools() {
 
     let out = Command::new(&sh)
         .args(["-c", substratus_cli::sync::LIST])
-        .env("PATH", &bin)
+        .env("PATH", bin)
         .current_dir(content.path())
         .output()
         .unwrap();
@@ -153,7 +153,7 @@ fn notebook_files_are_listed_and_copied_with_busybox_tools() {
     let tar = Command::new(&sh)
         .args(["-c", substratus_cli::sync::COPY, "sh"])
         .args(&wanted)
-        .env("PATH", &bin)
+        .env("PATH", bin)
         .current_dir(content.path())
         .output()
         .unwrap();
