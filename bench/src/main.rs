@@ -58,7 +58,8 @@ struct Args {
     operator_bin: Option<PathBuf>,
     /// Requests at once: the floor's creates and status writes, and the operator's
     /// CONCURRENCY (reconciles at once per kind and lane), so that both sides react to a
-    /// burst of finished Jobs with as many writes at once.
+    /// burst of finished Jobs with as many writes at once. `--memory-only` runs the operator
+    /// with its default (8): every reconcile in flight holds its object and plan.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
     /// Measure only the operator's memory and requests while it holds N Models and their
@@ -666,7 +667,12 @@ impl Drop for Operator {
 fn start_operator(args: &Args, bin: &Path, ns: &str, log: &Path) -> Result<Operator> {
     let log = std::fs::File::create(log)?;
     let metrics_port = substratus_devcluster::ports::free_loopback_port()?;
-    let child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if !args.memory_only {
+        // Memory is measured with the operator's own default (8), as it runs in production.
+        cmd.env("CONCURRENCY", args.concurrency.to_string());
+    }
+    let child = cmd
         .arg("run")
         .env(
             "KUBECONFIG",
@@ -683,7 +689,6 @@ fn start_operator(args: &Args, bin: &Path, ns: &str, log: &Path) -> Result<Opera
         .env("METRICS_BIND_ADDRESS", format!("127.0.0.1:{metrics_port}"))
         .env("HEALTH_PROBE_BIND_ADDRESS", "127.0.0.1:0")
         .env("RESYNC_SECONDS", args.resync_seconds.to_string())
-        .env("CONCURRENCY", args.concurrency.to_string())
         .env("RUST_LOG", &args.operator_log)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
