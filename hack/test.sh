@@ -8,6 +8,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { echo; echo "==> $*"; }
 
+# The cluster tests share one control plane per test process; its processes die with the
+# process, and its state directory is removed by the next test process. After the last
+# one, this removes it (and any other left by a process that is gone).
+remove_test_cluster_dirs() {
+  local dir
+  for dir in "${TMPDIR:-/tmp}"/substratus-test-cluster-*; do
+    [[ -d $dir && ! -d /proc/${dir##*-} ]] && rm -rf -- "$dir"
+  done
+  return 0
+}
+trap remove_test_cluster_dirs EXIT
+
 step "installing what the tests need"
 hack/install-deps.sh
 # The real node's packages (containerd, runc, CNI, iptables, busybox, rclone, FUSE): root
