@@ -86,27 +86,10 @@ proptest! {
     }
 }
 
-/// A directory holding busybox's applets, as a busybox or Alpine image's PATH has them.
-fn busybox_path() -> tempfile::TempDir {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(std::path::Path::new)
-        .find(|p| p.exists())
-        .expect("busybox (hack/install-deps.sh installs busybox-static)");
-    let bin = tempfile::Builder::new()
-        .prefix("substratus-busybox-cli-")
-        .tempdir()
-        .unwrap();
-    for applet in ["sh", "find", "stat", "tar"] {
-        std::os::unix::fs::symlink(busybox, bin.path().join(applet)).unwrap();
-    }
-    bin
-}
-
 #[test]
 fn notebook_files_are_listed_and_copied_with_busybox_tools() {
     use std::process::Command;
-    let applets = busybox_path();
+    let applets = substratus_tests::kubelet::busybox_applets(&["sh", "find", "stat", "tar"]);
     let bin = applets.path();
     let sh = bin.join("sh");
     let content = tempfile::tempdir().unwrap();

@@ -75,6 +75,25 @@ pub async fn serve_exec(c: &kube::Client, ns: &str, pod: &str, workdir: &Path) {
     .await;
 }
 
+/// A directory holding busybox's `applets`, as a busybox or Alpine image's PATH has them;
+/// removed when dropped.
+#[must_use = "the applets are removed when the directory is dropped"]
+pub fn busybox_applets(applets: &[&str]) -> tempfile::TempDir {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("busybox (hack/install-deps.sh installs busybox-static)");
+    let bin = tempfile::Builder::new()
+        .prefix("substratus-busybox-")
+        .tempdir()
+        .unwrap();
+    for applet in applets {
+        std::os::unix::fs::symlink(busybox, bin.path().join(applet)).unwrap();
+    }
+    bin
+}
+
 /// Runs exec'd commands of `pod` as local processes in `workdir` with only busybox's applets
 /// on the PATH (`sh`, `find`, `stat`, `tar`, `cat`, `ls`), as in a busybox or Alpine image:
 /// a command that needs GNU options fails as it would there.
@@ -85,18 +104,7 @@ pub async fn serve_exec_busybox(
     pod: &str,
     workdir: &Path,
 ) -> tempfile::TempDir {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("busybox (hack/install-deps.sh installs busybox-static)");
-    let bin = tempfile::Builder::new()
-        .prefix("substratus-busybox-")
-        .tempdir()
-        .unwrap();
-    for applet in ["sh", "find", "stat", "tar", "cat", "ls"] {
-        std::os::unix::fs::symlink(busybox, bin.path().join(applet)).unwrap();
-    }
+    let bin = busybox_applets(&["sh", "find", "stat", "tar", "cat", "ls"]);
     apply(
         c,
         ns,
